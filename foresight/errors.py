@@ -1,0 +1,48 @@
+"""Domain errors shared by every service.
+
+Domain code raises these; the gRPC runtime maps them to status codes in one
+place (`foresight.runtime.errors`). They carry no transport codes.
+"""
+
+from __future__ import annotations
+
+
+class ForesightError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ForesightError):
+    """A request field or input value is wrong; names the field and the reason."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(ForesightError):
+    """The thing asked for does not exist."""
+
+
+class AlreadyExists(ForesightError):
+    """A thing with that name already exists."""
+
+
+class FailedPrecondition(ForesightError):
+    """The system is not in a state that allows the operation (e.g. too little data)."""
+
+
+class PermissionDenied(ForesightError):
+    """The caller may not touch that resource (e.g. a path outside the allowed root)."""
+
+
+class ResourceExhausted(ForesightError):
+    """A limit was hit (too many ids, too large a request)."""
+
+
+class Unauthenticated(ForesightError):
+    """Missing or wrong credentials."""

@@ -1,0 +1,398 @@
+"""Partitioned Parquet event store.
+
+Layout: ``<root>/<dataset>/shard=<k>/part-<uuid>.parquet``, where ``k`` is a
+stable hash of ``profile_id`` modulo the shard count, so all events of one
+profile live in one shard and featurization can run shard by shard.
+
+The SQL catalog (owned by the caller) is the source of truth for which parts
+exist: every read takes the list of catalogued parts, and a file on disk that
+the catalog does not know (a crash between writing and cataloguing) stays
+invisible until :meth:`EventStore.cleanup_orphans` removes it. Files appear
+atomically (temp name, fsync, rename), so readers never see half a file.
+
+Part paths are POSIX paths relative to the store root, e.g.
+``clickstream/shard=3/part-<uuid>.parquet``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Final
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from foresight.errors import InvalidArgument
+from foresight.events.schema import EVENT_SCHEMA
+from foresight.events.validation import REJECTED_SCHEMA
+
+__all__ = [
+    "DEFAULT_SHARDS",
+    "QUARANTINE_DIR",
+    "EventStore",
+    "PartInfo",
+    "shard_for_profile",
+    "shard_of",
+]
+
+DEFAULT_SHARDS: Final[int] = 16
+QUARANTINE_DIR: Final[str] = "_quarantine"
+
+_DATASET_NAME: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_PART_NAME: Final[re.Pattern[str]] = re.compile(r"^shard=(\d+)/part-[0-9a-f]{32}\.parquet$")
+
+# FNV-1a, 64-bit: simple, documented, and the same on every machine and
+# library version. Shard placement is persisted on disk, so it must never
+# depend on a hash that a Polars upgrade or a different CPU could change.
+_FNV_OFFSET: Final[int] = 0xCBF29CE484222325
+_FNV_PRIME: Final[int] = 0x100000001B3
+_U64_MASK: Final[int] = 0xFFFFFFFFFFFFFFFF
+
+# Seed for the in-memory event-id hash (never persisted, so Polars' own hash
+# is fine here).
+_ID_HASH_SEED: Final[int] = 0x1D5
+
+
+def shard_for_profile(profile_id: str, shards: int = DEFAULT_SHARDS) -> int:
+    """The shard of one profile (FNV-1a 64 of its UTF-8 bytes, modulo ``shards``)."""
+    value = _FNV_OFFSET
+    for byte in profile_id.encode("utf-8"):
+        value = ((value ^ byte) * _FNV_PRIME) & _U64_MASK
+    return value % shards
+
+
+def shard_of(profile_ids: pl.Series, shards: int = DEFAULT_SHARDS) -> pl.Series:
+    """Vectorized :func:`shard_for_profile` over a string series (nulls → shard 0)."""
+    arrow = profile_ids.fill_null("").cast(pl.String).to_arrow()
+    large = arrow.cast(pa.large_string()) if not pa.types.is_large_string(arrow.type) else arrow
+    if isinstance(large, pa.ChunkedArray):
+        large = large.combine_chunks()
+    buffers = large.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[large.offset : large.offset + len(large) + 1]
+    data = (
+        np.frombuffer(buffers[2], dtype=np.uint8)
+        if buffers[2] is not None
+        else np.zeros(0, dtype=np.uint8)
+    )
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    hashes = np.full(len(lengths), _FNV_OFFSET, dtype=np.uint64)
+    prime = np.uint64(_FNV_PRIME)
+    if len(lengths) and lengths.min() == lengths.max():
+        # Common case (fixed-width ids): no reordering needed.
+        for position in range(int(lengths[0])):
+            hashes ^= data[starts + position].astype(np.uint64)
+            hashes *= prime  # wraps modulo 2**64, as FNV wants
+        return pl.Series(profile_ids.name or "shard", (hashes % np.uint64(shards)).astype(np.int32))
+    # Walk byte positions longest-first so each pass touches only the prefix
+    # of strings still that long: total work is the number of bytes.
+    order = np.argsort(-lengths, kind="stable")
+    sorted_starts = starts[order]
+    sorted_lengths = lengths[order]
+    longest = int(sorted_lengths[0]) if len(sorted_lengths) else 0
+    # Number of strings longer than each position (lengths sorted descending).
+    active_counts = np.searchsorted(-sorted_lengths, -np.arange(longest), side="right")
+    for position in range(longest):
+        active = int(active_counts[position])
+        chunk = hashes[:active]
+        chunk ^= data[sorted_starts[:active] + position].astype(np.uint64)
+        chunk *= prime
+    result = np.empty_like(hashes)
+    result[order] = hashes
+    return pl.Series(profile_ids.name or "shard", (result % np.uint64(shards)).astype(np.int32))
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    """One Parquet part the store wrote; the caller catalogues it."""
+
+    path: str
+    """POSIX path relative to the store root."""
+    dataset: str
+    shard: int
+    rows: int
+    profiles: int
+    min_timestamp: datetime
+    max_timestamp: datetime
+    event_types: tuple[str, ...]
+    size_bytes: int
+
+
+@dataclass(slots=True)
+class _KnownIds:
+    """Event ids already stored in one shard, from the parts in ``parts``."""
+
+    parts: set[str]
+    ids: pl.DataFrame  # columns: h (UInt64 hash of event_id), event_id
+
+
+class EventStore:
+    """Partitioned Parquet storage of validated events.
+
+    Writes to one dataset must be serialized by the caller (one ingestion at
+    a time per dataset, as the trainer does); reads may run concurrently with
+    writes because files only ever appear whole.
+    """
+
+    def __init__(self, root: Path, shards: int = DEFAULT_SHARDS) -> None:
+        """Open (and create) a store under ``root`` with ``shards`` shards per dataset."""
+        if shards <= 0:
+            raise InvalidArgument("shards", "must be positive")
+        self.root = root
+        self.shards = shards
+        root.mkdir(parents=True, exist_ok=True)
+        self._known: dict[tuple[str, int], _KnownIds] = {}
+        self._lock = threading.Lock()
+
+    # -- paths ---------------------------------------------------------------
+
+    def dataset_dir(self, dataset: str) -> Path:
+        """The folder of a dataset (the name is checked so it cannot escape the root)."""
+        if not _DATASET_NAME.match(dataset) or dataset in {".", ".."}:
+            raise InvalidArgument(
+                "dataset", "use 1-128 letters, digits, '_', '-', '.', starting with a letter or digit"
+            )
+        return self.root / dataset
+
+    def part_path(self, dataset: str, part: str) -> Path:
+        """Absolute path of a catalogued part, checked to belong to the dataset."""
+        prefix = f"{dataset}/"
+        if not part.startswith(prefix) or not _PART_NAME.match(part[len(prefix) :]):
+            raise InvalidArgument("part", f"{part!r} is not a part of dataset {dataset!r}")
+        return self.dataset_dir(dataset) / part[len(prefix) :]
+
+    @staticmethod
+    def shard_of_part(part: str) -> int:
+        """The shard a part path belongs to."""
+        match = re.search(r"/shard=(\d+)/", part)
+        if match is None:
+            raise InvalidArgument("part", f"{part!r} has no shard folder")
+        return int(match.group(1))
+
+    # -- writes --------------------------------------------------------------
+
+    def write(self, dataset: str, accepted: pl.DataFrame, known_parts: Iterable[str]) -> list[PartInfo]:
+        """Store validated events; returns the parts actually written (one per shard touched).
+
+        Events whose ``event_id`` is already in a catalogued part of the same
+        shard (``known_parts``) or earlier in ``accepted`` are skipped, so
+        re-ingesting a file adds nothing. ``accepted`` must have
+        :data:`EVENT_SCHEMA` (the output of validation).
+        """
+        if accepted.schema != EVENT_SCHEMA:
+            raise InvalidArgument("events", "expected the validated event schema")
+        dataset_dir = self.dataset_dir(dataset)
+        if accepted.is_empty():
+            return []
+        known_by_shard: dict[int, set[str]] = {}
+        for part in known_parts:
+            self.part_path(dataset, part)  # rejects paths from elsewhere
+            known_by_shard.setdefault(self.shard_of_part(part), set()).add(part)
+
+        events = accepted.unique(subset="event_id", keep="first", maintain_order=True)
+        events = events.with_columns(
+            shard_of(events["profile_id"], self.shards).alias("__shard"),
+            pl.col("event_id").hash(_ID_HASH_SEED).alias("__h"),
+        )
+        written: list[PartInfo] = []
+        with self._lock:
+            for (shard,), group in events.partition_by("__shard", as_dict=True).items():
+                assert isinstance(shard, int)
+                known = self._known_ids(dataset, shard, known_by_shard.get(shard, set()))
+                fresh = _drop_known(group, known.ids)
+                if fresh.is_empty():
+                    continue
+                info = self._write_part(dataset_dir, dataset, shard, fresh.drop("__shard", "__h"))
+                known.parts.add(info.path)
+                known.ids = pl.concat(
+                    [known.ids, fresh.select(pl.col("__h").alias("h"), "event_id")], rechunk=False
+                )
+                written.append(info)
+        return sorted(written, key=lambda info: info.shard)
+
+    def _write_part(self, dataset_dir: Path, dataset: str, shard: int, events: pl.DataFrame) -> PartInfo:
+        # Sorted by profile then time: featurization reads profiles in order
+        # and the min/max statistics per row group become useful.
+        events = events.sort("profile_id", "timestamp")
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        target = dataset_dir / f"shard={shard}" / name
+        _atomic_write(target, lambda handle: events.write_parquet(handle, compression="zstd", statistics=True))
+        summary = events.select(
+            pl.col("profile_id").n_unique().alias("profiles"),
+            pl.col("timestamp").min().alias("min_ts"),
+            pl.col("timestamp").max().alias("max_ts"),
+            pl.col("event_type").unique().sort().implode().alias("types"),
+        ).row(0, named=True)
+        return PartInfo(
+            path=f"{dataset}/shard={shard}/{name}",
+            dataset=dataset,
+            shard=shard,
+            rows=events.height,
+            profiles=int(summary["profiles"]),
+            min_timestamp=summary["min_ts"],
+            max_timestamp=summary["max_ts"],
+            event_types=tuple(summary["types"]),
+            size_bytes=target.stat().st_size,
+        )
+
+    def _known_ids(self, dataset: str, shard: int, catalogued: set[str]) -> _KnownIds:
+        """Ids in the catalogued parts of a shard, cached between calls.
+
+        Re-reading every part on every batch would make a large import
+        quadratic; the cache only reads parts it has not seen. If it holds a
+        part the catalog no longer lists (a write that was never catalogued),
+        it is rebuilt from the catalog alone.
+        """
+        key = (dataset, shard)
+        cached = self._known.get(key)
+        if cached is None or not cached.parts <= catalogued:
+            cached = _KnownIds(parts=set(), ids=pl.DataFrame(schema={"h": pl.UInt64, "event_id": pl.String}))
+            self._known[key] = cached
+        missing = sorted(catalogued - cached.parts)
+        if missing:
+            ids = pl.scan_parquet([self.part_path(dataset, part) for part in missing]).select(
+                pl.col("event_id").hash(_ID_HASH_SEED).alias("h"), "event_id"
+            )
+            cached.ids = pl.concat([cached.ids, ids.collect()], rechunk=True)
+            cached.parts.update(missing)
+        return cached
+
+    def release(self, dataset: str | None = None) -> None:
+        """Forget cached event ids (of one dataset, or all) to free memory after an import."""
+        with self._lock:
+            for key in [key for key in self._known if dataset is None or key[0] == dataset]:
+                del self._known[key]
+
+    def write_quarantine(self, dataset: str, rejected: pl.DataFrame) -> str:
+        """Write rejected rows (:data:`REJECTED_SCHEMA`) next to the dataset.
+
+        Returns the path relative to the store root,
+        ``<dataset>/_quarantine/rejected-<uuid>.parquet``.
+        """
+        if rejected.schema != REJECTED_SCHEMA:
+            raise InvalidArgument("rejected", "expected the rejected-row schema of validation")
+        name = f"rejected-{uuid.uuid4().hex}.parquet"
+        target = self.dataset_dir(dataset) / QUARANTINE_DIR / name
+        _atomic_write(target, lambda handle: rejected.write_parquet(handle, compression="zstd"))
+        return f"{dataset}/{QUARANTINE_DIR}/{name}"
+
+    def read_quarantine(self, path: str) -> pl.DataFrame:
+        """Read back a quarantine file written by :meth:`write_quarantine`."""
+        dataset, _, rest = path.partition("/")
+        if not re.fullmatch(rf"{QUARANTINE_DIR}/rejected-[0-9a-f]{{32}}\.parquet", rest):
+            raise InvalidArgument("path", f"{path!r} is not a quarantine file")
+        return pl.read_parquet(self.dataset_dir(dataset) / rest)
+
+    def compact(self, dataset: str, shard: int, parts: Iterable[str]) -> PartInfo | None:
+        """Merge the given catalogued parts of one shard into a single new part.
+
+        Many small imports leave many small files; featurization reads fewer,
+        larger ones faster. The caller swaps the catalog entries in one
+        transaction and then removes the old files with
+        :meth:`cleanup_orphans`. Returns None when there is nothing to merge.
+        """
+        selected = [part for part in parts if self.shard_of_part(part) == shard]
+        if len(selected) < 2:
+            return None
+        events = self.read_shard(dataset, shard, selected)
+        return self._write_part(self.dataset_dir(dataset), dataset, shard, events)
+
+    # -- reads ---------------------------------------------------------------
+
+    def scan(self, dataset: str, parts: Iterable[str]) -> pl.LazyFrame:
+        """Lazy frame over the given catalogued parts (an empty frame if none)."""
+        paths = [self.part_path(dataset, part) for part in parts]
+        if not paths:
+            return pl.LazyFrame(schema=EVENT_SCHEMA)
+        return pl.scan_parquet(paths, schema=EVENT_SCHEMA)
+
+    def read_shard(self, dataset: str, shard: int, parts: Iterable[str]) -> pl.DataFrame:
+        """All events of one shard, from the catalogued parts that belong to it."""
+        selected = [part for part in parts if self.shard_of_part(part) == shard]
+        return self.scan(dataset, selected).collect()
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def cleanup_orphans(
+        self, dataset: str, known_parts: Iterable[str], min_age_seconds: float = 0.0
+    ) -> list[str]:
+        """Delete part files (and stale temp files) the catalog does not know.
+
+        Only files older than ``min_age_seconds`` go, so a write still waiting
+        to be catalogued by a concurrent import survives. Returns the removed
+        paths (relative to the root).
+        """
+        dataset_dir = self.dataset_dir(dataset)
+        known = set(known_parts)
+        deadline = time.time() - min_age_seconds
+        removed: list[str] = []
+        if not dataset_dir.is_dir():
+            return removed
+        for shard_dir in sorted(dataset_dir.glob("shard=*")):
+            for file in sorted(shard_dir.iterdir()):
+                relative = file.relative_to(self.root).as_posix()
+                is_part = file.name.startswith("part-") and file.suffix == ".parquet"
+                is_temp = file.name.startswith(".") and file.name.endswith(".tmp")
+                if not (is_part or is_temp) or relative in known:
+                    continue
+                if file.stat().st_mtime > deadline:
+                    continue
+                file.unlink(missing_ok=True)
+                removed.append(relative)
+        with self._lock:
+            for key in [key for key in self._known if key[0] == dataset]:
+                del self._known[key]  # cached ids may come from removed files
+        return removed
+
+    def delete_dataset(self, dataset: str) -> None:
+        """Remove every file of a dataset (parts and quarantine)."""
+        self.release(dataset)
+        shutil.rmtree(self.dataset_dir(dataset), ignore_errors=True)
+
+
+def _drop_known(events: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:
+    """Rows of ``events`` whose event_id is not in ``known``.
+
+    A cheap 64-bit hash membership test finds the few candidates; only those
+    are compared as strings, so a hash collision can never drop an event.
+    """
+    if known.is_empty():
+        return events
+    candidate = pl.col("__h").is_in(known["h"].implode())
+    candidates = events.filter(candidate)
+    if candidates.is_empty():
+        return events
+    same_hash = known.filter(pl.col("h").is_in(candidates["__h"].implode()))
+    duplicates = candidates.join(same_hash.select("event_id"), on="event_id", how="semi")
+    return events.join(duplicates.select("event_id"), on="event_id", how="anti", maintain_order="left")
+
+
+def _atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write via a hidden temp file in the same folder, fsync, then rename into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with temp.open("wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable.
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -1,0 +1,1 @@
+"""Feature engineering: labels without leakage, automatic features, journey vectors."""

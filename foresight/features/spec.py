@@ -1,0 +1,382 @@
+"""The feature spec: what the automatic features are, fitted once at training.
+
+Training fits the vocabularies (event types, channels and categories kept,
+rarer ones pooled into "other"), the profile-attribute encodings and the
+ordered feature list; the spec is stored with the model and scoring reuses it,
+so both build the identical vector. Every feature has a stable code (used by
+models, reason codes and segments) and a human description.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import polars as pl
+
+from foresight.conditions.compile import to_polars
+from foresight.conditions.model import ConditionGroup, group_from_dict, group_to_dict
+from foresight.errors import FailedPrecondition, InvalidArgument
+from foresight.features.labels import as_utc
+from foresight.instance import CustomEvent, InstanceConfig
+
+__all__ = [
+    "OTHER",
+    "SCHEMA_VERSION",
+    "AttributeEncoding",
+    "AttributeKind",
+    "FeatureDef",
+    "FeatureSpec",
+    "Unit",
+    "build_feature_defs",
+    "event_type_noun",
+    "fit_feature_spec",
+    "format_factor_value",
+]
+
+SCHEMA_VERSION = 1
+OTHER = "other"
+COUNT_WINDOWS: tuple[int, ...] = (7, 30, 90, 365)
+VALUE_WINDOWS: tuple[int, ...] = (30, 90, 365)
+ACTIVE_DAY_WINDOWS: tuple[int, ...] = (30, 90)
+CUSTOM_WINDOWS: tuple[int, ...] = (30, 90)
+MIX_WINDOW = 90
+TREND_WINDOW = 30
+PURCHASE_EVENT_TYPE = "commerce.purchases"
+
+
+class Unit(Enum):
+    """How a feature's value reads to a person (drives `format_factor_value`)."""
+
+    DAYS = "days"
+    COUNT = "count"
+    MONEY = "money"
+    COUNT_CHANGE = "count_change"
+    MONEY_CHANGE = "money_change"
+    SHARE = "share"
+    NUMBER = "number"
+    FLAG = "flag"
+    RANK = "rank"
+
+
+class AttributeKind(Enum):
+    """How a profile attribute becomes numbers; never a categorical split (ONNX mishandles those)."""
+
+    NUMERIC = "numeric"  # passthrough (booleans as 0/1)
+    DATE = "date"  # days since the date, at the as-of time
+    ONEHOT = "onehot"  # one flag per kept level plus "other"
+    RANK = "rank"  # frequency rank of the level (1 = most common); unseen = len(levels) + 1
+
+
+@dataclass(frozen=True)
+class FeatureDef:
+    """One column of the feature matrix."""
+
+    code: str
+    description: str
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class AttributeEncoding:
+    """The fitted encoding of one profile attribute."""
+
+    name: str
+    kind: AttributeKind
+    levels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Fitted vocabularies and the ordered feature list; JSON-serialisable."""
+
+    event_types: tuple[str, ...]
+    channels: tuple[str, ...]
+    categories: tuple[str, ...]
+    monetary_event_type: str | None
+    custom_events: tuple[CustomEvent, ...] = ()
+    attributes: tuple[AttributeEncoding, ...] = ()
+    exclusions: ConditionGroup | None = None
+    features: tuple[FeatureDef, ...] = field(default=())
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            object.__setattr__(self, "features", build_feature_defs(self))
+
+    @property
+    def codes(self) -> list[str]:
+        """Feature codes in column order."""
+        return [f.code for f in self.features]
+
+    def column_index(self) -> dict[str, int]:
+        """Feature code → column of the matrix."""
+        return {f.code: i for i, f in enumerate(self.features)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored next to the model."""
+        return {
+            "schema_version": self.schema_version,
+            "event_types": list(self.event_types),
+            "channels": list(self.channels),
+            "categories": list(self.categories),
+            "monetary_event_type": self.monetary_event_type,
+            "custom_events": [{"name": e.name, "conditions": group_to_dict(e.conditions)} for e in self.custom_events],
+            "attributes": [{"name": a.name, "kind": a.kind.value, "levels": list(a.levels)} for a in self.attributes],
+            "exclusions": None if self.exclusions is None else group_to_dict(self.exclusions),
+            "features": [{"code": f.code, "description": f.description, "unit": f.unit.value} for f in self.features],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        """Inverse of `to_dict`; refuses a spec this code would featurize differently."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise FailedPrecondition(
+                f"feature spec schema version {version} is not supported (this build uses {SCHEMA_VERSION}); "
+                "retrain the model"
+            )
+        exclusions = data.get("exclusions")
+        spec = cls(
+            event_types=tuple(data["event_types"]),
+            channels=tuple(data["channels"]),
+            categories=tuple(data["categories"]),
+            monetary_event_type=data.get("monetary_event_type"),
+            custom_events=tuple(
+                CustomEvent(e["name"], group_from_dict(e["conditions"], "custom_events"))
+                for e in data.get("custom_events", [])
+            ),
+            attributes=tuple(
+                AttributeEncoding(a["name"], AttributeKind(a["kind"]), tuple(a.get("levels", [])))
+                for a in data.get("attributes", [])
+            ),
+            exclusions=None if exclusions is None else group_from_dict(exclusions, "exclusions"),
+        )
+        stored = [f["code"] for f in data.get("features", [])]
+        if stored and stored != spec.codes:
+            raise FailedPrecondition("stored feature list differs from what this build computes; retrain the model")
+        return spec
+
+    def to_json(self) -> str:
+        """Compact JSON text of `to_dict`."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        """Inverse of `to_json`."""
+        return cls.from_dict(json.loads(text))
+
+
+# --- human names --------------------------------------------------------------
+
+# (singular, plural) for the XDM event types people see most.
+_EVENT_NOUNS: dict[str, tuple[str, str]] = {
+    "commerce.purchases": ("purchase", "purchases"),
+    "commerce.productViews": ("product view", "product views"),
+    "commerce.productListAdds": ("cart add", "cart adds"),
+    "commerce.productListRemovals": ("cart removal", "cart removals"),
+    "commerce.checkouts": ("checkout", "checkouts"),
+    "web.webpagedetails.pageViews": ("page view", "page views"),
+    "web.webinteraction.linkClicks": ("link click", "link clicks"),
+    "application.launch": ("app launch", "app launches"),
+    "application.close": ("app close", "app closes"),
+    "message.opened": ("message open", "message opens"),
+    "message.clicked": ("message click", "message clicks"),
+    "message.sent": ("message sent", "messages sent"),
+}
+
+
+def event_type_noun(event_type: str, plural: bool = True) -> str:
+    """'commerce.purchases' → 'purchases' (or 'purchase'); unknown types from their last part."""
+    known = _EVENT_NOUNS.get(event_type)
+    if known is not None:
+        return known[1] if plural else known[0]
+    last = event_type.rsplit(".", 1)[-1] or event_type
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", last).replace("_", " ").lower()
+    if plural:
+        return words if words.endswith("s") else f"{words} events"
+    return words[:-1] if words.endswith("s") and not words.endswith("ss") else words
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
+    """The ordered feature list a spec's vocabularies imply (the matrix columns)."""
+    d = Unit
+    out: list[FeatureDef] = [
+        FeatureDef("days_since_last_event", "Days since last event", d.DAYS),
+        FeatureDef("tenure_days", "Days since first event (tenure)", d.DAYS),
+    ]
+    for et in spec.event_types:
+        out.append(FeatureDef(f"days_since_last__{et}", f"Days since last {event_type_noun(et, False)}", d.DAYS))
+    for w in COUNT_WINDOWS:
+        out.append(FeatureDef(f"count_{w}d", f"Events in the last {w} days", d.COUNT))
+        for et in (*spec.event_types, OTHER):
+            noun = "other events" if et == OTHER else event_type_noun(et)
+            out.append(FeatureDef(f"count_{w}d__{et}", f"{_capital(noun)} in the last {w} days", d.COUNT))
+    for w in ACTIVE_DAY_WINDOWS:
+        out.append(FeatureDef(f"active_days_{w}d", f"Active days in the last {w} days", d.COUNT))
+    money_noun = event_type_noun(spec.monetary_event_type, False) if spec.monetary_event_type else "event"
+    money_nouns = event_type_noun(spec.monetary_event_type) if spec.monetary_event_type else "events with a value"
+    for w in VALUE_WINDOWS:
+        out.append(FeatureDef(f"sum_value_{w}d", f"Total {money_noun} value in the last {w} days", d.MONEY))
+        out.append(FeatureDef(f"mean_value_{w}d", f"Average {money_noun} value in the last {w} days", d.MONEY))
+        out.append(FeatureDef(f"max_value_{w}d", f"Largest {money_noun} value in the last {w} days", d.MONEY))
+    out.append(FeatureDef("lifetime_value", f"Total {money_noun} value, all time", d.MONEY))
+    out.append(FeatureDef("lifetime_purchases", f"{_capital(money_nouns)}, all time", d.COUNT))
+    t = TREND_WINDOW
+    out.append(FeatureDef(f"trend_{t}d_count", f"Change in events, last {t} days vs the {t} before", d.COUNT_CHANGE))
+    out.append(
+        FeatureDef(f"trend_{t}d_purchases", f"Change in {money_nouns}, last {t} days vs the {t} before", d.COUNT_CHANGE)
+    )
+    out.append(
+        FeatureDef(
+            f"trend_{t}d_value", f"Change in {money_noun} value, last {t} days vs the {t} before", d.MONEY_CHANGE
+        )
+    )
+    for ch in (*spec.channels, OTHER):
+        label = "other channels" if ch == OTHER else ch
+        out.append(
+            FeatureDef(f"share_channel__{ch}", f"Share of {label} events in the last {MIX_WINDOW} days", d.SHARE)
+        )
+    for cat in (*spec.categories, OTHER):
+        label = "other categories" if cat == OTHER else f"'{cat}'"
+        out.append(
+            FeatureDef(
+                f"share_category__{cat}", f"Share of {label} product events in the last {MIX_WINDOW} days", d.SHARE
+            )
+        )
+    for ce in spec.custom_events:
+        out.append(FeatureDef(f"days_since_last__custom.{ce.name}", f"Days since last {ce.name}", d.DAYS))
+        for w in CUSTOM_WINDOWS:
+            out.append(FeatureDef(f"count_{w}d__custom.{ce.name}", f"{ce.name} events in the last {w} days", d.COUNT))
+    for attr in spec.attributes:
+        if attr.kind is AttributeKind.NUMERIC:
+            out.append(FeatureDef(f"attr__{attr.name}", attr.name, d.NUMBER))
+        elif attr.kind is AttributeKind.DATE:
+            out.append(FeatureDef(f"attr_days_since__{attr.name}", f"Days since {attr.name}", d.DAYS))
+        elif attr.kind is AttributeKind.ONEHOT:
+            for level in (*attr.levels, OTHER):
+                text = f"{attr.name} is another value" if level == OTHER else f"{attr.name} is {level}"
+                out.append(FeatureDef(f"attr__{attr.name}=={level}", text, d.FLAG))
+        else:
+            out.append(FeatureDef(f"attr_rank__{attr.name}", f"{attr.name} (frequency rank)", d.RANK))
+    return tuple(out)
+
+
+def format_factor_value(feature: FeatureDef, value: float | None) -> str:
+    """Reason-code text with the profile's value, e.g. 'Days since last purchase: 3'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        shown = "never" if feature.unit is Unit.DAYS and feature.code.startswith("days_since") else "unknown"
+        return f"{feature.description}: {shown}"
+    unit = feature.unit
+    if unit in (Unit.DAYS, Unit.COUNT, Unit.RANK):
+        shown = f"{value:,.0f}"
+    elif unit is Unit.MONEY:
+        shown = f"{value:,.2f}"
+    elif unit is Unit.COUNT_CHANGE:
+        shown = f"{value:+,.0f}"
+    elif unit is Unit.MONEY_CHANGE:
+        shown = f"{value:+,.2f}"
+    elif unit is Unit.SHARE:
+        shown = f"{value * 100:.0f}%"
+    elif unit is Unit.FLAG:
+        shown = "yes" if value >= 0.5 else "no"
+    else:
+        shown = f"{value:.4g}"
+    return f"{feature.description}: {shown}"
+
+
+# --- fitting ------------------------------------------------------------------
+
+
+def _top_values(frame: pl.LazyFrame, column: str, k: int) -> tuple[str, ...]:
+    counted = (
+        frame.select(pl.col(column))
+        .drop_nulls()
+        .group_by(column)
+        .len()
+        .sort(["len", column], descending=[True, False])
+        .head(k)
+        .collect()
+    )
+    # Alphabetical order so the feature codes' order does not drift with counts.
+    return tuple(sorted(str(v) for v in counted.get_column(column).to_list() if str(v) != OTHER))
+
+
+def _encode_attribute(
+    profiles: pl.DataFrame, name: str, path: str, max_onehot_levels: int, max_rank_levels: int
+) -> AttributeEncoding:
+    if name not in profiles.columns:
+        raise InvalidArgument(path, f"the profile table has no attribute '{name}'")
+    column = profiles.get_column(name)
+    dtype = column.dtype
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        return AttributeEncoding(name, AttributeKind.NUMERIC)
+    if dtype in (pl.Date, pl.Datetime) or isinstance(dtype, pl.Datetime):
+        return AttributeEncoding(name, AttributeKind.DATE)
+    text = column.cast(pl.String).drop_nulls()
+    if text.len() > 0:
+        parsed = text.str.to_date(strict=False)
+        # ISO dates stored as text (CSV imports) still mean "days since".
+        if parsed.null_count() <= 0.1 * text.len():
+            return AttributeEncoding(name, AttributeKind.DATE)
+    levels = text.value_counts(sort=True, name="n")
+    ordered = levels.sort(["n", name], descending=[True, False]).get_column(name).to_list()
+    if len(ordered) <= max_onehot_levels:
+        return AttributeEncoding(name, AttributeKind.ONEHOT, tuple(str(v) for v in ordered if v != OTHER))
+    return AttributeEncoding(name, AttributeKind.RANK, tuple(str(v) for v in ordered[:max_rank_levels]))
+
+
+def fit_feature_spec(
+    events: pl.DataFrame,
+    profiles: pl.DataFrame | None,
+    config: InstanceConfig,
+    cutoff: datetime,
+    *,
+    max_event_types: int = 20,
+    max_channels: int = 10,
+    max_categories: int = 20,
+    max_onehot_levels: int = 10,
+    max_rank_levels: int = 100,
+) -> FeatureSpec:
+    """Fit vocabularies and attribute encodings on events before `cutoff` (after exclusions)."""
+    cutoff = as_utc(cutoff)
+    before = events.lazy().filter(pl.col("timestamp") < cutoff)
+    if config.exclusions is not None and not config.exclusions.is_empty:
+        before = before.filter(~to_polars(config.exclusions))
+    event_types = _top_values(before, "event_type", max_event_types)
+    channels = _top_values(before, "channel", max_channels)
+    categories = _top_values(before, "product_category", max_categories)
+    has_purchase_values = (
+        before.filter((pl.col("event_type") == PURCHASE_EVENT_TYPE) & pl.col("value").is_not_null())
+        .select(pl.len())
+        .collect()
+        .item()
+    )
+    # Money means purchase value when purchases carry one; otherwise any valued event.
+    monetary = PURCHASE_EVENT_TYPE if has_purchase_values else None
+    attributes: list[AttributeEncoding] = []
+    if config.profile_attributes:
+        if profiles is None:
+            raise FailedPrecondition("the instance uses profile attributes but no profile table was imported")
+        for i, name in enumerate(config.profile_attributes):
+            attributes.append(
+                _encode_attribute(profiles, name, f"profile_attributes[{i}]", max_onehot_levels, max_rank_levels)
+            )
+    return FeatureSpec(
+        event_types=event_types,
+        channels=channels,
+        categories=categories,
+        monetary_event_type=monetary,
+        custom_events=config.custom_events,
+        attributes=tuple(attributes),
+        exclusions=config.exclusions,
+    )

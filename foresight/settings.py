@@ -1,0 +1,80 @@
+"""Settings shared by every service; each service subclasses `ServiceSettings`.
+
+All values come from `FORESIGHT_*` environment variables and are validated at
+start: a bad value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from foresight.storage.db import default_database_url
+
+
+class ServiceSettings(BaseSettings):
+    """What every Foresight service reads from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FORESIGHT_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("var"), description="Root of the event store, artifacts and SQLite file."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite at <data_dir>/foresight.db."
+    )
+    host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port (0 = any free port).")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0 = off).")
+    grace_seconds: float = Field(10.0, ge=0, le=600, description="Drain time on SIGTERM.")
+    max_message_mb: int = Field(64, ge=1, le=1024, description="Max gRPC message size in MiB.")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate; enables TLS with the key."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key for TLS.")
+    auth_token: SecretStr | None = Field(
+        None, description="Bearer token required on every RPC but health."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+    log_json: bool = Field(True, description="Structured JSON logs (false = plain text).")
+    port_file: Path | None = Field(None, description="Write the bound gRPC port here once serving.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServiceSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("FORESIGHT_TLS_CERT_FILE and FORESIGHT_TLS_KEY_FILE go together")
+        for f in (self.tls_cert_file, self.tls_key_file):
+            if f is not None and not f.is_file():
+                raise ValueError(f"TLS file {f} does not exist")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        return self.database_url or default_database_url(self.data_dir)
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read settings or exit with a message naming each bad variable."""
+    try:
+        settings = cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper()
+            var = f"{prefix}{name}" if name else "settings"
+            lines.append(f"  {var}: {err['msg']}")
+        sys.stderr.write("invalid configuration:\n" + "\n".join(lines) + "\n")
+        raise SystemExit(2) from None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings

@@ -1,0 +1,87 @@
+"""Database access: engine, sessions, migrations and bulk loads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, Table, create_engine, event, insert
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def default_database_url(data_dir: Path) -> str:
+    """The embedded SQLite file under the data directory."""
+    return f"sqlite:///{(data_dir / 'foresight.db').resolve()}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the three services read while one writes; foreign keys are off by default.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Database:
+    """One engine and session factory for a service's process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("postgresql://"):
+            # psycopg 3 is the driver we ship.
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether the backend is PostgreSQL."""
+        return self.engine.dialect.name == "postgresql"
+
+    def migrate(self) -> None:
+        """Bring the schema to the latest Alembic revision."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def bulk_load(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+        """Insert many rows fast: COPY on PostgreSQL, executemany elsewhere."""
+        if not rows:
+            return 0
+        if self.is_postgres:
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                cols = ", ".join(columns)
+                with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                raw.commit()
+            finally:
+                raw.close()
+            return len(rows)
+        with self.engine.begin() as conn:
+            conn.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
+        return len(rows)
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
