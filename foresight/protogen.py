@@ -12,8 +12,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
-PACKAGES = ("foresight/api", "foresight/api/common", "foresight/api/trainer",
-            "foresight/api/scorer", "foresight/api/segmenter")
+PACKAGES = (
+    "foresight/api",
+    "foresight/api/common",
+    "foresight/api/trainer",
+    "foresight/api/scorer",
+    "foresight/api/segmenter",
+)
 
 
 def proto_files() -> list[Path]:

@@ -14,8 +14,8 @@ from foresight.conditions.model import (
     Condition,
     ConditionGroup,
     GroupMode,
-    Literal,
     Operator,
+    Scalar,
     attribute_name,
 )
 
@@ -31,7 +31,7 @@ def _attribute_expr(name: str) -> pl.Expr:
     return pl.col("attributes").str.json_path_match(f"$['{name}']")
 
 
-def _literal_for_text(v: Literal) -> str:
+def _literal_for_text(v: Scalar) -> str:
     # JSON booleans come back from json_path_match as the text true/false.
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -64,7 +64,9 @@ def condition_to_polars(cond: Condition) -> pl.Expr:
         members = list(value) if isinstance(value, tuple) else [value]
         # Polars 2 will not coerce is_in operands, so type both sides explicitly.
         if members and all(_is_number(m) for m in members):
-            numbers = pl.Series([float(m) for m in members if _is_number(m)], dtype=pl.Float64)
+            numbers = pl.Series(
+                [float(m) for m in members if isinstance(m, (int, float))], dtype=pl.Float64
+            )
             expr = column.cast(pl.Float64).is_in(numbers.implode())
         else:
             texts = pl.Series([str(m) for m in members], dtype=pl.String)

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 from foresight.errors import InvalidArgument
 
@@ -25,10 +25,11 @@ __all__ = [
     "ConditionGroup",
     "GroupMode",
     "Item",
-    "Literal",
     "Operator",
+    "Scalar",
     "Value",
     "attribute_name",
+    "condition_problem",
     "group_from_dict",
     "group_to_dict",
     "is_known_field",
@@ -57,8 +58,8 @@ class GroupMode(Enum):
     ANY_OF = "ANY_OF"
 
 
-Literal = Union[str, float, int, bool]
-Value = Union[Literal, tuple[Literal, ...], None]
+Scalar = str | float | int | bool
+Value = Scalar | tuple[Scalar, ...] | None
 
 # Core event columns a condition may address. `timestamp` is deliberately not
 # here: time is what cutoffs and windows are for, and a time literal in a goal
@@ -119,7 +120,7 @@ class ConditionGroup:
         return out
 
 
-Item = Union[Condition, ConditionGroup]
+Item = Condition | ConditionGroup
 
 
 def attribute_name(field: str) -> str | None:

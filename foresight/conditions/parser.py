@@ -30,8 +30,8 @@ from foresight.conditions.model import (
     ConditionGroup,
     GroupMode,
     Item,
-    Literal,
     Operator,
+    Scalar,
     condition_problem,
 )
 from foresight.errors import InvalidArgument
@@ -182,7 +182,7 @@ def _where(tok: Token) -> str:
     return f"line {tok.line}, column {tok.column}"
 
 
-def _literal(tok: Token, field: str) -> Literal:
+def _literal(tok: Token, field: str) -> Scalar:
     raw = str(tok)
     if tok.type == "STRING":
         try:
@@ -274,7 +274,7 @@ def _expectation(expected: set[str], previous: Token | None) -> str:
 # --- canonical text ---------------------------------------------------------
 
 
-def _render_literal(value: Literal) -> str:
+def _render_literal(value: Scalar) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -78,7 +78,9 @@ def shard_of(profile_ids: pl.Series, shards: int = DEFAULT_SHARDS) -> pl.Series:
     if isinstance(large, pa.ChunkedArray):
         large = large.combine_chunks()
     buffers = large.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int64)[large.offset : large.offset + len(large) + 1]
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[
+        large.offset : large.offset + len(large) + 1
+    ]
     data = (
         np.frombuffer(buffers[2], dtype=np.uint8)
         if buffers[2] is not None
@@ -101,7 +103,7 @@ def shard_of(profile_ids: pl.Series, shards: int = DEFAULT_SHARDS) -> pl.Series:
     sorted_lengths = lengths[order]
     longest = int(sorted_lengths[0]) if len(sorted_lengths) else 0
     # Number of strings longer than each position (lengths sorted descending).
-    active_counts = np.searchsorted(-sorted_lengths, -np.arange(longest), side="right")
+    active_counts = np.searchsorted(-sorted_lengths, -np.arange(longest), side="left")
     for position in range(longest):
         active = int(active_counts[position])
         chunk = hashes[:active]
@@ -160,7 +162,8 @@ class EventStore:
         """The folder of a dataset (the name is checked so it cannot escape the root)."""
         if not _DATASET_NAME.match(dataset) or dataset in {".", ".."}:
             raise InvalidArgument(
-                "dataset", "use 1-128 letters, digits, '_', '-', '.', starting with a letter or digit"
+                "dataset",
+                "use 1-128 letters, digits, '_', '-', '.', starting with a letter or digit",
             )
         return self.root / dataset
 
@@ -181,7 +184,9 @@ class EventStore:
 
     # -- writes --------------------------------------------------------------
 
-    def write(self, dataset: str, accepted: pl.DataFrame, known_parts: Iterable[str]) -> list[PartInfo]:
+    def write(
+        self, dataset: str, accepted: pl.DataFrame, known_parts: Iterable[str]
+    ) -> list[PartInfo]:
         """Store validated events; returns the parts actually written (one per shard touched).
 
         Events whose ``event_id`` is already in a catalogued part of the same
@@ -220,13 +225,17 @@ class EventStore:
                 written.append(info)
         return sorted(written, key=lambda info: info.shard)
 
-    def _write_part(self, dataset_dir: Path, dataset: str, shard: int, events: pl.DataFrame) -> PartInfo:
+    def _write_part(
+        self, dataset_dir: Path, dataset: str, shard: int, events: pl.DataFrame
+    ) -> PartInfo:
         # Sorted by profile then time: featurization reads profiles in order
         # and the min/max statistics per row group become useful.
         events = events.sort("profile_id", "timestamp")
         name = f"part-{uuid.uuid4().hex}.parquet"
         target = dataset_dir / f"shard={shard}" / name
-        _atomic_write(target, lambda handle: events.write_parquet(handle, compression="zstd", statistics=True))
+        _atomic_write(
+            target, lambda handle: events.write_parquet(handle, compression="zstd", statistics=True)
+        )
         summary = events.select(
             pl.col("profile_id").n_unique().alias("profiles"),
             pl.col("timestamp").min().alias("min_ts"),
@@ -256,7 +265,9 @@ class EventStore:
         key = (dataset, shard)
         cached = self._known.get(key)
         if cached is None or not cached.parts <= catalogued:
-            cached = _KnownIds(parts=set(), ids=pl.DataFrame(schema={"h": pl.UInt64, "event_id": pl.String}))
+            cached = _KnownIds(
+                parts=set(), ids=pl.DataFrame(schema={"h": pl.UInt64, "event_id": pl.String})
+            )
             self._known[key] = cached
         missing = sorted(catalogued - cached.parts)
         if missing:
@@ -374,7 +385,9 @@ def _drop_known(events: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:
         return events
     same_hash = known.filter(pl.col("h").is_in(candidates["__h"].implode()))
     duplicates = candidates.join(same_hash.select("event_id"), on="event_id", how="semi")
-    return events.join(duplicates.select("event_id"), on="event_id", how="anti", maintain_order="left")
+    return events.join(
+        duplicates.select("event_id"), on="event_id", how="anti", maintain_order="left"
+    )
 
 
 def _atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> None:

@@ -35,7 +35,7 @@ from foresight.features.spec import (
     Unit,
 )
 
-__all__ = ["FeatureMatrix", "featurize", "vocab_index"]
+__all__ = ["FeatureMatrix", "featurize", "profile_index", "vocab_index"]
 
 _US_PER_DAY = 86_400_000_000
 
@@ -67,7 +67,8 @@ def vocab_index(column: str, vocab: tuple[str, ...]) -> pl.Expr:
     )
 
 
-def _profile_index(events: pl.LazyFrame, profile_ids: pl.Series | None) -> pl.DataFrame:
+def profile_index(events: pl.LazyFrame, profile_ids: pl.Series | None) -> pl.DataFrame:
+    """Rows of the output: (pidx, profile_id) for the given ids in order, else the sorted ids seen."""
     if profile_ids is not None:
         ids = profile_ids.cast(pl.String).rename("profile_id")
         frame = pl.DataFrame({"profile_id": ids}).unique(maintain_order=True)
@@ -94,13 +95,17 @@ def featurize(
     visible = events.lazy().filter(pl.col("timestamp") < as_of)
     if profile_ids is not None:
         visible = visible.filter(pl.col("profile_id").is_in(profile_ids.cast(pl.String).implode()))
-    index = _profile_index(visible, profile_ids)
+    index = profile_index(visible, profile_ids)
     n = index.height
     col = spec.column_index()
     X = np.full((n, len(spec.features)), np.nan, dtype=np.float32)
     # Counts are real zeros for every profile, not missing values.
     for f in spec.features:
-        if f.unit in (Unit.COUNT, Unit.COUNT_CHANGE, Unit.MONEY_CHANGE) or f.code.startswith("sum_value_") or f.code == "lifetime_value":
+        if (
+            f.unit in (Unit.COUNT, Unit.COUNT_CHANGE, Unit.MONEY_CHANGE)
+            or f.code.startswith("sum_value_")
+            or f.code == "lifetime_value"
+        ):
             X[:, col[f.code]] = 0.0
     if spec.exclusions is not None and not spec.exclusions.is_empty:
         visible = visible.filter(~to_polars(spec.exclusions))
@@ -120,9 +125,15 @@ def featurize(
     _fill_per_profile(X, col, per_profile, spec)
     _fill_per_type(X, col, per_type, spec)
     _fill_active_days(X, col, active)
-    _fill_mix(X, col, channels, "channel__idx", [f"share_channel__{c}" for c in (*spec.channels, OTHER)])
     _fill_mix(
-        X, col, categories, "product_category__idx", [f"share_category__{c}" for c in (*spec.categories, OTHER)]
+        X, col, channels, "channel__idx", [f"share_channel__{c}" for c in (*spec.channels, OTHER)]
+    )
+    _fill_mix(
+        X,
+        col,
+        categories,
+        "product_category__idx",
+        [f"share_category__{c}" for c in (*spec.categories, OTHER)],
     )
     if spec.attributes:
         _fill_attributes(X, col, index, profiles, spec.attributes, as_of)
@@ -135,12 +146,16 @@ def featurize(
 # --- per-row preparation ----------------------------------------------------------
 
 
-def _prepare(visible: pl.LazyFrame, index: pl.DataFrame, as_of_us: int, spec: FeatureSpec) -> pl.LazyFrame:
+def _prepare(
+    visible: pl.LazyFrame, index: pl.DataFrame, as_of_us: int, spec: FeatureSpec
+) -> pl.LazyFrame:
     age = (pl.lit(as_of_us, dtype=pl.Int64) - pl.col("timestamp").dt.epoch("us")) / _US_PER_DAY
     if spec.monetary_event_type is None:
         is_money = pl.col("value").is_not_null()
     else:
-        is_money = (pl.col("event_type") == spec.monetary_event_type) & pl.col("value").is_not_null()
+        is_money = (pl.col("event_type") == spec.monetary_event_type) & pl.col(
+            "value"
+        ).is_not_null()
     custom = [to_polars(ce.conditions).alias(f"ce{i}") for i, ce in enumerate(spec.custom_events)]
     joined = visible.join(index.lazy(), on="profile_id", how="inner")
     return joined.select(
@@ -161,7 +176,8 @@ def _per_profile(prepared: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:
     flags: list[pl.Expr] = [(age < w).alias(f"in{w}") for w in COUNT_WINDOWS]
     flags.append(prior.alias("prior"))
     money: list[pl.Expr] = [
-        pl.when(age < w).then(pl.col("mval")).otherwise(None).alias(f"mv{w}") for w in {*VALUE_WINDOWS, t}
+        pl.when(age < w).then(pl.col("mval")).otherwise(None).alias(f"mv{w}")
+        for w in {*VALUE_WINDOWS, t}
     ]
     money.append(pl.when(prior).then(pl.col("mval")).otherwise(None).alias("mvprior"))
     custom: list[pl.Expr] = []
@@ -201,7 +217,9 @@ def _active_days(prepared: pl.LazyFrame) -> pl.LazyFrame:
     top = max(ACTIVE_DAY_WINDOWS)
     day = pl.col("age").floor().cast(pl.Int32).alias("day")
     days = prepared.filter(pl.col("age") < top).select("pidx", day).unique()
-    return days.group_by("pidx").agg(*((pl.col("day") < w).sum().alias(f"d{w}") for w in ACTIVE_DAY_WINDOWS))
+    return days.group_by("pidx").agg(
+        *((pl.col("day") < w).sum().alias(f"d{w}") for w in ACTIVE_DAY_WINDOWS)
+    )
 
 
 def _mix(prepared: pl.LazyFrame, column: str) -> pl.LazyFrame:
@@ -219,7 +237,9 @@ def _np(frame: pl.DataFrame, name: str) -> np.ndarray:
     return frame.get_column(name).cast(pl.Float64).to_numpy()
 
 
-def _fill_per_profile(X: np.ndarray, col: dict[str, int], agg: pl.DataFrame, spec: FeatureSpec) -> None:
+def _fill_per_profile(
+    X: np.ndarray, col: dict[str, int], agg: pl.DataFrame, spec: FeatureSpec
+) -> None:
     rows = agg.get_column("pidx").to_numpy()
     X[rows, col["days_since_last_event"]] = _np(agg, "last_age")
     X[rows, col["tenure_days"]] = _np(agg, "first_age")
@@ -230,7 +250,9 @@ def _fill_per_profile(X: np.ndarray, col: dict[str, int], agg: pl.DataFrame, spe
         count = _np(agg, f"mv{w}_n")
         X[rows, col[f"sum_value_{w}d"]] = total
         with np.errstate(invalid="ignore", divide="ignore"):
-            X[rows, col[f"mean_value_{w}d"]] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+            X[rows, col[f"mean_value_{w}d"]] = np.where(
+                count > 0, total / np.maximum(count, 1), np.nan
+            )
         X[rows, col[f"max_value_{w}d"]] = _np(agg, f"mv{w}_max")
     X[rows, col["lifetime_value"]] = np.nan_to_num(_np(agg, "lifetime_value"))
     X[rows, col["lifetime_purchases"]] = _np(agg, "lifetime_purchases")
@@ -246,7 +268,9 @@ def _fill_per_profile(X: np.ndarray, col: dict[str, int], agg: pl.DataFrame, spe
             X[rows, col[f"count_{w}d__custom.{ce.name}"]] = _np(agg, f"ce{i}_n{w}")
 
 
-def _fill_per_type(X: np.ndarray, col: dict[str, int], agg: pl.DataFrame, spec: FeatureSpec) -> None:
+def _fill_per_type(
+    X: np.ndarray, col: dict[str, int], agg: pl.DataFrame, spec: FeatureSpec
+) -> None:
     rows = agg.get_column("pidx").to_numpy()
     types = agg.get_column("event_type__idx").to_numpy()
     names = (*spec.event_types, OTHER)
@@ -265,7 +289,9 @@ def _fill_active_days(X: np.ndarray, col: dict[str, int], agg: pl.DataFrame) -> 
         X[rows, col[f"active_days_{w}d"]] = _np(agg, f"d{w}")
 
 
-def _fill_mix(X: np.ndarray, col: dict[str, int], agg: pl.DataFrame, column: str, codes: list[str]) -> None:
+def _fill_mix(
+    X: np.ndarray, col: dict[str, int], agg: pl.DataFrame, column: str, codes: list[str]
+) -> None:
     rows = agg.get_column("pidx").to_numpy().astype(np.int64)
     kinds = agg.get_column(column).to_numpy().astype(np.int64)
     counts = _np(agg, "len")
@@ -290,7 +316,10 @@ def _fill_attributes(
     names = [e.name for e in encodings if e.name in profiles.columns]
     table = (
         index.lazy()
-        .join(profiles.lazy().select("profile_id", *names).unique("profile_id", keep="first"), on="profile_id")
+        .join(
+            profiles.lazy().select("profile_id", *names).unique("profile_id", keep="first"),
+            on="profile_id",
+        )
         .collect()
     )
     rows = table.get_column("pidx").to_numpy()
@@ -313,7 +342,9 @@ def _fill_attributes(
             X[rows[known], col[f"attr__{enc.name}=={OTHER}"]] = ~hit_any[known]
         else:
             ranks = {level: i + 1 for i, level in enumerate(enc.levels)}
-            ranked = series.cast(pl.String).replace_strict(ranks, default=len(enc.levels) + 1, return_dtype=pl.Float64)
+            ranked = series.cast(pl.String).replace_strict(
+                ranks, default=len(enc.levels) + 1, return_dtype=pl.Float64
+            )
             ranked = pl.select(pl.when(series.is_null()).then(None).otherwise(ranked)).to_series()
             X[rows, col[f"attr_rank__{enc.name}"]] = ranked.to_numpy()
 

@@ -84,7 +84,7 @@ def goal_labels(
     label = hit if goal.occurrence is Occurrence.WILL_OCCUR else ~hit
     # A left join from the eligible ids keeps every negative by construction.
     return (
-        base.join(occurred, on="profile_id", how="left")
+        base.join(occurred, on="profile_id", how="left", maintain_order="left")
         .select("profile_id", label.cast(pl.Int8).alias("label"))
         .collect()
     )

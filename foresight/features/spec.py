@@ -126,10 +126,19 @@ class FeatureSpec:
             "channels": list(self.channels),
             "categories": list(self.categories),
             "monetary_event_type": self.monetary_event_type,
-            "custom_events": [{"name": e.name, "conditions": group_to_dict(e.conditions)} for e in self.custom_events],
-            "attributes": [{"name": a.name, "kind": a.kind.value, "levels": list(a.levels)} for a in self.attributes],
+            "custom_events": [
+                {"name": e.name, "conditions": group_to_dict(e.conditions)}
+                for e in self.custom_events
+            ],
+            "attributes": [
+                {"name": a.name, "kind": a.kind.value, "levels": list(a.levels)}
+                for a in self.attributes
+            ],
             "exclusions": None if self.exclusions is None else group_to_dict(self.exclusions),
-            "features": [{"code": f.code, "description": f.description, "unit": f.unit.value} for f in self.features],
+            "features": [
+                {"code": f.code, "description": f.description, "unit": f.unit.value}
+                for f in self.features
+            ],
         }
 
     @classmethod
@@ -159,7 +168,9 @@ class FeatureSpec:
         )
         stored = [f["code"] for f in data.get("features", [])]
         if stored and stored != spec.codes:
-            raise FailedPrecondition("stored feature list differs from what this build computes; retrain the model")
+            raise FailedPrecondition(
+                "stored feature list differs from what this build computes; retrain the model"
+            )
         return spec
 
     def to_json(self) -> str:
@@ -215,66 +226,122 @@ def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
         FeatureDef("tenure_days", "Days since first event (tenure)", d.DAYS),
     ]
     for et in spec.event_types:
-        out.append(FeatureDef(f"days_since_last__{et}", f"Days since last {event_type_noun(et, False)}", d.DAYS))
+        out.append(
+            FeatureDef(
+                f"days_since_last__{et}", f"Days since last {event_type_noun(et, False)}", d.DAYS
+            )
+        )
     for w in COUNT_WINDOWS:
         out.append(FeatureDef(f"count_{w}d", f"Events in the last {w} days", d.COUNT))
         for et in (*spec.event_types, OTHER):
             noun = "other events" if et == OTHER else event_type_noun(et)
-            out.append(FeatureDef(f"count_{w}d__{et}", f"{_capital(noun)} in the last {w} days", d.COUNT))
+            out.append(
+                FeatureDef(f"count_{w}d__{et}", f"{_capital(noun)} in the last {w} days", d.COUNT)
+            )
     for w in ACTIVE_DAY_WINDOWS:
         out.append(FeatureDef(f"active_days_{w}d", f"Active days in the last {w} days", d.COUNT))
-    money_noun = event_type_noun(spec.monetary_event_type, False) if spec.monetary_event_type else "event"
-    money_nouns = event_type_noun(spec.monetary_event_type) if spec.monetary_event_type else "events with a value"
+    money_noun = (
+        event_type_noun(spec.monetary_event_type, False) if spec.monetary_event_type else "event"
+    )
+    money_nouns = (
+        event_type_noun(spec.monetary_event_type)
+        if spec.monetary_event_type
+        else "events with a value"
+    )
     for w in VALUE_WINDOWS:
-        out.append(FeatureDef(f"sum_value_{w}d", f"Total {money_noun} value in the last {w} days", d.MONEY))
-        out.append(FeatureDef(f"mean_value_{w}d", f"Average {money_noun} value in the last {w} days", d.MONEY))
-        out.append(FeatureDef(f"max_value_{w}d", f"Largest {money_noun} value in the last {w} days", d.MONEY))
+        out.append(
+            FeatureDef(f"sum_value_{w}d", f"Total {money_noun} value in the last {w} days", d.MONEY)
+        )
+        out.append(
+            FeatureDef(
+                f"mean_value_{w}d", f"Average {money_noun} value in the last {w} days", d.MONEY
+            )
+        )
+        out.append(
+            FeatureDef(
+                f"max_value_{w}d", f"Largest {money_noun} value in the last {w} days", d.MONEY
+            )
+        )
     out.append(FeatureDef("lifetime_value", f"Total {money_noun} value, all time", d.MONEY))
     out.append(FeatureDef("lifetime_purchases", f"{_capital(money_nouns)}, all time", d.COUNT))
     t = TREND_WINDOW
-    out.append(FeatureDef(f"trend_{t}d_count", f"Change in events, last {t} days vs the {t} before", d.COUNT_CHANGE))
     out.append(
-        FeatureDef(f"trend_{t}d_purchases", f"Change in {money_nouns}, last {t} days vs the {t} before", d.COUNT_CHANGE)
+        FeatureDef(
+            f"trend_{t}d_count",
+            f"Change in events, last {t} days vs the {t} before",
+            d.COUNT_CHANGE,
+        )
     )
     out.append(
         FeatureDef(
-            f"trend_{t}d_value", f"Change in {money_noun} value, last {t} days vs the {t} before", d.MONEY_CHANGE
+            f"trend_{t}d_purchases",
+            f"Change in {money_nouns}, last {t} days vs the {t} before",
+            d.COUNT_CHANGE,
+        )
+    )
+    out.append(
+        FeatureDef(
+            f"trend_{t}d_value",
+            f"Change in {money_noun} value, last {t} days vs the {t} before",
+            d.MONEY_CHANGE,
         )
     )
     for ch in (*spec.channels, OTHER):
-        label = "other channels" if ch == OTHER else ch
-        out.append(
-            FeatureDef(f"share_channel__{ch}", f"Share of {label} events in the last {MIX_WINDOW} days", d.SHARE)
-        )
-    for cat in (*spec.categories, OTHER):
-        label = "other categories" if cat == OTHER else f"'{cat}'"
+        label = "events on other channels" if ch == OTHER else f"{ch} events"
         out.append(
             FeatureDef(
-                f"share_category__{cat}", f"Share of {label} product events in the last {MIX_WINDOW} days", d.SHARE
+                f"share_channel__{ch}", f"Share of {label} in the last {MIX_WINDOW} days", d.SHARE
+            )
+        )
+    for cat in (*spec.categories, OTHER):
+        label = "product events in other categories" if cat == OTHER else f"'{cat}' product events"
+        out.append(
+            FeatureDef(
+                f"share_category__{cat}", f"Share of {label} in the last {MIX_WINDOW} days", d.SHARE
             )
         )
     for ce in spec.custom_events:
-        out.append(FeatureDef(f"days_since_last__custom.{ce.name}", f"Days since last {ce.name}", d.DAYS))
+        out.append(
+            FeatureDef(
+                f"days_since_last__custom.{ce.name}", f"Days since last '{ce.name}' event", d.DAYS
+            )
+        )
         for w in CUSTOM_WINDOWS:
-            out.append(FeatureDef(f"count_{w}d__custom.{ce.name}", f"{ce.name} events in the last {w} days", d.COUNT))
+            out.append(
+                FeatureDef(
+                    f"count_{w}d__custom.{ce.name}",
+                    f"'{ce.name}' events in the last {w} days",
+                    d.COUNT,
+                )
+            )
     for attr in spec.attributes:
         if attr.kind is AttributeKind.NUMERIC:
             out.append(FeatureDef(f"attr__{attr.name}", attr.name, d.NUMBER))
         elif attr.kind is AttributeKind.DATE:
-            out.append(FeatureDef(f"attr_days_since__{attr.name}", f"Days since {attr.name}", d.DAYS))
+            out.append(
+                FeatureDef(f"attr_days_since__{attr.name}", f"Days since {attr.name}", d.DAYS)
+            )
         elif attr.kind is AttributeKind.ONEHOT:
             for level in (*attr.levels, OTHER):
-                text = f"{attr.name} is another value" if level == OTHER else f"{attr.name} is {level}"
+                text = (
+                    f"{attr.name} is another value" if level == OTHER else f"{attr.name} is {level}"
+                )
                 out.append(FeatureDef(f"attr__{attr.name}=={level}", text, d.FLAG))
         else:
-            out.append(FeatureDef(f"attr_rank__{attr.name}", f"{attr.name} (frequency rank)", d.RANK))
+            out.append(
+                FeatureDef(f"attr_rank__{attr.name}", f"{attr.name} (frequency rank)", d.RANK)
+            )
     return tuple(out)
 
 
 def format_factor_value(feature: FeatureDef, value: float | None) -> str:
     """Reason-code text with the profile's value, e.g. 'Days since last purchase: 3'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        shown = "never" if feature.unit is Unit.DAYS and feature.code.startswith("days_since") else "unknown"
+        shown = (
+            "never"
+            if feature.unit is Unit.DAYS and feature.code.startswith("days_since")
+            else "unknown"
+        )
         return f"{feature.description}: {shown}"
     unit = feature.unit
     if unit in (Unit.DAYS, Unit.COUNT, Unit.RANK):
@@ -331,8 +398,12 @@ def _encode_attribute(
     levels = text.value_counts(sort=True, name="n")
     ordered = levels.sort(["n", name], descending=[True, False]).get_column(name).to_list()
     if len(ordered) <= max_onehot_levels:
-        return AttributeEncoding(name, AttributeKind.ONEHOT, tuple(str(v) for v in ordered if v != OTHER))
-    return AttributeEncoding(name, AttributeKind.RANK, tuple(str(v) for v in ordered[:max_rank_levels]))
+        return AttributeEncoding(
+            name, AttributeKind.ONEHOT, tuple(str(v) for v in ordered if v != OTHER)
+        )
+    return AttributeEncoding(
+        name, AttributeKind.RANK, tuple(str(v) for v in ordered[:max_rank_levels])
+    )
 
 
 def fit_feature_spec(
@@ -366,10 +437,14 @@ def fit_feature_spec(
     attributes: list[AttributeEncoding] = []
     if config.profile_attributes:
         if profiles is None:
-            raise FailedPrecondition("the instance uses profile attributes but no profile table was imported")
+            raise FailedPrecondition(
+                "the instance uses profile attributes but no profile table was imported"
+            )
         for i, name in enumerate(config.profile_attributes):
             attributes.append(
-                _encode_attribute(profiles, name, f"profile_attributes[{i}]", max_onehot_levels, max_rank_levels)
+                _encode_attribute(
+                    profiles, name, f"profile_attributes[{i}]", max_onehot_levels, max_rank_levels
+                )
             )
     return FeatureSpec(
         event_types=event_types,

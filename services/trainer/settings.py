@@ -30,5 +30,7 @@ class TrainerSettings(ServiceSettings):
         Path("var/imports"),
         description="Only files under this folder can be imported by ImportDataset/ImportProfiles.",
     )
-    shards: int = Field(16, ge=1, le=1024, description="Event-store shards (profiles hash into them).")
+    shards: int = Field(
+        16, ge=1, le=1024, description="Event-store shards (profiles hash into them)."
+    )
     workers: int = Field(0, ge=0, le=256, description="Processes for featurizing; 0 = all cores.")

@@ -1,0 +1,226 @@
+"""Protobuf helpers shared by the services' converters modules.
+
+Only converters modules (and the client/CLI) import this; domain code never does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import overload
+
+import polars as pl
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from foresight.api.common.v1 import common_pb2
+from foresight.conditions import (
+    Condition,
+    ConditionGroup,
+    GroupMode,
+    Operator,
+    parse,
+    validate_group,
+)
+from foresight.errors import InvalidArgument
+
+
+@overload
+def to_timestamp(value: datetime) -> Timestamp: ...
+@overload
+def to_timestamp(value: None) -> None: ...
+@overload
+def to_timestamp(value: datetime | None) -> Timestamp | None: ...
+def to_timestamp(value: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp from an aware datetime (None stays None)."""
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: Timestamp, present: bool = True) -> datetime | None:
+    """An aware UTC datetime from a Timestamp field, None when unset."""
+    if not present:
+        return None
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def events_to_frame(events: Sequence[common_pb2.Event]) -> pl.DataFrame:
+    """Raw event rows for `foresight.events.validation.validate`.
+
+    Unset required fields become nulls so validation rejects them with a reason,
+    exactly as for rows read from files; timestamps travel as epoch milliseconds.
+    """
+    columns: dict[str, list[object]] = {
+        "event_id": [],
+        "profile_id": [],
+        "timestamp": [],
+        "event_type": [],
+        "channel": [],
+        "value": [],
+        "quantity": [],
+        "product_sku": [],
+        "product_category": [],
+        "page_name": [],
+        "campaign_id": [],
+        "attributes": [],
+    }
+    for e in events:
+        columns["event_id"].append(e.event_id or None)
+        columns["profile_id"].append(e.profile_id or None)
+        columns["timestamp"].append(
+            e.timestamp.ToMilliseconds() if e.HasField("timestamp") else None
+        )
+        columns["event_type"].append(e.event_type or None)
+        columns["channel"].append(e.channel or None)
+        columns["value"].append(e.value if e.HasField("value") else None)
+        columns["quantity"].append(e.quantity if e.HasField("quantity") else None)
+        columns["product_sku"].append(e.product_sku or None)
+        columns["product_category"].append(e.product_category or None)
+        columns["page_name"].append(e.page_name or None)
+        columns["campaign_id"].append(e.campaign_id or None)
+        columns["attributes"].append(
+            json.dumps(json_format.MessageToDict(e.attributes))
+            if e.HasField("attributes")
+            else None
+        )
+    schema = {
+        "timestamp": pl.Int64,
+        "value": pl.Float64,
+        "quantity": pl.Int64,
+    }
+    return pl.DataFrame(columns, schema={k: schema.get(k, pl.Utf8) for k in columns}, strict=False)
+
+
+def event_from_row(row: dict[str, object]) -> common_pb2.Event:
+    """A protobuf Event from a stored event row (the client and tests use it)."""
+    ev = common_pb2.Event(
+        event_id=str(row.get("event_id") or ""),
+        profile_id=str(row["profile_id"]),
+        event_type=str(row["event_type"]),
+        channel=str(row.get("channel") or ""),
+        product_sku=str(row.get("product_sku") or ""),
+        product_category=str(row.get("product_category") or ""),
+        page_name=str(row.get("page_name") or ""),
+        campaign_id=str(row.get("campaign_id") or ""),
+    )
+    ts = row["timestamp"]
+    if isinstance(ts, datetime):
+        ev.timestamp.FromDatetime(ts if ts.tzinfo else ts.replace(tzinfo=UTC))
+    if row.get("value") is not None:
+        ev.value = float(row["value"])  # type: ignore[arg-type]
+    if row.get("quantity") is not None:
+        ev.quantity = int(row["quantity"])  # type: ignore[call-overload]
+    attrs = row.get("attributes")
+    if attrs:
+        ev.attributes.update(json.loads(str(attrs)))
+    return ev
+
+
+# ---------------------------------------------------------------- conditions
+
+_OPS = {
+    common_pb2.OPERATOR_EQ: Operator.EQ,
+    common_pb2.OPERATOR_NE: Operator.NE,
+    common_pb2.OPERATOR_LT: Operator.LT,
+    common_pb2.OPERATOR_LE: Operator.LE,
+    common_pb2.OPERATOR_GT: Operator.GT,
+    common_pb2.OPERATOR_GE: Operator.GE,
+    common_pb2.OPERATOR_IN: Operator.IN,
+    common_pb2.OPERATOR_STARTS_WITH: Operator.STARTS_WITH,
+    common_pb2.OPERATOR_EXISTS: Operator.EXISTS,
+}
+_OPS_BACK = {v: k for k, v in _OPS.items()}
+
+
+def _literal_from(lit: common_pb2.Literal) -> str | float | int | bool:
+    kind = lit.WhichOneof("kind")
+    if kind == "number_value":
+        n = lit.number_value
+        return int(n) if n.is_integer() else n
+    if kind == "bool_value":
+        return lit.bool_value
+    return lit.string_value
+
+
+def _literal_to(value: object) -> common_pb2.Literal:
+    if isinstance(value, bool):
+        return common_pb2.Literal(bool_value=value)
+    if isinstance(value, int | float):
+        return common_pb2.Literal(number_value=float(value))
+    return common_pb2.Literal(string_value=str(value))
+
+
+def group_from_proto(group: common_pb2.ConditionGroup, path: str) -> ConditionGroup:
+    """Structured protobuf conditions → domain group (validated)."""
+    items: list[Condition | ConditionGroup] = []
+    for i, item in enumerate(group.items):
+        where = f"{path}.items[{i}]"
+        if item.WhichOneof("item") == "group":
+            items.append(group_from_proto(item.group, where))
+            continue
+        c = item.condition
+        if c.op not in _OPS:
+            raise InvalidArgument(f"{where}.op", "operator is required")
+        op = _OPS[c.op]
+        values = [_literal_from(v) for v in c.values]
+        value: object
+        if op is Operator.IN:
+            value = tuple(values)
+        elif op is Operator.EXISTS:
+            value = None
+        else:
+            if len(values) != 1:
+                raise InvalidArgument(f"{where}.values", f"{op.value!r} takes exactly one value")
+            value = values[0]
+        items.append(Condition(c.field, op, value))
+    mode = GroupMode.ANY_OF if group.mode == common_pb2.GROUP_MODE_ANY_OF else GroupMode.ALL_OF
+    out = ConditionGroup(mode, tuple(items))
+    validate_group(out, path)
+    return out
+
+
+def group_to_proto(group: ConditionGroup) -> common_pb2.ConditionGroup:
+    """Domain group → structured protobuf conditions."""
+    out = common_pb2.ConditionGroup(
+        mode=common_pb2.GROUP_MODE_ANY_OF
+        if group.mode is GroupMode.ANY_OF
+        else common_pb2.GROUP_MODE_ALL_OF
+    )
+    for item in group.items:
+        if isinstance(item, ConditionGroup):
+            out.items.add(group=group_to_proto(item))
+            continue
+        values = (
+            item.value
+            if isinstance(item.value, tuple)
+            else (() if item.value is None else (item.value,))
+        )
+        out.items.add(
+            condition=common_pb2.Condition(
+                field=item.field, op=_OPS_BACK[item.op], values=[_literal_to(v) for v in values]
+            )
+        )
+    return out
+
+
+def conditions_from_proto(
+    conditions: common_pb2.Conditions, path: str, present: bool = True
+) -> ConditionGroup | None:
+    """Either form (structured or text) → domain group; None when unset."""
+    if not present:
+        return None
+    form = conditions.WhichOneof("form")
+    if form == "text":
+        return parse(conditions.text, field=path)
+    if form == "structured":
+        return group_from_proto(conditions.structured, path)
+    return None
+
+
+def conditions_to_proto(group: ConditionGroup | None) -> common_pb2.Conditions | None:
+    """Domain group → structured Conditions (None stays None)."""
+    return None if group is None else common_pb2.Conditions(structured=group_to_proto(group))

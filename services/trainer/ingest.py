@@ -1,0 +1,305 @@
+"""Ingestion: raw batches → validation → event store → catalog, and dataset descriptions.
+
+Bad rows are never dropped silently: each goes to a quarantine file with its
+reason and is counted, so accepted + rejected always equals rows read.
+Re-importing the same data adds nothing (event ids, given or derived).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+from sqlalchemy import delete
+
+from foresight.errors import InvalidArgument, NotFound, PermissionDenied
+from foresight.events.readers import list_input_files, read_batches
+from foresight.events.schema import EVENT_COLUMNS
+from foresight.events.store import EventStore
+from foresight.events.validation import validate
+from foresight.storage import catalog
+from foresight.storage.db import Database
+from foresight.storage.models import ProfileRow
+
+_DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def check_dataset_name(name: str) -> str:
+    """A dataset name is a short slug: it becomes a folder name."""
+    if not _DATASET_NAME.fullmatch(name or ""):
+        raise InvalidArgument(
+            "dataset", "use 1–64 characters of a-z, 0-9, _ or -, starting alphanumeric"
+        )
+    return name
+
+
+@dataclass(slots=True)
+class IngestSummary:
+    """Counts of one ingestion; rows_read == accepted + rejected."""
+
+    dataset: str
+    rows_read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    written: int = 0
+    quarantine_path: str = ""
+    reject_reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def duplicates(self) -> int:
+        """Accepted rows already stored (skipped)."""
+        return self.accepted - self.written
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileImportSummary:
+    """Counts of one profile-attribute import."""
+
+    rows_read: int
+    profiles: int
+    attributes: list[str]
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    """A dataset of the event store."""
+
+    name: str
+    rows: int
+    parts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetDescription:
+    """What a dataset holds."""
+
+    info: DatasetInfo
+    profiles: int
+    min_timestamp: datetime | None
+    max_timestamp: datetime | None
+    event_types: list[tuple[str, int]]
+    completeness: list[tuple[str, float]]
+    quarantined_rows: int
+
+
+class Ingestor:
+    """Writes validated events into the store and catalogues them."""
+
+    def __init__(self, db: Database, store: EventStore, import_root: Path) -> None:
+        self.db = db
+        self.store = store
+        self.import_root = import_root.resolve()
+        # One writer per dataset at a time: dedupe reads the catalog it then extends.
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, dataset: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(dataset, threading.Lock())
+
+    # ------------------------------------------------------------ paths
+
+    def resolve_import_path(self, path: str) -> list[Path]:
+        """The files a request path stands for, all strictly inside the import root.
+
+        Relative paths are taken from the root. `..`, absolute paths elsewhere and
+        symlinks that lead outside are refused, whatever their spelling.
+        """
+        if not path:
+            raise InvalidArgument("path", "must not be empty")
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            candidate = self.import_root / candidate
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(self.import_root):
+            raise PermissionDenied(f"path {path!r} is outside the allowed import root")
+        if not resolved.exists():
+            raise NotFound(f"path {path!r} does not exist under the import root")
+        files = list_input_files(resolved)
+        for f in files:
+            if not f.resolve().is_relative_to(self.import_root):
+                raise PermissionDenied(
+                    f"{f.name} in {path!r} links outside the allowed import root"
+                )
+        return files
+
+    # ------------------------------------------------------------ events
+
+    def ingest(
+        self, dataset: str, batches: Iterable[pl.DataFrame], now: datetime | None = None
+    ) -> IngestSummary:
+        """Validate and store raw batches; quarantine rejects; catalog new parts."""
+        check_dataset_name(dataset)
+        now = now or datetime.now(UTC)
+        summary = IngestSummary(dataset=dataset)
+        rejected: list[pl.DataFrame] = []
+        with self._lock(dataset):
+            known = catalog.catalogued_parts(self.db, dataset)
+            for raw in batches:
+                result = validate(raw, now, row_offset=summary.rows_read)
+                summary.rows_read += result.rows_read
+                summary.accepted += result.accepted.height
+                summary.rejected += result.rejected.height
+                summary.reject_reasons.update(result.reason_counts())
+                if result.rejected.height:
+                    rejected.append(result.rejected)
+                parts = self.store.write(dataset, result.accepted, known)
+                quarantine = None
+                if rejected and sum(r.height for r in rejected) >= 100_000:
+                    quarantine = self._quarantine(dataset, rejected)
+                    rejected = []
+                catalog.record_import(
+                    self.db,
+                    dataset,
+                    [
+                        catalog.CataloguedPart(
+                            p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp
+                        )
+                        for p in parts
+                    ],
+                    quarantine,
+                )
+                known.extend(p.path for p in parts)
+                summary.written += sum(p.rows for p in parts)
+                if quarantine:
+                    summary.quarantine_path = quarantine[0]
+            if rejected:
+                quarantine = self._quarantine(dataset, rejected)
+                catalog.record_import(self.db, dataset, [], quarantine)
+                summary.quarantine_path = quarantine[0]
+            if summary.rows_read and not known:
+                catalog.record_import(
+                    self.db, dataset, [], None
+                )  # the dataset exists, even if empty
+            self.store.release(dataset)
+        return summary
+
+    def _quarantine(self, dataset: str, rejected: list[pl.DataFrame]) -> tuple[str, int]:
+        frame = pl.concat(rejected, how="vertical_relaxed")
+        return self.store.write_quarantine(dataset, frame), frame.height
+
+    def import_dataset(self, dataset: str, path: str) -> IngestSummary:
+        """Import a server-side file or folder under the import root."""
+        check_dataset_name(dataset)
+        files = self.resolve_import_path(path)
+        return self.ingest(dataset, (batch for f in files for batch in read_batches(f)))
+
+    def cleanup(self) -> int:
+        """Remove part files no catalog entry points at (left by a killed import)."""
+        removed = 0
+        for name in catalog.dataset_names(self.db):
+            removed += len(
+                self.store.cleanup_orphans(name, catalog.catalogued_parts(self.db, name))
+            )
+        return removed
+
+    # ------------------------------------------------------------ profiles
+
+    def import_profiles(self, path: str) -> ProfileImportSummary:
+        """Upsert profile attributes from a file keyed by profile_id."""
+        files = self.resolve_import_path(path)
+        frame = pl.concat([b for f in files for b in read_batches(f)], how="diagonal_relaxed")
+        if "profile_id" not in frame.columns:
+            raise InvalidArgument("path", "profile file has no profile_id column")
+        rows_read = frame.height
+        ids = pl.col("profile_id").cast(pl.Utf8).str.strip_chars()
+        frame = frame.with_columns(ids.alias("profile_id"))
+        good = frame.filter(
+            pl.col("profile_id").is_not_null()
+            & (pl.col("profile_id").str.len_chars().is_between(1, 128))
+        )
+        rejected = rows_read - good.height
+        good = good.unique("profile_id", keep="last")
+        attributes = [c for c in good.columns if c != "profile_id"]
+        records = (
+            good.select(attributes).to_dicts() if attributes else [{} for _ in range(good.height)]
+        )
+        ids_list = good["profile_id"].to_list()
+        now = datetime.now(UTC)
+        with self.db.session() as s:
+            for start in range(0, len(ids_list), 5_000):
+                chunk = ids_list[start : start + 5_000]
+                s.execute(delete(ProfileRow).where(ProfileRow.profile_id.in_(chunk)))
+            s.flush()
+        rows = [(pid, _jsonable(rec), now) for pid, rec in zip(ids_list, records, strict=True)]
+        self.db.bulk_load(ProfileRow.__table__, ["profile_id", "attributes", "updated_at"], rows)  # type: ignore[arg-type]
+        return ProfileImportSummary(rows_read, len(ids_list), attributes, rejected)
+
+    # ------------------------------------------------------------ datasets
+
+    def list_datasets(self) -> list[DatasetInfo]:
+        """Every dataset with its counts."""
+        return [self._info(name) for name in catalog.dataset_names(self.db)]
+
+    def _info(self, name: str) -> DatasetInfo:
+        row = catalog.get_dataset(self.db, name)
+        return DatasetInfo(
+            row.name, row.rows, catalog.part_count(self.db, row.id), row.created_at, row.updated_at
+        )
+
+    def describe(self, dataset: str) -> DatasetDescription:
+        """Rows, profiles, time range, event types and completeness per field."""
+        info = self._info(dataset)
+        row = catalog.get_dataset(self.db, dataset)
+        parts = catalog.catalogued_parts(self.db, dataset)
+        if not parts:
+            return DatasetDescription(info, 0, None, None, [], [], row.quarantined_rows)
+        lf = self.store.scan(dataset, parts)
+        optional = [c for c in EVENT_COLUMNS if c != "event_id"]
+        stats = lf.select(
+            pl.len().alias("rows"),
+            pl.col("profile_id").n_unique().alias("profiles"),
+            pl.col("timestamp").min().alias("min_ts"),
+            pl.col("timestamp").max().alias("max_ts"),
+            *[pl.col(c).is_not_null().mean().alias(f"c_{c}") for c in optional],
+        ).collect()
+        types = (
+            lf.group_by("event_type")
+            .len()
+            .sort(["len", "event_type"], descending=[True, False])
+            .collect()
+        )
+        s = stats.row(0, named=True)
+        return DatasetDescription(
+            info=info,
+            profiles=int(s["profiles"]),
+            min_timestamp=s["min_ts"],
+            max_timestamp=s["max_ts"],
+            event_types=list(
+                zip(types["event_type"].to_list(), types["len"].to_list(), strict=True)
+            ),
+            completeness=[(c, round(100.0 * float(s[f"c_{c}"] or 0.0), 2)) for c in optional],
+            quarantined_rows=row.quarantined_rows,
+        )
+
+
+def _jsonable(record: dict[str, object]) -> dict[str, object]:
+    """Attribute values as JSON-friendly scalars (dates become ISO text)."""
+    out: dict[str, object] = {}
+    for key, value in record.items():
+        if value is None:
+            continue
+        out[key] = value if isinstance(value, str | int | float | bool) else str(value)
+    return out
+
+
+def merge_summaries(summaries: list[IngestSummary]) -> IngestSummary:
+    """Add up the summaries of several chunks of one ingestion."""
+    total = IngestSummary(dataset=summaries[0].dataset)
+    for s in summaries:
+        total.rows_read += s.rows_read
+        total.accepted += s.accepted
+        total.rejected += s.rejected
+        total.written += s.written
+        total.reject_reasons.update(s.reject_reasons)
+        total.quarantine_path = s.quarantine_path or total.quarantine_path
+    return total

@@ -1,0 +1,58 @@
+"""Trainer composition root: settings → storage → domain → servicer → server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from foresight.events.store import EventStore
+from foresight.runtime import ServiceRuntime, run_service
+from foresight.settings import load_settings
+from foresight.storage import ArtifactStore, Database
+from services.trainer.ingest import Ingestor
+from services.trainer.instances import Instances
+from services.trainer.servicer import TrainerServicer
+from services.trainer.settings import TrainerSettings
+
+log = logging.getLogger("foresight.trainer")
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+
+
+def build_servicer(
+    settings: TrainerSettings,
+) -> tuple[TrainerServicer, Callable[[], Awaitable[None]]]:
+    """Wire the domain; returns the servicer and the start-up recovery hook."""
+    db = Database(settings.resolved_database_url)
+    store = EventStore(settings.data_dir / "events", shards=settings.shards)
+    artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    settings.import_root.mkdir(parents=True, exist_ok=True)
+    ingestor = Ingestor(db, store, settings.import_root)
+    servicer = TrainerServicer(ingestor, Instances(db))
+
+    async def recover() -> None:
+        # Leave the stores consistent after a kill: schema current, temp folders
+        # and uncatalogued parts gone.
+        await asyncio.to_thread(db.migrate)
+        swept = await asyncio.to_thread(artifacts.sweep_temporary)
+        orphans = await asyncio.to_thread(ingestor.cleanup)
+        log.info("recovered", extra={"temporary_swept": swept, "orphan_parts": orphans})
+
+    return servicer, recover
+
+
+def main() -> None:
+    """Start the trainer (`foresight-trainer`)."""
+    settings = load_settings(TrainerSettings)
+
+    async def setup(runtime: ServiceRuntime) -> Callable[[], Awaitable[None]]:
+        servicer, recover = build_servicer(settings)
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, runtime.server)
+        return recover
+
+    run_service("trainer", settings, [SERVICE_NAME], setup)
+
+
+if __name__ == "__main__":
+    main()

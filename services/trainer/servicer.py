@@ -1,0 +1,124 @@
+"""Thin gRPC servicer of the trainer: convert the request, call the domain, convert back.
+
+Blocking domain work runs in worker threads so the event loop keeps serving
+health checks and other RPCs. Errors are mapped by the runtime interceptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import polars as pl
+
+from foresight.api.trainer.v1 import trainer_pb2 as pb
+from foresight.api.trainer.v1 import trainer_pb2_grpc
+from foresight.convert import events_to_frame
+from foresight.errors import InvalidArgument
+from services.trainer import converters as conv
+from services.trainer.ingest import Ingestor, IngestSummary, merge_summaries
+from services.trainer.instances import Instances
+
+# Rows buffered from a client stream before they are validated and written.
+_STREAM_CHUNK_ROWS = 200_000
+_MAX_BATCH_EVENTS = 10_000
+
+Context = grpc.aio.ServicerContext
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    """The trainer's RPCs."""
+
+    def __init__(self, ingestor: Ingestor, instances: Instances) -> None:
+        self.ingestor = ingestor
+        self.instances = instances
+
+    # ------------------------------------------------------------ ingestion
+
+    async def IngestEvents(
+        self, request_iterator: AsyncIterator[pb.IngestEventsRequest], context: Context
+    ) -> pb.IngestSummary:
+        dataset = ""
+        pending: list[pl.DataFrame] = []
+        pending_rows = 0
+        summaries: list[IngestSummary] = []
+        async for batch in request_iterator:
+            if not batch.dataset:
+                raise InvalidArgument("dataset", "must not be empty")
+            if dataset and batch.dataset != dataset:
+                raise InvalidArgument("dataset", "must be the same in every batch of a stream")
+            if len(batch.events) > _MAX_BATCH_EVENTS:
+                raise InvalidArgument("events", f"at most {_MAX_BATCH_EVENTS} events per batch")
+            dataset = batch.dataset
+            pending.append(events_to_frame(batch.events))
+            pending_rows += len(batch.events)
+            if pending_rows >= _STREAM_CHUNK_ROWS:
+                summaries.append(await asyncio.to_thread(self.ingestor.ingest, dataset, pending))
+                pending, pending_rows = [], 0
+        if not dataset:
+            raise InvalidArgument("dataset", "the stream carried no batch")
+        if pending or not summaries:
+            summaries.append(await asyncio.to_thread(self.ingestor.ingest, dataset, pending))
+        return conv.ingest_summary(merge_summaries(summaries))
+
+    async def ImportDataset(
+        self, request: pb.ImportDatasetRequest, context: Context
+    ) -> pb.IngestSummary:
+        summary = await asyncio.to_thread(
+            self.ingestor.import_dataset, request.dataset, request.path
+        )
+        return conv.ingest_summary(summary)
+
+    async def ImportProfiles(
+        self, request: pb.ImportProfilesRequest, context: Context
+    ) -> pb.ImportProfilesResponse:
+        return conv.profile_summary(
+            await asyncio.to_thread(self.ingestor.import_profiles, request.path)
+        )
+
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: Context
+    ) -> pb.ListDatasetsResponse:
+        infos = await asyncio.to_thread(self.ingestor.list_datasets)
+        return pb.ListDatasetsResponse(datasets=[conv.dataset(i) for i in infos])
+
+    async def DescribeDataset(
+        self, request: pb.DescribeDatasetRequest, context: Context
+    ) -> pb.DatasetDescription:
+        if not request.dataset:
+            raise InvalidArgument("dataset", "must not be empty")
+        return conv.description(await asyncio.to_thread(self.ingestor.describe, request.dataset))
+
+    # ------------------------------------------------------------ instances
+
+    async def CreateInstance(
+        self, request: pb.CreateInstanceRequest, context: Context
+    ) -> pb.Instance:
+        config, dataset = conv.instance_config(request.instance)
+        return conv.instance(await asyncio.to_thread(self.instances.create, config, dataset))
+
+    async def GetInstance(self, request: pb.GetInstanceRequest, context: Context) -> pb.Instance:
+        return conv.instance(await asyncio.to_thread(self.instances.get, request.name))
+
+    async def ListInstances(
+        self, request: pb.ListInstancesRequest, context: Context
+    ) -> pb.ListInstancesResponse:
+        records = await asyncio.to_thread(self.instances.list)
+        return pb.ListInstancesResponse(instances=[conv.instance(r) for r in records])
+
+    async def UpdateInstance(
+        self, request: pb.UpdateInstanceRequest, context: Context
+    ) -> pb.Instance:
+        current = await asyncio.to_thread(self.instances.get, request.instance.name)
+        merged = conv.merge_instance(
+            conv.instance(current), request.instance, list(request.update_mask.paths)
+        )
+        config, dataset = conv.instance_config(merged)
+        return conv.instance(await asyncio.to_thread(self.instances.update, config, dataset))
+
+    async def DeleteInstance(
+        self, request: pb.DeleteInstanceRequest, context: Context
+    ) -> pb.DeleteInstanceResponse:
+        await asyncio.to_thread(self.instances.delete, request.name)
+        return pb.DeleteInstanceResponse()

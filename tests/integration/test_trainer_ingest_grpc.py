@@ -1,0 +1,298 @@
+"""In-process gRPC tests of the trainer's ingestion, dataset and instance RPCs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import polars as pl
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from foresight.api.common.v1 import common_pb2
+from foresight.api.trainer.v1 import trainer_pb2 as pb
+from foresight.api.trainer.v1 import trainer_pb2_grpc
+from foresight.runtime import ServiceRuntime
+from services.trainer.main import SERVICE_NAME, build_servicer
+from services.trainer.settings import TrainerSettings
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Trainer:
+    stub: trainer_pb2_grpc.TrainerServiceStub
+    channel: grpc.aio.Channel
+    runtime: ServiceRuntime
+    imports: Path
+    data: Path
+
+
+async def _start(tmp_path: Path, **extra: object) -> Trainer:
+    imports = tmp_path / "imports"
+    imports.mkdir(exist_ok=True)
+    settings = TrainerSettings(
+        data_dir=tmp_path / "var",
+        port=0,
+        import_root=imports,
+        shards=4,
+        **extra,  # type: ignore[arg-type]
+    )
+    runtime = ServiceRuntime(settings, [SERVICE_NAME])
+    servicer, recover = build_servicer(settings)
+    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, runtime.server)
+    port = await runtime.start()
+    await recover()
+    await runtime.set_serving(True)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return Trainer(
+        trainer_pb2_grpc.TrainerServiceStub(channel), channel, runtime, imports, tmp_path / "var"
+    )
+
+
+@pytest.fixture
+async def trainer(tmp_path: Path) -> AsyncIterator[Trainer]:
+    t = await _start(tmp_path)
+    yield t
+    await t.channel.close()
+    await t.runtime.stop(0)
+
+
+def _good_rows(n: int, start: datetime) -> list[dict[str, object]]:
+    return [
+        {
+            "event_id": f"e{i}",
+            "profile_id": f"p{i % 50}",
+            "timestamp": (start + timedelta(hours=i)).isoformat(),
+            "event_type": "commerce.purchases" if i % 5 == 0 else "commerce.productViews",
+            "channel": "web" if i % 2 else "mobile",
+            "value": 10.0 + i if i % 5 == 0 else None,
+            "quantity": 1,
+            "product_category": "tools",
+        }
+        for i in range(n)
+    ]
+
+
+def _broken_rows(start: datetime) -> list[tuple[dict[str, object], str]]:
+    """One broken row of every kind, with the reason validation must give."""
+    base = {
+        "event_id": None,
+        "profile_id": "px",
+        "timestamp": start.isoformat(),
+        "event_type": "web.webpagedetails.pageViews",
+    }
+    far = (datetime.now(UTC) + timedelta(days=400)).isoformat()
+    return [
+        ({**base, "event_id": "b1", "profile_id": None}, "profile_id"),
+        ({**base, "event_id": "b2", "timestamp": "not a time"}, "timestamp"),
+        ({**base, "event_id": "b3", "timestamp": far}, "timestamp"),
+        ({**base, "event_id": "b4", "event_type": None}, "event_type"),
+        ({**base, "event_id": "b5", "value": "abc"}, "value"),
+        ({**base, "event_id": "b6", "value": "-3"}, "value"),
+        ({**base, "event_id": "b7", "value": "NaN"}, "value"),
+        ({**base, "event_id": "b8", "quantity": "-1"}, "quantity"),
+        ({**base, "event_id": "b9", "page_name": "x" * 5000}, "page_name"),
+        ({**base, "event_id": "b10", "profile_id": "p" * 200}, "profile_id"),
+    ]
+
+
+async def test_health_serving_and_reflection_lists_the_service(trainer: Trainer) -> None:
+    health = health_pb2_grpc.HealthStub(trainer.channel)
+    resp = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(trainer.channel)
+    call = refl.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    answer = await call.read()
+    await call.done_writing()
+    names = {s.name for s in answer.list_services_response.service}
+    assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
+
+
+async def test_health_not_serving_after_shutdown(tmp_path: Path) -> None:
+    t = await _start(tmp_path)
+    health = health_pb2_grpc.HealthStub(t.channel)
+    await t.runtime.health.enter_graceful_shutdown()
+    resp = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+    assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await t.channel.close()
+    await t.runtime.stop(0)
+
+
+async def test_broken_rows_are_quarantined_and_reimport_adds_nothing(trainer: Trainer) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    good = _good_rows(90, start)
+    broken = _broken_rows(start)
+    rows = good + [r for r, _ in broken]  # 10 % broken, one of every kind
+    path = trainer.imports / "events.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    first = await trainer.stub.ImportDataset(
+        pb.ImportDatasetRequest(dataset="shop", path="events.jsonl")
+    )
+    assert first.rows_read == 100
+    assert (first.accepted, first.rejected, first.written) == (90, 10, 90)
+    assert first.accepted + first.rejected == first.rows_read
+    quarantine = pl.read_parquet(trainer.data / "events" / first.quarantine_path)
+    assert quarantine.height == 10
+    reasons = dict(
+        zip(
+            quarantine["raw_event_id"]
+            if "raw_event_id" in quarantine.columns
+            else quarantine["event_id"],
+            quarantine["reason"],
+            strict=True,
+        )
+    )
+    for row, field in broken:
+        assert field in reasons[row["event_id"]], (row["event_id"], reasons[row["event_id"]])
+
+    again = await trainer.stub.ImportDataset(
+        pb.ImportDatasetRequest(dataset="shop", path="events.jsonl")
+    )
+    assert (again.written, again.duplicates, again.rejected) == (0, 90, 10)
+    described = await trainer.stub.DescribeDataset(pb.DescribeDatasetRequest(dataset="shop"))
+    assert described.dataset.rows == 90
+    assert described.profiles == 50
+    counts = {c.event_type: c.rows for c in described.event_types}
+    assert counts == {"commerce.productViews": 72, "commerce.purchases": 18}
+    completeness = {c.field: c.percent for c in described.completeness}
+    assert completeness["profile_id"] == 100.0 and completeness["value"] == 20.0
+    assert described.quarantined_rows == 20
+
+
+async def test_import_outside_root_is_permission_denied(trainer: Trainer, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.csv"
+    outside.write_text("profile_id,timestamp,event_type\np1,2026-01-01T00:00:00Z,x\n")
+    (trainer.imports / "link.csv").symlink_to(outside)
+    for path in ["../secret.csv", str(outside), "link.csv", "sub/../../secret.csv"]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await trainer.stub.ImportDataset(pb.ImportDatasetRequest(dataset="d", path=path))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, path
+
+
+async def test_bad_requests_name_the_field(trainer: Trainer) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.ImportDataset(pb.ImportDatasetRequest(dataset="Bad Name!", path="x.csv"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("dataset:")
+    assert ("foresight-field", "dataset") in tuple(err.value.trailing_metadata() or ())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.DescribeDataset(pb.DescribeDatasetRequest(dataset="missing"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.ImportDataset(pb.ImportDatasetRequest(dataset="d", path="nope.csv"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_ingest_stream_counts_and_idempotency(trainer: Trainer) -> None:
+    start = datetime(2026, 2, 1, tzinfo=UTC)
+
+    def batches() -> list[pb.IngestEventsRequest]:
+        events = []
+        for i in range(30):
+            ev = common_pb2.Event(
+                event_id=f"s{i}",
+                profile_id=f"p{i % 3}",
+                event_type="application.launch",
+                channel="mobile",
+            )
+            ev.timestamp.FromDatetime(start + timedelta(minutes=i))
+            events.append(ev)
+        bad = common_pb2.Event(event_id="bad", profile_id="p1")  # no timestamp, no type
+        return [
+            pb.IngestEventsRequest(dataset="stream", events=events[:15]),
+            pb.IngestEventsRequest(dataset="stream", events=[*events[15:], bad]),
+        ]
+
+    first = await trainer.stub.IngestEvents(iter(batches()))
+    assert (first.rows_read, first.accepted, first.rejected, first.written) == (31, 30, 1, 30)
+    second = await trainer.stub.IngestEvents(iter(batches()))
+    assert (second.written, second.duplicates) == (0, 30)
+    listed = await trainer.stub.ListDatasets(pb.ListDatasetsRequest())
+    assert [(d.name, d.rows) for d in listed.datasets] == [("stream", 30)]
+
+
+async def test_mixed_datasets_in_one_stream_is_invalid(trainer: Trainer) -> None:
+    ev = common_pb2.Event(profile_id="p", event_type="x")
+    reqs = [
+        pb.IngestEventsRequest(dataset="a", events=[ev]),
+        pb.IngestEventsRequest(dataset="b", events=[ev]),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.IngestEvents(iter(reqs))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_instance_crud(trainer: Trainer) -> None:
+    (trainer.imports / "e.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in _good_rows(10, datetime(2026, 1, 1, tzinfo=UTC))) + "\n"
+    )
+    await trainer.stub.ImportDataset(pb.ImportDatasetRequest(dataset="shop", path="e.jsonl"))
+    goal = pb.Goal(
+        conditions=common_pb2.Conditions(text='event_type = "commerce.purchases" and value > 100'),
+        window_days=30,
+    )
+    created = await trainer.stub.CreateInstance(
+        pb.CreateInstanceRequest(
+            instance=pb.Instance(
+                name="buyers", type=pb.INSTANCE_TYPE_CONVERSION, goal=goal, dataset="shop"
+            )
+        )
+    )
+    assert created.goal.occurrence == pb.OCCURRENCE_WILL_OCCUR
+    assert created.goal.conditions.WhichOneof("form") == "structured"
+    assert len(created.goal.conditions.structured.items) == 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.CreateInstance(pb.CreateInstanceRequest(instance=created))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    updated = await trainer.stub.UpdateInstance(
+        pb.UpdateInstanceRequest(
+            instance=pb.Instance(name="buyers", description="big baskets"),
+            update_mask={"paths": ["description"]},
+        )
+    )
+    assert updated.description == "big baskets" and updated.goal.window_days == 30
+    listed = await trainer.stub.ListInstances(pb.ListInstancesRequest())
+    assert [i.name for i in listed.instances] == ["buyers"]
+
+    bad_text = pb.Instance(
+        name="broken",
+        type=pb.INSTANCE_TYPE_CUSTOM,
+        dataset="shop",
+        goal=pb.Goal(conditions=common_pb2.Conditions(text="value >"), window_days=30),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.CreateInstance(pb.CreateInstanceRequest(instance=bad_text))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "goal.conditions" in err.value.details() and "column" in err.value.details()
+
+    await trainer.stub.DeleteInstance(pb.DeleteInstanceRequest(name="buyers"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.GetInstance(pb.GetInstanceRequest(name="buyers"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_bearer_token_required_but_health_open(tmp_path: Path) -> None:
+    t = await _start(tmp_path, auth_token="s3cret")
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await t.stub.ListDatasets(pb.ListDatasetsRequest())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ok = await t.stub.ListDatasets(
+            pb.ListDatasetsRequest(), metadata=(("authorization", "Bearer s3cret"),)
+        )
+        assert list(ok.datasets) == []
+        health = health_pb2_grpc.HealthStub(t.channel)
+        resp = await health.Check(health_pb2.HealthCheckRequest())
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await t.channel.close()
+        await t.runtime.stop(0)
