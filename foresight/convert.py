@@ -14,7 +14,9 @@ import polars as pl
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from foresight import instance as inst
 from foresight.api.common.v1 import common_pb2
+from foresight.api.trainer.v1 import trainer_pb2
 from foresight.conditions import (
     Condition,
     ConditionGroup,
@@ -24,6 +26,7 @@ from foresight.conditions import (
     validate_group,
 )
 from foresight.errors import InvalidArgument
+from foresight.instance import CustomEvent, Goal, InstanceConfig, Population
 
 
 @overload
@@ -224,3 +227,102 @@ def conditions_from_proto(
 def conditions_to_proto(group: ConditionGroup | None) -> common_pb2.Conditions | None:
     """Domain group → structured Conditions (None stays None)."""
     return None if group is None else common_pb2.Conditions(structured=group_to_proto(group))
+
+
+# ---------------------------------------------------------------- instances
+
+_TYPES = {
+    trainer_pb2.INSTANCE_TYPE_CHURN: inst.InstanceType.CHURN,
+    trainer_pb2.INSTANCE_TYPE_CONVERSION: inst.InstanceType.CONVERSION,
+    trainer_pb2.INSTANCE_TYPE_CUSTOM: inst.InstanceType.CUSTOM,
+}
+_TYPES_BACK = {v: k for k, v in _TYPES.items()}
+_OCCURRENCE = {
+    trainer_pb2.OCCURRENCE_WILL_OCCUR: inst.Occurrence.WILL_OCCUR,
+    trainer_pb2.OCCURRENCE_WILL_NOT_OCCUR: inst.Occurrence.WILL_NOT_OCCUR,
+}
+_OCCURRENCE_BACK = {v: k for k, v in _OCCURRENCE.items()}
+
+
+def instance_config(
+    msg: trainer_pb2.Instance, path: str = "instance"
+) -> tuple[InstanceConfig, str]:
+    """Protobuf instance → (validated domain config, dataset name)."""
+    if msg.type not in _TYPES:
+        raise InvalidArgument(f"{path}.type", "choose CHURN, CONVERSION or CUSTOM")
+    kind = _TYPES[msg.type]
+    goal_conditions = conditions_from_proto(
+        msg.goal.conditions, f"{path}.goal.conditions", msg.goal.HasField("conditions")
+    )
+    if msg.goal.occurrence in _OCCURRENCE:
+        occurrence = _OCCURRENCE[msg.goal.occurrence]
+    else:  # follows the type when omitted
+        occurrence = (
+            inst.Occurrence.WILL_NOT_OCCUR
+            if kind is inst.InstanceType.CHURN
+            else inst.Occurrence.WILL_OCCUR
+        )
+    config = InstanceConfig(
+        name=msg.name,
+        description=msg.description,
+        type=kind,
+        goal=Goal(
+            conditions=goal_conditions or ConditionGroup(),
+            occurrence=occurrence,
+            window_days=msg.goal.window_days or 30,
+        ),
+        population=Population(
+            conditions=conditions_from_proto(
+                msg.population.conditions,
+                f"{path}.population.conditions",
+                msg.population.HasField("conditions"),
+            ),
+            lookback_days=msg.population.lookback_days or 45,
+        ),
+        custom_events=tuple(
+            CustomEvent(
+                name=e.name,
+                conditions=conditions_from_proto(
+                    e.conditions, f"{path}.custom_events[{i}].conditions", True
+                )
+                or ConditionGroup(),
+            )
+            for i, e in enumerate(msg.custom_events)
+        ),
+        profile_attributes=tuple(msg.profile_attributes),
+        exclusions=conditions_from_proto(
+            msg.exclusions, f"{path}.exclusions", msg.HasField("exclusions")
+        ),
+        scoring_schedule=msg.scoring_schedule or None,
+        min_positives=msg.min_positives or 500,
+        min_negatives=msg.min_negatives or 500,
+    )
+    return config, msg.dataset
+
+
+def instance_to_proto(config: InstanceConfig, dataset_name: str) -> trainer_pb2.Instance:
+    """Domain config → protobuf instance (output-only fields left unset)."""
+    return trainer_pb2.Instance(
+        name=config.name,
+        description=config.description,
+        type=_TYPES_BACK[config.type],
+        goal=trainer_pb2.Goal(
+            conditions=conditions_to_proto(config.goal.conditions),
+            occurrence=_OCCURRENCE_BACK[config.goal.occurrence],
+            window_days=config.goal.window_days,
+        ),
+        population=trainer_pb2.Population(
+            conditions=conditions_to_proto(config.population.conditions),
+            lookback_days=config.population.lookback_days,
+        ),
+        custom_events=[
+            trainer_pb2.CustomEvent(name=e.name, conditions=conditions_to_proto(e.conditions))
+            for e in config.custom_events
+        ],
+        profile_attributes=list(config.profile_attributes),
+        exclusions=conditions_to_proto(config.exclusions),
+        scoring_schedule=config.scoring_schedule or "",
+        dataset=dataset_name,
+        min_positives=config.min_positives,
+        min_negatives=config.min_negatives,
+    )

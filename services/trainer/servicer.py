@@ -14,7 +14,7 @@ import polars as pl
 
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.api.trainer.v1 import trainer_pb2_grpc
-from foresight.convert import events_to_frame
+from foresight.convert import events_to_frame, instance_config
 from foresight.errors import InvalidArgument
 from services.trainer import converters as conv
 from services.trainer.ingest import Ingestor, IngestSummary, merge_summaries
@@ -95,7 +95,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def CreateInstance(
         self, request: pb.CreateInstanceRequest, context: Context
     ) -> pb.Instance:
-        config, dataset = conv.instance_config(request.instance)
+        config, dataset = instance_config(request.instance)
         return conv.instance(await asyncio.to_thread(self.instances.create, config, dataset))
 
     async def GetInstance(self, request: pb.GetInstanceRequest, context: Context) -> pb.Instance:
@@ -114,7 +114,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         merged = conv.merge_instance(
             conv.instance(current), request.instance, list(request.update_mask.paths)
         )
-        config, dataset = conv.instance_config(merged)
+        config, dataset = instance_config(merged)
         return conv.instance(await asyncio.to_thread(self.instances.update, config, dataset))
 
     async def DeleteInstance(

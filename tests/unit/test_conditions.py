@@ -177,7 +177,7 @@ def test_type_errors_name_the_problem(text: str, expected: str) -> None:
 def test_single_item_groups_normalise_to_all_of() -> None:
     # One item means the same under either mode; normalising keeps round trips exact.
     assert ConditionGroup(ANY, (PURCHASE,)) == ConditionGroup(ALL, (PURCHASE,))
-    assert ConditionGroup(ANY, [PURCHASE]).items == (PURCHASE,)
+    assert ConditionGroup(ANY, [PURCHASE]).items == (PURCHASE,)  # type: ignore[arg-type]  # lists come from JSON
 
 
 def test_validate_group_names_the_path() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import polars as pl
 import pytest
@@ -23,13 +24,15 @@ from foresight.instance import Goal, Occurrence, Population
 pytestmark = pytest.mark.unit
 
 CUTOFF = datetime(2024, 6, 1, tzinfo=UTC)
-SCHEMA = {
-    "profile_id": pl.String,
-    "timestamp": pl.Datetime("us", "UTC"),
-    "event_type": pl.String,
-    "channel": pl.String,
-    "value": pl.Float64,
-}
+SCHEMA = pl.Schema(
+    {
+        "profile_id": pl.String(),
+        "timestamp": pl.Datetime("us", "UTC"),
+        "event_type": pl.String(),
+        "channel": pl.String(),
+        "value": pl.Float64(),
+    }
+)
 
 
 def frame(rows: list[tuple[str, datetime, str]]) -> pl.DataFrame:
@@ -133,7 +136,7 @@ def test_choose_cutoffs_keeps_outcome_windows_inside_the_data() -> None:
         2024, 12, 1, tzinfo=UTC
     )  # latest = validation cutoff, at midnight
     # Default step = window: training outcome windows end before the validation cutoff.
-    assert all(b - a == days(30) for a, b in zip(cutoffs, cutoffs[1:], strict=False))
+    assert all(b - a == days(30) for a, b in pairwise(cutoffs))
     assert choose_cutoffs(end, 30, n=3, step_days=7)[0] == datetime(2024, 11, 17, tzinfo=UTC)
 
 

@@ -1,0 +1,156 @@
+"""`make bench`: measure the figures the issues name; print a table, write bench/results.json.
+
+Every figure comes from a run on this machine; nothing is copied in. Stages
+that take a long time reuse the 1M-profile data set under bench/data.
+Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from foresight import localrun
+from foresight.api.trainer.v1 import trainer_pb2
+from foresight.client import ForesightClient
+from foresight.generate import generate
+
+ROOT = Path(__file__).resolve().parent
+DATA = ROOT / "data"
+RESULTS = ROOT / "results.json"
+PROFILES = int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000"))
+console = Console()
+
+# figure → (target text, unit)
+TARGETS: dict[str, tuple[str, str]] = {
+    "generate_events_per_s": ("≥ 333k (20M in ≤ 60 s)", "events/s"),
+    "generate_1m_s": ("≤ 60", "s"),
+    "ingest_events_per_s": ("report", "events/s"),
+    "batch_score_1m_s": ("≤ 120", "s"),
+    "lookup_rps_ratio_vs_empty": ("≥ 0.8", "ratio"),
+    "lookup_p99_ms_at_1k_rps": ("≤ 2", "ms"),
+    "scorer_rss_mb_1m": ("≤ 400", "MB"),
+    "onnx_vs_lightgbm_single_row_ratio": ("report", "ratio"),
+    "onnx_vs_lightgbm_batch10k_ratio": ("report", "ratio"),
+    "index_build_1m_s": ("≤ 150", "s"),
+    "recall_at_10": ("≥ 0.95", ""),
+    "expand_10k_to_100k_s": ("≤ 2", "s"),
+    "discover_1m_s": ("≤ 120", "s"),
+    "segmenter_rss_mb_1m": ("≤ 1,500", "MB"),
+    "persona_ari": ("≥ 0.7", ""),
+    "lookalike_conversion_lift": ("≥ 2", "×"),
+}
+
+
+def synthetic_dir() -> Path:
+    """The 1M-profile data set (generated once; reused by later stages)."""
+    return DATA / "imports" / f"synthetic-{PROFILES}"
+
+
+def stage_generate(results: dict[str, Any]) -> None:
+    """generate_events_per_s: the generator at 1M profiles."""
+    out = synthetic_dir()
+    summary = generate(out, profiles=PROFILES, seed=11)
+    results["generate_events_per_s"] = round(summary.events / summary.seconds)
+    results["generate_1m_s"] = round(summary.seconds, 1)
+    results["generate_events"] = summary.events
+
+
+def stage_ingest(results: dict[str, Any]) -> None:
+    """ingest_events_per_s: ImportDataset of the whole file over gRPC, validation included."""
+    if not (synthetic_dir() / "events.parquet").exists():
+        stage_generate(results)
+    var = DATA / "var-ingest"
+    subprocess.run(["rm", "-rf", str(var)], check=True)
+    services = localrun.start(
+        var, env={"FORESIGHT_IMPORT_ROOT": str((DATA / "imports").resolve())}, services=("trainer",)
+    )
+    try:
+        with ForesightClient(services.client_config(timeout_s=3600)) as client:
+            t0 = time.perf_counter()
+            summary = client.trainer.ImportDataset(
+                trainer_pb2.ImportDatasetRequest(
+                    dataset="bench", path=f"{synthetic_dir().name}/events.parquet"
+                )
+            )
+            seconds = time.perf_counter() - t0
+    finally:
+        localrun.stop(services)
+    results["ingest_events_per_s"] = round(summary.rows_read / seconds)
+    results["ingest_seconds"] = round(seconds, 1)
+    results["ingest_rows"] = summary.rows_read
+
+
+def _optional(module: str) -> Callable[[dict[str, Any]], None]:
+    def run(results: dict[str, Any]) -> None:
+        import importlib
+
+        if not synthetic_dir().joinpath("events.parquet").exists():
+            stage_generate(results)
+        importlib.import_module(module).run(results, DATA)
+
+    return run
+
+
+STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "generate": stage_generate,
+    "ingest": stage_ingest,
+    "scorer": _optional("bench.scorer_bench"),
+    "segmenter": _optional("bench.segmenter_bench"),
+}
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "commit": commit,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profiles": PROFILES,
+    }
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """The figures next to their targets."""
+    table = Table("figure", "value", "target")
+    for name, (target, unit) in TARGETS.items():
+        value = results.get(name, "not measured")
+        table.add_row(name, f"{value} {unit}".strip() if value != "not measured" else value, target)
+    console.print(table)
+
+
+def main() -> None:
+    """Run the stages (all by default) and merge into bench/results.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=sorted(STAGES), action="append")
+    args = parser.parse_args()
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    DATA.mkdir(parents=True, exist_ok=True)
+    for name in args.only or list(STAGES):
+        console.rule(f"stage {name}")
+        t0 = time.perf_counter()
+        STAGES[name](results)
+        console.print(f"stage {name}: {time.perf_counter() - t0:.0f} s")
+        results["machine"] = machine()
+        RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""`foresight` — the command-line client (progress bars for long jobs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from foresight.api.common.v1 import common_pb2
+from foresight.api.trainer.v1 import trainer_pb2
+from foresight.client import ClientConfig, ForesightClient
+from foresight.convert import event_from_row
+
+app = typer.Typer(
+    help="Foresight: propensity scores with reasons, discovered segments, lookalikes.",
+    no_args_is_help=True,
+)
+instance_app = typer.Typer(help="Prediction instances.", no_args_is_help=True)
+app.add_typer(instance_app, name="instance")
+console = Console()
+
+_state: dict[str, ClientConfig] = {}
+
+
+@app.callback()
+def _main(
+    trainer: Annotated[str, typer.Option(envvar="FORESIGHT_TRAINER_ADDR")] = "127.0.0.1:50051",
+    scorer: Annotated[str, typer.Option(envvar="FORESIGHT_SCORER_ADDR")] = "127.0.0.1:50052",
+    segmenter: Annotated[str, typer.Option(envvar="FORESIGHT_SEGMENTER_ADDR")] = "127.0.0.1:50053",
+    token: Annotated[str | None, typer.Option(envvar="FORESIGHT_AUTH_TOKEN")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(envvar="FORESIGHT_TLS_CA_FILE")] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline of unary calls in seconds.")] = 30.0,
+) -> None:
+    _state["config"] = ClientConfig(trainer, scorer, segmenter, token, tls_ca, timeout)
+
+
+def client() -> ForesightClient:
+    """A client for the configured services."""
+    return ForesightClient(_state.get("config"))
+
+
+def show(message: Any) -> None:
+    """Print a protobuf message as JSON."""
+    console.print_json(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
+def follow(stream: Any, title: str) -> Any:
+    """Drive a server-streaming job with a progress bar; return its result."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(title, total=1.0)
+
+        def update(p: common_pb2.Progress) -> None:
+            progress.update(
+                task, completed=p.fraction, description=f"{title}: {p.stage} {p.message}"[:80]
+            )
+
+        result = ForesightClient.follow(stream, update)
+        progress.update(task, completed=1.0)
+    return result
+
+
+# ---------------------------------------------------------------- data
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("var/imports/synthetic"),
+    profiles: Annotated[int, typer.Option(help="Profiles to generate.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 7,
+) -> None:
+    """Generate synthetic e-commerce journeys with planted personas and ground truth."""
+    from foresight.generate import generate as run
+
+    summary = run(out, profiles=profiles, seed=seed)
+    console.print(
+        f"{summary.profiles:,} profiles, {summary.events:,} events in {summary.seconds:.1f} s → {summary.out_dir}"
+    )
+
+
+@app.command("import")
+def import_dataset(
+    path: Annotated[str, typer.Argument(help="Server-side path under the trainer's import root.")],
+    dataset: Annotated[str, typer.Option(help="Target dataset.")],
+) -> None:
+    """Import a server-side file or folder into a dataset."""
+    with client() as c:
+        show(
+            c.trainer.ImportDataset(
+                trainer_pb2.ImportDatasetRequest(dataset=dataset, path=path), timeout=3600
+            )
+        )
+
+
+@app.command("import-profiles")
+def import_profiles(
+    path: Annotated[str, typer.Argument(help="Server-side profile file under the import root.")],
+) -> None:
+    """Import profile attributes."""
+    with client() as c:
+        show(c.trainer.ImportProfiles(trainer_pb2.ImportProfilesRequest(path=path), timeout=3600))
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="Local Parquet / CSV / JSON Lines file to stream.")],
+    dataset: Annotated[str, typer.Option(help="Target dataset.")],
+) -> None:
+    """Stream a local file to the trainer over gRPC (IngestEvents)."""
+    from foresight.events.readers import read_batches
+
+    def events() -> Any:
+        for batch in read_batches(file):
+            for row in batch.with_columns(
+                pl.col("timestamp").cast(pl.Datetime("us", "UTC"), strict=False)
+            ).iter_rows(named=True):
+                yield event_from_row(row)
+
+    with client() as c:
+        show(c.ingest_events(dataset, events()))
+
+
+@app.command()
+def datasets() -> None:
+    """List datasets."""
+    with client() as c:
+        resp = c.trainer.ListDatasets(trainer_pb2.ListDatasetsRequest())
+    table = Table("dataset", "rows", "parts", "updated")
+    for d in resp.datasets:
+        table.add_row(
+            d.name,
+            f"{d.rows:,}",
+            str(d.parts),
+            d.updated_at.ToDatetime().isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+@app.command()
+def describe(dataset: str) -> None:
+    """Describe a dataset: rows, profiles, time range, event types, completeness."""
+    with client() as c:
+        print_description(
+            c.trainer.DescribeDataset(trainer_pb2.DescribeDatasetRequest(dataset=dataset))
+        )
+
+
+def print_description(d: trainer_pb2.DatasetDescription) -> None:
+    """Render a dataset description as tables."""
+    console.print(
+        f"[bold]{d.dataset.name}[/]: {d.dataset.rows:,} events, {d.profiles:,} profiles, "
+        f"{d.min_timestamp.ToDatetime():%Y-%m-%d} → {d.max_timestamp.ToDatetime():%Y-%m-%d}, "
+        f"{d.quarantined_rows:,} rows in quarantine"
+    )
+    types = Table("event type", "events")
+    for t in d.event_types:
+        types.add_row(t.event_type, f"{t.rows:,}")
+    fields = Table("field", "complete %")
+    for f in d.completeness:
+        fields.add_row(f.field, f"{f.percent:.1f}")
+    console.print(types, fields)
+
+
+# ---------------------------------------------------------------- instances
+
+
+@instance_app.command("create")
+def instance_create(
+    file: Annotated[Path, typer.Option("-f", "--file", help="Instance YAML.")],
+) -> None:
+    """Create an instance from a YAML file (conditions may be text)."""
+    with client() as c:
+        show(
+            c.trainer.CreateInstance(
+                trainer_pb2.CreateInstanceRequest(instance=instance_from_yaml(file.read_text()))
+            )
+        )
+
+
+def instance_from_yaml(text: str) -> trainer_pb2.Instance:
+    """Read an instance YAML (the instance fields plus `dataset`) into the protobuf message."""
+    import yaml
+
+    from foresight import instance as inst
+    from foresight.convert import instance_to_proto
+
+    data = yaml.safe_load(text) or {}
+    dataset = data.pop("dataset", "")
+    cfg = inst.from_dict(data)
+    return instance_to_proto(cfg, dataset)
+
+
+@instance_app.command("list")
+def instance_list() -> None:
+    """List instances."""
+    with client() as c:
+        resp = c.trainer.ListInstances(trainer_pb2.ListInstancesRequest())
+    table = Table("name", "type", "dataset", "window", "current version")
+    for i in resp.instances:
+        table.add_row(
+            i.name,
+            trainer_pb2.InstanceType.Name(i.type).removeprefix("INSTANCE_TYPE_"),
+            i.dataset,
+            f"{i.goal.window_days} d",
+            str(i.current_version or "-"),
+        )
+    console.print(table)
+
+
+@instance_app.command("get")
+def instance_get(name: str) -> None:
+    """Show one instance."""
+    with client() as c:
+        show(c.trainer.GetInstance(trainer_pb2.GetInstanceRequest(name=name)))
+
+
+@instance_app.command("delete")
+def instance_delete(name: str) -> None:
+    """Delete an instance."""
+    with client() as c:
+        c.trainer.DeleteInstance(trainer_pb2.DeleteInstanceRequest(name=name))
+    console.print(f"deleted {name}")
+
+
+@app.command()
+def health() -> None:
+    """Health of the three services."""
+    with client() as c:
+        for name in ("trainer", "scorer", "segmenter"):
+            try:
+                status = c.health(name)
+            except Exception as exc:
+                status = f"unreachable ({type(exc).__name__})"
+            console.print(f"{name:10s} {status}")
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,73 @@
+"""Storage on SQLite and PostgreSQL: migrations, catalog, bulk loads, UTC round trips, artifacts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from foresight.errors import FailedPrecondition, NotFound
+from foresight.storage import ArtifactStore, Database, catalog
+from foresight.storage.models import ProfileScoreRow, ScoringRunRow
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_catalog_publishes_parts_and_counts(database: Database) -> None:
+    assert catalog.catalogued_parts(database, "shop") == []
+    with pytest.raises(NotFound):
+        catalog.get_dataset(database, "shop")
+    parts = [
+        catalog.CataloguedPart("shop/shard=0/part-a.parquet", 0, 10, T0, T0 + timedelta(days=1)),
+        catalog.CataloguedPart("shop/shard=3/part-b.parquet", 3, 5, T0 - timedelta(days=2), T0),
+    ]
+    catalog.record_import(database, "shop", parts, ("shop/_quarantine/r.parquet", 2))
+    row = catalog.get_dataset(database, "shop")
+    assert (row.rows, row.quarantined_rows) == (15, 2)
+    assert catalog.catalogued_parts(database, "shop") == [p.path for p in parts]
+    assert catalog.catalogued_parts(database, "shop", shard=3) == ["shop/shard=3/part-b.parquet"]
+    assert catalog.time_range(database, "shop") == (T0 - timedelta(days=2), T0 + timedelta(days=1))
+    assert catalog.dataset_names(database) == ["shop"]
+
+
+def test_bulk_load_and_utc_round_trip(database: Database) -> None:
+    with database.session() as s:
+        s.add(ScoringRunRow(run_id="r1", instance_name="churn", model_version=1, status="RUNNING", as_of=T0))
+    rows = [("r1", f"p{i}", i / 1000, i % 100, (i % 100) + 1, "LOW", "[]") for i in range(2_000)]
+    cols = ["run_id", "profile_id", "probability", "score", "percentile", "bucket", "factors"]
+    assert database.bulk_load(ProfileScoreRow.__table__, cols, rows) == 2_000  # type: ignore[arg-type]
+    with database.session() as s:
+        run = s.scalar(select(ScoringRunRow).where(ScoringRunRow.run_id == "r1"))
+        assert run is not None and run.as_of == T0 and run.as_of.tzinfo is not None
+        got = s.scalar(select(ProfileScoreRow).where(ProfileScoreRow.profile_id == "p1234"))
+        assert got is not None and got.score == 34 and got.probability == pytest.approx(1.234)
+
+
+def test_artifact_publish_is_atomic_and_verified(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    with pytest.raises(RuntimeError), store.publish("models/churn/v1") as folder:
+        (folder / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert not store.path("models/churn/v1").exists()
+    assert not list((tmp_path / "artifacts" / "models" / "churn").iterdir())
+
+    with store.publish("models/churn/v1", {"version": 1}) as folder:
+        (folder / "model.onnx").write_bytes(b"onnx bytes")
+    manifest = store.verify("models/churn/v1")
+    assert manifest["version"] == 1 and "model.onnx" in manifest["files"]
+    with pytest.raises(FailedPrecondition), store.publish("models/churn/v1"):
+        pass
+    store.path("models/churn/v1/model.onnx").write_bytes(b"tampered")
+    with pytest.raises(FailedPrecondition, match="corrupt"):
+        store.verify("models/churn/v1")
+
+
+def test_sweep_removes_leftovers_of_killed_writers(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "a")
+    (tmp_path / "a" / "models" / ".tmp-dead-v2").mkdir(parents=True)
+    assert store.sweep_temporary() == 1
+    assert not (tmp_path / "a" / "models" / ".tmp-dead-v2").exists()
