@@ -36,7 +36,11 @@ def test_catalog_publishes_parts_and_counts(database: Database) -> None:
 
 def test_bulk_load_and_utc_round_trip(database: Database) -> None:
     with database.session() as s:
-        s.add(ScoringRunRow(run_id="r1", instance_name="churn", model_version=1, status="RUNNING", as_of=T0))
+        s.add(
+            ScoringRunRow(
+                run_id="r1", instance_name="churn", model_version=1, status="RUNNING", as_of=T0
+            )
+        )
     rows = [("r1", f"p{i}", i / 1000, i % 100, (i % 100) + 1, "LOW", "[]") for i in range(2_000)]
     cols = ["run_id", "profile_id", "probability", "score", "percentile", "bucket", "factors"]
     assert database.bulk_load(ProfileScoreRow.__table__, cols, rows) == 2_000  # type: ignore[arg-type]

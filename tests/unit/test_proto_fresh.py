@@ -20,7 +20,11 @@ def test_generated_code_is_not_stale(tmp_path: Path) -> None:
         if not (REPO / rel).is_file() or (REPO / rel).read_bytes() != (tmp_path / rel).read_bytes()
     ]
     assert not stale, f"generated code is stale, run `make proto`: {stale}"
-    committed = {p.relative_to(REPO) for p in (REPO / "foresight" / "api").rglob("*_pb2*") if "__pycache__" not in p.parts}
+    committed = {
+        p.relative_to(REPO)
+        for p in (REPO / "foresight" / "api").rglob("*_pb2*")
+        if "__pycache__" not in p.parts
+    }
     assert committed == set(generated), "generated files were added or removed without `make proto`"
 
 

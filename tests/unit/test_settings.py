@@ -31,7 +31,11 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_pat
     ],
 )
 def test_bad_value_stops_start_up_naming_it(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, var: str, value: str
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    var: str,
+    value: str,
 ) -> None:
     monkeypatch.setenv("FORESIGHT_DATA_DIR", str(tmp_path))
     monkeypatch.setenv(var, value)
