@@ -269,7 +269,7 @@ def instance_config(
         goal=Goal(
             conditions=goal_conditions or ConditionGroup(),
             occurrence=occurrence,
-            window_days=msg.goal.window_days or 30,
+            window_days=msg.goal.window_days,  # 0 (unset) is refused by validation
         ),
         population=Population(
             conditions=conditions_from_proto(

@@ -35,6 +35,7 @@ import polars as pl
 
 from foresight.errors import InvalidArgument
 from foresight.events.schema import EVENT_SCHEMA
+from foresight.events.validation import hex_strings
 
 __all__ = [
     "CATEGORIES",
@@ -111,7 +112,7 @@ _PERSONA_MOBILE_WEB: Final = np.array([0.25, 0.20, 0.25, 0.35, 0.20, 0.25, 0.80]
 _PERSONA_SPEND: Final = np.array([1.0, 1.0, 1.0, 0.45, 1.8, 0.9, 0.8])
 _PERSONA_EXTRA_QUANTITY: Final = np.array([0.0, 0.3, 0.2, 0.0, 1.2, 0.0, 0.0])
 # Sessions per year at average activity.
-_PERSONA_SESSIONS_PER_YEAR: Final = np.array([5.5, 6.0, 5.5, 7.5, 10.0, 9.0, 7.0])
+_PERSONA_SESSIONS_PER_YEAR: Final = np.array([5.0, 5.5, 5.0, 6.8, 9.0, 8.2, 6.4])
 _PERSONA_DEALS_PAGE: Final = np.array([0.05, 0.05, 0.05, 0.60, 0.03, 0.10, 0.10])
 _PERSONA_REWARDS_PAGE: Final = np.array([0.03, 0.05, 0.03, 0.02, 0.35, 0.02, 0.03])
 
@@ -272,7 +273,7 @@ def generate(
 
     truth = _future_outcomes(rng, people, expected, density, cdf, row, days, outcome_window_days)
 
-    sessions = _draw_sessions(rng, people, sessions_per_profile, cdf, row)
+    sessions = _draw_sessions(rng, people, sessions_per_profile, density, cdf, row)
     events = _expand_sessions(rng, people, sessions, start_dt, days, seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,19 +340,58 @@ class _Sessions:
     start_us: IntArray  # microseconds since the start date
 
 
-def _pick(rng: np.random.Generator, table: FloatArray, rows: IntArray) -> IntArray:
-    """One categorical draw per element of ``rows`` from ``table[rows]``.
+class _Categorical:
+    """Draws from one of several categorical distributions (rows of a table)
+    in O(1) per draw with Walker's alias method.
 
-    Cumulative rows are laid end to end (row ``r`` shifted by ``r``) so a
-    single ``searchsorted`` serves every row at once.
+    Binary search (``searchsorted``) over cumulative tables was the slowest
+    step for tens of millions of draws; an alias draw is two uniforms and two
+    gathers.
     """
-    columns = table.shape[1]
-    cumulative = np.cumsum(table / table.sum(axis=1, keepdims=True), axis=1)
-    cumulative[:, -1] = 1.0
-    flat = (cumulative + np.arange(table.shape[0])[:, None]).ravel()
-    draws = rng.random(len(rows)) + rows
-    index = np.searchsorted(flat, draws, side="right")
-    return np.minimum(index - rows * columns, columns - 1).astype(np.int64)
+
+    def __init__(self, table: FloatArray) -> None:
+        weights = np.asarray(table, dtype=np.float64)
+        if weights.ndim == 1:
+            weights = weights[None, :]
+        rows, columns = weights.shape
+        self.columns = columns
+        self.accept = np.ones((rows, columns))
+        self.alias = np.tile(np.arange(columns, dtype=np.int64), (rows, 1))
+        for row in range(rows):
+            scaled = weights[row] / weights[row].sum() * columns
+            small = [i for i in range(columns) if scaled[i] < 1.0]
+            large = [i for i in range(columns) if scaled[i] >= 1.0]
+            while small and large:
+                low, high = small.pop(), large.pop()
+                self.accept[row, low] = scaled[low]
+                self.alias[row, low] = high
+                scaled[high] -= 1.0 - scaled[low]
+                (small if scaled[high] < 1.0 else large).append(high)
+        self.accept = self.accept.ravel()
+        self.alias = self.alias.ravel()
+
+    def draw(self, rng: np.random.Generator, rows: IntArray | int, size: int | None = None) -> IntArray:
+        """One draw per element of ``rows`` (or ``size`` draws from row ``rows``)."""
+        count = size if size is not None else len(np.atleast_1d(rows))
+        uniform = rng.random(count) * self.columns
+        column = uniform.astype(np.int64)
+        cell = np.asarray(rows, dtype=np.int64) * self.columns + column
+        keep = (uniform - column) < self.accept[cell]
+        return np.where(keep, column, self.alias[cell])
+
+
+def _pick(rng: np.random.Generator, table: FloatArray, rows: IntArray) -> IntArray:
+    """One categorical draw per element of ``rows`` from ``table[rows]``."""
+    return _Categorical(table).draw(rng, rows)
+
+
+def _truncated_poisson(mean: FloatArray, top: int) -> FloatArray:
+    """Poisson probabilities of 0..top for each mean (the tail folded into ``top``)."""
+    k = np.arange(top + 1)
+    log_factorial = np.cumsum(np.log(np.maximum(k, 1)))
+    pmf = np.exp(k[None, :] * np.log(mean[:, None]) - mean[:, None] - log_factorial[None, :])
+    pmf[:, -1] += np.clip(1.0 - pmf.sum(axis=1), 0.0, None)
+    return pmf
 
 
 def _draw_profiles(rng: np.random.Generator, count: int, days: int) -> _People:
@@ -441,6 +481,7 @@ def _draw_sessions(
     rng: np.random.Generator,
     people: _People,
     per_profile: IntArray,
+    density: FloatArray,
     cdf: FloatArray,
     row: IntArray,
 ) -> _Sessions:
@@ -455,30 +496,46 @@ def _draw_sessions(
     ).astype(np.int64)
     category = _pick(rng, _PERSONA_CATEGORY, persona)
 
-    # Day: inverse CDF of the profile's (persona, trend) density, restricted
-    # to its active span; all rows share one searchsorted via offsets.
+    # Day: drawn from the profile's (persona, trend) density over its active
+    # span. Profiles active all year draw straight from the density (alias
+    # method); the rest invert the CDF restricted to their span, all rows in
+    # one searchsorted thanks to per-row offsets.
+    days = density.shape[1]
     session_row = row[profile]
-    low = cdf[session_row, people.first_day[profile]]
-    high = cdf[session_row, people.last_day[profile]]
-    draws = low + rng.random(len(profile)) * (high - low)
-    width = cdf.shape[1]
-    flat = (cdf + np.arange(cdf.shape[0])[:, None]).ravel()
-    index = np.searchsorted(flat, draws + session_row, side="right") - 1
-    day = np.clip(
-        index - session_row * width, people.first_day[profile], people.last_day[profile] - 1
-    )
+    first = people.first_day[profile]
+    last = people.last_day[profile]
+    day = _Categorical(density).draw(rng, session_row)
+    partial = np.flatnonzero((first > 0) | (last < days))
+    if len(partial):
+        partial_row = session_row[partial]
+        low = cdf[partial_row, first[partial]]
+        high = cdf[partial_row, last[partial]]
+        draws = low + rng.random(len(partial)) * (high - low)
+        width = cdf.shape[1]
+        flat = (cdf + np.arange(cdf.shape[0])[:, None]).ravel()
+        index = np.searchsorted(flat, draws + partial_row, side="right") - 1
+        day[partial] = np.clip(index - partial_row * width, first[partial], last[partial] - 1)
     hour = _pick(rng, _CHANNEL_HOURS, channel)
     second = rng.integers(0, 3_600, size=len(profile))
     start_us = (day * 86_400 + hour * 3_600 + second) * 1_000_000
-    # Profile-major, time-ordered sessions give time-ordered events per profile.
-    order = np.argsort(profile * (np.int64(1) << 42) + start_us // 1_000_000, kind="stable")
-    return _Sessions(
-        profile=profile[order],
-        kind=kind[order],
-        channel=channel[order],
-        category=category[order],
-        start_us=start_us[order],
-    )
+    return _Sessions(profile=profile, kind=kind, channel=channel, category=category, start_us=start_us)
+
+
+# Event type of each step of a session, by session kind and position; the
+# last row entry repeats for longer sessions (more product views).
+_MAX_STEPS: Final[int] = 16
+_STEP_TYPES: Final = np.array(
+    [
+        [_PAGE_VIEW] + [_PRODUCT_VIEW] * (_MAX_STEPS - 1),
+        [_PAGE_VIEW, _PRODUCT_VIEW, _PRODUCT_VIEW, _CART_ADD] + [_PURCHASE] * (_MAX_STEPS - 4),
+        [_OPENED, _CLICKED, _PAGE_VIEW] + [_PRODUCT_VIEW] * (_MAX_STEPS - 3),
+        [_LAUNCH] + [_PRODUCT_VIEW] * (_MAX_STEPS - 1),
+        [_PURCHASE] * _MAX_STEPS,
+    ],
+    dtype=np.int64,
+).ravel()
+_HAS_PRODUCT: Final = np.array([False, True, True, True, False, False, False])
+_IS_ORDER: Final = np.array([False, False, True, True, False, False, False])
 
 
 def _expand_sessions(
@@ -489,227 +546,179 @@ def _expand_sessions(
     days: int,
     seed: int,
 ) -> pl.DataFrame:
-    """Turn sessions into events (one row per step of the journey)."""
+    """Turn sessions into events (one row per step of the journey).
+
+    Per-event work is kept to gathers from small tables and cheap uniforms;
+    anything only some events need (prices, quantities, pages) is drawn for
+    those events alone.
+    """
     count = len(sessions.kind)
     persona_s = people.persona[sessions.profile]
-    browse_views = 1 + rng.poisson(1.6, size=count)
+    extra_views = _Categorical(_truncated_poisson(np.array([1.6]), 10)).draw(rng, 0, size=count)
     buys = rng.random(count) < _PERSONA_BUY[persona_s]
     clicked = rng.random(count) < np.where(persona_s == 3, 0.75, 0.35)
     app_add = rng.random(count) < 0.2
     length = np.select(
-        [
-            sessions.kind == _BROWSE,
-            sessions.kind == _CART,
-            sessions.kind == _MAIL,
-            sessions.kind == _APP,
-        ],
-        [1 + browse_views, 4 + buys, 1 + 3 * clicked, 1 + browse_views + app_add],
+        [sessions.kind == _BROWSE, sessions.kind == _CART, sessions.kind == _MAIL, sessions.kind == _APP],
+        [2 + extra_views, 4 + buys, 1 + 3 * clicked, 2 + extra_views + app_add],
         default=1,
     ).astype(np.int64)
 
     session = np.repeat(np.arange(count), length)
-    first_event = np.cumsum(length) - length
-    position = np.arange(len(session)) - first_event[session]
-    kind = sessions.kind[session]
-    last = position == length[session] - 1
-    event_type = np.select(
-        [
-            kind == _INSTORE,
-            (kind == _BROWSE) & (position == 0),
-            kind == _BROWSE,
-            (kind == _CART) & (position == 0),
-            (kind == _CART) & (position <= 2),
-            (kind == _CART) & (position == 3),
-            kind == _CART,
-            (kind == _MAIL) & (position == 0),
-            (kind == _MAIL) & (position == 1),
-            (kind == _MAIL) & (position == 2),
-            kind == _MAIL,
-            (kind == _APP) & (position == 0),
-            (kind == _APP) & last & app_add[session],
-        ],
-        [
-            _PURCHASE,
-            _PAGE_VIEW,
-            _PRODUCT_VIEW,
-            _PAGE_VIEW,
-            _PRODUCT_VIEW,
-            _CART_ADD,
-            _PURCHASE,
-            _OPENED,
-            _CLICKED,
-            _PAGE_VIEW,
-            _PRODUCT_VIEW,
-            _LAUNCH,
-            _CART_ADD,
-        ],
-        default=_PRODUCT_VIEW,
-    ).astype(np.int64)
     total = len(session)
+    first_event = np.cumsum(length) - length
+    position = np.arange(total) - first_event[session]
+    kind = sessions.kind[session]
+    event_type = _STEP_TYPES[kind * _MAX_STEPS + np.minimum(position, _MAX_STEPS - 1)]
+    # An app session may end with a cart add.
+    app_last = first_event + length - 1
+    event_type[app_last[(sessions.kind == _APP) & app_add]] = _CART_ADD
     profile = sessions.profile[session]
     persona = people.persona[profile]
     category = sessions.category[session]
     # Email click-throughs land on the website.
     channel = np.where((kind == _MAIL) & (position >= 2), _WEB, sessions.channel[session])
 
-    # A minute or two between steps of a journey.
-    gaps = rng.exponential(75.0, size=total) * 1_000_000
+    # A minute or two between steps of a journey (uniform: cheap and enough).
+    gaps = rng.random(total) * 150_000_000
     gaps[first_event] = 0.0
     offset = np.cumsum(gaps)
     offset -= offset[first_event][session]
     # A journey that starts late on the last day must not run past the end.
-    timestamp_us = np.minimum(
-        sessions.start_us[session] + offset.astype(np.int64), days * _DAY_US - 1
-    )
+    timestamp_us = np.minimum(sessions.start_us[session] + offset.astype(np.int64), days * _DAY_US - 1)
 
-    # SKU popularity within a category is Zipf-like; a purchase or cart add
-    # is the product viewed just before it.
-    popularity = 1.0 / np.arange(1, _SKUS_PER_CATEGORY + 1) ** 0.9
-    sku_rank = _pick(rng, popularity[None, :], np.zeros(total, dtype=np.int64))
-    sku = category * _SKUS_PER_CATEGORY + sku_rank
-    follows_view = (event_type == _PURCHASE) | (event_type == _CART_ADD)
-    follows_view &= position > 0
-    previous = np.maximum(np.arange(total) - 1, 0)
-    sku = np.where(follows_view, sku[previous], sku)
-    sku = np.where(follows_view & (event_type == _PURCHASE) & (kind == _CART), sku[previous], sku)
-    has_product = (
-        (event_type == _PRODUCT_VIEW) | (event_type == _CART_ADD) | (event_type == _PURCHASE)
-    )
+    # Products: Zipf-like popularity within the category (inverse CDF of a
+    # log-uniform rank); a cart add or purchase is the product viewed before.
+    sku_rank = (np.exp(rng.random(total) * np.log(_SKUS_PER_CATEGORY + 1)) - 1).astype(np.int64)
+    sku = category * _SKUS_PER_CATEGORY + np.minimum(sku_rank, _SKUS_PER_CATEGORY - 1)
+    has_product = _HAS_PRODUCT[event_type]
+    is_order = _IS_ORDER[event_type]
+    follows = np.flatnonzero(is_order & (position > 0))
+    sku[follows] = sku[follows - 1]
+    purchases_in_cart = follows[(event_type[follows] == _PURCHASE)]
+    sku[purchases_in_cart] = sku[purchases_in_cart - 1]
 
-    sku_price = _CATEGORY_PRICE[
-        np.arange(len(CATEGORIES) * _SKUS_PER_CATEGORY) // _SKUS_PER_CATEGORY
-    ]
-    sku_price = sku_price * np.exp(
-        np.random.default_rng(seed ^ 0x5EED).normal(0.0, 0.35, size=len(sku_price))
-    )
-    is_order = (event_type == _PURCHASE) | (event_type == _CART_ADD)
-    quantity = 1 + rng.poisson(
-        _CATEGORY_EXTRA_QUANTITY[category] + _PERSONA_EXTRA_QUANTITY[persona]
-    )
-    value = np.round(
-        sku_price[sku]
-        * quantity
-        * _PERSONA_SPEND[persona]
-        * np.exp(rng.normal(0.0, 0.1, size=total)),
+    # Quantities and values only where an order happens.
+    orders = np.flatnonzero(is_order)
+    order_category = category[orders]
+    order_persona = persona[orders]
+    quantity_rows = order_category * len(PERSONAS) + order_persona
+    quantity_means = (_CATEGORY_EXTRA_QUANTITY[:, None] + _PERSONA_EXTRA_QUANTITY[None, :]).ravel()
+    quantity = 1 + _Categorical(_truncated_poisson(np.maximum(quantity_means, 1e-6), 48)).draw(rng, quantity_rows)
+    sku_price = _CATEGORY_PRICE[np.arange(len(CATEGORIES) * _SKUS_PER_CATEGORY) // _SKUS_PER_CATEGORY]
+    sku_price = sku_price * np.exp(np.random.default_rng(seed ^ 0x5EED).normal(0.0, 0.35, size=len(sku_price)))
+    value = np.full(total, np.nan)
+    value[orders] = np.round(
+        sku_price[sku[orders]] * quantity * _PERSONA_SPEND[order_persona] * (0.9 + 0.2 * rng.random(len(orders))),
         2,
     )
+    quantities = np.zeros(total, dtype=np.int64)
+    quantities[orders] = quantity
 
-    # Page names: persona-flavoured landing pages, product detail pages.
-    page_draw = rng.random(total)
-    page_code = np.select(
-        [
-            event_type == _PRODUCT_VIEW,
-            event_type != _PAGE_VIEW,
-            page_draw < _PERSONA_DEALS_PAGE[persona],
-            page_draw < _PERSONA_DEALS_PAGE[persona] + _PERSONA_REWARDS_PAGE[persona],
-            page_draw > 0.7,
-        ],
-        [-2, -1, len(CATEGORIES), len(CATEGORIES) + 1, len(CATEGORIES) + 2],
-        default=category,
+    # Pages: persona-flavoured landing pages; product views on detail pages.
+    page_code = np.full(total, -1, dtype=np.int64)
+    page_code[event_type == _PRODUCT_VIEW] = len(CATEGORIES) + 3
+    pages = np.flatnonzero(event_type == _PAGE_VIEW)
+    page_persona = persona[pages]
+    page_draw = rng.random(len(pages))
+    deals = _PERSONA_DEALS_PAGE[page_persona]
+    page_code[pages] = np.select(
+        [page_draw < deals, page_draw < deals + _PERSONA_REWARDS_PAGE[page_persona], page_draw > 0.7],
+        [len(CATEGORIES), len(CATEGORIES) + 1, len(CATEGORIES) + 2],
+        default=category[pages],
     )
     page_names = pl.Series(
-        [f"category/{name}" for name in CATEGORIES]
-        + ["deals", "account/rewards", "home", "product-detail"]
+        [f"category/{name}" for name in CATEGORIES] + ["deals", "account/rewards", "home", "product-detail"]
     )
 
-    # Campaigns: a weekly newsletter per category theme; some web sessions
-    # arrive from paid search.
-    week = (timestamp_us // (7 * _DAY_US)).astype(np.int64)
-    paid_search = (kind == _BROWSE) & (rng.random(count) < 0.12)[session]
+    # Campaigns: a weekly newsletter per category theme for email journeys;
+    # some browse sessions arrive from paid search.
+    weeks = days // 7 + 2
+    campaign_code = np.full(total, -1, dtype=np.int64)
+    mail = np.flatnonzero(kind == _MAIL)
+    campaign_code[mail] = (timestamp_us[mail] // (7 * _DAY_US)) * len(CATEGORIES) + category[mail]
+    paid_search = np.flatnonzero(((kind == _BROWSE) & (rng.random(count) < 0.12)[session]))
+    campaign_code[paid_search] = weeks * len(CATEGORIES) + category[paid_search]
+    campaign_names = pl.Series(
+        [f"nl-w{week:03d}-{name}" for week in range(weeks) for name in CATEGORIES]
+        + [f"sem-{name}" for name in CATEGORIES]
+    )
 
+    # Attributes on a share of events, from the profile's device, browser,
+    # email client or home store: all combinations are in one small table.
+    attributes = (
+        [f'{{"browser":"{name}"}}' for name in _BROWSERS]
+        + [f'{{"device":"{name}","app_version":5.2}}' for name in _DEVICES]
+        + [f'{{"email_client":"{name}"}}' for name in _EMAIL_CLIENTS]
+        + [f'{{"store_id":"S{store:03d}","register":{register}}}' for store in range(60) for register in range(1, 9)]
+    )
+    base = np.array([0, len(_BROWSERS), len(_BROWSERS) + len(_DEVICES), len(_BROWSERS) + len(_DEVICES) + 3])
+    personal = np.stack(
+        [people.browser, people.device, people.email_client, (np.arange(len(people.persona)) * 7919 % 60) * 8]
+    )
+    attribute_code = base[channel] + personal[channel, profile]
+    attribute_code += np.where(channel == _STORE, np.arange(total) % 8, 0)
+    attribute_code[rng.random(total) >= _ATTRIBUTE_SHARE] = -1
+
+    sku_names = pl.Series(
+        [f"{name[:3].upper()}-{index:04d}" for index, name in enumerate(np.repeat(CATEGORIES, _SKUS_PER_CATEGORY))]
+    )
     frame = pl.DataFrame(
         {
-            "event_index": np.arange(total, dtype=np.int64),
+            "event_id": _event_ids(seed, total),
             "profile": profile,
-            "timestamp_us": timestamp_us,
+            "timestamp": timestamp_us,
             "event_type": event_type,
             "channel": channel,
-            "category": category,
-            "sku": sku,
-            "has_product": has_product,
-            "is_order": is_order,
-            "is_purchase": event_type == _PURCHASE,
-            "quantity": quantity,
             "value": value,
+            "quantity": quantities,
+            "is_order": is_order,
+            "sku": np.where(has_product, sku, -1),
+            "category": np.where(has_product | (page_code == category), category, -1),
             "page_code": page_code,
-            "mail": kind == _MAIL,
-            "paid_search": paid_search,
-            "week": week,
-            "attributed": rng.random(total) < _ATTRIBUTE_SHARE,
-            "device": people.device[profile],
-            "browser": people.browser[profile],
-            "email_client": people.email_client[profile],
-            "store": (profile * 7919) % 60,
+            "campaign_code": campaign_code,
+            "attribute_code": attribute_code,
         }
     )
-    categories = pl.Series(CATEGORIES)
-    campaign_theme = pl.col("category").replace_strict(
-        list(range(len(CATEGORIES))), list(CATEGORIES)
-    )
+
+    def lookup(column: str, names: pl.Series) -> pl.Expr:
+        code = pl.col(column)
+        return pl.when(code >= 0).then(pl.lit(names).gather(code.clip(0)))
+
     events = frame.lazy().select(
-        pl.format("ev{}-{}", pl.lit(seed), pl.col("event_index")).alias("event_id"),
+        "event_id",
         pl.lit(people.profile_id).gather(pl.col("profile")).alias("profile_id"),
-        (pl.lit(start_dt) + pl.duration(microseconds=pl.col("timestamp_us")))
-        .dt.cast_time_unit("us")
-        .dt.convert_time_zone("UTC")
-        .alias("timestamp"),
+        (pl.col("timestamp") + int(start_dt.timestamp()) * 1_000_000).cast(pl.Datetime("us", "UTC")),
         pl.lit(pl.Series(_EVENT_TYPES)).gather(pl.col("event_type")).alias("event_type"),
         pl.lit(pl.Series(CHANNELS)).gather(pl.col("channel")).alias("channel"),
-        pl.when(pl.col("is_purchase")).then(pl.col("value")).alias("value"),
+        pl.col("value").fill_nan(None).alias("value"),
         pl.when(pl.col("is_order")).then(pl.col("quantity")).alias("quantity"),
-        pl.when(pl.col("has_product"))
-        .then(
-            pl.format(
-                "{}-{}",
-                campaign_theme.str.slice(0, 3).str.to_uppercase(),
-                pl.col("sku").cast(pl.String).str.zfill(4),
-            )
-        )
-        .alias("product_sku"),
-        pl.when(pl.col("has_product") | (pl.col("page_code") == pl.col("category")))
-        .then(pl.lit(categories).gather(pl.col("category")))
-        .alias("product_category"),
-        pl.when(pl.col("page_code") >= 0)
-        .then(pl.lit(page_names).gather(pl.col("page_code")))
-        .when(pl.col("page_code") == -2)
-        .then(pl.lit("product-detail"))
-        .alias("page_name"),
-        pl.when(pl.col("mail"))
-        .then(pl.format("nl-w{}-{}", pl.col("week").cast(pl.String).str.zfill(3), campaign_theme))
-        .when(pl.col("paid_search"))
-        .then(pl.format("sem-{}", campaign_theme))
-        .alias("campaign_id"),
-        pl.when(~pl.col("attributed"))
-        .then(None)
-        .when(pl.col("channel") == _MOBILE)
-        .then(
-            pl.format(
-                '{{"device":"{}","app_version":{}}}',
-                pl.lit(pl.Series(_DEVICES)).gather(pl.col("device")),
-                pl.lit(5.2),
-            )
-        )
-        .when(pl.col("channel") == _WEB)
-        .then(
-            pl.format('{{"browser":"{}"}}', pl.lit(pl.Series(_BROWSERS)).gather(pl.col("browser")))
-        )
-        .when(pl.col("channel") == _EMAIL)
-        .then(
-            pl.format(
-                '{{"email_client":"{}"}}',
-                pl.lit(pl.Series(_EMAIL_CLIENTS)).gather(pl.col("email_client")),
-            )
-        )
-        .otherwise(
-            pl.format(
-                '{{"store_id":"S{}","register":{}}}',
-                pl.col("store").cast(pl.String).str.zfill(3),
-                pl.col("event_index") % 8 + 1,
-            )
-        )
-        .alias("attributes"),
+        lookup("sku", sku_names).alias("product_sku"),
+        lookup("category", pl.Series(CATEGORIES)).alias("product_category"),
+        lookup("page_code", page_names).alias("page_name"),
+        lookup("campaign_code", campaign_names).alias("campaign_id"),
+        lookup("attribute_code", pl.Series(attributes)).alias("attributes"),
     )
     return events.collect().cast(dict(EVENT_SCHEMA))
+
+
+def _event_ids(seed: int, count: int) -> pl.Series:
+    """Unique, seed-specific event ids (16 hex digits of a bijective mix of
+    seed and index), built from byte buffers: formatting 20M integers as text
+    is too slow."""
+    index = np.arange(count, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    return hex_strings(_splitmix64(index), name="event_id")
+
+
+def _splitmix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """The splitmix64 finalizer: a bijection on 64-bit integers."""
+    mixed = values.copy()
+    mixed ^= mixed >> np.uint64(30)
+    mixed *= np.uint64(0xBF58476D1CE4E5B9)
+    mixed ^= mixed >> np.uint64(27)
+    mixed *= np.uint64(0x94D049BB133111EB)
+    mixed ^= mixed >> np.uint64(31)
+    return mixed
 
 
 def _profile_table(rng: np.random.Generator, people: _People, start: date) -> pl.DataFrame:

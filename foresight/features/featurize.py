@@ -13,6 +13,7 @@ matrix with NumPy fancy indexing instead of pivots or joins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from foresight.conditions.compile import to_polars
+from foresight.errors import FailedPrecondition
 from foresight.features.labels import as_utc
 from foresight.features.spec import (
     ACTIVE_DAY_WINDOWS,
@@ -35,7 +37,14 @@ from foresight.features.spec import (
     Unit,
 )
 
-__all__ = ["FeatureMatrix", "featurize", "profile_index", "vocab_index"]
+__all__ = [
+    "FeatureMatrix",
+    "Featurizer",
+    "check_no_leakage",
+    "featurize",
+    "profile_index",
+    "vocab_index",
+]
 
 _US_PER_DAY = 86_400_000_000
 
@@ -141,6 +150,41 @@ def featurize(
     X[np.isinf(X)] = np.nan
     ids = index.get_column("profile_id").to_numpy()
     return FeatureMatrix(ids, X, spec.codes)
+
+
+Featurizer = Callable[
+    [pl.DataFrame, pl.DataFrame | None, datetime, FeatureSpec, pl.Series | None], FeatureMatrix
+]
+
+
+def check_no_leakage(
+    events: pl.DataFrame,
+    profiles: pl.DataFrame | None,
+    as_of: datetime,
+    spec: FeatureSpec,
+    profile_ids: pl.Series,
+    featurizer: Featurizer = featurize,
+) -> None:
+    """Raise FailedPrecondition if any feature moves when events at or after `as_of` vanish.
+
+    The trainer runs it on a sample of profiles at each cutoff: features must
+    be a function of the past only, whatever the featurizer's implementation.
+    """
+    as_of = as_utc(as_of)
+    full = featurizer(events, profiles, as_of, spec, profile_ids)
+    past = featurizer(
+        events.filter(pl.col("timestamp") < as_of), profiles, as_of, spec, profile_ids
+    )
+    if full.X.shape != past.X.shape or list(full.profile_ids) != list(past.profile_ids):
+        raise FailedPrecondition("feature leakage: the rows change when future events are removed")
+    differs = ~np.isclose(full.X, past.X, rtol=1e-6, atol=1e-6, equal_nan=True)
+    if differs.any():
+        codes = [full.codes[i] for i in np.flatnonzero(differs.any(axis=0))]
+        shown = ", ".join(codes[:10]) + (" …" if len(codes) > 10 else "")
+        raise FailedPrecondition(
+            f"feature leakage: {len(codes)} feature(s) use events at or after the cutoff "
+            f"{as_of.isoformat()}: {shown}"
+        )
 
 
 # --- per-row preparation ----------------------------------------------------------

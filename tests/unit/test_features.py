@@ -12,7 +12,7 @@ import pytest
 
 from foresight.conditions import parse
 from foresight.errors import FailedPrecondition, InvalidArgument
-from foresight.features.featurize import FeatureMatrix, featurize
+from foresight.features.featurize import FeatureMatrix, check_no_leakage, featurize
 from foresight.features.spec import (
     AttributeKind,
     FeatureDef,
@@ -347,3 +347,26 @@ def test_descriptions_are_human() -> None:
     assert by_code["count_30d__commerce.purchases"] == "Purchases in the last 30 days"
     assert by_code["count_7d__commerce.productViews"] == "Product views in the last 7 days"
     assert len(by_code) == len(spec.features)  # codes are unique
+
+
+def test_leakage_check_catches_a_feature_that_sees_the_future() -> None:
+    events = frame(
+        [*BASE_ROWS, event("a", 0, "commerce.purchases", 999.0), event("b", -3, "message.opened")]
+    )
+    spec = fit_feature_spec(events, PROFILES, config(), AS_OF)
+    ids = pl.Series(["a", "b"])
+    check_no_leakage(events, PROFILES, AS_OF, spec, ids)  # the real featurizer passes
+
+    def leaky(
+        ev: pl.DataFrame,
+        prof: pl.DataFrame | None,
+        as_of: datetime,
+        sp: FeatureSpec,
+        pids: pl.Series | None,
+    ) -> FeatureMatrix:
+        # Off by one: includes the event sitting exactly on the cutoff.
+        return featurize(ev, prof, as_of + timedelta(microseconds=1), sp, pids)
+
+    with pytest.raises(FailedPrecondition) as err:
+        check_no_leakage(events, PROFILES, AS_OF, spec, ids, featurizer=leaky)
+    assert "feature leakage" in str(err.value) and "days_since_last_event" in str(err.value)
