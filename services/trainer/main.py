@@ -15,6 +15,7 @@ from services.trainer.ingest import Ingestor
 from services.trainer.instances import Instances
 from services.trainer.servicer import TrainerServicer
 from services.trainer.settings import TrainerSettings
+from services.trainer.training import ModelTrainer
 
 log = logging.getLogger("foresight.trainer")
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -29,7 +30,8 @@ def build_servicer(
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     settings.import_root.mkdir(parents=True, exist_ok=True)
     ingestor = Ingestor(db, store, settings.import_root)
-    servicer = TrainerServicer(ingestor, Instances(db))
+    models = ModelTrainer(db, store, artifacts, settings.workers)
+    servicer = TrainerServicer(ingestor, Instances(db), models)
 
     async def recover() -> None:
         # Leave the stores consistent after a kill: schema current, temp folders
@@ -37,7 +39,11 @@ def build_servicer(
         await asyncio.to_thread(db.migrate)
         swept = await asyncio.to_thread(artifacts.sweep_temporary)
         orphans = await asyncio.to_thread(ingestor.cleanup)
-        log.info("recovered", extra={"temporary_swept": swept, "orphan_parts": orphans})
+        interrupted = await asyncio.to_thread(models.recover_interrupted)
+        log.info(
+            "recovered",
+            extra={"temporary_swept": swept, "orphan_parts": orphans, "interrupted": interrupted},
+        )
 
     return servicer, recover
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 
 import grpc
 import polars as pl
@@ -16,9 +17,12 @@ from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.api.trainer.v1 import trainer_pb2_grpc
 from foresight.convert import events_to_frame, instance_config
 from foresight.errors import InvalidArgument
+from foresight.runtime.jobs import progress_stream
 from services.trainer import converters as conv
+from services.trainer import model_converters as mconv
 from services.trainer.ingest import Ingestor, IngestSummary, merge_summaries
 from services.trainer.instances import Instances
+from services.trainer.training import ModelTrainer
 
 # Rows buffered from a client stream before they are validated and written.
 _STREAM_CHUNK_ROWS = 200_000
@@ -30,9 +34,10 @@ Context = grpc.aio.ServicerContext
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     """The trainer's RPCs."""
 
-    def __init__(self, ingestor: Ingestor, instances: Instances) -> None:
+    def __init__(self, ingestor: Ingestor, instances: Instances, models: ModelTrainer) -> None:
         self.ingestor = ingestor
         self.instances = instances
+        self.models = models
 
     # ------------------------------------------------------------ ingestion
 
@@ -122,3 +127,48 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> pb.DeleteInstanceResponse:
         await asyncio.to_thread(self.instances.delete, request.name)
         return pb.DeleteInstanceResponse()
+
+    async def ValidateGoal(
+        self, request: pb.ValidateGoalRequest, context: Context
+    ) -> pb.ValidateGoalResponse:
+        if request.WhichOneof("target") == "draft":
+            config, dataset = instance_config(request.draft, "draft")
+        else:
+            record = await asyncio.to_thread(self.instances.get, request.name)
+            config, dataset = record.config, record.dataset
+        check = await asyncio.to_thread(self.models.validate_goal, config, dataset)
+        return mconv.goal_check_to_pb(check)
+
+    # ------------------------------------------------------------ models
+
+    async def TrainModel(
+        self, request: pb.TrainModelRequest, context: Context
+    ) -> AsyncIterator[pb.TrainModelEvent]:
+        if not request.instance:
+            raise InvalidArgument("instance", "must not be empty")
+        job = partial(self.models.train, request.instance, request.max_trials)
+        async for event in progress_stream(
+            lambda report: job(progress=report), mconv.progress_event, mconv.version_event
+        ):
+            yield event
+
+    async def GetModelVersion(
+        self, request: pb.GetModelVersionRequest, context: Context
+    ) -> pb.ModelVersion:
+        info = await asyncio.to_thread(self.models.get_version, request.instance, request.version)
+        return mconv.model_version_to_pb(info)
+
+    async def ListModelVersions(
+        self, request: pb.ListModelVersionsRequest, context: Context
+    ) -> pb.ListModelVersionsResponse:
+        return mconv.versions_to_pb(
+            await asyncio.to_thread(self.models.list_versions, request.instance)
+        )
+
+    async def GetEvaluation(
+        self, request: pb.GetEvaluationRequest, context: Context
+    ) -> pb.Evaluation:
+        evaluation = await asyncio.to_thread(
+            self.models.get_evaluation, request.instance, request.version
+        )
+        return mconv.evaluation_to_pb(evaluation)

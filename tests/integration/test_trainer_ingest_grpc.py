@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import polars as pl
 import pytest
+from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class Trainer:
-    stub: trainer_pb2_grpc.TrainerServiceStub
+    stub: trainer_pb2_grpc.TrainerServiceAsyncStub
     channel: grpc.aio.Channel
     runtime: ServiceRuntime
     imports: Path
@@ -59,7 +60,7 @@ async def _start(tmp_path: Path, **extra: object) -> Trainer:
 async def trainer(tmp_path: Path) -> AsyncIterator[Trainer]:
     t = await _start(tmp_path)
     yield t
-    await t.channel.close()
+    await t.channel.close(None)
     await t.runtime.stop(0)
 
 
@@ -121,7 +122,7 @@ async def test_health_not_serving_after_shutdown(tmp_path: Path) -> None:
     await t.runtime.health.enter_graceful_shutdown()
     resp = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
     assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
-    await t.channel.close()
+    await t.channel.close(None)
     await t.runtime.stop(0)
 
 
@@ -181,7 +182,7 @@ async def test_bad_requests_name_the_field(trainer: Trainer) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await trainer.stub.ImportDataset(pb.ImportDatasetRequest(dataset="Bad Name!", path="x.csv"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("dataset:")
+    assert (err.value.details() or "").startswith("dataset:")
     assert ("foresight-field", "dataset") in tuple(err.value.trailing_metadata() or ())
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await trainer.stub.DescribeDataset(pb.DescribeDatasetRequest(dataset="missing"))
@@ -256,7 +257,7 @@ async def test_instance_crud(trainer: Trainer) -> None:
     updated = await trainer.stub.UpdateInstance(
         pb.UpdateInstanceRequest(
             instance=pb.Instance(name="buyers", description="big baskets"),
-            update_mask={"paths": ["description"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["description"]),
         )
     )
     assert updated.description == "big baskets" and updated.goal.window_days == 30
@@ -272,7 +273,8 @@ async def test_instance_crud(trainer: Trainer) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await trainer.stub.CreateInstance(pb.CreateInstanceRequest(instance=bad_text))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "goal.conditions" in err.value.details() and "column" in err.value.details()
+    details = err.value.details() or ""
+    assert "goal.conditions" in details and "column" in details
 
     await trainer.stub.DeleteInstance(pb.DeleteInstanceRequest(name="buyers"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -294,5 +296,5 @@ async def test_bearer_token_required_but_health_open(tmp_path: Path) -> None:
         resp = await health.Check(health_pb2.HealthCheckRequest())
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
     finally:
-        await t.channel.close()
+        await t.channel.close(None)
         await t.runtime.stop(0)
