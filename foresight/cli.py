@@ -234,6 +234,77 @@ def instance_delete(name: str) -> None:
     console.print(f"deleted {name}")
 
 
+@app.command("validate-goal")
+def validate_goal(name: str) -> None:
+    """Dry run: eligible, positive and negative counts at the training cutoff."""
+    with client() as c:
+        show(c.trainer.ValidateGoal(trainer_pb2.ValidateGoalRequest(name=name), timeout=600))
+
+
+@app.command()
+def train(
+    name: str, max_trials: Annotated[int, typer.Option(help="Search trials (0 = default).")] = 0
+) -> None:
+    """Train, evaluate, export and publish a model for an instance."""
+    with client() as c:
+        stream = c.trainer.TrainModel(
+            trainer_pb2.TrainModelRequest(instance=name, max_trials=max_trials)
+        )
+        show(follow(stream, f"train {name}"))
+
+
+@app.command()
+def versions(name: str) -> None:
+    """List an instance's model versions."""
+    with client() as c:
+        resp = c.trainer.ListModelVersions(trainer_pb2.ListModelVersionsRequest(instance=name))
+    table = Table("version", "status", "current", "AUC", "features", "error")
+    for v in resp.versions:
+        status = trainer_pb2.VersionStatus.Name(v.status).removeprefix("VERSION_STATUS_")
+        table.add_row(
+            str(v.version),
+            status,
+            "*" if v.current else "",
+            f"{v.auc:.3f}",
+            str(v.feature_count),
+            v.error[:60],
+        )
+    console.print(table)
+
+
+@app.command()
+def evaluation(
+    name: str,
+    version: Annotated[int, typer.Option(help="Model version (0 = current).")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for report.html and the PNG charts.")] = Path(
+        "reports"
+    ),
+) -> None:
+    """Fetch a model's evaluation; write PNG charts and a self-contained HTML page."""
+    from foresight.reports import write_report
+
+    with client() as c:
+        ev = c.trainer.GetEvaluation(
+            trainer_pb2.GetEvaluationRequest(instance=name, version=version)
+        )
+    data = evaluation_dict(ev)
+    page, pngs = write_report(data, out / f"{name}-v{ev.version}")
+    console.print(f"AUC {ev.auc:.3f}  PR-AUC {ev.pr_auc:.3f}  quality {data['quality']}")
+    console.print(f"report: {page}  charts: {', '.join(p.name for p in pngs)}")
+
+
+def evaluation_dict(ev: trainer_pb2.Evaluation) -> dict[str, Any]:
+    """The evaluation as a plain mapping with short enum names, for the report writer."""
+    data = json_format.MessageToDict(
+        ev, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    data["quality"] = str(data.get("quality", "")).removeprefix("QUALITY_")
+    for entry in data.get("bucket_factors", []):
+        entry["bucket"] = str(entry.get("bucket", "")).removeprefix("BUCKET_")
+        entry["profiles"] = int(entry.get("profiles", 0))
+    return data
+
+
 @app.command()
 def health() -> None:
     """Health of the three services."""

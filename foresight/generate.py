@@ -32,9 +32,10 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from foresight.errors import InvalidArgument
-from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.validation import hex_strings
 
 __all__ = [
@@ -280,7 +281,15 @@ def generate(
     events_path = out_dir / "events.parquet"
     profiles_path = out_dir / "profiles.parquet"
     truth_path = out_dir / "ground_truth.parquet"
-    events.write_parquet(events_path, compression="zstd", row_group_size=1_000_000)
+    # No stored Arrow schema: readers see the dictionary columns as strings.
+    pq.write_table(
+        events,
+        events_path,
+        compression="zstd",
+        compression_level=1,
+        row_group_size=1_000_000,
+        store_schema=False,
+    )
     _profile_table(rng, people, start).write_parquet(profiles_path, compression="zstd")
     truth_table = pl.DataFrame(
         {
@@ -299,7 +308,7 @@ def generate(
         profiles_path=profiles_path,
         ground_truth_path=truth_path,
         profiles=profiles,
-        events=events.height,
+        events=events.num_rows,
         start=start_dt,
         end=end_dt,
         ingest_now=end_dt,
@@ -333,10 +342,10 @@ class _Truth:
 
 @dataclass(frozen=True, slots=True)
 class _Sessions:
-    profile: IntArray
-    kind: IntArray
-    channel: IntArray
-    category: IntArray
+    profile: npt.NDArray[np.int32]
+    kind: npt.NDArray[np.int32]
+    channel: npt.NDArray[np.int32]
+    category: npt.NDArray[np.int32]
     start_us: IntArray  # microseconds since the start date
 
 
@@ -355,22 +364,24 @@ class _Categorical:
             weights = weights[None, :]
         rows, columns = weights.shape
         self.columns = columns
-        self.accept = np.ones((rows, columns))
-        self.alias = np.tile(np.arange(columns, dtype=np.int64), (rows, 1))
+        accept = np.ones((rows, columns))
+        alias = np.tile(np.arange(columns, dtype=np.int64), (rows, 1))
         for row in range(rows):
             scaled = weights[row] / weights[row].sum() * columns
             small = [i for i in range(columns) if scaled[i] < 1.0]
             large = [i for i in range(columns) if scaled[i] >= 1.0]
             while small and large:
                 low, high = small.pop(), large.pop()
-                self.accept[row, low] = scaled[low]
-                self.alias[row, low] = high
+                accept[row, low] = scaled[low]
+                alias[row, low] = high
                 scaled[high] -= 1.0 - scaled[low]
                 (small if scaled[high] < 1.0 else large).append(high)
-        self.accept = self.accept.ravel()
-        self.alias = self.alias.ravel()
+        self.accept: FloatArray = accept.ravel()
+        self.alias: IntArray = alias.ravel()
 
-    def draw(self, rng: np.random.Generator, rows: IntArray | int, size: int | None = None) -> IntArray:
+    def draw(
+        self, rng: np.random.Generator, rows: IntArray | int, size: int | None = None
+    ) -> IntArray:
         """One draw per element of ``rows`` (or ``size`` draws from row ``rows``)."""
         count = size if size is not None else len(np.atleast_1d(rows))
         uniform = rng.random(count) * self.columns
@@ -518,7 +529,13 @@ def _draw_sessions(
     hour = _pick(rng, _CHANNEL_HOURS, channel)
     second = rng.integers(0, 3_600, size=len(profile))
     start_us = (day * 86_400 + hour * 3_600 + second) * 1_000_000
-    return _Sessions(profile=profile, kind=kind, channel=channel, category=category, start_us=start_us)
+    return _Sessions(
+        profile=profile.astype(np.int32),
+        kind=kind.astype(np.int32),
+        channel=channel.astype(np.int32),
+        category=category.astype(np.int32),
+        start_us=start_us,
+    )
 
 
 # Event type of each step of a session, by session kind and position; the
@@ -545,7 +562,7 @@ def _expand_sessions(
     start_dt: datetime,
     days: int,
     seed: int,
-) -> pl.DataFrame:
+) -> pa.Table:
     """Turn sessions into events (one row per step of the journey).
 
     Per-event work is kept to gathers from small tables and cheap uniforms;
@@ -559,15 +576,22 @@ def _expand_sessions(
     clicked = rng.random(count) < np.where(persona_s == 3, 0.75, 0.35)
     app_add = rng.random(count) < 0.2
     length = np.select(
-        [sessions.kind == _BROWSE, sessions.kind == _CART, sessions.kind == _MAIL, sessions.kind == _APP],
+        [
+            sessions.kind == _BROWSE,
+            sessions.kind == _CART,
+            sessions.kind == _MAIL,
+            sessions.kind == _APP,
+        ],
         [2 + extra_views, 4 + buys, 1 + 3 * clicked, 2 + extra_views + app_add],
         default=1,
     ).astype(np.int64)
 
-    session = np.repeat(np.arange(count), length)
+    # int32 keeps the per-event arrays small: page faults on fresh memory
+    # cost more than the arithmetic at 20M rows.
+    session = np.repeat(np.arange(count, dtype=np.int32), length)
     total = len(session)
     first_event = np.cumsum(length) - length
-    position = np.arange(total) - first_event[session]
+    position = np.arange(total, dtype=np.int32) - first_event.astype(np.int32)[session]
     kind = sessions.kind[session]
     event_type = _STEP_TYPES[kind * _MAX_STEPS + np.minimum(position, _MAX_STEPS - 1)]
     # An app session may end with a cart add.
@@ -585,7 +609,9 @@ def _expand_sessions(
     offset = np.cumsum(gaps)
     offset -= offset[first_event][session]
     # A journey that starts late on the last day must not run past the end.
-    timestamp_us = np.minimum(sessions.start_us[session] + offset.astype(np.int64), days * _DAY_US - 1)
+    timestamp_us = np.minimum(
+        sessions.start_us[session] + offset.astype(np.int64), days * _DAY_US - 1
+    )
 
     # Products: Zipf-like popularity within the category (inverse CDF of a
     # log-uniform rank); a cart add or purchase is the product viewed before.
@@ -604,12 +630,21 @@ def _expand_sessions(
     order_persona = persona[orders]
     quantity_rows = order_category * len(PERSONAS) + order_persona
     quantity_means = (_CATEGORY_EXTRA_QUANTITY[:, None] + _PERSONA_EXTRA_QUANTITY[None, :]).ravel()
-    quantity = 1 + _Categorical(_truncated_poisson(np.maximum(quantity_means, 1e-6), 48)).draw(rng, quantity_rows)
-    sku_price = _CATEGORY_PRICE[np.arange(len(CATEGORIES) * _SKUS_PER_CATEGORY) // _SKUS_PER_CATEGORY]
-    sku_price = sku_price * np.exp(np.random.default_rng(seed ^ 0x5EED).normal(0.0, 0.35, size=len(sku_price)))
+    quantity = 1 + _Categorical(_truncated_poisson(np.maximum(quantity_means, 1e-6), 48)).draw(
+        rng, quantity_rows
+    )
+    sku_price = _CATEGORY_PRICE[
+        np.arange(len(CATEGORIES) * _SKUS_PER_CATEGORY) // _SKUS_PER_CATEGORY
+    ]
+    sku_price = sku_price * np.exp(
+        np.random.default_rng(seed ^ 0x5EED).normal(0.0, 0.35, size=len(sku_price))
+    )
     value = np.full(total, np.nan)
     value[orders] = np.round(
-        sku_price[sku[orders]] * quantity * _PERSONA_SPEND[order_persona] * (0.9 + 0.2 * rng.random(len(orders))),
+        sku_price[sku[orders]]
+        * quantity
+        * _PERSONA_SPEND[order_persona]
+        * (0.9 + 0.2 * rng.random(len(orders))),
         2,
     )
     quantities = np.zeros(total, dtype=np.int64)
@@ -623,13 +658,20 @@ def _expand_sessions(
     page_draw = rng.random(len(pages))
     deals = _PERSONA_DEALS_PAGE[page_persona]
     page_code[pages] = np.select(
-        [page_draw < deals, page_draw < deals + _PERSONA_REWARDS_PAGE[page_persona], page_draw > 0.7],
+        [
+            page_draw < deals,
+            page_draw < deals + _PERSONA_REWARDS_PAGE[page_persona],
+            page_draw > 0.7,
+        ],
         [len(CATEGORIES), len(CATEGORIES) + 1, len(CATEGORIES) + 2],
         default=category[pages],
     )
-    page_names = pl.Series(
-        [f"category/{name}" for name in CATEGORIES] + ["deals", "account/rewards", "home", "product-detail"]
-    )
+    page_names = [f"category/{name}" for name in CATEGORIES] + [
+        "deals",
+        "account/rewards",
+        "home",
+        "product-detail",
+    ]
 
     # Campaigns: a weekly newsletter per category theme for email journeys;
     # some browse sessions arrive from paid search.
@@ -637,12 +679,11 @@ def _expand_sessions(
     campaign_code = np.full(total, -1, dtype=np.int64)
     mail = np.flatnonzero(kind == _MAIL)
     campaign_code[mail] = (timestamp_us[mail] // (7 * _DAY_US)) * len(CATEGORIES) + category[mail]
-    paid_search = np.flatnonzero(((kind == _BROWSE) & (rng.random(count) < 0.12)[session]))
+    paid_search = np.flatnonzero((kind == _BROWSE) & (rng.random(count) < 0.12)[session])
     campaign_code[paid_search] = weeks * len(CATEGORIES) + category[paid_search]
-    campaign_names = pl.Series(
-        [f"nl-w{week:03d}-{name}" for week in range(weeks) for name in CATEGORIES]
-        + [f"sem-{name}" for name in CATEGORIES]
-    )
+    campaign_names = [f"nl-w{week:03d}-{name}" for week in range(weeks) for name in CATEGORIES] + [
+        f"sem-{name}" for name in CATEGORIES
+    ]
 
     # Attributes on a share of events, from the profile's device, browser,
     # email client or home store: all combinations are in one small table.
@@ -650,64 +691,71 @@ def _expand_sessions(
         [f'{{"browser":"{name}"}}' for name in _BROWSERS]
         + [f'{{"device":"{name}","app_version":5.2}}' for name in _DEVICES]
         + [f'{{"email_client":"{name}"}}' for name in _EMAIL_CLIENTS]
-        + [f'{{"store_id":"S{store:03d}","register":{register}}}' for store in range(60) for register in range(1, 9)]
+        + [
+            f'{{"store_id":"S{store:03d}","register":{register}}}'
+            for store in range(60)
+            for register in range(1, 9)
+        ]
     )
-    base = np.array([0, len(_BROWSERS), len(_BROWSERS) + len(_DEVICES), len(_BROWSERS) + len(_DEVICES) + 3])
+    base = np.array(
+        [0, len(_BROWSERS), len(_BROWSERS) + len(_DEVICES), len(_BROWSERS) + len(_DEVICES) + 3]
+    )
     personal = np.stack(
-        [people.browser, people.device, people.email_client, (np.arange(len(people.persona)) * 7919 % 60) * 8]
+        [
+            people.browser,
+            people.device,
+            people.email_client,
+            (np.arange(len(people.persona)) * 7919 % 60) * 8,
+        ]
     )
     attribute_code = base[channel] + personal[channel, profile]
     attribute_code += np.where(channel == _STORE, np.arange(total) % 8, 0)
     attribute_code[rng.random(total) >= _ATTRIBUTE_SHARE] = -1
 
-    sku_names = pl.Series(
-        [f"{name[:3].upper()}-{index:04d}" for index, name in enumerate(np.repeat(CATEGORIES, _SKUS_PER_CATEGORY))]
-    )
-    frame = pl.DataFrame(
-        {
-            "event_id": _event_ids(seed, total),
-            "profile": profile,
-            "timestamp": timestamp_us,
-            "event_type": event_type,
-            "channel": channel,
-            "value": value,
-            "quantity": quantities,
-            "is_order": is_order,
-            "sku": np.where(has_product, sku, -1),
-            "category": np.where(has_product | (page_code == category), category, -1),
-            "page_code": page_code,
-            "campaign_code": campaign_code,
-            "attribute_code": attribute_code,
-        }
-    )
-
-    def lookup(column: str, names: pl.Series) -> pl.Expr:
-        code = pl.col(column)
-        return pl.when(code >= 0).then(pl.lit(names).gather(code.clip(0)))
-
-    events = frame.lazy().select(
-        "event_id",
-        pl.lit(people.profile_id).gather(pl.col("profile")).alias("profile_id"),
-        (pl.col("timestamp") + int(start_dt.timestamp()) * 1_000_000).cast(pl.Datetime("us", "UTC")),
-        pl.lit(pl.Series(_EVENT_TYPES)).gather(pl.col("event_type")).alias("event_type"),
-        pl.lit(pl.Series(CHANNELS)).gather(pl.col("channel")).alias("channel"),
-        pl.col("value").fill_nan(None).alias("value"),
-        pl.when(pl.col("is_order")).then(pl.col("quantity")).alias("quantity"),
-        lookup("sku", sku_names).alias("product_sku"),
-        lookup("category", pl.Series(CATEGORIES)).alias("product_category"),
-        lookup("page_code", page_names).alias("page_name"),
-        lookup("campaign_code", campaign_names).alias("campaign_id"),
-        lookup("attribute_code", pl.Series(attributes)).alias("attributes"),
-    )
-    return events.collect().cast(dict(EVENT_SCHEMA))
+    sku_names = [
+        f"{name[:3].upper()}-{index:04d}"
+        for index, name in enumerate(np.repeat(CATEGORIES, _SKUS_PER_CATEGORY))
+    ]
+    category_code = np.where(has_product | (page_code == category), category, -1)
+    epoch_us = int(start_dt.timestamp()) * 1_000_000
+    columns: dict[str, pa.Array] = {
+        "event_id": _event_ids(seed, total),
+        "profile_id": _dictionary(profile, people.profile_id.to_list()),
+        "timestamp": pa.array(timestamp_us + epoch_us, type=pa.int64()).cast(
+            pa.timestamp("us", tz="UTC")
+        ),
+        "event_type": _dictionary(event_type, list(_EVENT_TYPES)),
+        "channel": _dictionary(channel, list(CHANNELS)),
+        "value": pa.array(value, mask=np.isnan(value)),
+        "quantity": pa.array(quantities, mask=~is_order),
+        "product_sku": _dictionary(np.where(has_product, sku, -1), sku_names),
+        "product_category": _dictionary(category_code, list(CATEGORIES)),
+        "page_name": _dictionary(page_code, page_names),
+        "campaign_id": _dictionary(campaign_code, campaign_names),
+        "attributes": _dictionary(attribute_code, attributes),
+    }
+    return pa.table(columns)
 
 
-def _event_ids(seed: int, count: int) -> pl.Series:
+def _dictionary(codes: npt.NDArray[np.integer], names: list[str]) -> pa.Array:
+    """A dictionary-encoded string column (code -1 = null).
+
+    Building text for 20M rows is the slow part of generation; Parquet stores
+    these columns dictionary-encoded anyway, and the file is written without
+    the Arrow schema so every reader sees plain strings.
+    """
+    indices = pa.array(np.asarray(codes, dtype=np.int32), mask=np.asarray(codes) < 0)
+    return pa.DictionaryArray.from_arrays(indices, pa.array(names, type=pa.string()))
+
+
+def _event_ids(seed: int, count: int) -> pa.Array:
     """Unique, seed-specific event ids (16 hex digits of a bijective mix of
     seed and index), built from byte buffers: formatting 20M integers as text
     is too slow."""
-    index = np.arange(count, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-    return hex_strings(_splitmix64(index), name="event_id")
+    index = np.arange(count, dtype=np.uint64) + np.uint64(
+        (seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    )
+    return hex_strings(_splitmix64(index), name="event_id").to_arrow()
 
 
 def _splitmix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:

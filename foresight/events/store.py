@@ -234,7 +234,10 @@ class EventStore:
         name = f"part-{uuid.uuid4().hex}.parquet"
         target = dataset_dir / f"shard={shard}" / name
         _atomic_write(
-            target, lambda handle: events.write_parquet(handle, compression="zstd", statistics=True)
+            target,
+            lambda handle: events.write_parquet(
+                handle, compression="zstd", compression_level=1, statistics=True
+            ),
         )
         summary = events.select(
             pl.col("profile_id").n_unique().alias("profiles"),
@@ -374,19 +377,18 @@ class EventStore:
 def _drop_known(events: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:
     """Rows of ``events`` whose event_id is not in ``known``.
 
-    A cheap 64-bit hash membership test finds the few candidates; only those
-    are compared as strings, so a hash collision can never drop an event.
+    The batch's 64-bit id hashes form the (small) probe set, so each call
+    scans the known ids once without building a hash table of them; only
+    known ids with a matching hash are compared as strings, so a hash
+    collision can never drop an event.
     """
     if known.is_empty():
         return events
-    candidate = pl.col("__h").is_in(known["h"].implode())
-    candidates = events.filter(candidate)
-    if candidates.is_empty():
+    same_hash = known.filter(pl.col("h").is_in(events["__h"].implode()))
+    if same_hash.is_empty():
         return events
-    same_hash = known.filter(pl.col("h").is_in(candidates["__h"].implode()))
-    duplicates = candidates.join(same_hash.select("event_id"), on="event_id", how="semi")
     return events.join(
-        duplicates.select("event_id"), on="event_id", how="anti", maintain_order="left"
+        same_hash.select("event_id"), on="event_id", how="anti", maintain_order="left"
     )
 
 

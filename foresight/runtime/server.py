@@ -61,6 +61,11 @@ class ServiceRuntime:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
+        self._shutdown_hooks: list[Callable[[], None]] = []
+
+    def on_shutdown(self, hook: Callable[[], None]) -> None:
+        """Run `hook` after the server stopped (release worker pools, close files)."""
+        self._shutdown_hooks.append(hook)
 
     async def start(self) -> int:
         """Bind and start (health NOT_SERVING); returns the bound port."""
@@ -94,6 +99,11 @@ class ServiceRuntime:
         """NOT_SERVING, refuse new RPCs, let running ones finish within the grace."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        for hook in self._shutdown_hooks:
+            try:
+                await asyncio.to_thread(hook)
+            except Exception:
+                log.exception("shutdown hook failed")
 
 
 Setup = Callable[[ServiceRuntime], Awaitable[Callable[[], Awaitable[None]] | None]]

@@ -55,8 +55,9 @@ MODEL_FILES = (
     "instance.json",
     "evaluation.json",
 )
-# LightGBM reads |x| <= 1e-35 as zero and uses ±1e-35 as the "is zero" split.
-_LGBM_ZERO = 1e-35
+# LightGBM reads |x| <= 1e-35f as zero and splits zero from the rest at ±1e-35f
+# (a float32 constant: 1.0000000180025095e-35).
+_LGBM_ZERO = float(np.float32(1e-35))
 # ai.onnx opset the converter supports; ai.onnx.ml follows from it.
 _TARGET_OPSET = 15
 
@@ -112,19 +113,22 @@ def snap_thresholds_to_float32(booster: lgb.Booster) -> lgb.Booster:
     return lgb.Booster(model_str="\n".join(out))
 
 
-def shift_log_odds(booster: lgb.Booster, shift: float) -> lgb.Booster:
-    """Add `shift` to every raw score by moving all leaves of the first tree.
+def rescale_log_odds(booster: lgb.Booster, scale: float, shift: float) -> lgb.Booster:
+    """A copy whose raw score is ``scale * raw + shift``, baked into the trees.
 
-    Every row lands in exactly one leaf of tree 0, so the raw score moves by
-    exactly `shift`; TreeSHAP feature contributions are unchanged (only the
-    expected value moves). Used to undo the prior shift of class weighting.
+    Every leaf is multiplied by `scale`, and `shift` is added to all leaves of
+    the first tree (every row lands in exactly one of them), so the change is
+    exact in LightGBM, in model.txt and in the ONNX graph alike. TreeSHAP
+    contributions scale by `scale`; the shift only moves the expected value.
+    Used for Platt calibration after class weighting.
     """
-    if shift == 0.0 or booster.num_trees() == 0:
+    if (scale == 1.0 and shift == 0.0) or booster.num_trees() == 0:
         return booster
     copy = lgb.Booster(model_str=booster.model_to_string())
-    leaves = copy.dump_model()["tree_info"][0]["num_leaves"]
-    for leaf in range(leaves):
-        copy.set_leaf_output(0, leaf, copy.get_leaf_output(0, leaf) + shift)
+    for tree, info in enumerate(copy.dump_model()["tree_info"]):
+        for leaf in range(int(info["num_leaves"])):
+            value = copy.get_leaf_output(tree, leaf) * scale + (shift if tree == 0 else 0.0)
+            copy.set_leaf_output(tree, leaf, value)
     return copy
 
 
@@ -213,12 +217,17 @@ def parity_rows(
     boundary: list[np.ndarray] = []
     for i, (feature, threshold) in enumerate(splits):
         if abs(threshold) <= _LGBM_ZERO:
-            # LightGBM reads |x| <= 1e-35 as 0: probe 0 and values just clear of it.
+            # LightGBM reads |x| <= 1e-35f as 0 (features never hold such values):
+            # probe 0 and values just clear of it.
             values = np.array([0.0, 1e-30, -1e-30], dtype=np.float32)
         else:
             t32 = np.float32(threshold)
             values = np.array(
-                [t32, np.nextafter(t32, np.float32(np.inf)), np.nextafter(t32, np.float32(-np.inf))],
+                [
+                    t32,
+                    np.nextafter(t32, np.float32(np.inf)),
+                    np.nextafter(t32, np.float32(-np.inf)),
+                ],
                 dtype=np.float32,
             )
         rows = np.repeat(base[i % len(base)][None, :], len(values), axis=0)

@@ -54,6 +54,7 @@ def main() -> None:
 
     async def setup(runtime: ServiceRuntime) -> Callable[[], Awaitable[None]]:
         servicer, recover = build_servicer(settings)
+        runtime.on_shutdown(servicer.models.close)
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, runtime.server)
         return recover
 

@@ -47,6 +47,7 @@ async def _start(tmp_path: Path, **extra: object) -> Trainer:
     runtime = ServiceRuntime(settings, [SERVICE_NAME])
     servicer, recover = build_servicer(settings)
     trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, runtime.server)
+    runtime.on_shutdown(servicer.models.close)
     port = await runtime.start()
     await recover()
     await runtime.set_serving(True)
