@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,13 +27,15 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 async def trainer(tmp_path: Path, synthetic: Path) -> AsyncIterator[Trainer]:
     t = await _start(tmp_path)
-    (t.imports / "synthetic").symlink_to(synthetic)
-    await t.stub.ImportDataset(
-        pb.ImportDatasetRequest(dataset="shop", path="synthetic/events.parquet")
-    )
-    yield t
-    await t.channel.close(None)
-    await t.runtime.stop(0)
+    try:
+        shutil.copytree(synthetic, t.imports / "synthetic")  # a symlink out of the root is refused
+        await t.stub.ImportDataset(
+            pb.ImportDatasetRequest(dataset="shop", path="synthetic/events.parquet")
+        )
+        yield t
+    finally:
+        await t.channel.close(None)
+        await t.runtime.stop(0)
 
 
 def _purchase_instance(name: str, **extra: int) -> pb.Instance:
