@@ -1,15 +1,18 @@
 """`make demo`: the whole mission over gRPC against locally started services.
 
 Generates synthetic journeys, starts trainer, scorer and segmenter as local
-processes (SQLite), imports the data and describes it, then checks health and
-reflection of every service. Later stages (models, scores, segments) run when
-their services answer.
+processes (SQLite), checks health and reflection, imports and describes the
+data, then runs Customer AI (instances, goal dry runs, training with ONNX
+export and evaluation reports, batch scoring with reasons, a lookup, segments,
+insights) and Segment AI (encoder, HNSW index, discovered segments in both
+views, lookalike expansion of the high-propensity segment, the cluster map).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -17,10 +20,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rich.console import Console
 
 from foresight import localrun
+from foresight.api.common.v1 import common_pb2
+from foresight.api.scorer.v1 import scorer_pb2
+from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
-from foresight.cli import print_description
+from foresight.cli import evaluation_dict, print_description
 from foresight.client import ForesightClient
 from foresight.generate import generate
+from foresight.reports import write_report
 
 console = Console()
 
@@ -88,9 +95,205 @@ def run(data: Path, profiles: int, seed: int) -> None:
             print_description(
                 client.trainer.DescribeDataset(trainer_pb2.DescribeDatasetRequest(dataset="shop"))
             )
+            customer_ai(client, data)
+            segment_ai(client, data)
     finally:
         codes = localrun.stop(services)
         console.print(f"services stopped: {codes}")
+
+
+PURCHASE = 'event_type = "commerce.purchases"'
+INSTANCES = [
+    trainer_pb2.Instance(
+        name="churn",
+        description="Customers who will not purchase in the next 30 days",
+        type=trainer_pb2.INSTANCE_TYPE_CHURN,
+        dataset="shop",
+        goal=trainer_pb2.Goal(conditions=common_pb2.Conditions(text=PURCHASE), window_days=30),
+    ),
+    trainer_pb2.Instance(
+        name="conversion",
+        description="Customers who will purchase in the next 30 days",
+        type=trainer_pb2.INSTANCE_TYPE_CONVERSION,
+        dataset="shop",
+        goal=trainer_pb2.Goal(conditions=common_pb2.Conditions(text=PURCHASE), window_days=30),
+        profile_attributes=["loyalty_tier", "region"],
+    ),
+]
+
+
+def progress_line(prefix: str) -> Callable[[common_pb2.Progress], None]:
+    """A progress callback printing one line per stage change."""
+    seen: set[str] = set()
+
+    def show(p: common_pb2.Progress) -> None:
+        if p.stage not in seen:
+            seen.add(p.stage)
+            console.print(f"  {prefix}: {p.stage:10s} {100 * p.fraction:5.1f} %  {p.message}")
+
+    return show
+
+
+def bucket(value: int) -> str:
+    """Short bucket name."""
+    return common_pb2.Bucket.Name(common_pb2.Bucket.ValueType(value)).removeprefix("BUCKET_")
+
+
+def customer_ai(client: ForesightClient, data: Path) -> None:
+    """Instances → goal check → training → scoring → lookups → segment → insights."""
+    step("5. Prediction instances and goal dry runs")
+    for instance in INSTANCES:
+        client.trainer.CreateInstance(trainer_pb2.CreateInstanceRequest(instance=instance))
+        check = client.trainer.ValidateGoal(trainer_pb2.ValidateGoalRequest(name=instance.name))
+        console.print(
+            f"{instance.name:10s} cutoff {check.cutoff.ToDatetime():%Y-%m-%d}: eligible {check.eligible:,}, "
+            f"positive {check.positives:,}, negative {check.negatives:,}, enough data: {check.enough_data}"
+        )
+
+    step("6. Train, evaluate and export (ONNX) both models")
+    for instance in INSTANCES:
+        stream = client.trainer.TrainModel(trainer_pb2.TrainModelRequest(instance=instance.name))
+        version = client.follow(stream, progress_line(instance.name))
+        ev = client.trainer.GetEvaluation(trainer_pb2.GetEvaluationRequest(instance=instance.name))
+        page, _ = write_report(
+            evaluation_dict(ev), data / "reports" / f"{instance.name}-v{version.version}"
+        )
+        top = ", ".join(f.description for f in ev.global_factors[:3])
+        console.print(
+            f"{instance.name} v{version.version}: AUC {ev.auc:.3f}, PR-AUC {ev.pr_auc:.3f}, "
+            f"quality {trainer_pb2.Quality.Name(ev.quality).removeprefix('QUALITY_')}; top factors: {top}"
+        )
+        console.print(f"  report: {page}")
+
+    step("7. Score every eligible profile (batch, with reason codes)")
+    for instance in INSTANCES:
+        run = client.follow(
+            client.scorer.RunScoring(scorer_pb2.RunScoringRequest(instance=instance.name)),
+            progress_line(instance.name),
+        )
+        console.print(f"{instance.name}: run {run.run_id[:8]} scored {run.profiles:,} profiles")
+
+    step("8. One profile's scores and reasons (GetProfileScores)")
+    profile_id = first_high_risk(client)
+    scores = client.scorer.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=profile_id)
+    )
+    for s in scores.scores:
+        console.print(
+            f"[bold]{profile_id}[/] {s.instance}: probability {s.probability:.3f}, score {s.score}, "
+            f"percentile {s.percentile}, bucket {bucket(s.bucket)}"
+        )
+        for f in s.factors:
+            imp = common_pb2.Importance.Name(f.importance).removeprefix("IMPORTANCE_")
+            console.print(f"    {f.impact:+.3f}  {imp:6s} {f.text}")
+
+    step("9. Segment: high churn risk")
+    segment = client.scorer.CreateSegment(
+        scorer_pb2.CreateSegmentRequest(
+            name="high-churn-risk",
+            instance="churn",
+            filter=scorer_pb2.SegmentFilter(buckets=[common_pb2.BUCKET_HIGH]),
+        )
+    )
+    console.print(f"{segment.name}: {segment.size:,} profiles")
+    high_conv = client.scorer.CreateSegment(
+        scorer_pb2.CreateSegmentRequest(
+            name="high-propensity",
+            instance="conversion",
+            filter=scorer_pb2.SegmentFilter(min_percentile=95),
+        )
+    )
+    console.print(f"{high_conv.name}: {high_conv.size:,} profiles (top 5 % conversion propensity)")
+
+    step("10. Insights of the churn model")
+    insights = client.scorer.GetInsights(scorer_pb2.GetInsightsRequest(instance="churn"))
+    console.print(
+        "score histogram: " + " ".join(f"{b.low}-{b.high}:{b.count}" for b in insights.histogram)
+    )
+    for b in insights.buckets:
+        factors = ", ".join(f"{f.description} ({100 * f.share:.0f} %)" for f in b.factors[:3])
+        console.print(
+            f"  {bucket(b.bucket):6s} {b.profiles:7,} profiles, mean p {b.mean_probability:.2f}: {factors}"
+        )
+    if insights.outcome_available:
+        for e in insights.expected_vs_actual:
+            console.print(
+                f"  {bucket(e.bucket):6s} expected {e.expected_rate:.2f} vs actual {e.actual_rate:.2f}"
+            )
+    else:
+        console.print("  expected vs actual: the outcome window has not passed in the data yet")
+
+
+def first_high_risk(client: ForesightClient) -> str:
+    """A profile from the top of the churn run, to show its reasons."""
+    segment = client.scorer.CreateSegment(
+        scorer_pb2.CreateSegmentRequest(
+            name="demo-top-churn",
+            instance="churn",
+            filter=scorer_pb2.SegmentFilter(min_percentile=99),
+        )
+    )
+    page = client.scorer.ListSegmentMembers(
+        scorer_pb2.ListSegmentMembersRequest(
+            name=segment.name, page=common_pb2.PageRequest(page_size=1)
+        )
+    )
+    return page.members[0].profile_id
+
+
+def segment_ai(client: ForesightClient, data: Path) -> None:
+    """Encoder → index → discovered segments (both views) → expansion → cluster map."""
+    step("11. Journey encoder (chosen by measurement) and HNSW index")
+    encoder = client.follow(
+        client.trainer.TrainEncoder(trainer_pb2.TrainEncoderRequest(dataset="shop")),
+        progress_line("encoder"),
+    )
+    kind = trainer_pb2.EncoderKind.Name(encoder.kind).removeprefix("ENCODER_KIND_")
+    console.print(
+        f"encoder v{encoder.version}: {kind}, {encoder.dimensions} dims, metrics {dict(encoder.metrics)}"
+    )
+    index = client.follow(
+        client.segmenter.BuildIndex(segmenter_pb2.BuildIndexRequest(dataset="shop")),
+        progress_line("index"),
+    )
+    console.print(
+        f"index v{index.version}: {index.count:,} profiles, {index.dimensions} dims, M={index.m}"
+    )
+
+    step("12. Discover segments")
+    discovery = client.follow(
+        client.segmenter.DiscoverSegments(segmenter_pb2.DiscoverSegmentsRequest()),
+        progress_line("discover"),
+    )
+    console.print(f"{len(discovery.clusters)} clusters ({discovery.chosen_by})")
+    for cluster in discovery.clusters:
+        console.print(
+            f"[bold]#{cluster.cluster_id} {cluster.name}[/]  {cluster.size:,} profiles ({100 * cluster.share:.1f} %)"
+        )
+        influence = "; ".join(
+            f"{t.description} ×{t.lift:.1f} ({t.cluster_percent:.0f} %)"
+            for t in cluster.influence[:3]
+        )
+        popularity = "; ".join(f"{t.description} ({t.count:,})" for t in cluster.popularity[:3])
+        console.print(f"    high influence : {influence}")
+        console.print(f"    high popularity: {popularity}")
+
+    step("13. Expand the high-propensity segment with lookalikes")
+    expansion = client.segmenter.ExpandSegment(
+        segmenter_pb2.ExpandSegmentRequest(segment="high-propensity")
+    )
+    reach = ", ".join(f"≥{r.similarity:.2f}: {r.audience_size:,}" for r in expansion.reach[:6])
+    console.print(
+        f"seed {expansion.seed_size:,} → {len(expansion.lookalikes):,} lookalikes "
+        f"from {expansion.query_points} query points; reach {reach}"
+    )
+
+    step("14. Cluster map")
+    vis = client.segmenter.GetVisualization(segmenter_pb2.GetVisualizationRequest(sample_size=3000))
+    from foresight.mapview import write_map
+
+    html_path, png_path = write_map(vis, data / "reports" / "cluster-map")
+    console.print(f"map: {html_path} and {png_path} ({len(vis.points):,} points)")
 
 
 def main() -> None:
