@@ -36,7 +36,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY foresight ./foresight
 COPY services ./services
 RUN pip install --no-deps . \
- && python -c "import foresight.healthcheck, services.trainer.main"
+ && test -x /opt/foresight/bin/foresight-trainer \
+ && test -x /opt/foresight/bin/foresight-scorer \
+ && test -x /opt/foresight/bin/foresight-segmenter
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
@@ -54,6 +56,8 @@ RUN groupadd --system --gid 10001 foresight \
  && chown -R foresight:foresight /data
 
 COPY --from=builder /opt/foresight /opt/foresight
+# Fail the build, not the first start, when a native library is missing.
+RUN /opt/foresight/bin/python -c "import hnswlib, lightgbm, onnxruntime, psycopg, foresight.healthcheck"
 
 # Inside a container the server must listen on every interface, not loopback;
 # the event store, artifacts and indexes live under /data (mount a volume).

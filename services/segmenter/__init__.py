@@ -1,0 +1,1 @@
+"""Segmenter service: journey index, discovered segments, lookalikes and the cluster map."""

@@ -155,7 +155,7 @@ def test_shared_volume_for_artifacts_and_event_store(compose: dict[str, Any]) ->
 def _env_names(cls: type[ServiceSettings]) -> set[str]:
     """Environment variables a settings class reads (aliases included)."""
     prefix = str(cls.model_config.get("env_prefix", ""))
-    names = set()
+    names: set[str] = set()
     for field_name, info in cls.model_fields.items():
         alias = info.validation_alias
         if isinstance(alias, AliasChoices):
@@ -188,9 +188,9 @@ def test_dockerfile_is_multi_stage_slim_pinned_non_root() -> None:
     text = DOCKERFILE.read_text()
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
     assert base, "base image is set once, in ARG PYTHON_IMAGE"
-    assert re.fullmatch(
-        r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base.group(1)
-    ), base.group(1)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base.group(1)), (
+        base.group(1)
+    )
     stages = re.findall(r"^FROM (\S+) AS (\w+)$", text, re.M)
     assert [s for _, s in stages] == ["builder", "runtime"]
     assert "COPY --from=builder" in text

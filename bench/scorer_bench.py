@@ -1,0 +1,454 @@
+"""Scorer figures for `make bench` (stage "scorer").
+
+- batch_score_1m_s: RunScoring of every eligible profile of the 1M-profile data
+  set, top-5 factors included (featurize, ONNX, TreeSHAP, Parquet copy, bulk
+  load into profile_scores).
+- scorer_rss_mb_1m: RSS of a fresh `foresight-scorer` process serving two
+  instances' snapshots (1M profiles × 5 factors each).
+- lookup_rps_ratio_vs_empty: h2load throughput of GetProfileScores divided by
+  that of an empty handler registered on the same server (same interceptor,
+  same process, same load generator, measured back to back).
+- lookup_p99_ms_at_1k_rps: p99 latency of GetProfileScores at 1,000 requests/s.
+- onnx_vs_lightgbm_single_row_ratio / _batch10k_ratio: ONNX time ÷ LightGBM
+  time for the same model (< 1 means ONNX is faster).
+
+The data set is ingested once into `<workdir>/var-scorer` (event store with 16
+shards, catalog rows) and two instances (churn, purchase) get a model trained
+here on a sample of shards with the trainer's bounds (≤ 31 leaves, depth ≤ 6,
+early stopping, ≤ 300 rounds); later runs reuse them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from foresight import instance as instance_config
+from foresight.events.store import EventStore, PartInfo
+from foresight.events.validation import validate
+from foresight.features.featurize import featurize
+from foresight.features.labels import eligible_profiles, goal_labels
+from foresight.features.spec import fit_feature_spec
+from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.db import Database
+from foresight.storage.models import (
+    DatasetPartRow,
+    DatasetRow,
+    InstanceRow,
+    ModelVersionRow,
+    utcnow,
+)
+
+DATASET = "bench"
+SHARDS = 16
+TRAIN_SHARDS = 2  # ~125k profiles: plenty for a realistic model, quick to train
+WINDOW = 30
+PREPARED = "prepared.json"
+INSTANCES: dict[str, dict[str, Any]] = {
+    "churn": {"name": "churn", "type": "CHURN", "goal": {"window_days": WINDOW}},
+    "purchase": {
+        "name": "purchase",
+        "type": "CONVERSION",
+        "goal": {"conditions": 'event_type = "commerce.purchases"', "window_days": WINDOW},
+    },
+}
+PARAMS = {
+    "objective": "binary",
+    "num_leaves": 31,
+    "max_depth": 6,
+    "min_data_in_leaf": 100,
+    "learning_rate": 0.05,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "seed": 7,
+    "verbosity": -1,
+}
+
+
+def _source(workdir: Path) -> Path:
+    profiles = int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000"))
+    return workdir / "imports" / f"synthetic-{profiles}" / "events.parquet"
+
+
+# --- preparation ----------------------------------------------------------------------------
+
+
+def prepare(workdir: Path) -> Path:
+    """Ingest the data set and publish two models once; returns the data directory."""
+    source = _source(workdir)
+    var = workdir / "var-scorer"
+    marker = var / PREPARED
+    stamp = {"source": str(source), "size": source.stat().st_size, "shards": SHARDS}
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
+        return var
+    shutil.rmtree(var, ignore_errors=True)
+    var.mkdir(parents=True)
+    db = Database(f"sqlite:///{var / 'foresight.db'}")
+    db.migrate()
+    store = EventStore(var / "events", shards=SHARDS)
+    t0 = time.perf_counter()
+    parts: list[PartInfo] = []
+    now = datetime.now(UTC)
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=4_000_000):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        accepted = validate(frame, now).accepted
+        parts += store.write(DATASET, accepted, [p.path for p in parts])
+    with db.session() as s:
+        dataset = DatasetRow(name=DATASET, rows=sum(p.rows for p in parts))
+        s.add(dataset)
+        s.flush()
+        for p in parts:
+            s.add(
+                DatasetPartRow(
+                    dataset_id=dataset.id,
+                    path=p.path,
+                    shard=p.shard,
+                    rows=p.rows,
+                    min_ts=p.min_timestamp,
+                    max_ts=p.max_timestamp,
+                )
+            )
+        for name, cfg in INSTANCES.items():
+            s.add(InstanceRow(name=name, dataset=DATASET, config=cfg))
+    print(
+        f"ingested {sum(p.rows for p in parts):,} events in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    end = max(p.max_timestamp for p in parts) + timedelta(microseconds=1)
+    cutoff = (end - timedelta(days=WINDOW)).replace(hour=0, minute=0, second=0, microsecond=0)
+    sample = pl.concat(
+        [store.read_shard(DATASET, k, [p.path for p in parts]) for k in range(TRAIN_SHARDS)]
+    )
+    for name in INSTANCES:
+        t1 = time.perf_counter()
+        trees = _publish(var, db, name, sample, cutoff)
+        print(f"model {name}: {trees} trees in {time.perf_counter() - t1:.0f} s", flush=True)
+    db.dispose()
+    marker.write_text(json.dumps(stamp))
+    return var
+
+
+def _publish(var: Path, db: Database, name: str, events: pl.DataFrame, cutoff: datetime) -> int:
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    config = instance_config.from_dict(INSTANCES[name])
+    spec = fit_feature_spec(events, None, config, cutoff)
+    eligible = eligible_profiles(events, config.population, cutoff)
+    labels = goal_labels(events, config.goal, cutoff, eligible)
+    matrix = featurize(events, None, cutoff, spec, profile_ids=labels.get_column("profile_id"))
+    y = labels.get_column("label").to_numpy()
+    rng = np.random.default_rng(0)
+    valid = rng.random(len(y)) < 0.2
+    train_set = lgb.Dataset(matrix.X[~valid], y[~valid])
+    valid_set = lgb.Dataset(matrix.X[valid], y[valid], reference=train_set)
+    booster = lgb.train(
+        {**PARAMS, "metric": "auc"},
+        train_set,
+        300,
+        valid_sets=[valid_set],
+        callbacks=[lgb.early_stopping(30, verbose=False)],
+    )
+    auc = float(booster.best_score["valid_0"]["auc"])
+    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    onnx = convert_lightgbm(
+        booster,
+        initial_types=[("features", FloatTensorType([None, matrix.X.shape[1]]))],
+        zipmap=False,
+    )
+    relative = f"models/{name}/v1"
+    with ArtifactStore(var / "artifacts").publish(relative) as folder:
+        (folder / "model.onnx").write_bytes(onnx.SerializeToString())
+        (folder / "model.txt").write_text(booster.model_to_string())
+        (folder / "feature_spec.json").write_text(json.dumps(spec.to_dict()))
+        (folder / "instance.json").write_text(json.dumps(instance_config.to_dict(config)))
+        (folder / "evaluation.json").write_text(json.dumps({"auc": auc, "quality": "GOOD"}))
+    with db.session() as s:
+        s.add(
+            ModelVersionRow(
+                instance_name=name,
+                version=1,
+                status="READY",
+                artifact_path=relative,
+                created_at=utcnow(),
+                finished_at=utcnow(),
+            )
+        )
+        s.query(InstanceRow).filter_by(name=name).update({"current_version": 1})
+    return int(booster.num_trees())
+
+
+# --- batch scoring -----------------------------------------------------------------------------
+
+
+def batch_scoring(var: Path, results: dict[str, Any]) -> None:
+    """batch_score_1m_s: one RunScoring of the churn instance over every shard, stored and served."""
+    from services.scorer.main import build_scorer
+    from services.scorer.settings import ScorerSettings
+
+    settings = ScorerSettings(data_dir=var, port=0, log_json=False)
+    db = Database(settings.resolved_database_url)
+    scorer = build_scorer(settings, db)
+    scorer.refresh()
+    for name in ("churn", "purchase"):
+        model = scorer.registry.get(name)
+        t0 = time.perf_counter()
+        run = scorer.run_scoring(name, None)
+        seconds = time.perf_counter() - t0
+        key = "batch_score_1m_s" if name == "churn" else f"batch_score_1m_{name}_s"
+        results[key] = round(seconds, 1)
+        results[f"batch_score_{name}_profiles"] = run.profiles
+        results[f"batch_score_{name}_trees"] = (
+            len(model.explainer.fast.trees) if model.explainer.fast else None
+        )
+        results[f"batch_score_{name}_fast_treeshap"] = model.explainer.fast is not None
+        print(
+            f"RunScoring {name}: {run.profiles:,} eligible profiles in {seconds:.1f} s", flush=True
+        )
+    db.dispose()
+
+
+# --- the server: RSS and lookups -------------------------------------------------------------------
+
+_SERVER = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    from pathlib import Path
+
+    import grpc
+
+    from foresight.api.scorer.v1 import scorer_pb2
+    from foresight.storage.artifacts import atomic_write_bytes
+    from foresight.storage.db import Database
+    from services.scorer.main import build_scorer, start_scorer
+    from services.scorer.settings import ScorerSettings
+
+    async def empty(request, context):
+        return scorer_pb2.ProfileScores()
+
+    async def main() -> None:
+        var, port_file = Path(sys.argv[1]), Path(sys.argv[2])
+        settings = ScorerSettings(data_dir=var, port=0, log_json=False, log_level="WARNING")
+        scorer = build_scorer(settings, Database(settings.resolved_database_url))
+        # The baseline: a handler that does nothing, on the same server, interceptor and process.
+        handler = grpc.method_handlers_generic_handler(
+            "foresight.bench.Empty",
+            {
+                "GetProfileScores": grpc.unary_unary_rpc_method_handler(
+                    empty,
+                    request_deserializer=scorer_pb2.GetProfileScoresRequest.FromString,
+                    response_serializer=scorer_pb2.ProfileScores.SerializeToString,
+                )
+            },
+        )
+        running = await start_scorer(settings, scorer, extra_handlers=[handler])
+        atomic_write_bytes(port_file, str(running.port).encode())
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await running.stop(0)
+
+    asyncio.run(main())
+    """
+)
+
+
+def _rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MB."""
+    fields = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _frame(payload: bytes) -> bytes:
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+def _h2load(
+    port: int, path: str, body: Path, args: list[str], log: Path | None = None
+) -> tuple[float, str]:
+    cmd = [
+        "h2load",
+        *args,
+        f"--data={body}",
+        "--header=content-type: application/grpc",
+        "--header=te: trailers",
+    ]
+    if log is not None:
+        cmd.append(f"--log-file={log}")
+    out = subprocess.run(
+        [*cmd, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=600
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"h2load failed: {out.stderr[-2000:]}")
+    rps = float(out.stdout.split(" req/s")[0].rsplit(",", 1)[-1].strip())
+    if " 0 failed" not in out.stdout or " 0 errored" not in out.stdout:
+        raise RuntimeError(f"h2load saw failures:\n{out.stdout[-1500:]}")
+    return rps, out.stdout
+
+
+def serving(var: Path, results: dict[str, Any]) -> None:
+    """scorer_rss_mb_1m, lookup_rps_ratio_vs_empty, lookup_p99_ms_at_1k_rps."""
+    from foresight.api.scorer.v1 import scorer_pb2
+
+    if shutil.which("h2load") is None:
+        raise RuntimeError("h2load not found: apt-get install -y nghttp2-client")
+    with tempfile.TemporaryDirectory(prefix="scorer-bench-") as tmp:
+        port_file = Path(tmp) / "port"
+        server = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, str(var), str(port_file)],
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+        )
+        try:
+            deadline = time.time() + 300
+            while not port_file.exists():
+                if server.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the scorer did not start")
+                time.sleep(0.2)
+            port = int(port_file.read_text())
+            rss, _ = _rss_mb(server.pid)
+            results["scorer_rss_mb_1m"] = round(rss)
+            print(f"scorer RSS with both snapshots loaded: {rss:.0f} MB", flush=True)
+
+            profile = _a_profile(var)
+            body = Path(tmp) / "body.bin"
+            body.write_bytes(
+                _frame(scorer_pb2.GetProfileScoresRequest(profile_id=profile).SerializeToString())
+            )
+            lookup, empty = (
+                "/foresight.scorer.v1.ScorerService/GetProfileScores",
+                "/foresight.bench.Empty/GetProfileScores",
+            )
+            load = ["--requests=40000", "--clients=8", "--max-concurrent-streams=16", "--threads=1"]
+            _h2load(
+                port, lookup, body, ["--requests=5000", "--clients=4", "--threads=1"]
+            )  # warm up
+            ratios, lookups, empties = [], [], []
+            for _ in range(3):  # alternate, so drift on a shared machine hits both alike
+                e, _ = _h2load(port, empty, body, load)
+                r, _ = _h2load(port, lookup, body, load)
+                empties.append(e)
+                lookups.append(r)
+                ratios.append(r / e)
+            results["lookup_rps"] = round(statistics.median(lookups))
+            results["empty_rps"] = round(statistics.median(empties))
+            results["lookup_rps_ratio_vs_empty"] = round(statistics.median(ratios), 3)
+            print(
+                f"lookup {lookups} vs empty {empties} req/s → ratio {results['lookup_rps_ratio_vs_empty']}"
+            )
+
+            log = Path(tmp) / "latency.tsv"
+            paced = ["--requests=15000", "--clients=10", "--rps=100", "--threads=1"]
+            rps, _ = _h2load(port, lookup, body, paced, log)
+            micros = sorted(
+                int(line.split("\t")[2])
+                for line in log.read_text().splitlines()
+                if line.count("\t") >= 2
+            )
+            p99 = micros[int(0.99 * (len(micros) - 1))] / 1000
+            results["lookup_p99_ms_at_1k_rps"] = round(p99, 3)
+            results["lookup_p50_ms_at_1k_rps"] = round(micros[len(micros) // 2] / 1000, 3)
+            results["lookup_paced_rps"] = round(rps)
+            _, peak = _rss_mb(server.pid)
+            results["scorer_peak_rss_mb_1m"] = round(peak)
+            print(f"p99 at {rps:.0f} req/s: {p99:.2f} ms; peak RSS {peak:.0f} MB", flush=True)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _a_profile(var: Path) -> str:
+    """A profile scored by both instances."""
+    from services.scorer.snapshot import RunScores
+
+    db = Database(f"sqlite:///{var / 'foresight.db'}")
+    with db.session() as s:
+        from foresight.storage.models import ScoringRunRow
+
+        path = (
+            s.query(ScoringRunRow.scores_path)
+            .filter(
+                ScoringRunRow.instance_name == "purchase", ScoringRunRow.scores_path.is_not(None)
+            )
+            .first()
+        )
+    db.dispose()
+    assert path is not None and path[0]
+    return str(RunScores.read_parquet(var / "artifacts" / path[0]).ids[0].as_py())
+
+
+# --- ONNX vs LightGBM -----------------------------------------------------------------------------
+
+
+def onnx_vs_lightgbm(var: Path, results: dict[str, Any]) -> None:
+    """Time per prediction through ONNX ÷ through LightGBM, one thread each (< 1: ONNX faster)."""
+    from services.scorer.models import load_bundle
+
+    model = load_bundle(var / "artifacts" / "models" / "churn" / "v1", "churn", 1)
+    booster = lgb.Booster(
+        model_file=str(var / "artifacts" / "models" / "churn" / "v1" / "model.txt")
+    )
+    store = EventStore(var / "events", SHARDS)
+    with Database(f"sqlite:///{var / 'foresight.db'}").session() as s:
+        parts = [p.path for p in s.query(DatasetPartRow).all()]
+    events = store.read_shard(DATASET, 5, parts)
+    latest = events.get_column("timestamp").max()
+    assert isinstance(latest, datetime)
+    X = featurize(events, None, latest + timedelta(microseconds=1), model.spec).X[:10_000]
+
+    def clock(fn: Any, repeat: int) -> float:
+        fn()  # warm
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - t0) / repeat
+
+    row = X[:1]
+    onnx_1 = clock(lambda: model.predict(row), 2000)
+    lgb_1 = clock(lambda: booster.predict(row, num_threads=1), 2000)
+    onnx_b = clock(lambda: model.predict(X), 5)
+    lgb_b = clock(lambda: booster.predict(X, num_threads=1), 5)
+    results["onnx_single_row_us"] = round(onnx_1 * 1e6, 1)
+    results["lightgbm_single_row_us"] = round(lgb_1 * 1e6, 1)
+    results["onnx_vs_lightgbm_single_row_ratio"] = round(onnx_1 / lgb_1, 3)
+    results["onnx_batch10k_ms"] = round(onnx_b * 1e3, 1)
+    results["lightgbm_batch10k_ms"] = round(lgb_b * 1e3, 1)
+    results["onnx_vs_lightgbm_batch10k_ratio"] = round(onnx_b / lgb_b, 3)
+    print(
+        f"ONNX/LightGBM single row {onnx_1 * 1e6:.0f}/{lgb_1 * 1e6:.0f} µs, "
+        f"batch 10k {onnx_b * 1e3:.1f}/{lgb_b * 1e3:.1f} ms",
+        flush=True,
+    )
+
+
+def run(results: dict[str, Any], workdir: Path) -> None:
+    """The scorer stage of `make bench`."""
+    var = prepare(workdir)
+    batch_scoring(var, results)
+    onnx_vs_lightgbm(var, results)
+    serving(var, results)

@@ -1,0 +1,116 @@
+"""Read access to the shared stores: event parts of an instance's dataset and profiles.
+
+Only catalogued parts (`dataset_parts`) are ever read, so a part written by an
+import that has not been catalogued yet stays invisible, as the event store
+requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import polars as pl
+from sqlalchemy import func, select
+
+from foresight.errors import FailedPrecondition, NotFound
+from foresight.events.schema import EVENT_SCHEMA
+from foresight.events.store import EventStore
+from foresight.storage.db import Database
+from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow, ProfileRow
+
+
+@dataclass(frozen=True)
+class DatasetParts:
+    """The catalogued parts of one dataset."""
+
+    dataset: str
+    paths: tuple[str, ...]
+    shards: tuple[int, ...]
+    end: datetime  # exclusive end of the data: latest event + 1 µs
+
+    def paths_of(self, shard: int) -> list[str]:
+        """The parts of one shard."""
+        return [p for p, s in zip(self.paths, self.shards, strict=True) if s == shard]
+
+
+class Catalog:
+    """Events and profiles as the scorer reads them."""
+
+    def __init__(self, db: Database, events: EventStore) -> None:
+        self.db = db
+        self.events = events
+
+    def dataset_of(self, instance: str) -> str:
+        """The dataset an instance trains and scores on."""
+        with self.db.session() as session:
+            dataset = session.scalar(
+                select(InstanceRow.dataset).where(InstanceRow.name == instance)
+            )
+        if dataset is None:
+            raise NotFound(f"instance '{instance}' not found")
+        return dataset
+
+    def parts(self, dataset: str) -> DatasetParts:
+        """Catalogued parts of a dataset; FailedPrecondition when it holds no events."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(DatasetPartRow.path, DatasetPartRow.shard, DatasetPartRow.max_ts)
+                .join(DatasetRow, DatasetRow.id == DatasetPartRow.dataset_id)
+                .where(DatasetRow.name == dataset)
+                .order_by(DatasetPartRow.shard, DatasetPartRow.id)
+            ).all()
+        if not rows:
+            raise FailedPrecondition(f"dataset '{dataset}' has no events")
+        end = max(r[2] for r in rows) + timedelta(microseconds=1)
+        return DatasetParts(dataset, tuple(r[0] for r in rows), tuple(r[1] for r in rows), end)
+
+    def read_shard(self, parts: DatasetParts, shard: int) -> pl.DataFrame:
+        """All events of one shard."""
+        return self.events.read_shard(parts.dataset, shard, parts.paths_of(shard))
+
+    def scan(self, parts: DatasetParts) -> pl.LazyFrame:
+        """Every event of the dataset, lazily."""
+        return self.events.scan(parts.dataset, parts.paths)
+
+    def profile_events(self, parts: DatasetParts, profile_id: str) -> pl.DataFrame:
+        """The stored events of one profile (row-group statistics skip the rest: parts are sorted by id)."""
+        return self.scan(parts).filter(pl.col("profile_id") == profile_id).collect()
+
+    def has_profiles(self) -> bool:
+        """Whether a profile table was imported."""
+        with self.db.session() as session:
+            return bool(session.scalar(select(func.count()).select_from(ProfileRow).limit(1)))
+
+    def profiles(
+        self, names: Sequence[str], ids: Sequence[str] | None = None
+    ) -> pl.DataFrame | None:
+        """Profile attributes `names` as a frame keyed by profile_id (None: no profile table).
+
+        Attribute values keep their JSON types (numbers, text), the same frame
+        the trainer fits the attribute encodings on.
+        """
+        if not names:
+            return None
+        query = select(ProfileRow.profile_id, ProfileRow.attributes)
+        if ids is not None:
+            query = query.where(ProfileRow.profile_id.in_(list(ids)))
+        with self.db.session() as session:
+            rows = session.execute(query).all()
+        if not rows and ids is None:
+            return None
+        wanted = list(names)
+        records = [
+            {"profile_id": pid, **{n: (attrs or {}).get(n) for n in wanted}} for pid, attrs in rows
+        ]
+        if not records:
+            return pl.DataFrame(
+                schema={"profile_id": pl.String, **dict.fromkeys(wanted, pl.String)}
+            )
+        return pl.from_dicts(records, infer_schema_length=None)
+
+
+def empty_events() -> pl.DataFrame:
+    """An empty frame with the stored event schema."""
+    return pl.DataFrame(schema=EVENT_SCHEMA)

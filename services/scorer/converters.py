@@ -1,0 +1,327 @@
+"""All protobuf ↔ domain conversion of the scorer, in one place."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import polars as pl
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from foresight.api.common.v1 import common_pb2
+from foresight.api.scorer.v1 import scorer_pb2
+from foresight.errors import InvalidArgument
+from services.scorer.records import (
+    Bucket,
+    FactorWeight,
+    Importance,
+    Insights,
+    InstanceScore,
+    MembersPage,
+    ModelStatus,
+    ProfileScores,
+    Progress,
+    RunStatus,
+    ScoringRun,
+    Segment,
+    SegmentFilter,
+)
+
+BUCKET_TO_PB = {
+    Bucket.LOW: common_pb2.BUCKET_LOW,
+    Bucket.MEDIUM: common_pb2.BUCKET_MEDIUM,
+    Bucket.HIGH: common_pb2.BUCKET_HIGH,
+}
+BUCKET_FROM_PB = {v: k for k, v in BUCKET_TO_PB.items()}
+IMPORTANCE_TO_PB = {
+    Importance.LOW: common_pb2.IMPORTANCE_LOW,
+    Importance.MEDIUM: common_pb2.IMPORTANCE_MEDIUM,
+    Importance.HIGH: common_pb2.IMPORTANCE_HIGH,
+}
+STATUS_TO_PB = {
+    RunStatus.RUNNING: scorer_pb2.RUN_STATUS_RUNNING,
+    RunStatus.SUCCEEDED: scorer_pb2.RUN_STATUS_SUCCEEDED,
+    RunStatus.FAILED: scorer_pb2.RUN_STATUS_FAILED,
+}
+
+_RAW_EVENT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "event_id": pl.String,
+    "profile_id": pl.String,
+    "timestamp": pl.Datetime("us", "UTC"),
+    "event_type": pl.String,
+    "channel": pl.String,
+    "value": pl.Float64,
+    "quantity": pl.Int64,
+    "product_sku": pl.String,
+    "product_category": pl.String,
+    "page_name": pl.String,
+    "campaign_id": pl.String,
+    "attributes": pl.String,
+}
+_TEXT_FIELDS = (
+    "event_id",
+    "profile_id",
+    "event_type",
+    "channel",
+    "product_sku",
+    "product_category",
+    "page_name",
+    "campaign_id",
+)
+
+
+# --- time ---------------------------------------------------------------------------
+
+
+def timestamp(moment: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp (None stays unset)."""
+    if moment is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(moment.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(msg: Timestamp, present: bool) -> datetime | None:
+    """A UTC datetime from a Timestamp field, None when the field is unset."""
+    if not present:
+        return None
+    return msg.ToDatetime(tzinfo=UTC)
+
+
+# --- scores -------------------------------------------------------------------------
+
+
+def instance_score(score: InstanceScore) -> scorer_pb2.InstanceScore:
+    """Domain score → protobuf."""
+    msg = scorer_pb2.InstanceScore(
+        instance=score.instance,
+        probability=score.probability,
+        score=score.score,
+        percentile=score.percentile,
+        bucket=BUCKET_TO_PB[score.bucket],
+        factors=[
+            common_pb2.Factor(
+                code=f.code, text=f.text, impact=f.impact, importance=IMPORTANCE_TO_PB[f.importance]
+            )
+            for f in score.factors
+        ],
+        model_version=score.model_version,
+        run_id=score.run_id,
+    )
+    msg.scored_at.FromDatetime(score.scored_at.astimezone(UTC))
+    return msg
+
+
+def profile_scores(scores: ProfileScores) -> scorer_pb2.ProfileScores:
+    """Domain profile scores → protobuf."""
+    return scorer_pb2.ProfileScores(
+        profile_id=scores.profile_id, scores=[instance_score(s) for s in scores.scores]
+    )
+
+
+def batch_response(
+    found: list[ProfileScores], missing: list[str]
+) -> scorer_pb2.BatchGetProfileScoresResponse:
+    """Batch lookup result → protobuf."""
+    return scorer_pb2.BatchGetProfileScoresResponse(
+        profiles=[profile_scores(p) for p in found], not_found=missing
+    )
+
+
+def scoring_run(run: ScoringRun) -> scorer_pb2.ScoringRun:
+    """Domain run → protobuf."""
+    return scorer_pb2.ScoringRun(
+        run_id=run.run_id,
+        instance=run.instance,
+        model_version=run.model_version,
+        status=STATUS_TO_PB[run.status],
+        as_of=timestamp(run.as_of),
+        started_at=timestamp(run.started_at),
+        finished_at=timestamp(run.finished_at),
+        profiles=run.profiles,
+        error=run.error,
+    )
+
+
+def progress_event(progress: Progress) -> scorer_pb2.RunScoringEvent:
+    """Progress → stream message."""
+    return scorer_pb2.RunScoringEvent(
+        progress=common_pb2.Progress(
+            stage=progress.stage, fraction=progress.fraction, message=progress.message
+        )
+    )
+
+
+def run_event(run: ScoringRun) -> scorer_pb2.RunScoringEvent:
+    """The final run → stream message."""
+    return scorer_pb2.RunScoringEvent(run=scoring_run(run))
+
+
+# --- events ------------------------------------------------------------------------
+
+
+def _attributes_json(event: common_pb2.Event) -> str | None:
+    if not event.HasField("attributes") or not event.attributes.fields:
+        return None
+    return json.dumps(MessageToDict(event.attributes), separators=(",", ":"))
+
+
+def events_frame(events: Sequence[common_pb2.Event]) -> pl.DataFrame:
+    """Raw events (as validation expects them) from protobuf events.
+
+    Empty strings and unset optional fields become nulls, so validation
+    reports "missing timestamp" rather than a parse error of an empty value.
+    """
+    columns: dict[str, list[object]] = {name: [] for name in _RAW_EVENT_SCHEMA}
+    for e in events:
+        for name in _TEXT_FIELDS:
+            columns[name].append(getattr(e, name) or None)
+        columns["timestamp"].append(from_timestamp(e.timestamp, e.HasField("timestamp")))
+        columns["value"].append(e.value if e.HasField("value") else None)
+        columns["quantity"].append(e.quantity if e.HasField("quantity") else None)
+        columns["attributes"].append(_attributes_json(e))
+    return pl.DataFrame(columns, schema=_RAW_EVENT_SCHEMA)
+
+
+# --- segments ----------------------------------------------------------------------
+
+
+def segment_filter(msg: scorer_pb2.SegmentFilter) -> SegmentFilter:
+    """Protobuf filter → domain (an unset bucket value is refused)."""
+    buckets: list[Bucket] = []
+    for i, value in enumerate(msg.buckets):
+        if value not in BUCKET_FROM_PB:
+            raise InvalidArgument(
+                f"filter.buckets[{i}]", "use BUCKET_LOW, BUCKET_MEDIUM or BUCKET_HIGH"
+            )
+        buckets.append(BUCKET_FROM_PB[value])
+    return SegmentFilter(
+        buckets=tuple(buckets),
+        min_percentile=msg.min_percentile,
+        max_percentile=msg.max_percentile,
+        min_probability=msg.min_probability if msg.HasField("min_probability") else None,
+        max_probability=msg.max_probability if msg.HasField("max_probability") else None,
+        factor_code=msg.factor_code,
+    )
+
+
+def segment_filter_pb(f: SegmentFilter) -> scorer_pb2.SegmentFilter:
+    """Domain filter → protobuf."""
+    msg = scorer_pb2.SegmentFilter(
+        buckets=[BUCKET_TO_PB[b] for b in f.buckets],
+        min_percentile=f.min_percentile,
+        max_percentile=f.max_percentile,
+        factor_code=f.factor_code,
+    )
+    if f.min_probability is not None:
+        msg.min_probability = f.min_probability
+    if f.max_probability is not None:
+        msg.max_probability = f.max_probability
+    return msg
+
+
+def segment(s: Segment) -> scorer_pb2.Segment:
+    """Domain segment → protobuf."""
+    return scorer_pb2.Segment(
+        name=s.name,
+        instance=s.instance,
+        filter=segment_filter_pb(s.filter),
+        run_id=s.run_id,
+        size=s.size,
+        bucket_counts=s.bucket_counts,
+        source=s.source,
+        created_at=timestamp(s.created_at),
+    )
+
+
+def members_page(page: MembersPage) -> scorer_pb2.ListSegmentMembersResponse:
+    """A page of members → protobuf."""
+    return scorer_pb2.ListSegmentMembersResponse(
+        members=[
+            scorer_pb2.SegmentMember(
+                profile_id=m.profile_id,
+                probability=m.probability or 0.0,
+                score=m.score or 0,
+                percentile=m.percentile or 0,
+                bucket=BUCKET_TO_PB[m.bucket] if m.bucket else common_pb2.BUCKET_UNSPECIFIED,
+            )
+            for m in page.members
+        ],
+        next_page_token=page.next_page_token,
+        total=page.total,
+    )
+
+
+def export_parquet(fmt: int) -> bool:
+    """Whether an ExportFormat asks for Parquet (unset = CSV)."""
+    if fmt not in (
+        scorer_pb2.EXPORT_FORMAT_UNSPECIFIED,
+        scorer_pb2.EXPORT_FORMAT_CSV,
+        scorer_pb2.EXPORT_FORMAT_PARQUET,
+    ):
+        raise InvalidArgument("format", f"unknown export format {fmt}")
+    return fmt == scorer_pb2.EXPORT_FORMAT_PARQUET
+
+
+# --- insights and status --------------------------------------------------------------
+
+
+def _factor_weight(f: FactorWeight) -> common_pb2.FactorWeight:
+    return common_pb2.FactorWeight(
+        code=f.code, description=f.description, weight=f.weight, share=f.share
+    )
+
+
+def insights(i: Insights) -> scorer_pb2.Insights:
+    """Domain insights → protobuf."""
+    msg = scorer_pb2.Insights(
+        run=scoring_run(i.run),
+        histogram=[scorer_pb2.ScoreBin(low=b.low, high=b.high, count=b.count) for b in i.histogram],
+        buckets=[
+            scorer_pb2.BucketInsight(
+                bucket=BUCKET_TO_PB[b.bucket],
+                profiles=b.profiles,
+                mean_probability=b.mean_probability,
+                factors=[_factor_weight(f) for f in b.factors],
+            )
+            for b in i.buckets
+        ],
+        outcome_available=i.outcome_available,
+        expected_vs_actual=[
+            scorer_pb2.ExpectedActual(
+                bucket=BUCKET_TO_PB[e.bucket],
+                expected_rate=e.expected_rate,
+                actual_rate=e.actual_rate,
+                profiles=e.profiles,
+            )
+            for e in i.expected_vs_actual
+        ],
+    )
+    if i.evaluation is not None:
+        e = i.evaluation
+        msg.evaluation.CopyFrom(
+            scorer_pb2.EvaluationSummary(
+                model_version=e.model_version, auc=e.auc, pr_auc=e.pr_auc, quality=e.quality
+            )
+        )
+    return msg
+
+
+def scorer_status(models: list[ModelStatus]) -> scorer_pb2.ScorerStatus:
+    """Domain status → protobuf."""
+    return scorer_pb2.ScorerStatus(
+        models=[
+            scorer_pb2.LoadedModel(
+                instance=m.instance,
+                serving_version=m.serving_version,
+                loaded_at=timestamp(m.loaded_at),
+                last_error=m.last_error,
+                snapshot_run_id=m.snapshot_run_id,
+                snapshot_profiles=m.snapshot_profiles,
+            )
+            for m in models
+        ]
+    )

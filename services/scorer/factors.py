@@ -1,0 +1,165 @@
+"""Score arithmetic and reason codes, vectorized over many profiles.
+
+A score is round(100·p); buckets cut the score at 25 and 75; the percentile is
+the share of the scored population at or below a profile's probability. Reason
+codes are the k features with the largest |TreeSHAP contribution| (log-odds),
+kept as small integer codes plus float impacts and the profile's feature value,
+so a million profiles cost a few tens of MB and the human text is rendered only
+when a score is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from foresight.features.spec import FeatureDef, format_factor_value
+from services.scorer.records import Bucket, Factor, Importance
+
+# |impact| thresholds in log-odds. 0.5 multiplies the odds by ~1.65, 0.15 by
+# ~1.16: absolute cut-offs keep "HIGH" meaning the same across profiles,
+# instances and real-time scores, which a per-run relative rule would not.
+HIGH_IMPACT = 0.5
+MEDIUM_IMPACT = 0.15
+
+NO_FACTOR = -1  # code of an empty factor slot (a model with fewer useful features than k)
+
+
+def scores_of(probability: np.ndarray) -> np.ndarray:
+    """0–100 scores, round(100·p), as uint8."""
+    return np.clip(np.rint(np.asarray(probability, dtype=np.float64) * 100.0), 0, 100).astype(
+        np.uint8
+    )
+
+
+def score_of(probability: float) -> int:
+    """The 0–100 score of one probability."""
+    return int(scores_of(np.array([probability]))[0])
+
+
+def buckets_of(scores: np.ndarray) -> np.ndarray:
+    """Bucket codes (1 LOW < 25, 2 MEDIUM 25–74, 3 HIGH ≥ 75) as uint8."""
+    s = np.asarray(scores)
+    out = np.full(s.shape, Bucket.MEDIUM, dtype=np.uint8)
+    out[s < 25] = Bucket.LOW
+    out[s >= 75] = Bucket.HIGH
+    return out
+
+
+def bucket_of(score: int) -> Bucket:
+    """The bucket of one score."""
+    return Bucket(int(buckets_of(np.array([score]))[0]))
+
+
+def percentiles_of(probability: np.ndarray) -> np.ndarray:
+    """Percentile 1–100 of each profile within the scored population (uint8).
+
+    Ties share the highest rank, so equal probabilities get equal percentiles
+    and the top profile is always 100.
+    """
+    p = np.asarray(probability, dtype=np.float64)
+    n = p.size
+    if n == 0:
+        return np.zeros(0, dtype=np.uint8)
+    at_or_below = np.searchsorted(np.sort(p), p, side="right")
+    pct = np.ceil(at_or_below * 100.0 / n)
+    return np.clip(pct, 1, 100).astype(np.uint8)
+
+
+def importance_of(impact: np.ndarray | float) -> np.ndarray:
+    """Importance codes (1 LOW, 2 MEDIUM, 3 HIGH) from signed impacts."""
+    a = np.abs(np.asarray(impact, dtype=np.float64))
+    out = np.full(a.shape, Importance.LOW, dtype=np.uint8)
+    out[a >= MEDIUM_IMPACT] = Importance.MEDIUM
+    out[a >= HIGH_IMPACT] = Importance.HIGH
+    return out
+
+
+@dataclass(frozen=True)
+class TopFactors:
+    """Top-k factors of n profiles: feature column codes, impacts and feature values."""
+
+    codes: np.ndarray  # int16 [n, k], NO_FACTOR for empty slots
+    impacts: np.ndarray  # float32 [n, k], signed log-odds
+    values: np.ndarray  # float32 [n, k], the profile's feature value (NaN = missing)
+
+    @classmethod
+    def empty(cls, k: int) -> TopFactors:
+        """No profiles."""
+        return cls(
+            np.zeros((0, k), dtype=np.int16),
+            np.zeros((0, k), dtype=np.float32),
+            np.zeros((0, k), dtype=np.float32),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[TopFactors], k: int) -> TopFactors:
+        """Stack the factors of several shards."""
+        if not parts:
+            return cls.empty(k)
+        return cls(
+            np.concatenate([p.codes for p in parts]),
+            np.concatenate([p.impacts for p in parts]),
+            np.concatenate([p.values for p in parts]),
+        )
+
+
+def top_factors(contributions: np.ndarray, X: np.ndarray, k: int) -> TopFactors:
+    """The k largest |contributions| per row, strongest first.
+
+    `contributions` is [n, F] (no bias column); zero contributions never
+    become factors (the feature did not move the score).
+    """
+    n, f = contributions.shape
+    k_eff = min(k, f)
+    codes = np.full((n, k), NO_FACTOR, dtype=np.int16)
+    impacts = np.zeros((n, k), dtype=np.float32)
+    values = np.full((n, k), np.nan, dtype=np.float32)
+    if n == 0 or k_eff == 0:
+        return TopFactors(codes, impacts, values)
+    magnitude = np.abs(contributions)
+    if k_eff < f:
+        # argpartition is O(F) per row; only the k winners are sorted.
+        candidates = np.argpartition(-magnitude, k_eff - 1, axis=1)[:, :k_eff]
+    else:
+        candidates = np.broadcast_to(np.arange(f), (n, f)).copy()
+    rows = np.arange(n)[:, None]
+    order = np.argsort(-magnitude[rows, candidates], axis=1, kind="stable")
+    chosen = candidates[rows, order]
+    chosen_impacts = contributions[rows, chosen]
+    present = chosen_impacts != 0
+    codes[:, :k_eff] = np.where(present, chosen, NO_FACTOR)
+    impacts[:, :k_eff] = np.where(present, chosen_impacts, 0.0)
+    values[:, :k_eff] = np.where(present, X[rows, chosen], np.nan)
+    return TopFactors(codes, impacts, values)
+
+
+def render_factors(
+    codes: np.ndarray, impacts: np.ndarray, values: np.ndarray, features: Sequence[FeatureDef]
+) -> tuple[Factor, ...]:
+    """Human factors of one profile from its row of codes, impacts and values."""
+    out: list[Factor] = []
+    for code, impact, value in zip(codes.tolist(), impacts.tolist(), values.tolist(), strict=True):
+        if code == NO_FACTOR:
+            break  # slots are filled strongest first; the rest are empty
+        feature = features[code]
+        out.append(
+            Factor(
+                code=feature.code,
+                text=format_factor_value(feature, value),
+                impact=impact,
+                importance=_importance(impact),
+            )
+        )
+    return tuple(out)
+
+
+def _importance(impact: float) -> Importance:
+    magnitude = abs(impact)
+    if magnitude >= HIGH_IMPACT:
+        return Importance.HIGH
+    if magnitude >= MEDIUM_IMPACT:
+        return Importance.MEDIUM
+    return Importance.LOW

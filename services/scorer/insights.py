@@ -1,0 +1,123 @@
+"""Insights of a scoring run: distribution, buckets and their factors, evaluation, outcomes.
+
+All of it is arithmetic over the run's column arrays. Expected vs actual needs
+the outcome window after the run's as-of time to be in the event data; then
+each bucket's mean predicted probability is set next to the goal rate that
+really happened, with the same labelling function training uses.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from foresight.conditions.compile import to_polars
+from foresight.features.labels import goal_labels
+from foresight.instance import Goal
+from services.scorer.records import (
+    Bucket,
+    BucketInsight,
+    EvaluationSummary,
+    ExpectedActual,
+    FactorWeight,
+    ScoreBin,
+)
+from services.scorer.snapshot import RunScores
+
+HISTOGRAM_BINS = 10
+TOP_FACTORS_PER_BUCKET = 10
+POOR_AUC = 0.65
+
+
+def histogram(score: np.ndarray, bins: int = HISTOGRAM_BINS) -> list[ScoreBin]:
+    """Counts of scores in `bins` equal bins over 0–100; the last bin includes 100."""
+    width = 100 // bins
+    index = np.minimum(np.asarray(score, dtype=np.int64) // width, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    return [ScoreBin(i * width, (i + 1) * width, int(counts[i])) for i in range(bins)]
+
+
+def bucket_insights(scores: RunScores, top: int = TOP_FACTORS_PER_BUCKET) -> list[BucketInsight]:
+    """Per bucket: size, mean probability and the factors most often among its profiles' top factors.
+
+    share = fraction of the bucket's profiles with the factor in their top
+    factors; weight = its mean |impact| where it appears.
+    """
+    n_features = len(scores.features)
+    out: list[BucketInsight] = []
+    for bucket in Bucket:
+        rows = np.flatnonzero(scores.bucket == bucket)
+        n = len(rows)
+        factors: list[FactorWeight] = []
+        mean_probability = float(scores.probability[rows].astype(np.float64).mean()) if n else 0.0
+        if n:
+            codes = scores.factors.codes[rows].ravel()
+            impacts = np.abs(scores.factors.impacts[rows].ravel().astype(np.float64))
+            present = codes >= 0
+            counts = np.bincount(codes[present], minlength=n_features)
+            weights = np.bincount(codes[present], weights=impacts[present], minlength=n_features)
+            order = np.lexsort((-weights, -counts))  # most frequent first, ties by weight
+            for code in order[:top]:
+                if counts[code] == 0:
+                    break
+                feature = scores.features[code]
+                factors.append(
+                    FactorWeight(
+                        code=feature.code,
+                        description=feature.description,
+                        weight=float(weights[code] / counts[code]),
+                        share=float(counts[code] / n),
+                    )
+                )
+        out.append(BucketInsight(bucket, n, mean_probability, factors))
+    return out
+
+
+def evaluation_summary(evaluation: dict[str, Any], model_version: int) -> EvaluationSummary | None:
+    """Headline numbers of the bundle's evaluation.json (None when the bundle has none)."""
+    if not evaluation:
+        return None
+    auc = float(evaluation.get("auc") or 0.0)
+    pr_auc = float(evaluation.get("pr_auc") or 0.0)
+    quality = str(evaluation.get("quality") or "").upper().removeprefix("QUALITY_")
+    if quality not in {"GOOD", "POOR"}:
+        quality = "POOR" if auc < POOR_AUC else "GOOD"
+    return EvaluationSummary(model_version, auc, pr_auc, quality)
+
+
+def outcome_available(as_of: datetime, window_days: int, data_end: datetime) -> bool:
+    """Whether the whole outcome window after `as_of` lies within the data (end exclusive)."""
+    return as_of + timedelta(days=window_days) <= data_end
+
+
+def observed_labels(
+    events: pl.LazyFrame, goal: Goal, as_of: datetime, scores: RunScores
+) -> np.ndarray:
+    """Per row of `scores`: 1 if the goal happened as stated in the outcome window, else 0."""
+    end = as_of + timedelta(days=goal.window_days)
+    window = (
+        events.filter((pl.col("timestamp") >= as_of) & (pl.col("timestamp") < end))
+        .filter(to_polars(goal.conditions))
+        .collect()
+    )
+    ids = pl.Series("profile_id", scores.ids, dtype=pl.String)
+    labels = goal_labels(window, goal, as_of, ids)
+    ordered = pl.DataFrame({"profile_id": ids}).join(
+        labels, on="profile_id", how="left", maintain_order="left"
+    )
+    return ordered.get_column("label").fill_null(0).to_numpy().astype(np.int8)
+
+
+def expected_vs_actual(scores: RunScores, labels: np.ndarray) -> list[ExpectedActual]:
+    """Mean predicted probability vs observed goal rate, per bucket."""
+    out: list[ExpectedActual] = []
+    for bucket in Bucket:
+        rows = scores.bucket == bucket
+        n = int(np.count_nonzero(rows))
+        expected = float(scores.probability[rows].astype(np.float64).mean()) if n else 0.0
+        actual = float(labels[rows].mean()) if n else 0.0
+        out.append(ExpectedActual(bucket, expected, actual, n))
+    return out

@@ -1,0 +1,282 @@
+"""Model registry follower: load READY model versions and swap them in atomically.
+
+Each instance serves one `LoadedModel`: one onnxruntime session (thread-safe,
+shared by every handler and the batch scorer) for probabilities, and the
+LightGBM text model for TreeSHAP reason codes. The registry polls the
+`model_versions` table; a new version is loaded and verified completely
+before it replaces the old one, and a version that fails to load leaves the
+previous one serving, with the failure in `status()` and a metric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from prometheus_client import Counter, Gauge
+from sqlalchemy import select
+
+from foresight import instance as instance_config
+from foresight.errors import FailedPrecondition, NotFound
+from foresight.features.spec import FeatureDef, FeatureSpec
+from foresight.instance import InstanceConfig
+from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.db import Database
+from foresight.storage.models import InstanceRow, ModelVersionRow, utcnow
+from services.scorer.explain import TreeExplainer
+
+log = logging.getLogger("foresight.scorer.models")
+
+LOAD_FAILURES = Counter(
+    "foresight_scorer_model_load_failures_total", "Model versions that failed to load", ["instance"]
+)
+SERVING_VERSION = Gauge("foresight_scorer_model_version", "Model version serving", ["instance"])
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "probabilities"
+READY = "READY"
+# ONNX (scores) and model.txt (reasons) must be the same model: a mismatched
+# pair of files would give scores whose reasons explain another model.
+PARITY_TOLERANCE = 1e-3
+_INFER_CHUNK = 65_536
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One instance's model version, ready to score and explain."""
+
+    instance: str
+    version: int
+    config: InstanceConfig
+    spec: FeatureSpec
+    session: ort.InferenceSession
+    explainer: TreeExplainer
+    evaluation: dict[str, Any]
+    loaded_at: datetime
+    created_at: datetime | None = None
+
+    @property
+    def features(self) -> tuple[FeatureDef, ...]:
+        """Feature definitions in matrix column order."""
+        return self.spec.features
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Goal probability per row (float32), through ONNX."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.shape[0] <= _INFER_CHUNK:
+            return np.asarray(
+                self.session.run([OUTPUT_NAME], {INPUT_NAME: X})[0][:, 1], dtype=np.float32
+            )
+        parts = [
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: X[i : i + _INFER_CHUNK]})[0][:, 1]
+            for i in range(0, X.shape[0], _INFER_CHUNK)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+    def contributions(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
+        """TreeSHAP contributions [n, F] on the log-odds (bias column dropped)."""
+        return self.explainer.contributions(X, threads)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # One thread per run: lookups score one row (thread hand-offs would cost
+    # more than the inference) and batch scoring runs chunks on many threads.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # the unused "label" output warns about its shape on every run
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
+    """Load and check one model bundle folder (see docs/dev-notes.md for its layout)."""
+    spec = FeatureSpec.from_dict(json.loads((folder / "feature_spec.json").read_text()))
+    config = instance_config.from_dict(json.loads((folder / "instance.json").read_text()))
+    evaluation_file = folder / "evaluation.json"
+    evaluation = json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else {}
+    session = _session(folder / "model.onnx")
+    inputs = {i.name: i for i in session.get_inputs()}
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in {o.name for o in session.get_outputs()}:
+        raise FailedPrecondition(
+            f"model.onnx must have input '{INPUT_NAME}' and output '{OUTPUT_NAME}'"
+        )
+    width = inputs[INPUT_NAME].shape[1]
+    n_features = len(spec.features)
+    if isinstance(width, int) and width != n_features:
+        raise FailedPrecondition(
+            f"model.onnx takes {width} features, the feature spec has {n_features}"
+        )
+    explainer = TreeExplainer((folder / "model.txt").read_text())
+    if explainer.n_features != n_features:
+        raise FailedPrecondition(
+            f"model.txt takes {explainer.n_features} features, the feature spec has {n_features}"
+        )
+    model = LoadedModel(
+        instance=instance,
+        version=version,
+        config=config,
+        spec=spec,
+        session=session,
+        explainer=explainer,
+        evaluation=evaluation,
+        loaded_at=utcnow(),
+    )
+    _check_parity(model, n_features)
+    return model
+
+
+def _check_parity(model: LoadedModel, n_features: int) -> None:
+    """ONNX and model.txt must be the same model, and the reasons must add up to the score.
+
+    The probability rebuilt from the TreeSHAP contributions (plus the expected
+    value) is compared with ONNX's on probe rows with zeros and NaNs: one check
+    for a mismatched pair of files and for the explainer itself.
+    """
+    rng = np.random.default_rng(0)
+    probe = rng.gamma(1.0, 20.0, size=(64, n_features)).astype(np.float32)
+    probe[rng.random(probe.shape) < 0.2] = np.nan
+    probe[rng.random(probe.shape) < 0.2] = 0.0
+    onnx = model.predict(probe).astype(np.float64)
+    rebuilt = model.explainer.probability(probe)
+    gap = float(np.max(np.abs(onnx - rebuilt)))
+    if gap > PARITY_TOLERANCE:
+        raise FailedPrecondition(
+            f"model.onnx and model.txt disagree (max probability gap {gap:.2g})"
+        )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What the registry knows about one instance."""
+
+    model: LoadedModel | None
+    last_error: str = ""
+    failed_version: int = 0
+
+
+Loader = Callable[[Path, str, int], LoadedModel]
+
+
+class ModelRegistry:
+    """Follows the registry tables; `get` always returns a fully loaded model."""
+
+    def __init__(
+        self, db: Database, artifacts: ArtifactStore, loader: Loader = load_bundle
+    ) -> None:
+        self._db = db
+        self._artifacts = artifacts
+        self._loader = loader
+        self._entries: dict[str, _Entry] = {}
+        self._refresh_lock = threading.Lock()
+
+    def get(self, instance: str) -> LoadedModel:
+        """The model serving `instance`; NotFound / FailedPrecondition when there is none."""
+        entry = self._entries.get(instance)
+        if entry is None:
+            raise NotFound(f"instance '{instance}' not found or has no READY model version")
+        if entry.model is None:
+            raise FailedPrecondition(
+                f"instance '{instance}' has no loadable model: {entry.last_error}"
+            )
+        return entry.model
+
+    def models(self) -> dict[str, LoadedModel]:
+        """Every serving model by instance."""
+        return {name: e.model for name, e in self._entries.items() if e.model is not None}
+
+    def known(self) -> set[str]:
+        """Instances the registry has seen with a READY version."""
+        return set(self._entries)
+
+    def status(self) -> dict[str, tuple[int, datetime | None, str]]:
+        """Instance → (serving version or 0, loaded at, last load error)."""
+        out: dict[str, tuple[int, datetime | None, str]] = {}
+        for name, e in self._entries.items():
+            version = e.model.version if e.model else 0
+            out[name] = (version, e.model.loaded_at if e.model else None, e.last_error)
+        return out
+
+    def refresh(self) -> list[str]:
+        """Load the wanted version of every instance; returns instances that changed.
+
+        The wanted version is the instance's `current_version` when that is
+        READY, else its newest READY version. A version that failed once is not
+        retried until a newer one appears (loading is not free and the error
+        would only repeat).
+        """
+        with self._refresh_lock:
+            wanted = self._wanted_versions()
+            changed: list[str] = []
+            entries = dict(self._entries)
+            for name in set(entries) - set(wanted):
+                del entries[name]  # instance deleted or no READY version any more
+                with contextlib.suppress(KeyError):
+                    SERVING_VERSION.remove(name)
+                changed.append(name)
+            for name, (version, path, created) in wanted.items():
+                entry = entries.get(name, _Entry(model=None))
+                serving = entry.model.version if entry.model else 0
+                if version == serving or version == entry.failed_version:
+                    continue
+                try:
+                    folder = self._artifacts.path(path)
+                    self._artifacts.verify(path)
+                    model = replace(self._loader(folder, name, version), created_at=created)
+                except Exception as exc:
+                    reason = (
+                        exc.message if hasattr(exc, "message") else f"{type(exc).__name__}: {exc}"
+                    )
+                    LOAD_FAILURES.labels(instance=name).inc()
+                    log.error(
+                        "model load failed; previous version keeps serving",
+                        extra={
+                            "instance": name,
+                            "version": version,
+                            "serving": serving,
+                            "reason": reason,
+                        },
+                    )
+                    entries[name] = _Entry(entry.model, f"v{version}: {reason}", version)
+                    continue
+                entries[name] = _Entry(model)
+                SERVING_VERSION.labels(instance=name).set(version)
+                log.info("model loaded", extra={"instance": name, "version": version})
+                changed.append(name)
+            self._entries = entries  # one reference swap: readers see old or new, never a mix
+            return changed
+
+    def _wanted_versions(self) -> dict[str, tuple[int, str, datetime | None]]:
+        with self._db.session() as session:
+            current = dict(
+                session.execute(select(InstanceRow.name, InstanceRow.current_version)).all()
+            )
+            rows = session.execute(
+                select(
+                    ModelVersionRow.instance_name,
+                    ModelVersionRow.version,
+                    ModelVersionRow.artifact_path,
+                    ModelVersionRow.finished_at,
+                ).where(ModelVersionRow.status == READY, ModelVersionRow.artifact_path.is_not(None))
+            )
+            ready: dict[str, dict[int, tuple[str, datetime | None]]] = {}
+            for name, version, path, finished in rows:
+                if name in current and path is not None:
+                    ready.setdefault(name, {})[version] = (path, finished)
+        wanted: dict[str, tuple[int, str, datetime | None]] = {}
+        for name, versions in ready.items():
+            pinned = current.get(name)
+            version = pinned if pinned in versions else max(versions)
+            assert version is not None
+            path, finished = versions[version]
+            wanted[name] = (version, path, finished)
+        return wanted

@@ -1,0 +1,138 @@
+"""The scorer's gRPC servicer: convert the request, call the domain, convert the response.
+
+Snapshot lookups run on the event loop (a few microseconds of work; a thread
+hop would cost more than the lookup). Anything with I/O or real computation
+runs in a thread so the loop keeps serving lookups meanwhile. Errors are never
+caught here: the runtime interceptor maps domain errors to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from services.scorer import converters
+from services.scorer.records import Progress, ScoringRun
+from services.scorer.service import Scorer
+
+SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
+
+_END = object()
+
+
+class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
+    """Implements foresight.scorer.v1.ScorerService over a `Scorer`."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    async def RunScoring(
+        self, request: scorer_pb2.RunScoringRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scorer_pb2.RunScoringEvent]:
+        as_of = converters.from_timestamp(request.as_of, request.HasField("as_of"))
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        def report(progress: Progress) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, progress)
+
+        def work() -> ScoringRun:
+            try:
+                return self.scorer.run_scoring(request.instance, as_of, report)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        while (item := await queue.get()) is not _END:
+            assert isinstance(item, Progress)
+            yield converters.progress_event(item)
+        yield converters.run_event(await task)
+
+    async def ListScoringRuns(
+        self, request: scorer_pb2.ListScoringRunsRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.ListScoringRunsResponse:
+        runs = await asyncio.to_thread(self.scorer.list_runs, request.instance)
+        return scorer_pb2.ListScoringRunsResponse(runs=[converters.scoring_run(r) for r in runs])
+
+    async def GetProfileScores(
+        self, request: scorer_pb2.GetProfileScoresRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.ProfileScores:
+        return converters.profile_scores(
+            self.scorer.get_profile_scores(request.profile_id, request.instances)
+        )
+
+    async def BatchGetProfileScores(
+        self, request: scorer_pb2.BatchGetProfileScoresRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.BatchGetProfileScoresResponse:
+        found, missing = self.scorer.batch_get_profile_scores(
+            request.profile_ids, request.instances
+        )
+        return converters.batch_response(found, missing)
+
+    async def ScoreProfile(
+        self, request: scorer_pb2.ScoreProfileRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.ScoreProfileResponse:
+        events = converters.events_frame(request.events)
+        as_of = converters.from_timestamp(request.as_of, request.HasField("as_of"))
+        score = await asyncio.to_thread(
+            self.scorer.score_profile, request.instance, request.profile_id, events, as_of
+        )
+        return scorer_pb2.ScoreProfileResponse(score=converters.instance_score(score))
+
+    async def CreateSegment(
+        self, request: scorer_pb2.CreateSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.Segment:
+        segment_filter = converters.segment_filter(request.filter)
+        segment = await asyncio.to_thread(
+            self.scorer.create_segment,
+            request.name,
+            request.instance,
+            segment_filter,
+            request.run_id,
+        )
+        return converters.segment(segment)
+
+    async def GetSegment(
+        self, request: scorer_pb2.GetSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.Segment:
+        return converters.segment(await asyncio.to_thread(self.scorer.get_segment, request.name))
+
+    async def ListSegments(
+        self, request: scorer_pb2.ListSegmentsRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.ListSegmentsResponse:
+        segments = await asyncio.to_thread(self.scorer.list_segments, request.instance)
+        return scorer_pb2.ListSegmentsResponse(segments=[converters.segment(s) for s in segments])
+
+    async def ListSegmentMembers(
+        self, request: scorer_pb2.ListSegmentMembersRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.ListSegmentMembersResponse:
+        page = await asyncio.to_thread(
+            self.scorer.list_segment_members,
+            request.name,
+            request.page.page_size,
+            request.page.page_token,
+        )
+        return converters.members_page(page)
+
+    async def ExportSegment(
+        self, request: scorer_pb2.ExportSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scorer_pb2.ExportSegmentChunk]:
+        parquet = converters.export_parquet(request.format)
+        chunks = await asyncio.to_thread(self.scorer.export_segment, request.name, parquet)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield scorer_pb2.ExportSegmentChunk(data=chunk)
+
+    async def GetInsights(
+        self, request: scorer_pb2.GetInsightsRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.Insights:
+        return converters.insights(
+            await asyncio.to_thread(self.scorer.insights, request.instance, request.run_id)
+        )
+
+    async def GetScorerStatus(
+        self, request: scorer_pb2.GetScorerStatusRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.ScorerStatus:
+        return converters.scorer_status(self.scorer.status())

@@ -1,0 +1,97 @@
+"""Scorer settings (environment variables FORESIGHT_*)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from foresight.settings import ServiceSettings
+
+
+class ScorerSettings(ServiceSettings):
+    """Everything the scorer reads from the environment."""
+
+    # Field names work as keyword arguments too (tests, embedding), not only the env aliases.
+    model_config = SettingsConfigDict(**ServiceSettings.model_config, validate_by_name=True)
+
+    port: int = Field(
+        50052,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_PORT", "FORESIGHT_PORT"),
+        description="gRPC port of the scorer (0 = any free port; needs a fixed port with workers > 1).",
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_METRICS_PORT", "FORESIGHT_METRICS_PORT"),
+        description="Prometheus /metrics port of the scorer (0 = off); served by worker 0.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_WORKERS"),
+        description="Server processes sharing the port with SO_REUSEPORT (lookups scale across cores).",
+    )
+    scoring_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_SCORING_THREADS"),
+        description="Threads for batch scoring (featurize, ONNX, TreeSHAP); 0 = all cores.",
+    )
+    top_factors: int = Field(
+        5,
+        ge=1,
+        le=20,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_TOP_FACTORS"),
+        description="Influential factors kept per profile and score.",
+    )
+    poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_POLL_SECONDS"),
+        description="How often the registry is polled for new model versions and scoring runs.",
+    )
+    schedule_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_SCHEDULE_SECONDS"),
+        description="How often instance scoring schedules are checked (worker 0 only).",
+    )
+    events_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("FORESIGHT_EVENTS_DIR"),
+        description="Root of the event store; default <data_dir>/events.",
+    )
+
+    @model_validator(mode="after")
+    def _workers_need_fixed_port(self) -> ScorerSettings:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError(
+                "FORESIGHT_SCORER_WORKERS > 1 needs a fixed FORESIGHT_SCORER_PORT "
+                "(the workers share one port with SO_REUSEPORT)"
+            )
+        return self
+
+    @property
+    def resolved_events_dir(self) -> Path:
+        """The event store root."""
+        return self.events_dir or self.data_dir / "events"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """The artifact store root (model bundles, score copies)."""
+        return self.data_dir / "artifacts"
+
+    @property
+    def resolved_scoring_threads(self) -> int:
+        """Threads for batch scoring."""
+        return self.scoring_threads or os.cpu_count() or 1

@@ -1,0 +1,481 @@
+"""The segmenter's domain facade: one object the servicer calls for every RPC.
+
+It owns the index currently served and swaps in a rebuilt one whole
+(build-and-swap): queries keep using the old index until the new one is
+complete, and upserts or removals made during a build are journaled and
+replayed onto the new index before the swap, so none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import numpy as np
+import polars as pl
+from sqlalchemy import select
+
+from foresight.encoder import Encoder, behaviour_as_of, get_encoder_version
+from foresight.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from foresight.events.store import EventStore, shard_for_profile
+from foresight.events.validation import validate
+from foresight.storage import catalog
+from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.db import Database
+from foresight.storage.models import SegmentMemberRow, SegmentRow, utcnow
+from services.segmenter import discover as disc
+from services.segmenter import queries, visualize
+from services.segmenter.embedding import EmbeddedShard, cached_encoder, embed_events
+from services.segmenter.index import IndexInfo, IndexParams, IndexStore, JourneyIndex, build_index
+from services.segmenter.traits import trait_catalog
+
+__all__ = ["ProfileEvents", "Segmenter", "UpsertResult"]
+
+log = logging.getLogger("foresight.segmenter")
+
+MAX_UPSERT: Final[int] = 10_000
+MAX_REMOVE: Final[int] = 100_000
+MAX_SEED: Final[int] = 1_000_000
+MAX_JOURNEY_EVENTS: Final[int] = 10_000
+DEFAULT_PAGE: Final[int] = 100
+MAX_PAGE: Final[int] = 10_000
+_SEGMENT_NAME: Final[re.Pattern[str]] = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+Progress = Callable[[str, float, str], None]
+View = Literal["both", "influence", "popularity"]
+
+
+@dataclass(frozen=True)
+class ProfileEvents:
+    """A profile to upsert: its id and raw request events (None = read its stored events)."""
+
+    profile_id: str
+    events: pl.DataFrame | None
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """Outcome of an upsert."""
+
+    upserted: int
+    count: int
+    skipped: list[str]
+
+
+class Segmenter:
+    """Index, discoveries and queries of Segment AI."""
+
+    def __init__(
+        self,
+        db: Database,
+        artifacts: ArtifactStore,
+        event_store_root: Path,
+        shards: int = 16,
+        workers: int = 0,
+        ef: int = 128,
+        rebuild_corrupt: bool = True,
+    ) -> None:
+        self.db = db
+        self.artifacts = artifacts
+        self.store_root = event_store_root
+        self.events = EventStore(event_store_root, shards)
+        self.workers = workers
+        self.ef = ef
+        self.rebuild_corrupt = rebuild_corrupt
+        self.indexes = IndexStore(db, artifacts)
+        self.discoveries = disc.DiscoveryStore(db, artifacts)
+        self._index: JourneyIndex | None = None
+        self._swap = threading.Lock()  # guards _index, _journal and the building flag
+        self._building = False
+        self._journal: list[tuple[str, object]] | None = None
+        self._snapshotting = threading.Lock()
+
+    # ---------------------------------------------------------------- index lifecycle
+
+    @property
+    def index(self) -> JourneyIndex:
+        """The index served now, or FailedPrecondition."""
+        index = self._index
+        if index is None:
+            raise FailedPrecondition("no journey index yet; call BuildIndex")
+        return index
+
+    def load(self) -> IndexInfo | None:
+        """Load the newest READY index at start; a corrupt one is rebuilt or refused, never fatal."""
+        row = self.indexes.latest_ready()
+        if row is None:
+            log.info("no index to load; BuildIndex will create one")
+            return None
+        try:
+            index = self.indexes.load(row)
+        except Exception as exc:  # any failure to read must not stop the service
+            reason = exc.message if isinstance(exc, FailedPrecondition) else repr(exc)
+            log.error(
+                "index v%s is corrupt or mismatched: %s",
+                row.version,
+                reason,
+                extra={"version": row.version},
+            )
+            self.indexes.mark(row.version, "CORRUPT", reason)
+            if not self.rebuild_corrupt:
+                log.error("serving without an index (rebuild of corrupt indexes is off)")
+                return None
+            params = row.params or {}
+            try:
+                info = self.build(
+                    row.dataset,
+                    0,
+                    int(params.get("M", 16)),
+                    int(params.get("ef_construction", 100)),
+                )
+            except Exception:
+                log.exception("rebuilding the corrupt index failed; serving without an index")
+                return None
+            log.info("rebuilt the corrupt index", extra={"version": info.version})
+            return info
+        index.set_ef(self.ef)
+        with self._swap:
+            self._index = index
+        log.info("index loaded", extra={"version": row.version, "count": index.count})
+        return index.info
+
+    def build(
+        self,
+        dataset: str,
+        encoder_version: int = 0,
+        m: int = 0,
+        ef_construction: int = 0,
+        progress: Progress | None = None,
+    ) -> IndexInfo:
+        """Build a new index and swap it in; journaled writes are replayed first."""
+        if not dataset:
+            raise InvalidArgument("dataset", "is required")
+        if encoder_version < 0:
+            raise InvalidArgument("encoder_version", "must not be negative")
+        params = IndexParams(m=m, ef_construction=ef_construction, ef=self.ef).check()
+        with self._swap:
+            if self._building:
+                raise FailedPrecondition("an index build is already running")
+            self._building = True
+            self._journal = []
+        try:
+            index = build_index(
+                self.db,
+                self.store_root,
+                self.artifacts,
+                dataset,
+                encoder_version,
+                params,
+                self.workers,
+                progress,
+            )
+            with self._swap:
+                journal, self._journal = self._journal or [], None
+                for op, arg in journal:
+                    if op == "upsert":
+                        assert isinstance(arg, EmbeddedShard)
+                        if arg.embeddings.shape[1] == index.dimensions:
+                            index.upsert(arg)
+                    else:
+                        assert isinstance(arg, list)
+                        index.remove(arg)
+                old, self._index = self._index, index
+            if journal:
+                log.info("replayed writes made during the build", extra={"writes": len(journal)})
+            if old is not None:
+                self.indexes.retire_older(index.info.version)
+            return index.info
+        finally:
+            with self._swap:
+                self._building = False
+                self._journal = None
+
+    def info(self) -> IndexInfo:
+        """The served index's parameters and size."""
+        index = self.index
+        return replace(index.info, count=index.count)
+
+    def _encoder(self, index: JourneyIndex) -> Encoder:
+        version = get_encoder_version(self.db, index.info.encoder_version)
+        if version.status != "READY" or not version.artifact_path:
+            raise FailedPrecondition(f"encoder v{version.version} of the index is not READY")
+        return cached_encoder(str(self.artifacts.path(version.artifact_path)), threads=0)
+
+    def _as_of(self, index: JourneyIndex, events: pl.DataFrame) -> datetime:
+        """The index's reference time, moved past the newest event sent (else it would be ignored)."""
+        as_of = index.info.as_of
+        if not events.is_empty():
+            latest = events["timestamp"].max()
+            if isinstance(latest, datetime) and latest >= as_of:
+                as_of = behaviour_as_of(latest)
+        return as_of
+
+    def _validated(self, raw: pl.DataFrame, field: str, profile_id: str | None) -> pl.DataFrame:
+        if profile_id is not None:
+            raw = raw.with_columns(pl.col("profile_id").fill_null(profile_id))
+        result = validate(raw, datetime.now(UTC))
+        if result.rejected.height:
+            first = result.rejected.row(0, named=True)
+            raise InvalidArgument(
+                field,
+                f"{result.rejected.height} of {raw.height} events rejected "
+                f"(event {first['row_number']}: {first['reason']})",
+            )
+        events = result.accepted
+        if profile_id is not None and (events["profile_id"] != profile_id).any():
+            raise InvalidArgument(field, f"events must belong to profile {profile_id!r}")
+        return events
+
+    # ---------------------------------------------------------------- writes
+
+    def upsert(self, profiles: Sequence[ProfileEvents]) -> UpsertResult:
+        """Embed and add (or re-embed) profiles from request events or their stored events."""
+        if not profiles:
+            raise InvalidArgument("profiles", "is empty")
+        if len(profiles) > MAX_UPSERT:
+            raise ResourceExhausted(f"profiles: at most {MAX_UPSERT:,} per request")
+        index = self.index
+        sent: list[pl.DataFrame] = []
+        stored_ids: list[str] = []
+        for i, p in enumerate(profiles):
+            if not p.profile_id:
+                raise InvalidArgument(f"profiles[{i}].profile_id", "is required")
+            if p.events is not None and p.events.height:
+                sent.append(self._validated(p.events, f"profiles[{i}].events", p.profile_id))
+            else:
+                stored_ids.append(p.profile_id)
+        frames = [*sent]
+        if stored_ids:
+            frames.append(self._stored_events(index.info.dataset, stored_ids))
+        events = pl.concat(frames) if frames else pl.DataFrame()
+        encoder = self._encoder(index)
+        embedded = (
+            embed_events(encoder, events, self._as_of(index, events))
+            if events.height
+            else EmbeddedShard(
+                np.array([], dtype=object),
+                np.zeros((0, index.dimensions), np.float32),
+                np.zeros((0, 1), np.uint8),
+                np.zeros((0, 1), np.float32),
+            )
+        )
+        wanted = list(dict.fromkeys(p.profile_id for p in profiles))
+        got = {str(pid) for pid in embedded.profile_ids}
+        skipped = [pid for pid in wanted if pid not in got]
+        with self._swap:
+            current = self.index
+            upserted = current.upsert(embedded)
+            if self._journal is not None:
+                self._journal.append(("upsert", embedded))
+        return UpsertResult(upserted=upserted, count=current.count, skipped=skipped)
+
+    def _stored_events(self, dataset: str, profile_ids: list[str]) -> pl.DataFrame:
+        parts = catalog.catalogued_parts(self.db, dataset)
+        by_shard: dict[int, list[str]] = {}
+        for pid in profile_ids:
+            by_shard.setdefault(shard_for_profile(pid, self.events.shards), []).append(pid)
+        frames = []
+        for shard, ids in by_shard.items():
+            mine = [p for p in parts if f"/shard={shard}/" in p]
+            if mine:
+                frames.append(
+                    self.events.scan(dataset, mine)
+                    .filter(pl.col("profile_id").is_in(ids))
+                    .collect()
+                )
+        return pl.concat(frames) if frames else pl.DataFrame()
+
+    def remove(self, profile_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Remove profiles from the index; returns (removed, ids not in it)."""
+        if not profile_ids:
+            raise InvalidArgument("profile_ids", "is empty")
+        if len(profile_ids) > MAX_REMOVE:
+            raise ResourceExhausted(f"profile_ids: at most {MAX_REMOVE:,} per request")
+        with self._swap:
+            current = self.index
+            removed, missing = current.remove(list(profile_ids))
+            if self._journal is not None:
+                self._journal.append(("remove", list(profile_ids)))
+        return removed, missing
+
+    def snapshot_if_dirty(self) -> IndexInfo | None:
+        """Save upserts and removals as a new index version (None when nothing changed)."""
+        index = self._index
+        if index is None or not index.dirty or self._building:
+            return None
+        with self._snapshotting:
+            version = self.indexes.allocate(index.info.dataset, index.info.encoder_version)
+            try:
+                saved = self.indexes.publish(index, version)
+            except BaseException as exc:
+                self.indexes.mark(version, "FAILED", str(exc))
+                raise
+            self.indexes.retire_older(version)
+            log.info("index snapshot saved", extra={"version": version, "count": saved.count})
+            return saved
+
+    # ---------------------------------------------------------------- discovery
+
+    def discover(self, clusters: int = 0, progress: Progress | None = None) -> disc.DiscoveryInfo:
+        """Cluster the served index and store the discovery."""
+        index = self.index
+        if clusters < 0:
+            raise InvalidArgument("clusters", "must not be negative")
+        snapshot = index.snapshot()
+        catalog_ = trait_catalog(self._encoder(index).spec)
+        result = disc.discover(snapshot, catalog_, clusters, progress)
+        return self.discoveries.publish(result, index.info.version)
+
+    def list_clusters(self, version: int = 0) -> disc.DiscoveryInfo:
+        """A discovery with its clusters."""
+        return self.discoveries.get(version)
+
+    def get_cluster(
+        self, version: int, cluster_id: int, view: View = "both", top_n: int = 0
+    ) -> disc.ClusterInfo:
+        """One cluster with up to top_n traits in the chosen view(s)."""
+        top_n = top_n or 10
+        if not 1 <= top_n <= 100:
+            raise InvalidArgument("top_n", "must be between 1 and 100")
+        c = self.discoveries.cluster(version, cluster_id)
+        return replace(
+            c,
+            influence=c.influence[:top_n] if view != "popularity" else [],
+            popularity=c.popularity[:top_n] if view != "influence" else [],
+        )
+
+    def list_members(
+        self, version: int, cluster_id: int, page_size: int = 0, token: str = ""
+    ) -> tuple[list[str], str, int]:
+        """(a page of member ids closest first, next page token or "", total members)."""
+        page_size = page_size or DEFAULT_PAGE
+        if not 1 <= page_size <= MAX_PAGE:
+            raise InvalidArgument("page.page_size", f"must be between 1 and {MAX_PAGE:,}")
+        offset = 0
+        if token:
+            if not token.isdigit():
+                raise InvalidArgument("page.page_token", "is not a token from a previous page")
+            offset = int(token)
+        ids = self.discoveries.members(version).of(cluster_id)
+        page = [str(p) for p in ids[offset : offset + page_size]]
+        end = offset + len(page)
+        return page, (str(end) if end < len(ids) else ""), len(ids)
+
+    def save_cluster_segment(self, version: int, cluster_id: int, name: str) -> tuple[str, int]:
+        """Store a cluster's members as a segment (source "cluster")."""
+        if not _SEGMENT_NAME.match(name or ""):
+            raise InvalidArgument("name", "use 1-64 characters of a-z, 0-9, '_' and '-'")
+        version = self.discoveries.resolve(version)
+        ids = self.discoveries.members(version).of(cluster_id)
+        with self.db.session() as s:
+            if s.scalar(select(SegmentRow.id).where(SegmentRow.name == name)) is not None:
+                raise AlreadyExists(f"segment {name!r} already exists")
+            row = SegmentRow(
+                name=name,
+                source="cluster",
+                filter={"discovery_version": version, "cluster_id": cluster_id},
+                size=len(ids),
+                bucket_counts={},
+                created_at=utcnow(),
+            )
+            s.add(row)
+            s.flush()
+            segment_id = row.id
+        table = SegmentMemberRow.__table__
+        self.db.bulk_load(
+            table,  # type: ignore[arg-type]
+            ["segment_id", "profile_id"],
+            [(segment_id, str(pid)) for pid in ids],
+        )
+        return name, len(ids)
+
+    def _latest_members(self) -> disc.Members | None:
+        if self.discoveries.latest_version() is None:
+            return None
+        return self.discoveries.members(0)
+
+    # ---------------------------------------------------------------- queries
+
+    def score_journey(
+        self, profile_id: str | None, events: pl.DataFrame | None, k: int = 0
+    ) -> queries.Placement:
+        """Place a stored profile or a journey sent as events."""
+        k = queries.check_k(k)
+        index = self.index
+        if profile_id:
+            _known, vectors, unknown = index.vectors_of([profile_id])
+            if unknown:
+                raise NotFound(f"profile {profile_id!r} is not in the index")
+            return queries.place(index, vectors[0], k, self._latest_members(), exclude=profile_id)
+        if events is None or events.is_empty():
+            raise InvalidArgument("journey", "send a profile_id or at least one event")
+        if events.height > MAX_JOURNEY_EVENTS:
+            raise ResourceExhausted(f"events: at most {MAX_JOURNEY_EVENTS:,} per journey")
+        # An anonymous journey may leave profile_id out; it is never stored.
+        events = events.with_columns(pl.col("profile_id").fill_null("~journey"))
+        valid = self._validated(events, "events.events", None)
+        if valid["profile_id"].n_unique() != 1:
+            raise InvalidArgument("events.events", "events must belong to one profile")
+        embedded = embed_events(self._encoder(index), valid, self._as_of(index, valid))
+        if embedded.count == 0:
+            raise InvalidArgument("events.events", "no event within the behaviour horizon")
+        return queries.place(index, embedded.embeddings[0], k, self._latest_members())
+
+    def find_similar(self, profile_id: str, k: int) -> list[queries.Neighbor]:
+        """The k most similar profiles to a stored one (itself excluded)."""
+        if not profile_id:
+            raise InvalidArgument("profile_id", "is required")
+        k = queries.check_k(k)
+        index = self.index
+        _known, vectors, unknown = index.vectors_of([profile_id])
+        if unknown:
+            raise NotFound(f"profile {profile_id!r} is not in the index")
+        return queries.place(index, vectors[0], k, None, exclude=profile_id).nearest
+
+    def expand(
+        self,
+        seed_ids: Sequence[str] | None,
+        segment: str | None,
+        target_size: int = 0,
+        min_similarity: float = 0.0,
+    ) -> queries.Expansion:
+        """Lookalikes of explicit seed ids or of a stored segment's members."""
+        ids = self._segment_members(segment) if segment else list(seed_ids or [])
+        if not ids:
+            raise InvalidArgument("seed", "is empty")
+        if len(ids) > MAX_SEED:
+            raise ResourceExhausted(f"seed: at most {MAX_SEED:,} profiles")
+        return queries.expand(self.index, ids, target_size, min_similarity)
+
+    def _segment_members(self, name: str) -> list[str]:
+        with self.db.session() as s:
+            segment_id = s.scalar(select(SegmentRow.id).where(SegmentRow.name == name))
+            if segment_id is None:
+                raise NotFound(f"segment {name!r} does not exist")
+            return list(
+                s.scalars(
+                    select(SegmentMemberRow.profile_id).where(
+                        SegmentMemberRow.segment_id == segment_id
+                    )
+                )
+            )
+
+    def visualization(self, version: int = 0, sample_size: int = 0) -> visualize.ClusterMap:
+        """The 2-D cluster map of a discovery."""
+        if sample_size < 0:
+            raise InvalidArgument("sample_size", "must not be negative")
+        info = self.discoveries.get(version)
+        members = self.discoveries.members(info.version)
+        return visualize.project(self.index, members, info.clusters, sample_size)

@@ -1,0 +1,129 @@
+"""Embedding a shard of profiles: the per-shard work of BuildIndex, run on all cores.
+
+`embed_shard` is a pure function of (shard of events, as-of time, encoder):
+it runs in spawn-started worker processes locally and would run as a Dask
+task at scale. Workers cache the loaded encoder, so a pool that embeds many
+shards loads it once per process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import polars as pl
+
+from foresight.encoder import Encoder, load_encoder
+from foresight.events.store import EventStore
+from foresight.features.journey import behaviour_vectors
+from services.segmenter.traits import trait_catalog
+
+__all__ = ["EmbeddedShard", "ShardPool", "embed_events", "embed_shard"]
+
+T = TypeVar("T")
+
+_ENCODERS: dict[tuple[str, int], Encoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class EmbeddedShard:
+    """Embeddings and trait sources of the profiles of one shard (rows aligned)."""
+
+    profile_ids: np.ndarray
+    embeddings: np.ndarray
+    trait_bits: np.ndarray
+    trait_values: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """Profiles in the shard."""
+        return len(self.profile_ids)
+
+
+def cached_encoder(path: str, threads: int = 1) -> Encoder:
+    """The encoder bundle at `path`, loaded once per process."""
+    key = (path, threads)
+    with _ENCODERS_LOCK:
+        encoder = _ENCODERS.get(key)
+        if encoder is None:
+            encoder = load_encoder(Path(path), threads=threads)
+            _ENCODERS[key] = encoder
+        return encoder
+
+
+def embed_events(encoder: Encoder, events: pl.DataFrame, as_of: datetime) -> EmbeddedShard:
+    """Embed every profile with events in `events` (in memory; no store needed)."""
+    ids, X = behaviour_vectors(events, as_of, encoder.spec)
+    catalog = trait_catalog(encoder.spec)
+    return EmbeddedShard(
+        profile_ids=np.asarray(ids, dtype=object),
+        embeddings=encoder.embed(X),
+        trait_bits=catalog.fixed_bits(X),
+        trait_values=catalog.relative_values(X),
+    )
+
+
+def embed_shard(
+    store_root: str,
+    dataset: str,
+    shard: int,
+    parts: Sequence[str],
+    as_of: datetime,
+    encoder_path: str,
+    threads: int = 1,
+) -> EmbeddedShard:
+    """Read one shard of a dataset and embed its profiles."""
+    store = EventStore(Path(store_root))
+    events = store.read_shard(dataset, shard, parts)
+    return embed_events(cached_encoder(encoder_path, threads), events, as_of)
+
+
+class ShardPool:
+    """Runs shard functions on all cores with spawn-started processes.
+
+    Spawn (not fork) because the service process runs gRPC threads, and
+    forking a threaded process is unsafe. One pool per job: the segmenter
+    builds rarely, and idle workers would hold memory between builds.
+    """
+
+    def __init__(self, workers: int = 0) -> None:
+        self.workers = workers or os.cpu_count() or 1
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        arg_lists: Sequence[tuple[Any, ...]],
+        on_done: Callable[[int, int], None] | None = None,
+    ) -> list[T]:
+        """fn(*args) for each args tuple, results in order; on_done(done, total) after each."""
+        total = len(arg_lists)
+        results: list[Any] = [None] * total
+        if self.workers <= 1 or total <= 1:
+            for i, args in enumerate(arg_lists):
+                results[i] = fn(*args)
+                if on_done is not None:
+                    on_done(i + 1, total)
+            return results
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(self.workers, total), mp_context=context) as pool:
+            futures: dict[Future[T], int] = {
+                pool.submit(fn, *args): i for i, args in enumerate(arg_lists)
+            }
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    results[futures[future]] = future.result()
+                    if on_done is not None:
+                        on_done(done, total)
+            finally:
+                for future in futures:
+                    future.cancel()
+        return results

@@ -1,0 +1,710 @@
+"""The scorer over gRPC: an in-process aio server on port 0 and a stub.
+
+A world is built once per module: generated events in the event store, two
+instances (churn, purchase) and, for each, a tiny LightGBM model trained here
+and exported to ONNX into a real bundle (no trainer package involved), then
+one scoring run per instance. Each test starts its own server over that world.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import lightgbm as lgb
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnxmltools import convert_lightgbm
+from onnxmltools.convert.common.data_types import FloatTensorType
+from sqlalchemy import update
+
+from foresight import instance as instance_config
+from foresight.api.common.v1 import common_pb2
+from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from foresight.events.store import EventStore
+from foresight.events.validation import validate
+from foresight.features.featurize import featurize
+from foresight.features.labels import eligible_profiles, goal_labels
+from foresight.features.spec import fit_feature_spec
+from foresight.generate import generate
+from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.db import Database
+from foresight.storage.models import (
+    DatasetPartRow,
+    DatasetRow,
+    InstanceRow,
+    ModelVersionRow,
+    utcnow,
+)
+from services.scorer.main import RunningScorer, build_scorer, start_scorer
+from services.scorer.settings import ScorerSettings
+
+pytestmark = pytest.mark.integration
+
+DATASET = "shop"
+WINDOW = 30
+INSTANCES = {
+    "churn": {"name": "churn", "type": "CHURN", "goal": {"window_days": WINDOW}},
+    "purchase": {
+        "name": "purchase",
+        "type": "CONVERSION",
+        "goal": {"conditions": 'event_type = "commerce.purchases"', "window_days": WINDOW},
+    },
+}
+
+
+# --- the world -------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """Stores with events, instances, READY models and one run per instance."""
+
+    data_dir: Path
+    db: Database
+    end: datetime  # exclusive end of the event data
+    profile: str  # a profile scored in both instances
+
+
+def _settings(data_dir: Path) -> ScorerSettings:
+    return ScorerSettings(
+        data_dir=data_dir,
+        port=0,
+        host="127.0.0.1",
+        poll_seconds=0.1,
+        schedule_seconds=3600,
+        scoring_threads=2,
+        log_json=False,
+    )
+
+
+def _load_events(data_dir: Path, db: Database, source: Path) -> datetime:
+    raw = pl.read_parquet(source)
+    accepted = validate(raw, datetime.now(UTC)).accepted
+    store = EventStore(data_dir / "events", shards=4)
+    parts = store.write(DATASET, accepted, [])
+    with db.session() as s:
+        dataset = DatasetRow(name=DATASET, rows=accepted.height)
+        s.add(dataset)
+        s.flush()
+        for p in parts:
+            s.add(
+                DatasetPartRow(
+                    dataset_id=dataset.id,
+                    path=p.path,
+                    shard=p.shard,
+                    rows=p.rows,
+                    min_ts=p.min_timestamp,
+                    max_ts=p.max_timestamp,
+                )
+            )
+    latest = accepted.get_column("timestamp").max()
+    assert isinstance(latest, datetime)
+    return latest + timedelta(microseconds=1)
+
+
+def publish_model(
+    data_dir: Path,
+    db: Database,
+    name: str,
+    version: int,
+    events: pl.DataFrame,
+    cutoff: datetime,
+    trees: int = 25,
+) -> None:
+    """Train a tiny LightGBM model as of `cutoff`, export it to ONNX and mark it READY."""
+    config = instance_config.from_dict(INSTANCES[name])
+    spec = fit_feature_spec(events, None, config, cutoff)
+    eligible = eligible_profiles(events, config.population, cutoff)
+    labels = goal_labels(events, config.goal, cutoff, eligible)
+    matrix = featurize(events, None, cutoff, spec, profile_ids=labels.get_column("profile_id"))
+    y = labels.get_column("label").to_numpy()
+    params = {
+        "objective": "binary",
+        "num_leaves": 7,
+        "max_depth": 4,
+        "min_data_in_leaf": 10,
+        "verbose": -1,
+    }
+    booster = lgb.train(params, lgb.Dataset(matrix.X, y), trees)
+    onnx = convert_lightgbm(
+        booster,
+        initial_types=[("features", FloatTensorType([None, matrix.X.shape[1]]))],
+        zipmap=False,
+    )
+    relative = f"models/{name}/v{version}"
+    with ArtifactStore(data_dir / "artifacts").publish(relative) as folder:
+        (folder / "model.onnx").write_bytes(onnx.SerializeToString())
+        (folder / "model.txt").write_text(booster.model_to_string())
+        (folder / "feature_spec.json").write_text(json.dumps(spec.to_dict()))
+        (folder / "instance.json").write_text(json.dumps(instance_config.to_dict(config)))
+        (folder / "evaluation.json").write_text(
+            json.dumps({"auc": 0.8, "pr_auc": 0.5, "quality": "GOOD"})
+        )
+    with db.session() as s:
+        s.add(
+            ModelVersionRow(
+                instance_name=name,
+                version=version,
+                status="READY",
+                artifact_path=relative,
+                created_at=utcnow(),
+                finished_at=utcnow(),
+            )
+        )
+        s.execute(
+            update(InstanceRow).where(InstanceRow.name == name).values(current_version=version)
+        )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("scorer")
+    data_dir = root / "var"
+    generate(root / "gen", profiles=500, seed=7)
+    data_dir.mkdir()
+    db = Database(f"sqlite:///{data_dir / 'foresight.db'}")
+    db.migrate()
+    end = _load_events(data_dir, db, root / "gen" / "events.parquet")
+    events = EventStore(data_dir / "events", 4).scan(DATASET, _parts(db)).collect()
+    cutoff = (end - timedelta(days=WINDOW)).replace(hour=0, minute=0, second=0, microsecond=0)
+    with db.session() as s:
+        for name, cfg in INSTANCES.items():
+            s.add(InstanceRow(name=name, dataset=DATASET, config=cfg))
+    for name in INSTANCES:
+        publish_model(data_dir, db, name, 1, events, cutoff)
+    scorer = build_scorer(_settings(data_dir), db)
+    scorer.refresh()
+    for name in INSTANCES:
+        scorer.run_scoring(name, None)
+    profile = next(iter(scorer.snapshots.get("churn").ids.to_pylist()))  # type: ignore[union-attr]
+    yield World(data_dir, db, end, profile)
+    db.dispose()
+
+
+def _parts(db: Database) -> list[str]:
+    with db.session() as s:
+        return [p.path for p in s.query(DatasetPartRow).all()]
+
+
+@dataclass
+class Client:
+    """A stub on a running in-process scorer."""
+
+    stub: scorer_pb2_grpc.ScorerServiceAsyncStub
+    channel: grpc.aio.Channel
+    running: RunningScorer
+
+
+@pytest.fixture
+async def client(world: World) -> AsyncIterator[Client]:
+    settings = _settings(world.data_dir)
+    scorer = build_scorer(settings, world.db)
+    running = await start_scorer(settings, scorer)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    yield Client(scorer_pb2_grpc.ScorerServiceStub(channel), channel, running)
+    await channel.close(None)
+    await running.stop(0)
+
+
+async def _error(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value
+
+
+def _ts(moment: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+# --- health, status, runs ----------------------------------------------------------------
+
+
+async def test_health_serving_and_status_lists_models_and_snapshots(client: Client) -> None:
+    health = health_pb2_grpc.HealthStub(client.channel)
+    reply = await health.Check(
+        health_pb2.HealthCheckRequest(service="foresight.scorer.v1.ScorerService")
+    )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    status = await client.stub.GetScorerStatus(scorer_pb2.GetScorerStatusRequest())
+    by_name = {m.instance: m for m in status.models}
+    assert set(by_name) == {"churn", "purchase"}
+    assert all(
+        m.serving_version >= 1 and m.snapshot_profiles > 0 and m.snapshot_run_id
+        for m in status.models
+    )
+
+
+async def test_run_scoring_streams_progress_then_the_run(client: Client, world: World) -> None:
+    events = [
+        e async for e in client.stub.RunScoring(scorer_pb2.RunScoringRequest(instance="purchase"))
+    ]
+    assert events[-1].HasField("run")
+    progress = [e.progress for e in events[:-1]]
+    assert progress and all(0.0 <= p.fraction <= 1.0 for p in progress)
+    run = events[-1].run
+    assert run.status == scorer_pb2.RUN_STATUS_SUCCEEDED and run.profiles > 100
+    assert run.as_of.ToDatetime(tzinfo=UTC) == world.end
+    runs = await client.stub.ListScoringRuns(scorer_pb2.ListScoringRunsRequest(instance="purchase"))
+    assert runs.runs[0].run_id == run.run_id and len(runs.runs) >= 2
+    # The new run is what lookups serve now.
+    scores = await client.stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
+    )
+    assert scores.scores[0].run_id == run.run_id
+
+
+async def test_run_scoring_errors(client: Client) -> None:
+    err = await _error(
+        _drain(client.stub.RunScoring(scorer_pb2.RunScoringRequest(instance="nope")))
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "nope" in (err.details() or "")
+    err = await _error(_drain(client.stub.RunScoring(scorer_pb2.RunScoringRequest())))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "instance" in (err.details() or "")
+    err = await _error(
+        client.stub.ListScoringRuns(scorer_pb2.ListScoringRunsRequest(instance="nope"))
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _drain(stream: object) -> None:
+    async for _ in stream:  # type: ignore[attr-defined]
+        pass
+
+
+# --- lookups --------------------------------------------------------------------------------
+
+
+async def test_get_profile_scores_has_every_instance_with_factors(
+    client: Client, world: World
+) -> None:
+    reply = await client.stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile)
+    )
+    assert reply.profile_id == world.profile
+    assert {s.instance for s in reply.scores} == {"churn", "purchase"}
+    for s in reply.scores:
+        assert 0.0 <= s.probability <= 1.0 and s.score == round(100 * s.probability)
+        assert 1 <= s.percentile <= 100 and s.model_version == 1 and s.run_id
+        expected = (
+            common_pb2.BUCKET_LOW
+            if s.score < 25
+            else common_pb2.BUCKET_HIGH
+            if s.score >= 75
+            else common_pb2.BUCKET_MEDIUM
+        )
+        assert s.bucket == expected
+        assert 1 <= len(s.factors) <= 5
+        impacts = [abs(f.impact) for f in s.factors]
+        assert impacts == sorted(impacts, reverse=True)
+        for f in s.factors:
+            assert f.code and ": " in f.text and f.importance != common_pb2.IMPORTANCE_UNSPECIFIED
+    only = await client.stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["churn"])
+    )
+    assert [s.instance for s in only.scores] == ["churn"]
+
+
+async def test_lookup_errors(client: Client, world: World) -> None:
+    err = await _error(
+        client.stub.GetProfileScores(scorer_pb2.GetProfileScoresRequest(profile_id=""))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "profile_id" in (err.details() or "")
+    err = await _error(
+        client.stub.GetProfileScores(scorer_pb2.GetProfileScoresRequest(profile_id="nobody"))
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "nobody" in (err.details() or "")
+    err = await _error(
+        client.stub.GetProfileScores(
+            scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["nope"])
+        )
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "nope" in (err.details() or "")
+    too_many = scorer_pb2.BatchGetProfileScoresRequest(profile_ids=[f"p{i}" for i in range(1001)])
+    err = await _error(client.stub.BatchGetProfileScores(too_many))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "1,000" in (err.details() or "")
+    err = await _error(client.stub.BatchGetProfileScores(scorer_pb2.BatchGetProfileScoresRequest()))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_batch_lookup_keeps_order_and_reports_missing(client: Client, world: World) -> None:
+    status = await client.stub.GetScorerStatus(scorer_pb2.GetScorerStatusRequest())
+    assert status.models
+    known = client.running.scorer.snapshots.get("churn").ids.to_pylist()[:3]  # type: ignore[union-attr]
+    ids = [known[2], "ghost", known[0], known[1]]
+    reply = await client.stub.BatchGetProfileScores(
+        scorer_pb2.BatchGetProfileScoresRequest(profile_ids=ids)
+    )
+    assert [p.profile_id for p in reply.profiles] == [known[2], known[0], known[1]]
+    assert list(reply.not_found) == ["ghost"]
+
+
+# --- real time -------------------------------------------------------------------------------
+
+
+def _event(**fields: object) -> common_pb2.Event:
+    attributes = fields.pop("attributes", None)
+    event = common_pb2.Event(**fields)  # type: ignore[arg-type]
+    if attributes is not None:
+        s = Struct()
+        s.update(attributes)  # type: ignore[arg-type]
+        event.attributes.CopyFrom(s)
+    return event
+
+
+async def test_score_profile_from_stored_and_fresh_events(client: Client, world: World) -> None:
+    stored = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(
+            instance="purchase", profile_id=world.profile, as_of=_ts(world.end)
+        )
+    )
+    s = stored.score
+    assert s.percentile == 0 and s.run_id == "" and 0 <= s.probability <= 1 and s.factors
+    # Same as-of and events as the batch run: the same probability.
+    batch = await client.stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
+    )
+    assert s.probability == pytest.approx(batch.scores[0].probability, abs=1e-6)
+    fresh = _event(
+        timestamp=_ts(world.end - timedelta(hours=1)),
+        event_type="commerce.purchases",
+        value=120.0,
+        channel="web",
+    )
+    with_fresh = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(
+            instance="purchase", profile_id=world.profile, events=[fresh], as_of=_ts(world.end)
+        )
+    )
+    assert with_fresh.score.scored_at.ToDatetime(tzinfo=UTC) == world.end
+    alone = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(
+            instance="churn",
+            events=[
+                _event(
+                    profile_id="brand-new",
+                    event_type="application.launch",
+                    timestamp=_ts(world.end),
+                )
+            ],
+        )
+    )
+    assert alone.score.instance == "churn" and alone.score.factors
+
+
+async def test_score_profile_rejects_malformed_events(client: Client, world: World) -> None:
+    def request(
+        *events: common_pb2.Event, profile_id: str = "p-x"
+    ) -> scorer_pb2.ScoreProfileRequest:
+        return scorer_pb2.ScoreProfileRequest(
+            instance="churn", profile_id=profile_id, events=list(events)
+        )
+
+    ok = _event(event_type="commerce.productViews", timestamp=_ts(world.end))
+    err = await _error(
+        client.stub.ScoreProfile(request(ok, _event(event_type="commerce.productViews")))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.details() or "").startswith("events[1].timestamp: missing timestamp")
+    err = await _error(client.stub.ScoreProfile(request(_event(timestamp=_ts(world.end)))))
+    assert (err.details() or "").startswith("events[0].event_type")
+    bad_value = _event(event_type="commerce.purchases", timestamp=_ts(world.end), value=-5.0)
+    err = await _error(client.stub.ScoreProfile(request(bad_value)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "events[0].value" in (
+        err.details() or ""
+    )
+    nested = _event(event_type="x", timestamp=_ts(world.end), attributes={"a": {"b": 1}})
+    err = await _error(client.stub.ScoreProfile(request(nested)))
+    assert "events[0].attributes" in (err.details() or "")
+    other = _event(profile_id="someone-else", event_type="x", timestamp=_ts(world.end))
+    err = await _error(client.stub.ScoreProfile(request(other)))
+    assert "events[0].profile_id" in (err.details() or "")
+    err = await _error(client.stub.ScoreProfile(scorer_pb2.ScoreProfileRequest(instance="churn")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    err = await _error(
+        client.stub.ScoreProfile(
+            scorer_pb2.ScoreProfileRequest(instance="churn", profile_id="ghost")
+        )
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = await _error(
+        client.stub.ScoreProfile(scorer_pb2.ScoreProfileRequest(instance="nope", profile_id="x"))
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- segments --------------------------------------------------------------------------------
+
+
+async def test_segments_create_page_export(client: Client) -> None:
+    high = scorer_pb2.SegmentFilter(
+        buckets=[common_pb2.BUCKET_HIGH, common_pb2.BUCKET_MEDIUM], min_percentile=50
+    )
+    seg = await client.stub.CreateSegment(
+        scorer_pb2.CreateSegmentRequest(name="likely-churn", instance="churn", filter=high)
+    )
+    assert seg.size > 0 and seg.source == "score" and seg.run_id
+    assert sum(seg.bucket_counts.values()) == seg.size and seg.bucket_counts["LOW"] == 0
+    got = await client.stub.GetSegment(scorer_pb2.GetSegmentRequest(name="likely-churn"))
+    assert got.size == seg.size and list(got.filter.buckets) == list(high.buckets)
+    listed = await client.stub.ListSegments(scorer_pb2.ListSegmentsRequest(instance="churn"))
+    assert "likely-churn" in [s.name for s in listed.segments]
+
+    seen: list[str] = []
+    probabilities: list[float] = []
+    token = ""
+    while True:
+        page = await client.stub.ListSegmentMembers(
+            scorer_pb2.ListSegmentMembersRequest(
+                name="likely-churn", page=common_pb2.PageRequest(page_size=17, page_token=token)
+            )
+        )
+        assert page.total == seg.size
+        seen += [m.profile_id for m in page.members]
+        probabilities += [m.probability for m in page.members]
+        assert all(m.percentile >= 50 for m in page.members)
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == seg.size
+    assert probabilities == sorted(probabilities, reverse=True)
+
+    chunks = [
+        c.data
+        async for c in client.stub.ExportSegment(
+            scorer_pb2.ExportSegmentRequest(name="likely-churn")
+        )
+    ]
+    rows = list(csv.reader(io.StringIO(b"".join(chunks).decode())))
+    assert rows[0] == ["profile_id", "probability", "score", "percentile", "bucket"]
+    assert [r[0] for r in rows[1:]] == seen
+    parquet = [
+        c.data
+        async for c in client.stub.ExportSegment(
+            scorer_pb2.ExportSegmentRequest(
+                name="likely-churn", format=scorer_pb2.EXPORT_FORMAT_PARQUET
+            )
+        )
+    ]
+    table = pq.read_table(io.BytesIO(b"".join(parquet)))
+    assert table.num_rows == seg.size and table.column("profile_id").to_pylist() == seen
+
+
+async def test_segment_by_factor_and_empty_segment(client: Client) -> None:
+    snapshot = client.running.scorer.snapshots.get("purchase")
+    assert snapshot is not None
+    code = snapshot.features[int(snapshot.factors.codes[0, 0])].code
+    by_factor = await client.stub.CreateSegment(
+        scorer_pb2.CreateSegmentRequest(
+            name="has-factor",
+            instance="purchase",
+            filter=scorer_pb2.SegmentFilter(factor_code=code),
+        )
+    )
+    assert by_factor.size == int(
+        (snapshot.factors.codes == snapshot.feature_index()[code]).any(axis=1).sum()
+    )
+    empty = await client.stub.CreateSegment(
+        scorer_pb2.CreateSegmentRequest(
+            name="nobody",
+            instance="purchase",
+            filter=scorer_pb2.SegmentFilter(min_probability=1.0, max_probability=1.0),
+        )
+    )
+    assert empty.size == 0 and dict(empty.bucket_counts) == {"LOW": 0, "MEDIUM": 0, "HIGH": 0}
+    page = await client.stub.ListSegmentMembers(scorer_pb2.ListSegmentMembersRequest(name="nobody"))
+    assert list(page.members) == [] and page.next_page_token == "" and page.total == 0
+    chunks = [
+        c.data
+        async for c in client.stub.ExportSegment(scorer_pb2.ExportSegmentRequest(name="nobody"))
+    ]
+    assert b"".join(chunks).decode().strip() == "profile_id,probability,score,percentile,bucket"
+
+
+async def test_segment_errors(client: Client) -> None:
+    async def create(name: str, instance: str = "churn", **f: Any) -> grpc.aio.AioRpcError:
+        request = scorer_pb2.CreateSegmentRequest(
+            name=name, instance=instance, filter=scorer_pb2.SegmentFilter(**f)
+        )
+        return await _error(client.stub.CreateSegment(request))
+
+    err = await create("bad", min_percentile=120)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "filter.min_percentile" in (
+        err.details() or ""
+    )
+    err = await create("bad", min_probability=0.9, max_probability=0.1)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "filter.min_probability" in (
+        err.details() or ""
+    )
+    err = await create("bad", max_probability=1.5)
+    assert "filter.max_probability" in (err.details() or "")
+    err = await create("bad", factor_code="no_such_feature")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "no_such_feature" in (
+        err.details() or ""
+    )
+    err = await create("Bad Name!")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.details() or "").startswith(
+        "name:"
+    )
+    err = await create("x", instance="nope")
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = await create("x", buckets=[common_pb2.BUCKET_UNSPECIFIED])
+    assert "filter.buckets[0]" in (err.details() or "")
+    await client.stub.CreateSegment(scorer_pb2.CreateSegmentRequest(name="twice", instance="churn"))
+    err = await create("twice")
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    err = await _error(client.stub.GetSegment(scorer_pb2.GetSegmentRequest(name="ghost")))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    bad_token = scorer_pb2.ListSegmentMembersRequest(
+        name="twice", page=common_pb2.PageRequest(page_token="%%%")
+    )
+    err = await _error(client.stub.ListSegmentMembers(bad_token))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in (err.details() or "")
+
+
+# --- insights --------------------------------------------------------------------------------
+
+
+async def test_insights_of_the_latest_run(client: Client) -> None:
+    insights = await client.stub.GetInsights(scorer_pb2.GetInsightsRequest(instance="churn"))
+    assert len(insights.histogram) == 10 and insights.histogram[-1].high == 100
+    assert sum(b.count for b in insights.histogram) == insights.run.profiles
+    assert sum(b.profiles for b in insights.buckets) == insights.run.profiles
+    assert insights.evaluation.auc == 0.8 and insights.evaluation.quality == "GOOD"
+    assert any(b.factors for b in insights.buckets)
+    for b in insights.buckets:
+        assert all(0 < f.share <= 1 and f.weight > 0 and f.description for f in b.factors)
+    # Scored as of the end of the data: the outcome window has not happened yet.
+    assert not insights.outcome_available and not insights.expected_vs_actual
+
+
+async def test_expected_vs_actual_once_the_window_has_passed(client: Client, world: World) -> None:
+    as_of = world.end - timedelta(days=WINDOW + 5)
+    events = [
+        e
+        async for e in client.stub.RunScoring(
+            scorer_pb2.RunScoringRequest(instance="purchase", as_of=_ts(as_of))
+        )
+    ]
+    run = events[-1].run
+    insights = await client.stub.GetInsights(
+        scorer_pb2.GetInsightsRequest(instance="purchase", run_id=run.run_id)
+    )
+    assert insights.outcome_available and len(insights.expected_vs_actual) == 3
+    assert sum(e.profiles for e in insights.expected_vs_actual) == run.profiles
+    for e in insights.expected_vs_actual:
+        assert 0 <= e.actual_rate <= 1 and 0 <= e.expected_rate <= 1
+    err = await _error(
+        client.stub.GetInsights(scorer_pb2.GetInsightsRequest(instance="purchase", run_id="nope"))
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- swaps under load ------------------------------------------------------------------------
+
+
+async def test_lookups_never_fail_through_a_model_swap_and_a_snapshot_swap(
+    client: Client, world: World
+) -> None:
+    stub, failures, done = client.stub, [], asyncio.Event()
+    ok = 0
+
+    async def hammer() -> None:
+        nonlocal ok
+        request = scorer_pb2.GetProfileScoresRequest(profile_id=world.profile)
+        realtime = scorer_pb2.ScoreProfileRequest(instance="churn", profile_id=world.profile)
+        while not done.is_set():
+            try:
+                await stub.GetProfileScores(request)
+                await stub.ScoreProfile(realtime)
+                ok += 1
+            except grpc.aio.AioRpcError as exc:
+                failures.append(exc)
+
+    workers = [asyncio.create_task(hammer()) for _ in range(4)]
+    status = await stub.GetScorerStatus(scorer_pb2.GetScorerStatusRequest())
+    version = max(m.serving_version for m in status.models if m.instance == "churn") + 1
+    events = await asyncio.to_thread(
+        lambda: EventStore(world.data_dir / "events", 4).scan(DATASET, _parts(world.db)).collect()
+    )
+    cutoff = (world.end - timedelta(days=WINDOW)).replace(hour=0, minute=0, second=0, microsecond=0)
+    await asyncio.to_thread(
+        publish_model, world.data_dir, world.db, "churn", version, events, cutoff, 40
+    )
+    for _ in range(100):  # the registry follower picks the new version up
+        status = await stub.GetScorerStatus(scorer_pb2.GetScorerStatusRequest())
+        if {m.instance: m.serving_version for m in status.models}["churn"] == version:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the new model version was not loaded")
+    before = {m.instance: m.snapshot_run_id for m in status.models}["churn"]
+    run = [e async for e in stub.RunScoring(scorer_pb2.RunScoringRequest(instance="churn"))][-1].run
+    reply = await stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["churn"])
+    )
+    assert (
+        reply.scores[0].run_id == run.run_id != before and reply.scores[0].model_version == version
+    )
+    await asyncio.sleep(0.2)
+    done.set()
+    await asyncio.gather(*workers)
+    assert failures == [] and ok > 0
+
+
+async def test_a_broken_model_version_keeps_the_previous_one_serving(
+    client: Client, world: World
+) -> None:
+    status = await client.stub.GetScorerStatus(scorer_pb2.GetScorerStatusRequest())
+    serving = {m.instance: m.serving_version for m in status.models}["purchase"]
+    relative = f"models/purchase/v{serving + 10}"
+    with ArtifactStore(world.data_dir / "artifacts").publish(relative) as folder:
+        (folder / "model.onnx").write_bytes(b"not a model")
+    with world.db.session() as s:
+        s.add(
+            ModelVersionRow(
+                instance_name="purchase",
+                version=serving + 10,
+                status="READY",
+                artifact_path=relative,
+            )
+        )
+        s.execute(
+            update(InstanceRow)
+            .where(InstanceRow.name == "purchase")
+            .values(current_version=serving + 10)
+        )
+    for _ in range(100):
+        status = await client.stub.GetScorerStatus(scorer_pb2.GetScorerStatusRequest())
+        purchase = {m.instance: m for m in status.models}["purchase"]
+        if purchase.last_error:
+            break
+        await asyncio.sleep(0.05)
+    assert purchase.serving_version == serving and purchase.last_error.startswith(
+        f"v{serving + 10}:"
+    )
+    reply = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(instance="purchase", profile_id=world.profile)
+    )
+    assert reply.score.model_version == serving
+    with world.db.session() as s:  # leave the world as it was for the other tests
+        s.query(ModelVersionRow).filter_by(instance_name="purchase", version=serving + 10).delete()
+        s.execute(
+            update(InstanceRow)
+            .where(InstanceRow.name == "purchase")
+            .values(current_version=serving)
+        )

@@ -1,0 +1,135 @@
+"""Pattern-based TreeSHAP equals LightGBM's own pred_contrib."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from services.scorer.explain import (
+    K_ZERO,
+    FastTreeShap,
+    TreeExplainer,
+    leaf_tables,
+    parse_model_text,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _data(n: int, f: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.gamma(1.0, 10.0, size=(n, f)).astype(np.float32)
+    X[:, 1] = rng.integers(0, 4, size=n)  # few distinct values: repeated splits on one feature
+    X[rng.random(X.shape) < 0.2] = np.nan
+    X[rng.random(X.shape) < 0.25] = 0.0
+    signal = np.nan_to_num(X[:, :4]).sum(axis=1) + 8 * np.isnan(X[:, 2])
+    y = (signal + rng.normal(size=n) * 5 > 30).astype(int)
+    return X, y
+
+
+@pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}])
+def test_fast_contributions_equal_lightgbm(params: dict[str, object]) -> None:
+    X, y = _data(3000, 6)
+    booster = lgb.train(
+        {
+            "objective": "binary",
+            "num_leaves": 15,
+            "max_depth": 5,
+            "min_data_in_leaf": 10,
+            "verbose": -1,
+            **params,
+        },
+        lgb.Dataset(X, y),
+        30,
+    )
+    probe = X[:600].copy()
+    fast = FastTreeShap(parse_model_text(booster.model_to_string()))
+    # Values exactly on thresholds, and LightGBM's "zero" boundary, hit every special case.
+    for f, glob in fast.thresholds.items():
+        probe[: len(glob[:50]), f] = glob[:50].astype(np.float32)
+    probe[-5:, 0] = [K_ZERO, -K_ZERO, 0.0, -0.0, np.nan]
+    native = np.asarray(booster.predict(probe, pred_contrib=True))[:, :-1]
+    np.testing.assert_allclose(fast.contributions(probe), native, atol=1e-5)
+
+
+def test_explainer_without_lightgbm_rebuilds_the_probability() -> None:
+    X, y = _data(2000, 5, seed=1)
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 7, "verbose": -1}, lgb.Dataset(X, y), 10
+    )
+    explainer = TreeExplainer(booster.model_to_string())
+    assert explainer.fast is not None and explainer.n_features == 5
+    for rows in (X[:1], X[:700]):
+        np.testing.assert_allclose(
+            explainer.contributions(rows),
+            np.asarray(booster.predict(rows, pred_contrib=True))[:, :-1],
+            atol=1e-5,
+        )
+    # Local accuracy: expected value + contributions = the model's raw score.
+    np.testing.assert_allclose(
+        explainer.probability(X[:50]), np.asarray(booster.predict(X[:50])), atol=1e-6
+    )
+    assert explainer.contributions(X[:0]).shape == (0, 5)
+
+
+def test_categorical_models_fall_back_to_lightgbm() -> None:
+    X, y = _data(2000, 4, seed=2)
+    X[:, 1] = np.random.default_rng(0).integers(0, 5, size=len(X))
+    y = np.isin(X[:, 1], [1, 3]).astype(int)  # only a categorical split can learn this well
+    booster = lgb.train(
+        {
+            "objective": "binary",
+            "num_leaves": 7,
+            "verbose": -1,
+            "min_data_per_group": 5,
+            "cat_smooth": 1,
+        },
+        lgb.Dataset(X, y, categorical_feature=[1]),
+        10,
+    )
+    explainer = TreeExplainer(booster.model_to_string())
+    assert explainer.fast is None
+    np.testing.assert_allclose(
+        explainer.contributions(X[:20]),
+        np.asarray(booster.predict(X[:20], pred_contrib=True))[:, :-1],
+    )
+
+
+def _brute_force(value: float, z: np.ndarray, pattern: int) -> list[float]:
+    """Shapley values of value × Π_j (o_j if j ∈ S else z_j), by enumerating coalitions."""
+    d = len(z)
+    o = [(pattern >> j) & 1 for j in range(d)]
+
+    def game(s: set[int]) -> float:
+        return float(value * np.prod([o[j] if j in s else z[j] for j in range(d)]))
+
+    out = []
+    for i in range(d):
+        others = [j for j in range(d) if j != i]
+        out.append(
+            sum(
+                math.factorial(len(s))
+                * math.factorial(d - len(s) - 1)
+                / math.factorial(d)
+                * (game(set(s) | {i}) - game(set(s)))
+                for size in range(d)
+                for s in itertools.combinations(others, size)
+            )
+        )
+    return out
+
+
+def test_leaf_tables_are_the_shapley_values_of_the_leaf_game() -> None:
+    rng = np.random.default_rng(3)
+    for d in (1, 2, 3, 4):
+        z = rng.random((2, d))
+        values = np.array([0.7, -1.3])
+        tables = leaf_tables(values, z)
+        for leaf in range(2):
+            for pattern in range(1 << d):
+                expected = _brute_force(float(values[leaf]), z[leaf], pattern)
+                assert tables[leaf, pattern].tolist() == pytest.approx(expected)

@@ -1,0 +1,90 @@
+"""Score arithmetic and reason codes of the scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from foresight.features.spec import FeatureDef, Unit
+from services.scorer.factors import (
+    NO_FACTOR,
+    bucket_of,
+    buckets_of,
+    importance_of,
+    percentiles_of,
+    render_factors,
+    scores_of,
+    top_factors,
+)
+from services.scorer.records import Bucket, Importance
+
+pytestmark = pytest.mark.unit
+
+
+def test_score_is_rounded_percentage_and_buckets_cut_at_25_and_75() -> None:
+    p = np.array([0.0, 0.004, 0.246, 0.249, 0.25, 0.744, 0.745, 0.75, 1.0])
+    assert scores_of(p).tolist() == [0, 0, 25, 25, 25, 74, 74, 75, 100]
+    assert buckets_of(np.array([0, 24, 25, 74, 75, 100])).tolist() == [1, 1, 2, 2, 3, 3]
+    assert (
+        bucket_of(24) is Bucket.LOW
+        and bucket_of(25) is Bucket.MEDIUM
+        and bucket_of(75) is Bucket.HIGH
+    )
+
+
+def test_percentiles_are_1_to_100_and_ties_share_the_highest_rank() -> None:
+    p = np.linspace(0, 1, 1000)
+    pct = percentiles_of(p)
+    assert pct.min() == 1 and pct.max() == 100
+    assert np.all(np.diff(pct.astype(int)) >= 0)
+    assert np.bincount(pct)[1:].tolist() == [10] * 100
+    tied = percentiles_of(np.array([0.2, 0.2, 0.2, 0.9]))
+    assert tied.tolist() == [75, 75, 75, 100]
+    assert percentiles_of(np.array([0.5])).tolist() == [100]
+    assert percentiles_of(np.array([])).size == 0
+
+
+def test_importance_thresholds_use_the_absolute_impact() -> None:
+    assert importance_of(np.array([0.0, 0.149, -0.15, 0.49, -0.5, 2.0])).tolist() == [
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+    ]
+
+
+def test_top_factors_are_the_largest_absolute_contributions_strongest_first() -> None:
+    contributions = np.array([[0.1, -0.9, 0.0, 0.5, 0.05], [0.0, 0.0, 0.0, 0.0, 0.3]])
+    X = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, np.nan]], dtype=np.float32)
+    top = top_factors(contributions, X, 3)
+    assert top.codes.tolist() == [[1, 3, 0], [4, NO_FACTOR, NO_FACTOR]]
+    assert top.impacts[0].tolist() == pytest.approx([-0.9, 0.5, 0.1])
+    assert top.values[0].tolist() == [2, 4, 1]
+    assert np.isnan(top.values[1, 0])  # the profile's value was missing
+    wide = top_factors(contributions, X, 8)  # more slots than features
+    assert wide.codes.shape == (2, 8) and wide.codes[0].tolist()[:4] == [1, 3, 0, 4]
+    assert (wide.codes[0, 4:] == NO_FACTOR).all()
+
+
+def test_rendered_factors_have_human_text_with_the_value() -> None:
+    features = (
+        FeatureDef("days_since_last__commerce.purchases", "Days since last purchase", Unit.DAYS),
+        FeatureDef("lifetime_value", "Total purchase value, all time", Unit.MONEY),
+        FeatureDef("share_channel__web", "Share of web events in the last 90 days", Unit.SHARE),
+    )
+    codes = np.array([0, 1, 2, NO_FACTOR], dtype=np.int16)
+    impacts = np.array([0.7, -0.2, 0.01, 0.0], dtype=np.float32)
+    values = np.array([3.2, 1234.5, 0.25, np.nan], dtype=np.float32)
+    factors = render_factors(codes, impacts, values, features)
+    assert [f.text for f in factors] == [
+        "Days since last purchase: 3",
+        "Total purchase value, all time: 1,234.50",
+        "Share of web events in the last 90 days: 25%",
+    ]
+    assert [f.importance for f in factors] == [Importance.HIGH, Importance.MEDIUM, Importance.LOW]
+    never = render_factors(
+        np.array([0], dtype=np.int16), np.array([0.3]), np.array([np.nan]), features
+    )
+    assert never[0].text == "Days since last purchase: never"

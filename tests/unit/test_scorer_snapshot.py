@@ -1,0 +1,135 @@
+"""The lookup snapshot: compact arrays, id lookup, Parquet copy, atomic swaps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from foresight.features.spec import FeatureDef, Unit
+from services.scorer.factors import NO_FACTOR, TopFactors, percentiles_of, scores_of
+from services.scorer.records import Bucket
+from services.scorer.snapshot import RunScores, SnapshotStore, sidecar_of
+
+pytestmark = pytest.mark.unit
+
+AS_OF = datetime(2025, 1, 1, tzinfo=UTC)
+FEATURES = tuple(
+    FeatureDef(f"count_{i}d", f"Events in the last {i} days", Unit.COUNT) for i in range(20)
+)
+
+
+def make_scores(
+    n: int, k: int = 5, instance: str = "churn", run_id: str = "run-1", seed: int = 0
+) -> RunScores:
+    rng = np.random.default_rng(seed)
+    probability = rng.random(n).astype(np.float32)
+    codes = np.stack([rng.permutation(len(FEATURES))[:k] for _ in range(64)])
+    codes = np.resize(codes, (n, k)).astype(np.int16)
+    if n:
+        codes[0, 2:] = NO_FACTOR  # a profile with only two factors
+    impacts = rng.normal(size=(n, k)).astype(np.float32)
+    values = rng.integers(0, 50, size=(n, k)).astype(np.float32)
+    return RunScores(
+        run_id=run_id,
+        instance=instance,
+        model_version=3,
+        as_of=AS_OF,
+        features=FEATURES,
+        ids=pa.array([f"profile-{i:07d}" for i in range(n)], pa.large_string()),
+        probability=probability,
+        score=scores_of(probability),
+        percentile=percentiles_of(probability),
+        factors=TopFactors(codes, impacts, values),
+    )
+
+
+def test_find_every_id_and_miss_unknown_ones() -> None:
+    scores = make_scores(5000)
+    for row in (0, 1, 2500, 4999):
+        assert scores.find(f"profile-{row:07d}") == row
+    assert scores.find("profile-9999999") == -1
+    assert scores.find("") == -1
+
+
+def test_instance_score_of_a_row() -> None:
+    scores = make_scores(100)
+    s = scores.instance_score(0)
+    assert (
+        s.instance == "churn"
+        and s.run_id == "run-1"
+        and s.model_version == 3
+        and s.scored_at == AS_OF
+    )
+    assert s.probability == pytest.approx(float(scores.probability[0]))
+    assert s.bucket is Bucket(int(scores.bucket[0]))
+    assert len(s.factors) == 2  # empty slots are not factors
+    assert s.factors[0].text.startswith("Events in the last")
+
+
+def test_parquet_copy_round_trips(tmp_path: Path) -> None:
+    scores = make_scores(1000)
+    path = tmp_path / "scores" / "run.parquet"
+    scores.write_parquet(path)
+    back = RunScores.read_parquet(path)
+    assert (back.run_id, back.instance, back.model_version, back.as_of) == (
+        "run-1",
+        "churn",
+        3,
+        AS_OF,
+    )
+    assert back.features == FEATURES
+    assert back.ids.to_pylist() == scores.ids.to_pylist()
+    np.testing.assert_array_equal(back.probability, scores.probability)
+    np.testing.assert_array_equal(back.percentile, scores.percentile)
+    np.testing.assert_array_equal(back.factors.codes, scores.factors.codes)
+    np.testing.assert_array_equal(back.factors.impacts, scores.factors.impacts)
+    np.testing.assert_array_equal(back.factors.values, scores.factors.values)
+    assert back.find("profile-0000999") == 999
+
+
+def test_compact_memory_per_profile() -> None:
+    scores = make_scores(100_000)
+    # ids (~15 B + 8 B offset), hashes + rows (12 B), 3 B scalars, 5 × (2 + 4 + 4) B factors, probability 4 B.
+    assert scores.nbytes() / len(scores) < 100
+
+
+def test_empty_run() -> None:
+    scores = make_scores(0)
+    assert len(scores) == 0 and scores.find("x") == -1
+
+
+def test_swap_is_atomic_and_never_goes_back_in_time() -> None:
+    store = SnapshotStore()
+    first, second = make_scores(10, run_id="a"), make_scores(10, run_id="b")
+    t = datetime(2025, 1, 1, tzinfo=UTC)
+    assert store.swap(first, t)
+    held = store.current()
+    assert store.swap(second, t + timedelta(seconds=1))
+    assert held["churn"].run_id == "a"  # a reader keeps its consistent mapping
+    assert store.get("churn") is second
+    assert not store.swap(first, t)  # a slow reload of an older run loses
+    assert store.get("churn") is second
+    store.swap(make_scores(10, instance="purchase"), t)
+    store.drop(["churn"])
+    assert set(store.current()) == {"purchase"}
+
+
+def test_sidecar_round_trips_and_is_preferred(tmp_path: Path) -> None:
+    scores = make_scores(3000)
+    path = tmp_path / "run.parquet"
+    scores.write(path)
+    assert sidecar_of(path).is_file()
+    back = RunScores.load(path)
+    assert back.ids.to_pylist() == scores.ids.to_pylist() and back.features == FEATURES
+    np.testing.assert_array_equal(back.factors.codes, scores.factors.codes)
+    np.testing.assert_array_equal(back.probability, scores.probability)
+    assert back.find("profile-0002999") == 2999 and back.as_of == AS_OF
+    sidecar_of(path).unlink()
+    assert RunScores.load(path).find("profile-0000007") == 7  # falls back to the Parquet copy
+    empty = make_scores(0)
+    empty.write(tmp_path / "empty.parquet")
+    assert len(RunScores.load(tmp_path / "empty.parquet")) == 0
