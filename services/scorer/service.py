@@ -155,7 +155,7 @@ class Scorer:
                     select(
                         ScoringRunRow.instance_name, func.max(ScoringRunRow.started_at)
                     ).group_by(ScoringRunRow.instance_name)
-                )
+                ).all()
             )
         for name, model in self.registry.models().items():
             schedule = model.config.scoring_schedule

@@ -31,6 +31,7 @@ from foresight.errors import (
 )
 from foresight.events.store import EventStore, shard_for_profile
 from foresight.events.validation import validate
+from foresight.mapview import ClusterMap
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
@@ -472,7 +473,7 @@ class Segmenter:
                 )
             )
 
-    def visualization(self, version: int = 0, sample_size: int = 0) -> visualize.ClusterMap:
+    def visualization(self, version: int = 0, sample_size: int = 0) -> ClusterMap:
         """The 2-D cluster map of a discovery."""
         if sample_size < 0:
             raise InvalidArgument("sample_size", "must not be negative")

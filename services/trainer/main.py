@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from foresight.encoder import EncoderTrainer
 from foresight.events.store import EventStore
 from foresight.runtime import ServiceRuntime, run_service
 from foresight.settings import load_settings
@@ -31,7 +32,8 @@ def build_servicer(
     settings.import_root.mkdir(parents=True, exist_ok=True)
     ingestor = Ingestor(db, store, settings.import_root)
     models = ModelTrainer(db, store, artifacts, settings.workers)
-    servicer = TrainerServicer(ingestor, Instances(db), models)
+    encoders = EncoderTrainer(db, settings.data_dir / "events", artifacts)
+    servicer = TrainerServicer(ingestor, Instances(db), models, encoders)
 
     async def recover() -> None:
         # Leave the stores consistent after a kill: schema current, temp folders
@@ -40,9 +42,15 @@ def build_servicer(
         swept = await asyncio.to_thread(artifacts.sweep_temporary)
         orphans = await asyncio.to_thread(ingestor.cleanup)
         interrupted = await asyncio.to_thread(models.recover_interrupted)
+        interrupted_encoders = await asyncio.to_thread(encoders.recover_interrupted)
         log.info(
             "recovered",
-            extra={"temporary_swept": swept, "orphan_parts": orphans, "interrupted": interrupted},
+            extra={
+                "temporary_swept": swept,
+                "orphan_parts": orphans,
+                "interrupted": interrupted,
+                "interrupted_encoders": interrupted_encoders,
+            },
         )
 
     return servicer, recover

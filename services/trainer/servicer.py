@@ -16,9 +16,11 @@ import polars as pl
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.api.trainer.v1 import trainer_pb2_grpc
 from foresight.convert import events_to_frame, instance_config
+from foresight.encoder import EncoderTrainer
 from foresight.errors import InvalidArgument
 from foresight.runtime.jobs import progress_stream
 from services.trainer import converters as conv
+from services.trainer import encoder_converters as econv
 from services.trainer import model_converters as mconv
 from services.trainer.ingest import Ingestor, IngestSummary, merge_summaries
 from services.trainer.instances import Instances
@@ -34,10 +36,17 @@ Context = grpc.aio.ServicerContext
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     """The trainer's RPCs."""
 
-    def __init__(self, ingestor: Ingestor, instances: Instances, models: ModelTrainer) -> None:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        instances: Instances,
+        models: ModelTrainer,
+        encoders: EncoderTrainer,
+    ) -> None:
         self.ingestor = ingestor
         self.instances = instances
         self.models = models
+        self.encoders = encoders
 
     # ------------------------------------------------------------ ingestion
 
@@ -172,3 +181,26 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             self.models.get_evaluation, request.instance, request.version
         )
         return mconv.evaluation_to_pb(evaluation)
+
+    # ------------------------------------------------------------ journey encoder
+
+    async def TrainEncoder(
+        self, request: pb.TrainEncoderRequest, context: Context
+    ) -> AsyncIterator[pb.TrainEncoderEvent]:
+        if not request.dataset:
+            raise InvalidArgument("dataset", "must not be empty")
+        kind = econv.kind_from_pb(request.kind)
+        job = partial(
+            self.encoders.train, request.dataset, request.dimensions, kind, request.sample_size
+        )
+        async for event in progress_stream(
+            lambda report: job(progress=report),
+            econv.encoder_progress_event,
+            econv.encoder_version_event,
+        ):
+            yield event
+
+    async def ListEncoderVersions(
+        self, request: pb.ListEncoderVersionsRequest, context: Context
+    ) -> pb.ListEncoderVersionsResponse:
+        return econv.encoder_versions_to_pb(await asyncio.to_thread(self.encoders.list_versions))

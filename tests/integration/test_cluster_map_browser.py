@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from foresight.mapview import ClusterMap, MapPoint, write_html
 from services.segmenter.discover import ClusterInfo, Trait
-from services.segmenter.visualize import ClusterMap, MapPoint, write_html
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

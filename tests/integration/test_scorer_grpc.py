@@ -13,7 +13,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -708,3 +708,20 @@ async def test_a_broken_model_version_keeps_the_previous_one_serving(
             .where(InstanceRow.name == "purchase")
             .values(current_version=serving)
         )
+
+
+def test_scoring_schedule_runs_due_instances(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    scorer = build_scorer(_settings(world.data_dir), world.db)
+    scorer.refresh()
+    now = datetime.now(UTC)
+    assert scorer.due_instances(now) == []  # no instance has a schedule
+    model = scorer.registry.get("purchase")
+    scheduled = replace(model, config=replace(model.config, scoring_schedule="* * * * *"))
+    monkeypatch.setattr(scorer.registry, "models", lambda: {"purchase": scheduled})
+    assert scorer.due_instances(now + timedelta(minutes=2)) == ["purchase"]
+    before = len(scorer.list_runs("purchase"))
+    runs = scorer.run_due(now + timedelta(minutes=2))
+    assert [r.instance for r in runs] == ["purchase"] and len(
+        scorer.list_runs("purchase")
+    ) == before + 1
+    assert scorer.due_instances(runs[0].started_at) == []  # just ran: not due again yet

@@ -15,11 +15,11 @@ from foresight.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.generate import generate
+from foresight.mapview import render_html, write_html, write_png
 from foresight.storage import ArtifactStore, Database
 from foresight.storage.catalog import CataloguedPart, record_import
 from services.segmenter.domain import ProfileEvents, Segmenter
 from services.segmenter.index import INDEX_FILE
-from services.segmenter.visualize import render_html, write_html, write_png
 
 pytestmark = pytest.mark.unit
 
