@@ -359,21 +359,33 @@ def serving(var: Path, results: dict[str, Any]) -> None:
                 f"lookup {lookups} vs empty {empties} req/s → ratio {results['lookup_rps_ratio_vs_empty']}"
             )
 
-            log = Path(tmp) / "latency.tsv"
-            paced = ["--requests=15000", "--clients=10", "--rps=100", "--threads=1"]
-            rps, _ = _h2load(port, lookup, body, paced, log)
-            micros = sorted(
-                int(line.split("\t")[2])
-                for line in log.read_text().splitlines()
-                if line.count("\t") >= 2
-            )
-            p99 = micros[int(0.99 * (len(micros) - 1))] / 1000
-            results["lookup_p99_ms_at_1k_rps"] = round(p99, 3)
-            results["lookup_p50_ms_at_1k_rps"] = round(micros[len(micros) // 2] / 1000, 3)
-            results["lookup_paced_rps"] = round(rps)
+            # Paced at 1,000 req/s. h2load paces each connection on its own timer; one
+            # connection carries the rate smoothly, ten make bursts that queue on the
+            # one event loop. Both are reported; the figure is the single connection.
+            for clients, key in (
+                (1, "lookup_p99_ms_at_1k_rps"),
+                (10, "lookup_p99_ms_at_1k_rps_10_connections"),
+            ):
+                log = Path(tmp) / f"latency-{clients}.tsv"
+                paced = [
+                    "--requests=15000",
+                    f"--clients={clients}",
+                    f"--rps={1000 // clients}",
+                    "--threads=1",
+                ]
+                rps, _ = _h2load(port, lookup, body, paced, log)
+                micros = sorted(
+                    int(line.split("\t")[2])
+                    for line in log.read_text().splitlines()
+                    if line.count("\t") >= 2
+                )
+                p99 = micros[int(0.99 * (len(micros) - 1))] / 1000
+                results[key] = round(p99, 3)
+                results[key.replace("p99", "p50")] = round(micros[len(micros) // 2] / 1000, 3)
+                print(f"{clients} connection(s) at {rps:.0f} req/s: p99 {p99:.2f} ms", flush=True)
             _, peak = _rss_mb(server.pid)
             results["scorer_peak_rss_mb_1m"] = round(peak)
-            print(f"p99 at {rps:.0f} req/s: {p99:.2f} ms; peak RSS {peak:.0f} MB", flush=True)
+            print(f"peak RSS {peak:.0f} MB", flush=True)
         finally:
             server.send_signal(signal.SIGTERM)
             try:

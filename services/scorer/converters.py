@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -94,6 +95,14 @@ def from_timestamp(msg: Timestamp, present: bool) -> datetime | None:
 # --- scores -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _scored_at(moment: datetime) -> Timestamp:
+    # A run's scores share one time: convert it once, not on every lookup.
+    ts = Timestamp()
+    ts.FromDatetime(moment.astimezone(UTC))
+    return ts
+
+
 def instance_score(score: InstanceScore) -> scorer_pb2.InstanceScore:
     """Domain score → protobuf."""
     msg = scorer_pb2.InstanceScore(
@@ -102,16 +111,13 @@ def instance_score(score: InstanceScore) -> scorer_pb2.InstanceScore:
         score=score.score,
         percentile=score.percentile,
         bucket=BUCKET_TO_PB[score.bucket],
-        factors=[
-            common_pb2.Factor(
-                code=f.code, text=f.text, impact=f.impact, importance=IMPORTANCE_TO_PB[f.importance]
-            )
-            for f in score.factors
-        ],
         model_version=score.model_version,
         run_id=score.run_id,
+        scored_at=_scored_at(score.scored_at),
     )
-    msg.scored_at.FromDatetime(score.scored_at.astimezone(UTC))
+    add = msg.factors.add
+    for f in score.factors:
+        add(code=f.code, text=f.text, impact=f.impact, importance=IMPORTANCE_TO_PB[f.importance])
     return msg
 
 

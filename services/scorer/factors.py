@@ -145,21 +145,13 @@ def render_factors(
         if code == NO_FACTOR:
             break  # slots are filled strongest first; the rest are empty
         feature = features[code]
-        out.append(
-            Factor(
-                code=feature.code,
-                text=format_factor_value(feature, value),
-                impact=impact,
-                importance=_importance(impact),
-            )
+        magnitude = impact if impact >= 0 else -impact
+        importance = (
+            Importance.HIGH
+            if magnitude >= HIGH_IMPACT
+            else Importance.MEDIUM
+            if magnitude >= MEDIUM_IMPACT
+            else Importance.LOW
         )
+        out.append(Factor(feature.code, format_factor_value(feature, value), impact, importance))
     return tuple(out)
-
-
-def _importance(impact: float) -> Importance:
-    magnitude = abs(impact)
-    if magnitude >= HIGH_IMPACT:
-        return Importance.HIGH
-    if magnitude >= MEDIUM_IMPACT:
-        return Importance.MEDIUM
-    return Importance.LOW

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, IntEnum
+from typing import NamedTuple
 
 
 class Bucket(IntEnum):
@@ -31,9 +32,12 @@ class RunStatus(Enum):
     FAILED = "FAILED"
 
 
-@dataclass(frozen=True, slots=True)
-class Factor:
-    """One influential factor (reason code) behind one score."""
+class Factor(NamedTuple):
+    """One influential factor (reason code) behind one score.
+
+    A NamedTuple, like InstanceScore: lookups build a dozen per request, and a
+    tuple is built in half the time of a frozen dataclass.
+    """
 
     code: str
     text: str
@@ -41,8 +45,7 @@ class Factor:
     importance: Importance
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceScore:
+class InstanceScore(NamedTuple):
     """One instance's score of one profile."""
 
     instance: str

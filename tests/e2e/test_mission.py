@@ -106,7 +106,16 @@ def mission(tmp_path_factory: pytest.TempPathFactory, e2e_database: str) -> Iter
         "FORESIGHT_SHARDS": "4",
         "FORESIGHT_LOG_JSON": "true",
     }
-    services = localrun.start(root / "var", env=env)
+    # The trainer first, as docker-compose.yml orders them: it migrates the
+    # fresh database, and the scorer and segmenter start against the result.
+    services = localrun.start(root / "var", env=env, services=("trainer",))
+    try:
+        rest = localrun.start(root / "var", env=env, services=("scorer", "segmenter"))
+    except BaseException:
+        localrun.stop(services)
+        raise
+    services.procs.update(rest.procs)
+    services.ports.update(rest.ports)
     m = Mission(services, env, imports, ForesightClient(services.client_config(timeout_s=300)))
     try:
         yield m

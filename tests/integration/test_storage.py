@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -75,3 +78,36 @@ def test_sweep_removes_leftovers_of_killed_writers(tmp_path: Path) -> None:
     (tmp_path / "a" / "models" / ".tmp-dead-v2").mkdir(parents=True)
     assert store.sweep_temporary() == 1
     assert not (tmp_path / "a" / "models" / ".tmp-dead-v2").exists()
+
+
+def _migrate_concurrently(url: str) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            Database(url).migrate()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_services_starting_together_migrate_once_sqlite(tmp_path: Path) -> None:
+    assert _migrate_concurrently(f"sqlite:///{tmp_path / 'fresh.db'}") == []
+
+
+def test_services_starting_together_migrate_once_postgres(pg_url: str) -> None:
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    admin = pg_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        assert _migrate_concurrently(pg_url.rsplit("/", 1)[0] + f"/{name}") == []
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -93,8 +93,9 @@ def test_parquet_copy_round_trips(tmp_path: Path) -> None:
 
 def test_compact_memory_per_profile() -> None:
     scores = make_scores(100_000)
-    # ids (~15 B + 8 B offset), hashes + rows (12 B), 3 B scalars, 5 × (2 + 4 + 4) B factors, probability 4 B.
-    assert scores.nbytes() / len(scores) < 100
+    # ids (15 B + 8 B offset, and 15 B for the lookup compare), hash + row (12 B),
+    # probability 4 B, 3 B score / percentile / bucket, 5 × (2 + 4 + 4) B factors: ~110 B.
+    assert scores.nbytes() / len(scores) < 112
 
 
 def test_empty_run() -> None:
