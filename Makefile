@@ -29,7 +29,7 @@ proto: $(STAMP) ## Regenerate Python code (+ .pyi stubs) from protos/
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy foresight services bench tests
+	$(BIN)/mypy foresight services bench loadtest tests
 
 test: lint ## Lint, type-check and run the whole test suite
 	$(BIN)/pytest -q

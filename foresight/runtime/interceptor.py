@@ -63,6 +63,10 @@ async def _abort(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: Base
         outcome.code = status_for(exc)
         context.set_trailing_metadata(trailing_metadata_for(exc))
         await context.abort(outcome.code, exc.message)
+    if isinstance(exc, NotImplementedError):
+        # The generated base servicer's answer for an RPC this build does not serve.
+        outcome.code = grpc.StatusCode.UNIMPLEMENTED
+        await context.abort(outcome.code, "method not implemented")
     ref = uuid.uuid4().hex[:12]
     log.exception("unhandled error (ref %s)", ref)
     outcome.code = grpc.StatusCode.INTERNAL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Table, create_engine, event, insert, text
+from sqlalchemy import JSON, Engine, Table, create_engine, delete, event, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -86,24 +87,49 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
-    def bulk_load(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
-        """Insert many rows fast: COPY on PostgreSQL, executemany elsewhere."""
-        if not rows:
-            return 0
+    def bulk_load(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        replace: tuple[str, Sequence[Any]] | None = None,
+    ) -> int:
+        """Insert many rows fast: COPY on PostgreSQL, executemany elsewhere.
+
+        `replace=(column, keys)` first deletes the rows whose `column` is in
+        `keys`, in the same transaction, so an upsert is all or nothing.
+        """
+        json_cols = {i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)}
         if self.is_postgres:
             raw = self.engine.raw_connection()
             try:
                 cur = raw.cursor()
+                if replace is not None:
+                    column, keys = replace
+                    cur.execute(f"DELETE FROM {table.name} WHERE {column} = ANY(%s)", (list(keys),))
                 cols = ", ".join(columns)
                 with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN") as copy:
                     for row in rows:
+                        if json_cols:
+                            row = [
+                                json.dumps(v) if i in json_cols else v for i, v in enumerate(row)
+                            ]
                         copy.write_row(row)
                 raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
             finally:
                 raw.close()
             return len(rows)
         with self.engine.begin() as conn:
-            conn.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
+            if replace is not None:
+                column, keys = replace
+                for start in range(0, len(keys), 5_000):
+                    chunk = list(keys[start : start + 5_000])
+                    conn.execute(delete(table).where(table.c[column].in_(chunk)))
+            if rows:
+                conn.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
         return len(rows)
 
     def dispose(self) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
-from sqlalchemy import delete
+from sqlalchemy import Table
 
 from foresight.errors import InvalidArgument, NotFound, PermissionDenied
 from foresight.events.readers import list_input_files, read_batches
@@ -225,13 +225,14 @@ class Ingestor:
         )
         ids_list = good["profile_id"].to_list()
         now = datetime.now(UTC)
-        with self.db.session() as s:
-            for start in range(0, len(ids_list), 5_000):
-                chunk = ids_list[start : start + 5_000]
-                s.execute(delete(ProfileRow).where(ProfileRow.profile_id.in_(chunk)))
-            s.flush()
         rows = [(pid, _jsonable(rec), now) for pid, rec in zip(ids_list, records, strict=True)]
-        self.db.bulk_load(ProfileRow.__table__, ["profile_id", "attributes", "updated_at"], rows)  # type: ignore[arg-type]
+        table: Table = ProfileRow.__table__  # type: ignore[assignment]
+        self.db.bulk_load(
+            table,
+            ["profile_id", "attributes", "updated_at"],
+            rows,
+            replace=("profile_id", ids_list),
+        )
         return ProfileImportSummary(rows_read, len(ids_list), attributes, rejected)
 
     # ------------------------------------------------------------ datasets

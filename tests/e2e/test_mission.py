@@ -106,16 +106,9 @@ def mission(tmp_path_factory: pytest.TempPathFactory, e2e_database: str) -> Iter
         "FORESIGHT_SHARDS": "4",
         "FORESIGHT_LOG_JSON": "true",
     }
-    # The trainer first, as docker-compose.yml orders them: it migrates the
-    # fresh database, and the scorer and segmenter start against the result.
-    services = localrun.start(root / "var", env=env, services=("trainer",))
-    try:
-        rest = localrun.start(root / "var", env=env, services=("scorer", "segmenter"))
-    except BaseException:
-        localrun.stop(services)
-        raise
-    services.procs.update(rest.procs)
-    services.ports.update(rest.ports)
+    # All three at once against the fresh database, as `make up` starts them:
+    # their start-up migrations must serialize (advisory lock), not race.
+    services = localrun.start(root / "var", env=env)
     m = Mission(services, env, imports, ForesightClient(services.client_config(timeout_s=300)))
     try:
         yield m

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -23,12 +22,9 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    # loadtest/ is a folder of tools, not part of the installed package.
-    sys.path.insert(0, str(REPO))
+from loadtest import calls, h2load
 
-from loadtest import calls, h2load  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,10 @@ import asyncio
 import csv
 import io
 import json
+import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 import grpc
 import lightgbm as lgb
 import polars as pl
+import psycopg
 import pyarrow.parquet as pq
 import pytest
 from google.protobuf.struct_pb2 import Struct
@@ -169,29 +173,61 @@ def publish_model(
         )
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+PG_ADMIN_URL = os.environ.get("FORESIGHT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@contextmanager
+def _database(kind: str, data_dir: Path) -> Iterator[Database]:
+    """A migrated database of its own: SQLite in the data directory, or a fresh PostgreSQL one."""
+    if kind == "sqlite":
+        db = Database(f"sqlite:///{data_dir / 'foresight.db'}")
+        db.migrate()
+        yield db
+        db.dispose()
+        return
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI but not reachable at {PG_ADMIN_URL}")
+        pytest.skip("PostgreSQL not reachable")
+    name = f"foresight_scorer_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    db = Database(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}")
+    try:
+        db.migrate()
+        yield db
+    finally:
+        db.dispose()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     root = tmp_path_factory.mktemp("scorer")
     data_dir = root / "var"
-    generate(root / "gen", profiles=500, seed=7)
     data_dir.mkdir()
-    db = Database(f"sqlite:///{data_dir / 'foresight.db'}")
-    db.migrate()
-    end = _load_events(data_dir, db, root / "gen" / "events.parquet")
-    events = EventStore(data_dir / "events", 4).scan(DATASET, _parts(db)).collect()
-    cutoff = (end - timedelta(days=WINDOW)).replace(hour=0, minute=0, second=0, microsecond=0)
-    with db.session() as s:
-        for name, cfg in INSTANCES.items():
-            s.add(InstanceRow(name=name, dataset=DATASET, config=cfg))
-    for name in INSTANCES:
-        publish_model(data_dir, db, name, 1, events, cutoff)
-    scorer = build_scorer(_settings(data_dir), db)
-    scorer.refresh()
-    for name in INSTANCES:
-        scorer.run_scoring(name, None)
-    profile = next(iter(scorer.snapshots.get("churn").ids.to_pylist()))  # type: ignore[union-attr]
-    yield World(data_dir, db, end, profile)
-    db.dispose()
+    with _database(request.param, data_dir) as db:
+        generate(root / "gen", profiles=500, seed=7)
+        end = _load_events(data_dir, db, root / "gen" / "events.parquet")
+        events = EventStore(data_dir / "events", 4).scan(DATASET, _parts(db)).collect()
+        cutoff = (end - timedelta(days=WINDOW)).replace(hour=0, minute=0, second=0, microsecond=0)
+        with db.session() as s:
+            for name, cfg in INSTANCES.items():
+                s.add(InstanceRow(name=name, dataset=DATASET, config=cfg))
+        for name in INSTANCES:
+            publish_model(data_dir, db, name, 1, events, cutoff)
+        scorer = build_scorer(_settings(data_dir), db)
+        scorer.refresh()
+        for name in INSTANCES:
+            scorer.run_scoring(name, None)
+        snapshot = scorer.snapshots.get("churn")
+        assert snapshot is not None
+        yield World(data_dir, db, end, str(snapshot.ids[0].as_py()))
 
 
 def _parts(db: Database) -> list[str]:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.storage import ArtifactStore, Database, catalog
-from foresight.storage.models import ProfileScoreRow, ScoringRunRow
+from foresight.storage.models import ProfileRow, ProfileScoreRow, ScoringRunRow
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +111,16 @@ def test_services_starting_together_migrate_once_postgres(pg_url: str) -> None:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_bulk_replace_of_json_rows_is_an_upsert(database: Database) -> None:
+    cols = ["profile_id", "attributes", "updated_at"]
+    table = ProfileRow.__table__
+    first = [(f"p{i}", {"tier": "gold", "n": i}, T0) for i in range(100)]
+    database.bulk_load(table, cols, first, replace=("profile_id", [r[0] for r in first]))  # type: ignore[arg-type]
+    second = [(f"p{i}", {"tier": "silver"}, T0) for i in range(50, 150)]
+    database.bulk_load(table, cols, second, replace=("profile_id", [r[0] for r in second]))  # type: ignore[arg-type]
+    with database.session() as s:
+        rows = {r.profile_id: r.attributes for r in s.scalars(select(ProfileRow))}
+    assert len(rows) == 150
+    assert rows["p10"] == {"tier": "gold", "n": 10} and rows["p60"] == {"tier": "silver"}

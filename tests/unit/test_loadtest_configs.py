@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    # loadtest/ is a folder of tools, not part of the installed package.
-    sys.path.insert(0, str(REPO))
+from loadtest import calls, ghz, h2load, make_data
+from loadtest.result import Result, format_table, percentiles
 
-from loadtest import calls, ghz, h2load, make_data  # noqa: E402
-from loadtest.result import Result, format_table, percentiles  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.unit
 
