@@ -19,7 +19,10 @@ from foresight.storage.db import default_database_url
 class ServiceSettings(BaseSettings):
     """What every Foresight service reads from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="FORESIGHT_", extra="ignore")
+    # validate_by_name: fields with an env alias (FORESIGHT_TRAINER_PORT) still take keyword arguments.
+    model_config = SettingsConfigDict(
+        env_prefix="FORESIGHT_", extra="ignore", validate_by_name=True
+    )
 
     data_dir: Path = Field(
         Path("var"), description="Root of the event store, artifacts and SQLite file."

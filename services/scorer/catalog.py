@@ -19,6 +19,7 @@ from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.store import EventStore
 from foresight.storage.db import Database
 from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow, ProfileRow
+from foresight.storage.profiles import profile_attributes
 
 
 @dataclass(frozen=True)
@@ -91,24 +92,7 @@ class Catalog:
         Attribute values keep their JSON types (numbers, text), the same frame
         the trainer fits the attribute encodings on.
         """
-        if not names:
-            return None
-        query = select(ProfileRow.profile_id, ProfileRow.attributes)
-        if ids is not None:
-            query = query.where(ProfileRow.profile_id.in_(list(ids)))
-        with self.db.session() as session:
-            rows = session.execute(query).all()
-        if not rows and ids is None:
-            return None
-        wanted = list(names)
-        records = [
-            {"profile_id": pid, **{n: (attrs or {}).get(n) for n in wanted}} for pid, attrs in rows
-        ]
-        if not records:
-            return pl.DataFrame(
-                schema={"profile_id": pl.String, **dict.fromkeys(wanted, pl.String)}
-            )
-        return pl.from_dicts(records, infer_schema_length=None)
+        return profile_attributes(self.db, names, ids)
 
 
 def empty_events() -> pl.DataFrame:

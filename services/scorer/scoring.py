@@ -2,9 +2,9 @@
 
 A shard (all events of its profiles) goes through the same pure functions as
 training: eligibility at the as-of time, `featurize`, ONNX probabilities and
-TreeSHAP reason codes. Shards run on a thread pool: Polars, onnxruntime and
-LightGBM all release the GIL, so threads use every core without copying
-events between processes. Percentiles need the whole population, so they are
+TreeSHAP reason codes (see explain.py). Shards run on a thread pool: Polars,
+onnxruntime and NumPy release the GIL in their heavy loops, so threads use
+every core without copying events between processes. Percentiles need the whole population, so they are
 computed once all shards are in. The run is stored as a Parquet copy (the
 snapshot's source), bulk loaded into `profile_scores` (COPY on PostgreSQL),
 and only then swapped into the lookup snapshot and marked SUCCEEDED.

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import SettingsConfigDict
 
 from foresight.settings import ServiceSettings
 
@@ -15,7 +14,6 @@ class ScorerSettings(ServiceSettings):
     """Everything the scorer reads from the environment."""
 
     # Field names work as keyword arguments too (tests, embedding), not only the env aliases.
-    model_config = SettingsConfigDict(**ServiceSettings.model_config, validate_by_name=True)
 
     port: int = Field(
         50052,

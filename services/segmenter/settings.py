@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import SettingsConfigDict
 
 from foresight.settings import ServiceSettings
 
@@ -12,7 +11,6 @@ class SegmenterSettings(ServiceSettings):
     """Everything the segmenter reads from the environment."""
 
     # Field names work too (tests and embedding code build settings directly).
-    model_config = SettingsConfigDict(**ServiceSettings.model_config, validate_by_name=True)
 
     port: int = Field(
         50053,

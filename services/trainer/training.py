@@ -56,7 +56,8 @@ from foresight.instance import InstanceConfig
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
-from foresight.storage.models import InstanceRow, ProfileRow
+from foresight.storage.models import InstanceRow
+from foresight.storage.profiles import profile_attributes
 from services.trainer.evaluation import EvaluationContext, evaluate_model
 from services.trainer.export import (
     check_parity,
@@ -505,17 +506,12 @@ class ModelTrainer:
         """Profile attributes the instance uses, one column each (None when it uses none)."""
         if not config.profile_attributes:
             return None
-        wanted = list(config.profile_attributes)
-        with self.db.session() as s:
-            rows = s.execute(select(ProfileRow.profile_id, ProfileRow.attributes)).all()
-        if not rows:
+        profiles = profile_attributes(self.db, config.profile_attributes)
+        if profiles is None:
             raise FailedPrecondition(
                 "the instance uses profile attributes but no profiles were imported; run ImportProfiles"
             )
-        records = [
-            {"profile_id": pid, **{k: (attrs or {}).get(k) for k in wanted}} for pid, attrs in rows
-        ]
-        return pl.DataFrame(records, infer_schema_length=None)
+        return profiles
 
     # ------------------------------------------------------------ ValidateGoal
 
