@@ -221,6 +221,7 @@ class SegmentMemberRow(Base):
     score: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
     percentile: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
     bucket: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    __table_args__ = (Index("ix_segment_members_segment_probability", "segment_id", "probability"),)
 
 
 # ---------------------------------------------------------------- Segment AI

@@ -124,3 +124,14 @@ def test_bulk_replace_of_json_rows_is_an_upsert(database: Database) -> None:
         rows = {r.profile_id: r.attributes for r in s.scalars(select(ProfileRow))}
     assert len(rows) == 150
     assert rows["p10"] == {"tier": "gold", "n": 10} and rows["p60"] == {"tier": "silver"}
+
+
+def test_migrations_produce_exactly_the_models(database: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from foresight.storage.models import Base
+
+    with database.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], f"models and migrations differ; add a migration: {diff}"
