@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foresight.storage.db import default_database_url
@@ -47,6 +47,12 @@ class ServiceSettings(BaseSettings):
     )
     log_json: bool = Field(True, description="Structured JSON logs (false = plain text).")
     port_file: Path | None = Field(None, description="Write the bound gRPC port here once serving.")
+    shards: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Event-store shards; the same for every service (profiles hash into them).",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServiceSettings:
@@ -61,6 +67,30 @@ class ServiceSettings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
         return self.database_url or default_database_url(self.data_dir)
+
+
+def port_field(service: str, default: int, note: str = "") -> Any:
+    """The gRPC port of one service: FORESIGHT_<SERVICE>_PORT, or FORESIGHT_PORT."""
+    return Field(
+        default,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices(f"FORESIGHT_{service.upper()}_PORT", "FORESIGHT_PORT"),
+        description=f"gRPC port of the {service} (0 = any free port{note}).",
+    )
+
+
+def metrics_port_field(service: str, note: str = "") -> Any:
+    """The Prometheus port of one service: FORESIGHT_<SERVICE>_METRICS_PORT, or FORESIGHT_METRICS_PORT."""
+    return Field(
+        0,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices(
+            f"FORESIGHT_{service.upper()}_METRICS_PORT", "FORESIGHT_METRICS_PORT"
+        ),
+        description=f"Prometheus /metrics port of the {service} (0 = off{note}).",
+    )
 
 
 S = TypeVar("S", bound=ServiceSettings)

@@ -7,28 +7,14 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 
-from foresight.settings import ServiceSettings
+from foresight.settings import ServiceSettings, metrics_port_field, port_field
 
 
 class ScorerSettings(ServiceSettings):
     """Everything the scorer reads from the environment."""
 
-    # Field names work as keyword arguments too (tests, embedding), not only the env aliases.
-
-    port: int = Field(
-        50052,
-        ge=0,
-        le=65535,
-        validation_alias=AliasChoices("FORESIGHT_SCORER_PORT", "FORESIGHT_PORT"),
-        description="gRPC port of the scorer (0 = any free port; needs a fixed port with workers > 1).",
-    )
-    metrics_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        validation_alias=AliasChoices("FORESIGHT_SCORER_METRICS_PORT", "FORESIGHT_METRICS_PORT"),
-        description="Prometheus /metrics port of the scorer (0 = off); served by worker 0.",
-    )
+    port: int = port_field("scorer", 50052)
+    metrics_port: int = metrics_port_field("scorer")
     workers: int = Field(
         1,
         ge=1,

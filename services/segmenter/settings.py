@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from foresight.settings import ServiceSettings
+from foresight.settings import ServiceSettings, metrics_port_field, port_field
 
 
 class SegmenterSettings(ServiceSettings):
@@ -12,26 +12,8 @@ class SegmenterSettings(ServiceSettings):
 
     # Field names work too (tests and embedding code build settings directly).
 
-    port: int = Field(
-        50053,
-        ge=0,
-        le=65535,
-        validation_alias=AliasChoices("FORESIGHT_SEGMENTER_PORT", "FORESIGHT_PORT"),
-        description="gRPC port of the segmenter (0 = any free port).",
-    )
-    metrics_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        validation_alias=AliasChoices("FORESIGHT_SEGMENTER_METRICS_PORT", "FORESIGHT_METRICS_PORT"),
-        description="Prometheus /metrics port of the segmenter (0 = off).",
-    )
-    shards: int = Field(
-        16,
-        ge=1,
-        le=1024,
-        description="Event-store shards (must match the trainer's FORESIGHT_SHARDS).",
-    )
+    port: int = port_field("segmenter", 50053)
+    metrics_port: int = metrics_port_field("segmenter")
     workers: int = Field(
         0, ge=0, le=256, description="Processes that embed shards in BuildIndex; 0 = all cores."
     )
