@@ -27,10 +27,11 @@ class LocalServices:
 
     def client_config(self, **kwargs: object) -> ClientConfig:
         """Client configuration pointing at these processes."""
+        ports = {**DEFAULT_PORTS, **self.ports}  # services not started keep their default address
         return ClientConfig(
-            trainer=f"127.0.0.1:{self.ports['trainer']}",
-            scorer=f"127.0.0.1:{self.ports['scorer']}",
-            segmenter=f"127.0.0.1:{self.ports['segmenter']}",
+            trainer=f"127.0.0.1:{ports['trainer']}",
+            scorer=f"127.0.0.1:{ports['scorer']}",
+            segmenter=f"127.0.0.1:{ports['segmenter']}",
             **kwargs,  # type: ignore[arg-type]
         )
 
