@@ -11,6 +11,7 @@ views, lookalike expansion of the high-propensity segment, the cluster map).
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,8 @@ def run(data: Path, profiles: int, seed: int) -> None:
 
     step("2. Start trainer, scorer and segmenter (local processes, SQLite)")
     t0 = time.perf_counter()
+    # A fresh service state every run (the generated files are reused): the demo can run again.
+    shutil.rmtree(data / "var", ignore_errors=True)
     services = localrun.start(data / "var", env={"FORESIGHT_IMPORT_ROOT": str(imports.resolve())})
     console.print(
         ", ".join(f"{k} on :{v}" for k, v in services.ports.items()),
