@@ -37,6 +37,11 @@ TARGETS: dict[str, tuple[str, str]] = {
     "generate_events_per_s": ("≥ 333k (20M in ≤ 60 s)", "events/s"),
     "generate_1m_s": ("≤ 60", "s"),
     "ingest_events_per_s": ("report", "events/s"),
+    "featurize_events_per_s": ("≥ 1,000,000", "events/s"),
+    "train_200k_s": ("≤ 90", "s"),
+    "onnx_parity_max_abs_diff": ("≤ 1e-5", ""),
+    "auc_conversion": ("≥ 0.75", ""),
+    "auc_churn": ("≥ 0.75", ""),
     "batch_score_1m_s": ("≤ 120", "s"),
     "lookup_rps_ratio_vs_empty": ("≥ 0.8", "ratio"),
     "lookup_p99_ms_at_1k_rps": ("≤ 2", "ms"),
@@ -106,6 +111,7 @@ def _optional(module: str) -> Callable[[dict[str, Any]], None]:
 STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "generate": stage_generate,
     "ingest": stage_ingest,
+    "trainer": _optional("bench.trainer_bench"),
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
 }
