@@ -141,6 +141,32 @@ def print_table(results: dict[str, Any]) -> None:
     console.print(table)
 
 
+def update_readme(results: dict[str, Any]) -> None:
+    """Rewrite the README's benchmark table from the results."""
+    readme = ROOT.parent / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in text or end not in text:
+        return
+    m = results.get("machine", {})
+    lines = [
+        start,
+        f"Measured {m.get('measured_at', '?')} at commit {m.get('commit', '?')} "
+        f"on {m.get('cpus', '?')} cores, {m.get('profiles', '?')} profiles.",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+    ]
+    for name, (target, unit) in TARGETS.items():
+        value = results.get(name)
+        shown = "not measured" if value is None else f"{value} {unit}".strip()
+        lines.append(f"| `{name}` | {shown} | {target} |")
+    lines.append(end)
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(head + "\n".join(lines) + tail)
+
+
 def main() -> None:
     """Run the stages (all by default) and merge into bench/results.json."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -156,6 +182,7 @@ def main() -> None:
         results["machine"] = machine()
         RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print_table(results)
+    update_readme(results)
 
 
 if __name__ == "__main__":
