@@ -98,8 +98,12 @@ def run(data: Path, profiles: int, seed: int) -> None:
             print_description(
                 client.trainer.DescribeDataset(trainer_pb2.DescribeDatasetRequest(dataset="shop"))
             )
-            customer_ai(client, data)
-            segment_ai(client, data)
+            summary: list[str] = []
+            customer_ai(client, data, summary)
+            segment_ai(client, data, summary)
+            step("Summary")
+            for line in summary:
+                console.print(line)
     finally:
         codes = localrun.stop(services)
         console.print(f"services stopped: {codes}")
@@ -142,7 +146,7 @@ def bucket(value: int) -> str:
     return common_pb2.Bucket.Name(common_pb2.Bucket.ValueType(value)).removeprefix("BUCKET_")
 
 
-def customer_ai(client: ForesightClient, data: Path) -> None:
+def customer_ai(client: ForesightClient, data: Path, summary: list[str]) -> None:
     """Instances → goal check → training → scoring → lookups → segment → insights."""
     step("5. Prediction instances and goal dry runs")
     for instance in INSTANCES:
@@ -167,6 +171,9 @@ def customer_ai(client: ForesightClient, data: Path) -> None:
             f"quality {trainer_pb2.Quality.Name(ev.quality).removeprefix('QUALITY_')}; top factors: {top}"
         )
         console.print(f"  report: {page}")
+        summary.append(
+            f"model {instance.name} v{version.version}: AUC {ev.auc:.3f}; evaluation report {page}"
+        )
 
     step("7. Score every eligible profile (batch, with reason codes)")
     for instance in INSTANCES:
@@ -175,6 +182,7 @@ def customer_ai(client: ForesightClient, data: Path) -> None:
             progress_line(instance.name),
         )
         console.print(f"{instance.name}: run {run.run_id[:8]} scored {run.profiles:,} profiles")
+        summary.append(f"scores {instance.name}: {run.profiles:,} profiles with top-5 reasons")
 
     step("8. One profile's scores and reasons (GetProfileScores)")
     profile_id = first_high_risk(client)
@@ -207,6 +215,9 @@ def customer_ai(client: ForesightClient, data: Path) -> None:
         )
     )
     console.print(f"{high_conv.name}: {high_conv.size:,} profiles (top 5 % conversion propensity)")
+    summary.append(
+        f"segments: {segment.name} {segment.size:,}, {high_conv.name} {high_conv.size:,} profiles"
+    )
 
     step("10. Insights of the churn model")
     insights = client.scorer.GetInsights(scorer_pb2.GetInsightsRequest(instance="churn"))
@@ -244,7 +255,7 @@ def first_high_risk(client: ForesightClient) -> str:
     return page.members[0].profile_id
 
 
-def segment_ai(client: ForesightClient, data: Path) -> None:
+def segment_ai(client: ForesightClient, data: Path, summary: list[str]) -> None:
     """Encoder → index → discovered segments (both views) → expansion → cluster map."""
     step("11. Journey encoder (chosen by measurement) and HNSW index")
     encoder = client.follow(
@@ -269,6 +280,8 @@ def segment_ai(client: ForesightClient, data: Path) -> None:
         progress_line("discover"),
     )
     console.print(f"{len(discovery.clusters)} clusters ({discovery.chosen_by})")
+    names = ", ".join(c.name for c in discovery.clusters)
+    summary.append(f"discovered {len(discovery.clusters)} clusters: {names}")
     for cluster in discovery.clusters:
         console.print(
             f"[bold]#{cluster.cluster_id} {cluster.name}[/]  {cluster.size:,} profiles ({100 * cluster.share:.1f} %)"
@@ -297,6 +310,9 @@ def segment_ai(client: ForesightClient, data: Path) -> None:
 
     html_path, png_path = write_map(vis, data / "reports" / "cluster-map")
     console.print(f"map: {html_path} and {png_path} ({len(vis.points):,} points)")
+    summary.append(
+        f"lookalikes of high-propensity: {len(expansion.lookalikes):,}; cluster map {html_path}"
+    )
 
 
 def main() -> None:
