@@ -98,11 +98,11 @@ def run(data: Path, profiles: int, seed: int) -> None:
             print_description(
                 client.trainer.DescribeDataset(trainer_pb2.DescribeDatasetRequest(dataset="shop"))
             )
-            summary: list[str] = []
-            customer_ai(client, data, summary)
-            segment_ai(client, data, summary)
+            lines: list[str] = []
+            customer_ai(client, data, lines)
+            segment_ai(client, data, lines)
             step("Summary")
-            for line in summary:
+            for line in lines:
                 console.print(line)
     finally:
         codes = localrun.stop(services)
