@@ -244,15 +244,16 @@ _OCCURRENCE = {
 _OCCURRENCE_BACK = {v: k for k, v in _OCCURRENCE.items()}
 
 
-def instance_config(
-    msg: trainer_pb2.Instance, path: str = "instance"
-) -> tuple[InstanceConfig, str]:
-    """Protobuf instance → (validated domain config, dataset name)."""
+def instance_config(msg: trainer_pb2.Instance) -> tuple[InstanceConfig, str]:
+    """Protobuf instance → (validated domain config, dataset name).
+
+    Error fields are paths inside the instance (`goal.window_days`), like the domain's.
+    """
     if msg.type not in _TYPES:
-        raise InvalidArgument(f"{path}.type", "choose CHURN, CONVERSION or CUSTOM")
+        raise InvalidArgument("type", "choose CHURN, CONVERSION or CUSTOM")
     kind = _TYPES[msg.type]
     goal_conditions = conditions_from_proto(
-        msg.goal.conditions, f"{path}.goal.conditions", msg.goal.HasField("conditions")
+        msg.goal.conditions, "goal.conditions", msg.goal.HasField("conditions")
     )
     if msg.goal.occurrence in _OCCURRENCE:
         occurrence = _OCCURRENCE[msg.goal.occurrence]
@@ -274,7 +275,7 @@ def instance_config(
         population=Population(
             conditions=conditions_from_proto(
                 msg.population.conditions,
-                f"{path}.population.conditions",
+                "population.conditions",
                 msg.population.HasField("conditions"),
             ),
             lookback_days=msg.population.lookback_days or 45,
@@ -283,7 +284,7 @@ def instance_config(
             CustomEvent(
                 name=e.name,
                 conditions=conditions_from_proto(
-                    e.conditions, f"{path}.custom_events[{i}].conditions", True
+                    e.conditions, f"custom_events[{i}].conditions", True
                 )
                 or ConditionGroup(),
             )
@@ -291,7 +292,7 @@ def instance_config(
         ),
         profile_attributes=tuple(msg.profile_attributes),
         exclusions=conditions_from_proto(
-            msg.exclusions, f"{path}.exclusions", msg.HasField("exclusions")
+            msg.exclusions, "exclusions", msg.HasField("exclusions")
         ),
         scoring_schedule=msg.scoring_schedule or None,
         min_positives=msg.min_positives or 500,

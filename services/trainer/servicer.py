@@ -141,7 +141,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self, request: pb.ValidateGoalRequest, context: Context
     ) -> pb.ValidateGoalResponse:
         if request.WhichOneof("target") == "draft":
-            config, dataset = instance_config(request.draft, "draft")
+            config, dataset = instance_config(request.draft)
         else:
             record = await asyncio.to_thread(self.instances.get, request.name)
             config, dataset = record.config, record.dataset

@@ -299,3 +299,48 @@ async def test_bearer_token_required_but_health_open(tmp_path: Path) -> None:
     finally:
         await t.channel.close(None)
         await t.runtime.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("goal", "field", "fragment"),
+    [
+        (
+            pb.Goal(conditions=common_pb2.Conditions(text='colour = "red"'), window_days=30),
+            "goal.conditions",
+            "colour",
+        ),
+        (
+            pb.Goal(conditions=common_pb2.Conditions(text='value > "lots"'), window_days=30),
+            "goal.conditions",
+            "value",
+        ),
+        (
+            pb.Goal(conditions=common_pb2.Conditions(text='event_type = "x"'), window_days=0),
+            "goal.window_days",
+            "between",
+        ),
+        (
+            pb.Goal(conditions=common_pb2.Conditions(text=""), window_days=30),
+            "goal.conditions",
+            "empty",
+        ),
+        (
+            pb.Goal(conditions=common_pb2.Conditions(text="value >"), window_days=30),
+            "goal.conditions",
+            "column",
+        ),
+    ],
+)
+async def test_bad_goals_are_invalid_argument_naming_the_problem(
+    trainer: Trainer, goal: pb.Goal, field: str, fragment: str
+) -> None:
+    (trainer.imports / "e.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in _good_rows(5, datetime(2026, 1, 1, tzinfo=UTC))) + "\n"
+    )
+    await trainer.stub.ImportDataset(pb.ImportDatasetRequest(dataset="shop", path="e.jsonl"))
+    instance = pb.Instance(name="bad", type=pb.INSTANCE_TYPE_CONVERSION, dataset="shop", goal=goal)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.CreateInstance(pb.CreateInstanceRequest(instance=instance))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details() or ""
+    assert details.startswith(field) and fragment in details, details
