@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -64,7 +65,8 @@ def featurize_figure(results: dict[str, Any], events_path: Path, work: Path) -> 
     del events
     cores = os.cpu_count() or 1
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(cores) as pool:
+    # spawn, not fork: forking a process that has run Polars' thread pool can deadlock.
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
         done = list(
             pool.map(_featurize_shard, [(p, spec.to_dict(), as_of.isoformat()) for p in paths])
         )
