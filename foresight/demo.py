@@ -319,7 +319,7 @@ def main() -> None:
     """`python -m foresight.demo --data DIR`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("var/demo"))
-    parser.add_argument("--profiles", type=int, default=20_000)
+    parser.add_argument("--profiles", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     run(args.data, args.profiles, args.seed)
