@@ -291,9 +291,7 @@ def instance_config(msg: trainer_pb2.Instance) -> tuple[InstanceConfig, str]:
             for i, e in enumerate(msg.custom_events)
         ),
         profile_attributes=tuple(msg.profile_attributes),
-        exclusions=conditions_from_proto(
-            msg.exclusions, "exclusions", msg.HasField("exclusions")
-        ),
+        exclusions=conditions_from_proto(msg.exclusions, "exclusions", msg.HasField("exclusions")),
         scoring_schedule=msg.scoring_schedule or None,
         min_positives=msg.min_positives or 500,
         min_negatives=msg.min_negatives or 500,
