@@ -45,11 +45,11 @@ from foresight.events.validation import validate
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles, goal_labels
 from foresight.features.spec import fit_feature_spec
+from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import (
     DatasetPartRow,
-    DatasetRow,
     InstanceRow,
     ModelVersionRow,
     utcnow,
@@ -112,21 +112,16 @@ def prepare(workdir: Path) -> Path:
         assert isinstance(frame, pl.DataFrame)
         accepted = validate(frame, now).accepted
         parts += store.write(DATASET, accepted, [p.path for p in parts])
+    catalog.record_import(
+        db,
+        DATASET,
+        [
+            catalog.CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
+            for p in parts
+        ],
+        None,
+    )
     with db.session() as s:
-        dataset = DatasetRow(name=DATASET, rows=sum(p.rows for p in parts))
-        s.add(dataset)
-        s.flush()
-        for p in parts:
-            s.add(
-                DatasetPartRow(
-                    dataset_id=dataset.id,
-                    path=p.path,
-                    shard=p.shard,
-                    rows=p.rows,
-                    min_ts=p.min_timestamp,
-                    max_ts=p.max_timestamp,
-                )
-            )
         for name, cfg in INSTANCES.items():
             s.add(InstanceRow(name=name, dataset=DATASET, config=cfg))
     print(

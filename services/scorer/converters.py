@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import polars as pl
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
+from foresight.convert import to_timestamp as timestamp
 from foresight.errors import InvalidArgument
 from services.scorer.records import (
     Bucket,
@@ -46,51 +43,6 @@ STATUS_TO_PB = {
     RunStatus.SUCCEEDED: scorer_pb2.RUN_STATUS_SUCCEEDED,
     RunStatus.FAILED: scorer_pb2.RUN_STATUS_FAILED,
 }
-
-_RAW_EVENT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
-    "event_id": pl.String,
-    "profile_id": pl.String,
-    "timestamp": pl.Datetime("us", "UTC"),
-    "event_type": pl.String,
-    "channel": pl.String,
-    "value": pl.Float64,
-    "quantity": pl.Int64,
-    "product_sku": pl.String,
-    "product_category": pl.String,
-    "page_name": pl.String,
-    "campaign_id": pl.String,
-    "attributes": pl.String,
-}
-_TEXT_FIELDS = (
-    "event_id",
-    "profile_id",
-    "event_type",
-    "channel",
-    "product_sku",
-    "product_category",
-    "page_name",
-    "campaign_id",
-)
-
-
-# --- time ---------------------------------------------------------------------------
-
-
-def timestamp(moment: datetime | None) -> Timestamp | None:
-    """A protobuf Timestamp (None stays unset)."""
-    if moment is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(moment.astimezone(UTC))
-    return ts
-
-
-def from_timestamp(msg: Timestamp, present: bool) -> datetime | None:
-    """A UTC datetime from a Timestamp field, None when the field is unset."""
-    if not present:
-        return None
-    return msg.ToDatetime(tzinfo=UTC)
-
 
 # --- scores -------------------------------------------------------------------------
 
@@ -167,29 +119,6 @@ def run_event(run: ScoringRun) -> scorer_pb2.RunScoringEvent:
 
 
 # --- events ------------------------------------------------------------------------
-
-
-def _attributes_json(event: common_pb2.Event) -> str | None:
-    if not event.HasField("attributes") or not event.attributes.fields:
-        return None
-    return json.dumps(MessageToDict(event.attributes), separators=(",", ":"))
-
-
-def events_frame(events: Sequence[common_pb2.Event]) -> pl.DataFrame:
-    """Raw events (as validation expects them) from protobuf events.
-
-    Empty strings and unset optional fields become nulls, so validation
-    reports "missing timestamp" rather than a parse error of an empty value.
-    """
-    columns: dict[str, list[object]] = {name: [] for name in _RAW_EVENT_SCHEMA}
-    for e in events:
-        for name in _TEXT_FIELDS:
-            columns[name].append(getattr(e, name) or None)
-        columns["timestamp"].append(from_timestamp(e.timestamp, e.HasField("timestamp")))
-        columns["value"].append(e.value if e.HasField("value") else None)
-        columns["quantity"].append(e.quantity if e.HasField("quantity") else None)
-        columns["attributes"].append(_attributes_json(e))
-    return pl.DataFrame(columns, schema=_RAW_EVENT_SCHEMA)
 
 
 # --- segments ----------------------------------------------------------------------

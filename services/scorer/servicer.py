@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from foresight.convert import events_to_frame, from_timestamp
 from services.scorer import converters
 from services.scorer.records import Progress, ScoringRun
 from services.scorer.service import Scorer
@@ -32,7 +33,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     async def RunScoring(
         self, request: scorer_pb2.RunScoringRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scorer_pb2.RunScoringEvent]:
-        as_of = converters.from_timestamp(request.as_of, request.HasField("as_of"))
+        as_of = from_timestamp(request.as_of, request.HasField("as_of"))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
 
@@ -75,8 +76,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     async def ScoreProfile(
         self, request: scorer_pb2.ScoreProfileRequest, context: grpc.aio.ServicerContext
     ) -> scorer_pb2.ScoreProfileResponse:
-        events = converters.events_frame(request.events)
-        as_of = converters.from_timestamp(request.as_of, request.HasField("as_of"))
+        events = events_to_frame(request.events)
+        as_of = from_timestamp(request.as_of, request.HasField("as_of"))
         score = await asyncio.to_thread(
             self.scorer.score_profile, request.instance, request.profile_id, events, as_of
         )

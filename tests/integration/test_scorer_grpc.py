@@ -43,11 +43,11 @@ from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles, goal_labels
 from foresight.features.spec import fit_feature_spec
 from foresight.generate import generate
+from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import (
     DatasetPartRow,
-    DatasetRow,
     InstanceRow,
     ModelVersionRow,
     utcnow,
@@ -99,21 +99,15 @@ def _load_events(data_dir: Path, db: Database, source: Path) -> datetime:
     accepted = validate(raw, datetime.now(UTC)).accepted
     store = EventStore(data_dir / "events", shards=4)
     parts = store.write(DATASET, accepted, [])
-    with db.session() as s:
-        dataset = DatasetRow(name=DATASET, rows=accepted.height)
-        s.add(dataset)
-        s.flush()
-        for p in parts:
-            s.add(
-                DatasetPartRow(
-                    dataset_id=dataset.id,
-                    path=p.path,
-                    shard=p.shard,
-                    rows=p.rows,
-                    min_ts=p.min_timestamp,
-                    max_ts=p.max_timestamp,
-                )
-            )
+    catalog.record_import(
+        db,
+        DATASET,
+        [
+            catalog.CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
+            for p in parts
+        ],
+        None,
+    )
     latest = accepted.get_column("timestamp").max()
     assert isinstance(latest, datetime)
     return latest + timedelta(microseconds=1)
