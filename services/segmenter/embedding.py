@@ -8,15 +8,12 @@ shards loads it once per process.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -26,7 +23,7 @@ from foresight.events.store import EventStore
 from foresight.features.journey import behaviour_vectors
 from services.segmenter.traits import trait_catalog
 
-__all__ = ["EmbeddedShard", "ShardPool", "embed_events", "embed_shard"]
+__all__ = ["EmbeddedShard", "embed_events", "embed_shard"]
 
 T = TypeVar("T")
 
@@ -85,45 +82,3 @@ def embed_shard(
     store = EventStore(Path(store_root))
     events = store.read_shard(dataset, shard, parts)
     return embed_events(cached_encoder(encoder_path, threads), events, as_of)
-
-
-class ShardPool:
-    """Runs shard functions on all cores with spawn-started processes.
-
-    Spawn (not fork) because the service process runs gRPC threads, and
-    forking a threaded process is unsafe. One pool per job: the segmenter
-    builds rarely, and idle workers would hold memory between builds.
-    """
-
-    def __init__(self, workers: int = 0) -> None:
-        self.workers = workers or os.cpu_count() or 1
-
-    def map(
-        self,
-        fn: Callable[..., T],
-        arg_lists: Sequence[tuple[Any, ...]],
-        on_done: Callable[[int, int], None] | None = None,
-    ) -> list[T]:
-        """fn(*args) for each args tuple, results in order; on_done(done, total) after each."""
-        total = len(arg_lists)
-        results: list[Any] = [None] * total
-        if self.workers <= 1 or total <= 1:
-            for i, args in enumerate(arg_lists):
-                results[i] = fn(*args)
-                if on_done is not None:
-                    on_done(i + 1, total)
-            return results
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(self.workers, total), mp_context=context) as pool:
-            futures: dict[Future[T], int] = {
-                pool.submit(fn, *args): i for i, args in enumerate(arg_lists)
-            }
-            try:
-                for done, future in enumerate(as_completed(futures), start=1):
-                    results[futures[future]] = future.result()
-                    if on_done is not None:
-                        on_done(done, total)
-            finally:
-                for future in futures:
-                    future.cancel()
-        return results

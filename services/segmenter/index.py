@@ -39,11 +39,12 @@ from sqlalchemy import func, select
 
 from foresight.encoder import behaviour_as_of, get_encoder_version
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
+from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore, sha256_file
 from foresight.storage.db import Database
 from foresight.storage.models import IndexVersionRow, utcnow
-from services.segmenter.embedding import EmbeddedShard, ShardPool, embed_shard
+from services.segmenter.embedding import EmbeddedShard, embed_shard
 
 __all__ = [
     "IndexInfo",
@@ -727,7 +728,7 @@ def build_index(
     try:
         shards = sorted(catalog.shards_of(parts))
         encoder_dir = str(artifacts.path(encoder.artifact_path))
-        pool = ShardPool(workers)
+        pool = ShardRunner(workers or os.cpu_count() or 1)
         # Each worker runs onnxruntime single-threaded: the parallelism is across shards.
         threads = 1 if pool.workers > 1 and len(shards) > 1 else 0
         tasks = [

@@ -27,13 +27,9 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -53,6 +49,7 @@ from foresight.features.labels import (
 )
 from foresight.features.spec import fit_feature_spec
 from foresight.instance import InstanceConfig
+from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
@@ -341,71 +338,6 @@ def train_lightgbm(
     return final, trials, chosen
 
 
-# ------------------------------------------------------------------ process pool
-
-
-class ShardRunner:
-    """Runs shard functions on all cores: a spawn-based process pool, started lazily and kept.
-
-    Spawn (not fork) because the trainer process also runs gRPC threads, and
-    forking a threaded process is unsafe. The pool lives as long as the
-    trainer so its start-up is paid once; `close` ends it. With one worker
-    (or one task) the functions run inline.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def _executor(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
-                )
-            return self._pool
-
-    def map(
-        self,
-        fn: Callable[..., T],
-        arg_lists: Sequence[tuple[Any, ...]],
-        on_done: Callable[[int, int], None] | None = None,
-    ) -> list[T]:
-        """fn(*args) for every args tuple, results in order; progress after each."""
-        results: list[Any] = [None] * len(arg_lists)
-        total = len(arg_lists)
-        if self.workers <= 1 or total <= 1:
-            for i, args in enumerate(arg_lists):
-                results[i] = fn(*args)
-                if on_done is not None:
-                    on_done(i + 1, total)
-            return results
-        pool = self._executor()
-        futures: dict[Future[T], int] = {
-            pool.submit(fn, *args): i for i, args in enumerate(arg_lists)
-        }
-        try:
-            for done, future in enumerate(as_completed(futures), start=1):
-                results[futures[future]] = future.result()
-                if on_done is not None:
-                    on_done(done, total)
-        except BrokenProcessPool:
-            self.close()  # a worker died (e.g. out of memory): start afresh next time
-            raise
-        finally:
-            for future in futures:
-                future.cancel()
-        return results
-
-    def close(self) -> None:
-        """Stop the worker processes."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
 # ------------------------------------------------------------------ the facade
 
 
@@ -435,7 +367,7 @@ class ModelTrainer:
         self.artifacts = artifacts
         self.workers = workers if workers > 0 else (os.cpu_count() or 1)
         self.registry = ModelRegistry(db, artifacts)
-        self.runner = ShardRunner(self.workers)
+        self.runner = ShardRunner(self.workers, keep_alive=True)
 
     def close(self) -> None:
         """Release the worker processes (call at shutdown)."""
