@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -488,7 +487,3 @@ def health() -> None:
             except Exception as exc:
                 status = f"unreachable ({type(exc).__name__})"
             console.print(f"{name:10s} {status}")
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

@@ -27,45 +27,25 @@ from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ForesightClient
+from foresight.demo import INSTANCES
 from foresight.generate import generate
 
 DATASET = "shop"
 SEGMENT = "loadtest-high-churn"
-PURCHASE = 'event_type = "commerce.purchases"'
 
 
 def instances(dataset: str = DATASET, minimum: int = 50) -> list[trainer_pb2.Instance]:
-    """Churn and conversion instances on the synthetic shop data.
+    """The demo's churn and conversion instances on the synthetic shop data.
 
     `minimum` lowers the 500/500 data gate so a few thousand profiles train.
     """
-    churn = trainer_pb2.Instance(
-        name="churn",
-        description="Customers who will not purchase in the next 30 days",
-        type=trainer_pb2.INSTANCE_TYPE_CHURN,
-        goal=trainer_pb2.Goal(
-            conditions=common_pb2.Conditions(text=PURCHASE),
-            occurrence=trainer_pb2.OCCURRENCE_WILL_NOT_OCCUR,
-            window_days=30,
-        ),
-        dataset=dataset,
-        min_positives=minimum,
-        min_negatives=minimum,
-    )
-    conversion = trainer_pb2.Instance(
-        name="conversion",
-        description="Customers who will purchase in the next 30 days",
-        type=trainer_pb2.INSTANCE_TYPE_CONVERSION,
-        goal=trainer_pb2.Goal(
-            conditions=common_pb2.Conditions(text=PURCHASE),
-            occurrence=trainer_pb2.OCCURRENCE_WILL_OCCUR,
-            window_days=30,
-        ),
-        dataset=dataset,
-        min_positives=minimum,
-        min_negatives=minimum,
-    )
-    return [churn, conversion]
+    out = []
+    for template in INSTANCES:
+        instance = trainer_pb2.Instance()
+        instance.CopyFrom(template)
+        instance.dataset, instance.min_positives, instance.min_negatives = dataset, minimum, minimum
+        out.append(instance)
+    return out
 
 
 def _exists(exc: grpc.RpcError) -> bool:

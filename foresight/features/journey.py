@@ -23,7 +23,7 @@ import polars as pl
 from foresight.errors import FailedPrecondition
 from foresight.features.featurize import profile_index, vocab_index
 from foresight.features.labels import as_utc
-from foresight.features.spec import OTHER, PURCHASE_EVENT_TYPE
+from foresight.features.spec import OTHER, PURCHASE_EVENT_TYPE, top_values
 
 __all__ = ["BEHAVIOUR_SCHEMA_VERSION", "BehaviourSpec", "behaviour_vectors", "fit_behaviour_spec"]
 
@@ -108,19 +108,6 @@ class BehaviourSpec:
         return cls.from_dict(json.loads(text))
 
 
-def _top(events: pl.LazyFrame, column: str, k: int) -> tuple[str, ...]:
-    counted = (
-        events.select(pl.col(column))
-        .drop_nulls()
-        .group_by(column)
-        .len()
-        .sort(["len", column], descending=[True, False])
-        .head(k)
-        .collect()
-    )
-    return tuple(sorted(str(v) for v in counted.get_column(column).to_list() if str(v) != OTHER))
-
-
 def fit_behaviour_spec(
     events: pl.DataFrame,
     *,
@@ -135,9 +122,9 @@ def fit_behaviour_spec(
         raise FailedPrecondition("half_life_days must be positive")
     lazy = events.lazy()
     return BehaviourSpec(
-        event_types=_top(lazy, "event_type", max_event_types),
-        channels=_top(lazy, "channel", max_channels),
-        categories=_top(lazy, "product_category", max_categories),
+        event_types=top_values(lazy, "event_type", max_event_types),
+        channels=top_values(lazy, "channel", max_channels),
+        categories=top_values(lazy, "product_category", max_categories),
         half_life_days=float(half_life_days),
         horizon_days=horizon_days,
     )

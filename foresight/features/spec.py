@@ -364,7 +364,8 @@ def format_factor_value(feature: FeatureDef, value: float | None) -> str:
 # --- fitting ------------------------------------------------------------------
 
 
-def _top_values(frame: pl.LazyFrame, column: str, k: int) -> tuple[str, ...]:
+def top_values(frame: pl.LazyFrame, column: str, k: int) -> tuple[str, ...]:
+    """The k most frequent values of a column (ties by value), then sorted alphabetically."""
     counted = (
         frame.select(pl.col(column))
         .drop_nulls()
@@ -423,9 +424,9 @@ def fit_feature_spec(
     before = events.lazy().filter(pl.col("timestamp") < cutoff)
     if config.exclusions is not None and not config.exclusions.is_empty:
         before = before.filter(~to_polars(config.exclusions))
-    event_types = _top_values(before, "event_type", max_event_types)
-    channels = _top_values(before, "channel", max_channels)
-    categories = _top_values(before, "product_category", max_categories)
+    event_types = top_values(before, "event_type", max_event_types)
+    channels = top_values(before, "channel", max_channels)
+    categories = top_values(before, "product_category", max_categories)
     has_purchase_values = (
         before.filter((pl.col("event_type") == PURCHASE_EVENT_TYPE) & pl.col("value").is_not_null())
         .select(pl.len())

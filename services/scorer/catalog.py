@@ -15,7 +15,6 @@ import polars as pl
 from sqlalchemy import func, select
 
 from foresight.errors import FailedPrecondition, NotFound
-from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.store import EventStore
 from foresight.storage.db import Database
 from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow, ProfileRow
@@ -93,8 +92,3 @@ class Catalog:
         the trainer fits the attribute encodings on.
         """
         return profile_attributes(self.db, names, ids)
-
-
-def empty_events() -> pl.DataFrame:
-    """An empty frame with the stored event schema."""
-    return pl.DataFrame(schema=EVENT_SCHEMA)

@@ -8,11 +8,11 @@ from typing import Literal
 from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.convert import events_to_frame, to_timestamp
-from foresight.mapview import ClusterMap, MapPoint
+from foresight.mapview import ClusterMap
 from services.segmenter.discover import ClusterInfo, DiscoveryInfo, Trait
 from services.segmenter.domain import ProfileEvents, UpsertResult
 from services.segmenter.index import IndexInfo
-from services.segmenter.queries import Expansion, Neighbor, Placement, ReachPoint
+from services.segmenter.queries import Expansion, Neighbor, Placement
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -20,7 +20,6 @@ __all__ = [
     "IndexInfo",
     "ProgressFn",
     "build_event",
-    "cluster_map_from_pb",
     "cluster_to_pb",
     "discover_event",
     "discovery_to_pb",
@@ -170,40 +169,3 @@ def visualization_to_pb(m: ClusterMap) -> pb.Visualization:
         clusters=[cluster_to_pb(c) for c in m.clusters],
         projection=m.projection,
     )
-
-
-def _trait_from_pb(t: pb.Trait) -> Trait:
-    return Trait(
-        code=t.code,
-        description=t.description,
-        cluster_percent=t.cluster_percent,
-        population_percent=t.population_percent,
-        lift=t.lift,
-        count=t.count,
-    )
-
-
-def cluster_map_from_pb(v: pb.Visualization) -> ClusterMap:
-    """The domain map from a GetVisualization reply, for the PNG/HTML writers (CLI, demo)."""
-    return ClusterMap(
-        discovery_version=v.discovery_version,
-        points=[MapPoint(p.profile_id, p.x, p.y, p.cluster_id) for p in v.points],
-        clusters=[
-            ClusterInfo(
-                cluster_id=c.cluster_id,
-                discovery_version=c.discovery_version,
-                name=c.name,
-                size=c.size,
-                share=c.share,
-                influence=[_trait_from_pb(t) for t in c.influence],
-                popularity=[_trait_from_pb(t) for t in c.popularity],
-            )
-            for c in v.clusters
-        ],
-        projection=v.projection,
-    )
-
-
-def reach_from_pb(points: list[pb.ReachPoint]) -> list[ReachPoint]:
-    """Reach points from a reply (for clients that plot the curve)."""
-    return [ReachPoint(p.similarity, p.audience_size) for p in points]

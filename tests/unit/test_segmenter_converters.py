@@ -49,8 +49,10 @@ def test_queries_and_map_round_trip() -> None:
     exp = conv.expansion_to_pb(Expansion([Neighbor("b", 0.8)], [ReachPoint(0.8, 1)], ["z"], 3, 2))
     assert exp.unknown_seed_ids == ["z"] and exp.reach[0].audience_size == 1
     cmap = ClusterMap(7, [MapPoint("p", 1.0, 2.0, 2)], [CLUSTER], "pca")
-    back = conv.cluster_map_from_pb(conv.visualization_to_pb(cmap))
-    assert back == cmap
+    vis = conv.visualization_to_pb(cmap)
+    assert [(p.profile_id, p.x, p.y, p.cluster_id) for p in vis.points] == [("p", 1.0, 2.0, 2)]
+    assert (vis.discovery_version, vis.projection) == (7, "pca")
+    assert conv.cluster_to_pb(CLUSTER) == vis.clusters[0]
 
 
 def test_upsert_request_keeps_events_or_asks_for_stored_ones() -> None:
