@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight import instance as inst
+from foresight import limits
 from foresight.api.common.v1 import common_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.conditions import (
@@ -157,13 +158,37 @@ def _literal_to(value: object) -> common_pb2.Literal:
     return common_pb2.Literal(string_value=str(value))
 
 
+def _check_proto_size(group: common_pb2.ConditionGroup, path: str) -> None:
+    """Refuse an oversized tree before converting it (a 100,000-item ANY_OF costs nothing)."""
+    count, stack = 0, [(group, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limits.CONDITION_DEPTH_MAX:
+            raise InvalidArgument(
+                path, f"groups nest at most {limits.CONDITION_DEPTH_MAX} deep (limit)"
+            )
+        count += len(node.items)
+        if count > limits.CONDITION_ITEMS_MAX:
+            raise InvalidArgument(
+                path, f"at most {limits.CONDITION_ITEMS_MAX} conditions and groups (limit)"
+            )
+        stack.extend((i.group, depth + 1) for i in node.items if i.WhichOneof("item") == "group")
+
+
 def group_from_proto(group: common_pb2.ConditionGroup, path: str) -> ConditionGroup:
     """Structured protobuf conditions → domain group (validated)."""
+    _check_proto_size(group, path)
+    out = _group_from_proto(group, path)
+    validate_group(out, path)
+    return out
+
+
+def _group_from_proto(group: common_pb2.ConditionGroup, path: str) -> ConditionGroup:
     items: list[Condition | ConditionGroup] = []
     for i, item in enumerate(group.items):
         where = f"{path}.items[{i}]"
         if item.WhichOneof("item") == "group":
-            items.append(group_from_proto(item.group, where))
+            items.append(_group_from_proto(item.group, where))
             continue
         c = item.condition
         if c.op not in _OPS:
@@ -181,9 +206,7 @@ def group_from_proto(group: common_pb2.ConditionGroup, path: str) -> ConditionGr
             value = values[0]
         items.append(Condition(c.field, op, value))
     mode = GroupMode.ANY_OF if group.mode == common_pb2.GROUP_MODE_ANY_OF else GroupMode.ALL_OF
-    out = ConditionGroup(mode, tuple(items))
-    validate_group(out, path)
-    return out
+    return ConditionGroup(mode, tuple(items))
 
 
 def group_to_proto(group: ConditionGroup) -> common_pb2.ConditionGroup:

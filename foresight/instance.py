@@ -25,6 +25,7 @@ from foresight.conditions.model import (
 )
 from foresight.conditions.parser import parse
 from foresight.errors import InvalidArgument
+from foresight.storage.paths import slug
 
 __all__ = [
     "CustomEvent",
@@ -139,10 +140,8 @@ def validate_schedule(schedule: str | None, path: str = "scoring_schedule") -> N
 
 def validate_config(cfg: InstanceConfig) -> None:
     """Raise InvalidArgument naming the field path of the first problem."""
-    if not isinstance(cfg.name, str) or not cfg.name.strip():
-        raise InvalidArgument("name", "must not be empty")
-    if len(cfg.name) > 128:
-        raise InvalidArgument("name", "must be at most 128 characters")
+    # The name becomes folder names (model bundles, score files): a slug.
+    slug("name", cfg.name)
     if len(cfg.description) > 4096:
         raise InvalidArgument("description", "must be at most 4096 characters")
     if not isinstance(cfg.type, InstanceType):

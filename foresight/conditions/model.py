@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from foresight import limits
 from foresight.errors import InvalidArgument
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Scalar",
     "Value",
     "attribute_name",
+    "check_size",
     "condition_problem",
     "group_from_dict",
     "group_to_dict",
@@ -198,20 +200,58 @@ def condition_problem(cond: Condition) -> str | None:
     return None
 
 
+def check_size(group: ConditionGroup, path: str = "conditions") -> None:
+    """Refuse a tree over the limits on items, depth, values and literal length.
+
+    Walks iteratively, so a tree of any depth is measured without recursion.
+    """
+    items = values = 0
+    stack: list[tuple[Item, int]] = [(group, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, ConditionGroup):
+            if depth > limits.CONDITION_DEPTH_MAX:
+                raise InvalidArgument(
+                    path, f"groups nest at most {limits.CONDITION_DEPTH_MAX} deep (limit)"
+                )
+            items += len(item.items)
+            if items > limits.CONDITION_ITEMS_MAX:
+                raise InvalidArgument(
+                    path, f"at most {limits.CONDITION_ITEMS_MAX} conditions and groups (limit)"
+                )
+            stack.extend((child, depth + 1) for child in item.items)
+            continue
+        members = item.value if isinstance(item.value, tuple) else (item.value,)
+        values += len(members)
+        if values > limits.CONDITION_VALUES_MAX:
+            raise InvalidArgument(path, f"at most {limits.CONDITION_VALUES_MAX} values (limit)")
+        for v in members:
+            if isinstance(v, str) and len(v) > limits.CONDITION_LITERAL_MAX:
+                raise InvalidArgument(
+                    path, f"a value has at most {limits.CONDITION_LITERAL_MAX} characters (limit)"
+                )
+
+
 def validate_group(group: ConditionGroup, path: str = "conditions") -> None:
     """Raise InvalidArgument (field = path to the item) for the first bad item.
 
     Nested empty groups are rejected: they would match everything inside an
     ANY_OF, which is surely a mistake. The top-level group may be empty.
+    Trees over the size limits (`foresight.limits`) are refused first.
     """
     if not isinstance(group, ConditionGroup):
         raise InvalidArgument(path, "expected a condition group")
+    check_size(group, path)
+    _validate_items(group, path)
+
+
+def _validate_items(group: ConditionGroup, path: str) -> None:
     for i, item in enumerate(group.items):
         item_path = f"{path}.items[{i}]"
         if isinstance(item, ConditionGroup):
             if item.is_empty:
                 raise InvalidArgument(item_path, "a nested group needs at least one condition")
-            validate_group(item, item_path)
+            _validate_items(item, item_path)
         elif isinstance(item, Condition):
             problem = condition_problem(item)
             if problem is not None:

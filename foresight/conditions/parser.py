@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import lru_cache
 from typing import NoReturn
 
@@ -25,6 +26,7 @@ from lark.exceptions import (
     UnexpectedToken,
 )
 
+from foresight import limits
 from foresight.conditions.model import (
     Condition,
     ConditionGroup,
@@ -32,6 +34,7 @@ from foresight.conditions.model import (
     Item,
     Operator,
     Scalar,
+    check_size,
     condition_problem,
 )
 from foresight.errors import InvalidArgument
@@ -92,6 +95,8 @@ _TERMINAL_NAMES = {
 _VALUE_TERMINALS = frozenset({"STRING", "NUMBER", "TRUE", "FALSE"})
 _OPERATOR_TERMINALS = frozenset({"CMP_OP", "_IN", "_STARTS_WITH", "_EXISTS"})
 _FIELD = "conditions"
+# Parentheses outside string literals (a string token is skipped whole).
+_PARENS_OR_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"?|[()]')
 
 
 @lru_cache(maxsize=1)
@@ -105,8 +110,10 @@ def parse(text: str, field: str = _FIELD) -> ConditionGroup:
     """Parse condition text into a validated `ConditionGroup`.
 
     Empty text gives the empty group (matches every event). Raises
-    `InvalidArgument(field, "line L, column C: ...")` for syntax and type errors.
+    `InvalidArgument(field, "line L, column C: ...")` for syntax and type errors,
+    and names the limit for text that is too long or nests too deep.
     """
+    _check_bounds(text, field)
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
@@ -117,10 +124,32 @@ def parse(text: str, field: str = _FIELD) -> ConditionGroup:
         return ConditionGroup()
     root = _unwrap(tree.children[0])
     item = _build(root, text, field)
-    if isinstance(item, ConditionGroup) and not _is_paren(root):
-        return item
-    # A single comparison or a parenthesised group at the top level.
-    return ConditionGroup(GroupMode.ALL_OF, (item,))
+    if not (isinstance(item, ConditionGroup) and not _is_paren(root)):
+        # A single comparison or a parenthesised group at the top level.
+        item = ConditionGroup(GroupMode.ALL_OF, (item,))
+    check_size(item, field)
+    return item
+
+
+def _check_bounds(text: str, field: str) -> None:
+    """Refuse over-long text and over-deep parentheses before lark sees them."""
+    if len(text) > limits.CONDITION_TEXT_MAX:
+        raise InvalidArgument(
+            field, f"at most {limits.CONDITION_TEXT_MAX:,} characters (limit), got {len(text):,}"
+        )
+    depth = 0
+    for match in _PARENS_OR_STRINGS.finditer(text):
+        token = match.group()
+        if token == "(":
+            depth += 1
+            if depth > limits.CONDITION_DEPTH_MAX:
+                raise InvalidArgument(
+                    field,
+                    f"parentheses nest at most {limits.CONDITION_DEPTH_MAX} deep (limit), "
+                    f"column {match.start() + 1}",
+                )
+        elif token == ")":
+            depth -= 1
 
 
 def parse_optional(text: str | None, field: str = _FIELD) -> ConditionGroup | None:

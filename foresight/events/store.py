@@ -35,6 +35,7 @@ import pyarrow as pa
 from foresight.errors import InvalidArgument
 from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.validation import REJECTED_SCHEMA
+from foresight.storage.paths import confined, slug
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -48,7 +49,6 @@ __all__ = [
 DEFAULT_SHARDS: Final[int] = 16
 QUARANTINE_DIR: Final[str] = "_quarantine"
 
-_DATASET_NAME: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _PART_NAME: Final[re.Pattern[str]] = re.compile(r"^shard=(\d+)/part-[0-9a-f]{32}\.parquet$")
 
 # FNV-1a, 64-bit: simple, documented, and the same on every machine and
@@ -160,19 +160,14 @@ class EventStore:
 
     def dataset_dir(self, dataset: str) -> Path:
         """The folder of a dataset (the name is checked so it cannot escape the root)."""
-        if not _DATASET_NAME.match(dataset) or dataset in {".", ".."}:
-            raise InvalidArgument(
-                "dataset",
-                "use 1-128 letters, digits, '_', '-', '.', starting with a letter or digit",
-            )
-        return self.root / dataset
+        return confined(self.root, slug("dataset", dataset))
 
     def part_path(self, dataset: str, part: str) -> Path:
         """Absolute path of a catalogued part, checked to belong to the dataset."""
         prefix = f"{dataset}/"
         if not part.startswith(prefix) or not _PART_NAME.match(part[len(prefix) :]):
             raise InvalidArgument("part", f"{part!r} is not a part of dataset {dataset!r}")
-        return self.dataset_dir(dataset) / part[len(prefix) :]
+        return confined(self.dataset_dir(dataset), part[len(prefix) :])
 
     @staticmethod
     def shard_of_part(part: str) -> int:
@@ -305,7 +300,7 @@ class EventStore:
         dataset, _, rest = path.partition("/")
         if not re.fullmatch(rf"{QUARANTINE_DIR}/rejected-[0-9a-f]{{32}}\.parquet", rest):
             raise InvalidArgument("path", f"{path!r} is not a quarantine file")
-        return pl.read_parquet(self.dataset_dir(dataset) / rest)
+        return pl.read_parquet(confined(self.dataset_dir(dataset), rest))
 
     def compact(self, dataset: str, shard: int, parts: Iterable[str]) -> PartInfo | None:
         """Merge the given catalogued parts of one shard into a single new part.
@@ -354,7 +349,7 @@ class EventStore:
             return removed
         for shard_dir in sorted(dataset_dir.glob("shard=*")):
             for file in sorted(shard_dir.iterdir()):
-                relative = file.relative_to(self.root).as_posix()
+                relative = f"{dataset}/{shard_dir.name}/{file.name}"
                 is_part = file.name.startswith("part-") and file.suffix == ".parquet"
                 is_temp = file.name.startswith(".") and file.name.endswith(".tmp")
                 if not (is_part or is_temp) or relative in known:

@@ -1,4 +1,10 @@
-"""One server interceptor: auth, error mapping, metrics and access logs for every RPC."""
+"""One server interceptor: auth, request checks, error mapping, metrics and logs for every RPC.
+
+The bearer token is checked from the call's metadata before the request body
+is even decoded: an unauthenticated caller gets UNAUTHENTICATED whatever bytes
+it sends. Bodies that do not decode, and unknown enum numbers, are refused as
+INVALID_ARGUMENT (`foresight.runtime.requests`) before a servicer runs.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from prometheus_client import Counter, Histogram
 
 from foresight.errors import ForesightError
 from foresight.runtime.errors import status_for, trailing_metadata_for
+from foresight.runtime.requests import check_request, tolerant
 
 log = logging.getLogger("foresight.rpc")
 
@@ -122,6 +129,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 outcome.code = grpc.StatusCode.UNAUTHENTICATED
                 await context.abort(outcome.code, "missing or invalid bearer token")
 
+        streaming_request = bool(handler.stream_unary or handler.stream_stream)
+        # Unauthenticated bodies are never decoded; authenticated ones decode tolerantly.
+        deserializer = (
+            (lambda data: data) if not authorized else tolerant(handler.request_deserializer)
+        )
+
+        def checked(request: Any) -> Any:
+            return _checked_stream(request) if streaming_request else check_request(request)
+
         if handler.unary_unary or handler.stream_unary:
             inner: Any = handler.unary_unary or handler.stream_unary
 
@@ -129,7 +145,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 outcome, start = _Outcome(), time.perf_counter()
                 try:
                     await check_auth(context, outcome)
-                    return await inner(request, context)
+                    return await inner(checked(request), context)
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
@@ -144,7 +160,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
             return factory(
                 unary_response,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
 
@@ -156,7 +172,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             outcome, start = _Outcome(), time.perf_counter()
             try:
                 await check_auth(context, outcome)
-                async for item in inner_stream(request, context):
+                async for item in inner_stream(checked(request), context):
                     yield item
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
@@ -172,6 +188,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         )
         return factory(
             stream_response,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The request stream, each message checked as it arrives."""
+    async for request in requests:
+        yield check_request(request)

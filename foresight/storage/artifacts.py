@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -19,10 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from foresight.errors import FailedPrecondition
+from foresight.errors import FailedPrecondition, PermissionDenied
+from foresight.storage.paths import confined
 
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> str:
@@ -62,8 +66,11 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, relative: str) -> Path:
-        """Absolute path of a bundle given its path relative to the data directory root."""
-        return self.root / relative
+        """Absolute path of a bundle given its path relative to the store root.
+
+        The path is resolved and proven to stay under the root (see `confined`).
+        """
+        return confined(self.root, relative)
 
     @contextmanager
     def publish(self, relative: str, metadata: dict[str, Any] | None = None) -> Iterator[Path]:
@@ -72,7 +79,7 @@ class ArtifactStore:
         The manifest records each file's SHA-256 so a loader can verify the bundle.
         An existing bundle at `relative` is never overwritten (versions are immutable).
         """
-        final = self.root / relative
+        final = self.path(relative)
         if final.exists():
             raise FailedPrecondition(f"artifact {relative} already exists")
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -97,16 +104,30 @@ class ArtifactStore:
 
     def verify(self, relative: str) -> dict[str, Any]:
         """Check every file against the manifest; return the manifest or raise."""
-        folder = self.root / relative
+        folder = self.path(relative)
         manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
             raise FailedPrecondition(f"artifact {relative} has no manifest")
         manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         for name, expected in manifest["files"].items():
-            f = folder / name
+            f = confined(folder, name)
             if not f.is_file() or sha256_file(f) != expected:
                 raise FailedPrecondition(f"artifact {relative}: {name} is missing or corrupt")
         return manifest
+
+    def remove(self, relative: str) -> bool:
+        """Delete a bundle folder; a path that would leave the root is refused and kept.
+
+        Recovery calls this with paths read back from the registry, so a name
+        stored before names were validated can never make it delete elsewhere.
+        """
+        try:
+            folder = self.path(relative)
+        except PermissionDenied:
+            log.warning("refused to delete an artifact path outside the store")
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
 
     def sweep_temporary(self) -> int:
         """Remove temporary folders left by killed writers; returns how many."""

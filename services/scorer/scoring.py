@@ -34,6 +34,7 @@ from foresight.features.labels import as_utc, eligible_profiles
 from foresight.features.spec import format_factor_value
 from foresight.storage.db import Database
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
+from foresight.storage.paths import confined
 from services.scorer.catalog import Catalog, DatasetParts
 from services.scorer.factors import (
     NO_FACTOR,
@@ -285,7 +286,7 @@ class ScoringEngine:
 
     def _store(self, scores: RunScores, notify: ProgressFn) -> str:
         relative = f"{scores.instance}/{scores.run_id}.parquet"
-        scores.write(self.scores_root / relative)
+        scores.write(confined(self.scores_root, relative))
         notify(Progress("store", 0.85, f"storing {len(scores):,} scores"))
         columns = (
             "run_id",
@@ -360,8 +361,9 @@ class ScoringEngine:
                     .values(scores_path=None)
                 )
                 if path:
-                    (self.scores_root.parent / path).unlink(missing_ok=True)
-                    sidecar_of(self.scores_root.parent / path).unlink(missing_ok=True)
+                    stored = confined(self.scores_root.parent, path)
+                    stored.unlink(missing_ok=True)
+                    sidecar_of(stored).unlink(missing_ok=True)
 
     # --- history --------------------------------------------------------------------
 
@@ -423,4 +425,4 @@ class ScoringEngine:
     def load(self, row: ScoringRunRow) -> RunScores:
         """Read a run's Parquet copy."""
         assert row.scores_path is not None
-        return RunScores.load(self.scores_root.parent / row.scores_path)
+        return RunScores.load(confined(self.scores_root.parent, row.scores_path))

@@ -14,7 +14,6 @@ import binascii
 import csv
 import io
 import json
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,10 +26,10 @@ from sqlalchemy.exc import IntegrityError
 from foresight.errors import AlreadyExists, InvalidArgument, NotFound
 from foresight.storage.db import Database
 from foresight.storage.models import SegmentMemberRow, SegmentRow, utcnow
+from foresight.storage.paths import slug
 from services.scorer.records import Bucket, MembersPage, Segment, SegmentFilter, SegmentMember
 from services.scorer.snapshot import RunScores
 
-NAME = re.compile(r"[a-z0-9_-]{1,64}\Z")
 SOURCE_SCORE = "score"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
@@ -167,8 +166,7 @@ class SegmentStore:
 
     def create(self, name: str, segment_filter: SegmentFilter, scores: RunScores) -> Segment:
         """Select the members of `scores` and store them as segment `name`."""
-        if not NAME.match(name):
-            raise InvalidArgument("name", "use 1-64 characters a-z, 0-9, '_' or '-'")
+        slug("name", name)
         validate_filter(segment_filter, {f.code for f in scores.features})
         rows = select_rows(scores, segment_filter)
         buckets = scores.bucket[rows]

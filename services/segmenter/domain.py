@@ -9,7 +9,6 @@ replayed onto the new index before the swap, so none is lost.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import SegmentMemberRow, SegmentRow, utcnow
+from foresight.storage.paths import slug
 from services.segmenter import discover as disc
 from services.segmenter import queries, visualize
 from services.segmenter.embedding import EmbeddedShard, cached_encoder, embed_events
@@ -52,7 +52,6 @@ MAX_SEED: Final[int] = 1_000_000
 MAX_JOURNEY_EVENTS: Final[int] = 10_000
 DEFAULT_PAGE: Final[int] = 100
 MAX_PAGE: Final[int] = 10_000
-_SEGMENT_NAME: Final[re.Pattern[str]] = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 Progress = Callable[[str, float, str], None]
 View = Literal["both", "influence", "popularity"]
@@ -376,8 +375,7 @@ class Segmenter:
 
     def save_cluster_segment(self, version: int, cluster_id: int, name: str) -> tuple[str, int]:
         """Store a cluster's members as a segment (source "cluster")."""
-        if not _SEGMENT_NAME.match(name or ""):
-            raise InvalidArgument("name", "use 1-64 characters of a-z, 0-9, '_' and '-'")
+        slug("name", name)
         version = self.discoveries.resolve(version)
         ids = self.discoveries.members(version).of(cluster_id)
         with self.db.session() as s:

@@ -7,7 +7,6 @@ Re-importing the same data adds nothing (event ids, given or derived).
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -26,17 +25,12 @@ from foresight.events.validation import validate
 from foresight.storage import catalog
 from foresight.storage.db import Database
 from foresight.storage.models import ProfileRow
-
-_DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+from foresight.storage.paths import slug
 
 
 def check_dataset_name(name: str) -> str:
     """A dataset name is a short slug: it becomes a folder name."""
-    if not _DATASET_NAME.fullmatch(name or ""):
-        raise InvalidArgument(
-            "dataset", "use 1–64 characters of a-z, 0-9, _ or -, starting alphanumeric"
-        )
-    return name
+    return slug("dataset", name)
 
 
 @dataclass(slots=True)

@@ -273,7 +273,7 @@ class ModelRegistry:
                 if inst is not None and inst.current_version == row.version:
                     inst.current_version = None
         for instance, version in recovered:
-            shutil.rmtree(self.artifacts.path(bundle_path(instance, version)), ignore_errors=True)
+            self.artifacts.remove(bundle_path(instance, version))
         models = self.artifacts.path("models")
         if models.is_dir():
             # Only the trainer writes under models/, so these are a dead writer's leftovers.

@@ -399,7 +399,7 @@ def _config(**changes: Any) -> InstanceConfig:
 @pytest.mark.parametrize(
     ("changes", "field", "reason"),
     [
-        ({"name": " "}, "name", "must not be empty"),
+        ({"name": " "}, "name", "a-z, 0-9"),
         (
             {"goal": Goal(ConditionGroup(ALL, (PURCHASE,)), window_days=0)},
             "goal.window_days",
