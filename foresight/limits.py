@@ -19,7 +19,10 @@ __all__ = [
     "CONDITION_TEXT_MAX",
     "CONDITION_VALUES_MAX",
     "JSONL_LINE_MAX_BYTES",
+    "NAME_MAX",
     "PROFILE_ID_MAX",
+    "REQUEST_FIELD_LIMITS",
+    "STATUS_MESSAGE_MAX",
     "check_length",
     "check_profile_id",
 ]
@@ -38,6 +41,32 @@ PROFILE_ID_MAX: Final[int] = 128
 """Characters in a profile id (the event schema's limit)."""
 JSONL_LINE_MAX_BYTES: Final[int] = 1 << 20
 """Bytes in one JSON Lines line; a longer line is rejected, never read whole."""
+NAME_MAX: Final[int] = 128
+"""Characters in a name a request looks up (instance, dataset, segment, run id)."""
+STATUS_MESSAGE_MAX: Final[int] = 1_000
+"""Characters of an error message sent back (longer ones are cut, never overflow metadata)."""
+
+REQUEST_FIELD_LIMITS: Final[dict[str, int]] = {
+    "profile_id": PROFILE_ID_MAX,
+    "profile_ids": PROFILE_ID_MAX,
+    "instance": NAME_MAX,
+    "instances": NAME_MAX,
+    "dataset": NAME_MAX,
+    "name": NAME_MAX,
+    "segment": NAME_MAX,
+    "run_id": NAME_MAX,
+    "page_token": NAME_MAX,
+    "factor_code": NAME_MAX,
+    "path": 4_096,
+    "description": 4_096,
+    "scoring_schedule": NAME_MAX,
+    "text": CONDITION_TEXT_MAX,
+}
+"""Longest value of a request string field, by field name, wherever it occurs in a request.
+
+Event rows are exempt: they are validated row by row (bad rows are quarantined,
+not refused), see `foresight.events.validation`.
+"""
 
 
 def check_length(field: str, value: str, limit: int, what: str = "characters") -> str:

@@ -14,13 +14,14 @@ import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import polars as pl
 import pyarrow.parquet as pq
 
 from foresight.errors import InvalidArgument
 from foresight.events.schema import MALFORMED_COLUMN
+from foresight.limits import JSONL_LINE_MAX_BYTES
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
@@ -42,6 +43,7 @@ SUPPORTED_SUFFIXES: Final[frozenset[str]] = _PARQUET | _CSV | _JSONL
 # Column that keeps JSON Lines rows in file order while good and malformed
 # lines are parsed apart.
 _LINE_INDEX: Final[str] = "__line_index"
+_TOO_LONG: Final[str] = f"line longer than {JSONL_LINE_MAX_BYTES:,} bytes (limit); not read"
 
 
 def list_input_files(path: Path) -> list[Path]:
@@ -121,27 +123,46 @@ def read_jsonl_batches(path: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iter
     Polars parses each chunk; a column whose JSON types conflict within a
     chunk comes back as text, nested objects as structs (or JSON text).
     A line that is not a JSON object does not fail the file: it comes back
-    with its text in the ``_malformed`` column and nulls elsewhere.
+    with its text in the ``_malformed`` column and nulls elsewhere. A line
+    over ``JSONL_LINE_MAX_BYTES`` is never held in memory: it is skipped in
+    chunks and comes back as a malformed row naming the limit.
     """
     with path.open("rb") as handle:
+        lines_of_file = _bounded_lines(handle, JSONL_LINE_MAX_BYTES)
         while True:
             lines = [
                 line
-                for line in itertools.islice(handle, batch_rows)
+                for line in itertools.islice(lines_of_file, batch_rows)
                 # Blank lines carry no row; skipping them keeps counts honest.
-                if line.strip()
+                if line is None or line.strip()
             ]
             if not lines:
                 return
             yield _parse_jsonl_chunk(lines)
 
 
-def _parse_jsonl_chunk(lines: list[bytes]) -> pl.DataFrame:
+def _bounded_lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The lines of a file; None for a line longer than `limit` bytes (read in chunks)."""
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := handle.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+        else:
+            yield line
+
+
+def _parse_jsonl_chunk(lines: list[bytes | None]) -> pl.DataFrame:
     """Parse a chunk of JSON lines, falling back to line-by-line checks on error."""
-    try:
-        return pl.read_ndjson(io.BytesIO(b"".join(_with_newline(lines))), infer_schema_length=None)
-    except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, ValueError):
-        pass
+    if all(line is not None for line in lines):
+        try:
+            whole = b"".join(_with_newline([line for line in lines if line is not None]))
+            return pl.read_ndjson(io.BytesIO(whole), infer_schema_length=None)
+        except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, ValueError):
+            pass
     # Slow path, only for chunks holding at least one bad line: find the bad
     # lines in Python, let Polars parse the rest, and splice them back in order.
     good: list[bytes] = []
@@ -149,6 +170,10 @@ def _parse_jsonl_chunk(lines: list[bytes]) -> pl.DataFrame:
     bad_text: list[str] = []
     bad_index: list[int] = []
     for index, line in enumerate(lines):
+        if line is None:
+            bad_text.append(_TOO_LONG)
+            bad_index.append(index)
+            continue
         try:
             parsed = json.loads(line)
         except ValueError:

@@ -13,6 +13,7 @@ from typing import Final
 import polars as pl
 
 from foresight.errors import InvalidArgument
+from foresight.limits import PROFILE_ID_MAX
 
 __all__ = [
     "ATTRIBUTES_PREFIX",
@@ -65,7 +66,7 @@ OPTIONAL_STRING_COLUMNS: Final[tuple[str, ...]] = (
     "campaign_id",
 )
 
-MAX_PROFILE_ID_LENGTH: Final[int] = 128
+MAX_PROFILE_ID_LENGTH: Final[int] = PROFILE_ID_MAX
 MAX_STRING_LENGTH: Final[int] = 512
 #: The attributes JSON text may be longer than one field, but not unbounded.
 MAX_ATTRIBUTES_LENGTH: Final[int] = 4096

@@ -19,6 +19,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from foresight.errors import ForesightError
+from foresight.limits import STATUS_MESSAGE_MAX
 from foresight.runtime.errors import status_for, trailing_metadata_for
 from foresight.runtime.requests import check_request, tolerant
 
@@ -69,7 +70,7 @@ async def _abort(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: Base
     if isinstance(exc, ForesightError):
         outcome.code = status_for(exc)
         context.set_trailing_metadata(trailing_metadata_for(exc))
-        await context.abort(outcome.code, exc.message)
+        await context.abort(outcome.code, _bounded(exc.message))
     if isinstance(exc, NotImplementedError):
         # The generated base servicer's answer for an RPC this build does not serve.
         outcome.code = grpc.StatusCode.UNIMPLEMENTED
@@ -78,6 +79,13 @@ async def _abort(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: Base
     log.exception("unhandled error (ref %s)", ref)
     outcome.code = grpc.StatusCode.INTERNAL
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
+
+
+def _bounded(message: str) -> str:
+    """A status message short enough for any metadata limit (it may echo request values)."""
+    if len(message) <= STATUS_MESSAGE_MAX:
+        return message
+    return message[: STATUS_MESSAGE_MAX - 1] + "…"
 
 
 def _code_of(context: grpc.aio.ServicerContext, outcome: _Outcome) -> str:

@@ -1,10 +1,11 @@
 """Checks every request message gets before a servicer sees it.
 
-Two things no servicer should have to remember: bytes that are not a valid
-message of the RPC's request type, and enum fields holding a number the
-contract does not define (proto3 keeps unknown enum numbers silently, so
-`occurrence = 77` would otherwise pass as "some value"). Both are refused
-with InvalidArgument; the interceptor applies these to every RPC.
+Three things no servicer should have to remember: bytes that are not a valid
+message of the RPC's request type, enum fields holding a number the contract
+does not define (proto3 keeps unknown enum numbers silently, so
+`occurrence = 77` would otherwise pass as "some value"), and id or name
+strings over their limit. All are refused with InvalidArgument naming the
+field; the interceptor applies these to every RPC.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, Final
 
-from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from foresight.errors import InvalidArgument
+from foresight.limits import REQUEST_FIELD_LIMITS
 
 __all__ = ["UNPARSABLE", "check_request", "tolerant"]
 
@@ -27,6 +29,8 @@ class _Unparsable:
 
 UNPARSABLE: Final = _Unparsable()
 _WELL_KNOWN = "google.protobuf."
+# Data rows, validated row by row downstream (bad rows are quarantined, not refused).
+_ROW_MESSAGES = frozenset({"foresight.common.v1.Event"})
 
 
 def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -45,54 +49,78 @@ def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 
 def check_request(request: Any) -> Any:
-    """Return `request` when it decoded and its enums are known, else InvalidArgument."""
+    """Return `request` when it decoded and its fields are in bounds, else InvalidArgument.
+
+    Enum fields must hold a defined number; string fields named in
+    `foresight.limits.REQUEST_FIELD_LIMITS` must fit their limit.
+    """
     if request is UNPARSABLE:
         raise InvalidArgument("request", "not a valid message for this RPC")
     if isinstance(request, Message):
-        _check_enums(request, "")
+        _check(request, "")
     return request
 
 
 @cache
-def _has_enums(descriptor: Descriptor) -> bool:
-    """Whether an enum field is reachable from messages of this type."""
-    return _reaches_enum(descriptor, set())
+def _needs_check(descriptor: Descriptor) -> bool:
+    """Whether a checked field (enum or bounded string) is reachable from this type."""
+    return _reaches_checked(descriptor, set())
 
 
-def _reaches_enum(descriptor: Descriptor, seen: set[str]) -> bool:
-    if descriptor.full_name in seen or descriptor.full_name.startswith(_WELL_KNOWN):
+def _skipped(descriptor: Descriptor) -> bool:
+    return descriptor.full_name.startswith(_WELL_KNOWN) or descriptor.full_name in _ROW_MESSAGES
+
+
+def _reaches_checked(descriptor: Descriptor, seen: set[str]) -> bool:
+    if descriptor.full_name in seen or _skipped(descriptor):
         return False
     seen.add(descriptor.full_name)
     for field in descriptor.fields:
-        if field.enum_type is not None:
+        if field.enum_type is not None or field.name in REQUEST_FIELD_LIMITS:
             return True
-        if field.message_type is not None and _reaches_enum(field.message_type, seen):
+        if field.message_type is not None and _reaches_checked(field.message_type, seen):
             return True
     return False
 
 
-def _check_enums(message: Message, prefix: str) -> None:
-    if not _has_enums(message.DESCRIPTOR):
+def _check(message: Message, prefix: str) -> None:
+    if not _needs_check(message.DESCRIPTOR):
         return
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
-        repeated = field.is_repeated
+        values = value if field.is_repeated else (value,)
         if field.enum_type is not None:
-            for i, number in enumerate(value if repeated else (value,)):
+            for i, number in enumerate(values):
                 if number not in field.enum_type.values_by_number:
-                    where = f"{path}[{i}]" if repeated else path
                     known = ", ".join(v.name for v in field.enum_type.values)
-                    raise InvalidArgument(where, f"unknown value {number}; use one of {known}")
-        elif field.message_type is not None:
-            if field.message_type.GetOptions().map_entry:
-                inner = field.message_type.fields_by_name["value"]
-                if inner.message_type is None:
-                    continue  # enum-valued maps do not occur in our protos
-                items: Any = value.items()
-                for key, child in items:
-                    _check_enums(child, f"{path}[{key!r}].")
-            elif repeated:
-                for i, child in enumerate(value):
-                    _check_enums(child, f"{path}[{i}].")
-            else:
-                _check_enums(value, f"{path}.")
+                    raise InvalidArgument(
+                        _at(path, i, field.is_repeated),
+                        f"unknown value {number}; use one of {known}",
+                    )
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            limit = REQUEST_FIELD_LIMITS.get(field.name, -1)
+            for i, text in enumerate(values if limit >= 0 else ()):
+                if len(text) > limit:
+                    raise InvalidArgument(
+                        _at(path, i, field.is_repeated),
+                        f"at most {limit:,} characters (limit), got {len(text):,}",
+                    )
+        elif field.message_type is not None and not _skipped(field.message_type):
+            _check_children(field, value, path)
+
+
+def _check_children(field: FieldDescriptor, value: Any, path: str) -> None:
+    entry = field.message_type
+    if entry is not None and entry.GetOptions().map_entry:
+        if entry.fields_by_name["value"].message_type is not None:
+            for key, child in value.items():
+                _check(child, f"{path}[{key!r}].")
+    elif field.is_repeated:
+        for i, child in enumerate(value):
+            _check(child, f"{path}[{i}].")
+    else:
+        _check(value, f"{path}.")
+
+
+def _at(path: str, index: int, repeated: bool) -> str:
+    return f"{path}[{index}]" if repeated else path
