@@ -10,8 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from foresight.storage.db import default_database_url
 
@@ -53,6 +62,23 @@ class ServiceSettings(BaseSettings):
         le=1024,
         description="Event-store shards; the same for every service (profiles hash into them).",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, url: str | None) -> str | None:
+        """A URL SQLAlchemy can parse, for a backend Foresight ships (SQLite or PostgreSQL)."""
+        if url is None:
+            return None
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            # The URL may hold a password: never echo it.
+            raise ValueError(
+                "not a database URL (expected sqlite:///PATH or postgresql://USER@HOST/DB)"
+            ) from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported backend {backend!r}; use sqlite or postgresql")
+        return url
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServiceSettings:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from foresight.errors import InvalidArgument
+from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.events.schema import MALFORMED_COLUMN
 from foresight.limits import JSONL_LINE_MAX_BYTES
 
@@ -39,6 +40,11 @@ _PARQUET: Final[frozenset[str]] = frozenset({".parquet", ".pq"})
 _CSV: Final[frozenset[str]] = frozenset({".csv"})
 _JSONL: Final[frozenset[str]] = frozenset({".jsonl", ".ndjson", ".json"})
 SUPPORTED_SUFFIXES: Final[frozenset[str]] = _PARQUET | _CSV | _JSONL
+_KIND: Final[dict[str, str]] = {
+    **dict.fromkeys(_PARQUET, "Parquet"),
+    **dict.fromkeys(_CSV, "CSV"),
+    **dict.fromkeys(_JSONL, "JSON Lines"),
+}
 
 # Column that keeps JSON Lines rows in file order while good and malformed
 # lines are parsed apart.
@@ -62,10 +68,12 @@ def list_input_files(path: Path) -> list[Path]:
             and p.suffix.lower() in SUPPORTED_SUFFIXES
         )
         if not files:
-            raise InvalidArgument("path", f"folder {path} holds no Parquet, CSV or JSON Lines file")
+            raise InvalidArgument(
+                "path", f"folder {path.name!r} holds no Parquet, CSV or JSON Lines file"
+            )
         return files
     if not path.is_file():
-        raise InvalidArgument("path", f"{path} does not exist")
+        raise NotFound(f"{path.name!r} does not exist")
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise InvalidArgument(
             "path",
@@ -85,12 +93,20 @@ def read_batches(path: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[p
         raise InvalidArgument("batch_rows", "must be positive")
     for file in list_input_files(path):
         suffix = file.suffix.lower()
-        if suffix in _PARQUET:
-            yield from read_parquet_batches(file, batch_rows)
-        elif suffix in _CSV:
-            yield from read_csv_batches(file, batch_rows)
-        else:
-            yield from read_jsonl_batches(file, batch_rows)
+        try:
+            if suffix in _PARQUET:
+                yield from read_parquet_batches(file, batch_rows)
+            elif suffix in _CSV:
+                yield from read_csv_batches(file, batch_rows)
+            else:
+                yield from read_jsonl_batches(file, batch_rows)
+        except PermissionError:
+            raise FailedPrecondition(f"{file.name!r} is not readable by the service") from None
+        except (OSError, pa.ArrowException, pl.exceptions.PolarsError, UnicodeDecodeError):
+            # The library's text names server paths; the file name is enough.
+            raise InvalidArgument(
+                "path", f"{file.name!r} is not a readable {_KIND[suffix]} file"
+            ) from None
 
 
 def read_parquet_batches(

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from sqlalchemy.exc import SQLAlchemyError
 
 from foresight.runtime.interceptor import ServiceInterceptor
 from foresight.runtime.logs import configure_logging
@@ -116,14 +119,19 @@ async def serve(settings: ServiceSettings, service_names: Sequence[str], setup: 
     `ready` hook (load models, indexes); health turns SERVING once it returns.
     """
     runtime = ServiceRuntime(settings, service_names)
-    on_ready = await setup(runtime)
-    await runtime.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if on_ready is not None:
-        await on_ready()
+    try:
+        on_ready = await setup(runtime)
+        await runtime.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if on_ready is not None:
+            await on_ready()
+    except BaseException:
+        # Stop the server inside the loop, so nothing is left for interpreter exit.
+        await runtime.server.stop(None)
+        raise
     await runtime.set_serving(True)
     if settings.port_file is not None:
         atomic_write_bytes(settings.port_file, str(runtime.port).encode())
@@ -139,4 +147,22 @@ def run_service(
 ) -> None:
     """Process entry point shared by the three services."""
     configure_logging(name, settings.log_level, settings.log_json)
-    asyncio.run(serve(settings, service_names, setup))
+    with fatal_startup_errors(name):
+        asyncio.run(serve(settings, service_names, setup))
+
+
+@contextmanager
+def fatal_startup_errors(name: str) -> Iterator[None]:
+    """Turn an unusable database (or file, or port) into one line on stderr and exit 3."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None)
+        reason = str(orig if orig is not None else exc).strip().splitlines() or ["unknown error"]
+        sys.stderr.write(
+            f"{name}: cannot use the database (FORESIGHT_DATABASE_URL): {reason[0][:300]}\n"
+        )
+        raise SystemExit(3) from None
+    except OSError as exc:  # e.g. the SQLite folder does not exist, the port is taken
+        sys.stderr.write(f"{name}: cannot start: {exc}\n")
+        raise SystemExit(3) from None

@@ -23,7 +23,7 @@ import grpc
 
 from foresight.api.scorer.v1 import scorer_pb2_grpc
 from foresight.runtime.logs import configure_logging
-from foresight.runtime.server import ServiceRuntime
+from foresight.runtime.server import ServiceRuntime, fatal_startup_errors
 from foresight.settings import load_settings
 from foresight.storage.artifacts import atomic_write_bytes
 from foresight.storage.db import Database
@@ -141,11 +141,13 @@ def main() -> None:
     """Entry point of `foresight-scorer`."""
     settings = load_settings(ScorerSettings)
     configure_logging("scorer", settings.log_level, settings.log_json)
-    db = Database(settings.resolved_database_url)
-    db.migrate()
-    db.dispose()
+    with fatal_startup_errors("scorer"):
+        db = Database(settings.resolved_database_url)
+        db.migrate()
+        db.dispose()
     if settings.workers == 1:
-        asyncio.run(_serve(settings, 0))
+        with fatal_startup_errors("scorer"):
+            asyncio.run(_serve(settings, 0))
         return
     # Fork before any gRPC server or thread exists, as gRPC requires.
     context = multiprocessing.get_context("fork")

@@ -22,6 +22,7 @@ from foresight.events.readers import list_input_files, read_batches
 from foresight.events.schema import EVENT_COLUMNS
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
+from foresight.limits import PROFILE_ID_MAX
 from foresight.storage import catalog
 from foresight.storage.db import Database
 from foresight.storage.models import ProfileRow
@@ -201,15 +202,26 @@ class Ingestor:
     def import_profiles(self, path: str) -> ProfileImportSummary:
         """Upsert profile attributes from a file keyed by profile_id."""
         files = self.resolve_import_path(path)
-        frame = pl.concat([b for f in files for b in read_batches(f)], how="diagonal_relaxed")
+        batches = [b for f in files for b in read_batches(f)]
+        if not batches:
+            raise InvalidArgument("path", "the profile file holds no rows")
+        frame = pl.concat(batches, how="diagonal_relaxed")
         if "profile_id" not in frame.columns:
             raise InvalidArgument("path", "profile file has no profile_id column")
         rows_read = frame.height
         ids = pl.col("profile_id").cast(pl.Utf8).str.strip_chars()
         frame = frame.with_columns(ids.alias("profile_id"))
+        # NaN and ±Infinity are not values (and JSON cannot hold them): such rows
+        # are rejected on every backend alike.
+        finite = [
+            pl.col(c).is_finite() | pl.col(c).is_null()
+            for c, dtype in frame.schema.items()
+            if dtype.is_float()
+        ]
         good = frame.filter(
             pl.col("profile_id").is_not_null()
-            & (pl.col("profile_id").str.len_chars().is_between(1, 128))
+            & (pl.col("profile_id").str.len_chars().is_between(1, PROFILE_ID_MAX)),
+            *finite,
         )
         rejected = rows_read - good.height
         good = good.unique("profile_id", keep="last")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -21,8 +21,13 @@ pytestmark = pytest.mark.integration
 Metadata = tuple[tuple[str, str], ...]
 
 
+def _raw(data: bytes) -> bytes:
+    return data
+
+
 def _field(err: grpc.RpcError) -> str | None:
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+    trailing: Any = getattr(err, "trailing_metadata")()  # noqa: B009 - grpc.Call at run time
+    for key, value in trailing or ():
         if key == "foresight-field":
             return str(value)
     return None
@@ -37,7 +42,7 @@ def _refused(
         if hasattr(result, "__iter__") and not hasattr(result, "SerializeToString"):
             list(result)
     err = caught.value
-    assert err.code() == code, err.details()  # type: ignore[attr-defined]
+    assert err.code() == code, err.details()
     return err
 
 
@@ -65,13 +70,13 @@ def test_path_escaping_instance_names_are_refused(suite: Suite, metadata: Metada
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         for name in ("../../../x", "/tmp/x", "a/b", ".."):
             err = _refused(
-                lambda n=name: stub.CreateInstance(  # type: ignore[misc]
+                lambda n=name: stub.CreateInstance(
                     trainer_pb2.CreateInstanceRequest(instance=_instance(suite, name=n)),
                     metadata=metadata,
                 )
             )
             assert _field(err) == "name"
-            assert "a-z" in (err.details() or "")  # type: ignore[attr-defined]
+            assert "a-z" in (err.details() or "")
     assert not (suite.data.parent / "x").exists()
     assert not list(suite.data.rglob("hostile*"))
 
@@ -87,7 +92,7 @@ def test_unknown_enum_numbers_are_refused(suite: Suite, metadata: Metadata) -> N
             )
         )
         assert _field(err) == "instance.goal.occurrence"
-        assert "77" in (err.details() or "")  # type: ignore[attr-defined]
+        assert "77" in (err.details() or "")
     with suite.channel("segmenter") as channel:
         seg = segmenter_pb2_grpc.SegmenterServiceStub(channel)
         err = _refused(
@@ -113,10 +118,12 @@ def test_garbage_bytes_are_unauthenticated_without_a_token_and_invalid_with_one(
 ) -> None:
     garbage = b"\xff\xff\xff\xff\x0f garbage \x00\x01"
     with suite.channel("trainer") as channel:
-        call = channel.unary_unary("/foresight.trainer.v1.TrainerService/GetInstance")
+        call = channel.unary_unary("/foresight.trainer.v1.TrainerService/GetInstance", _raw, _raw)
         _refused(lambda: call(garbage), grpc.StatusCode.UNAUTHENTICATED)
         _refused(lambda: call(garbage, metadata=metadata))
-        stream = channel.stream_unary("/foresight.trainer.v1.TrainerService/IngestEvents")
+        stream = channel.stream_unary(
+            "/foresight.trainer.v1.TrainerService/IngestEvents", _raw, _raw
+        )
         _refused(lambda: stream(iter([garbage])), grpc.StatusCode.UNAUTHENTICATED)
         _refused(lambda: stream(iter([garbage]), metadata=metadata))
 
@@ -132,7 +139,7 @@ def test_deep_and_huge_conditions_are_refused(suite: Suite, metadata: Metadata) 
                 metadata=metadata,
             )
         )
-        assert "limit" in (err.details() or "")  # type: ignore[attr-defined]
+        assert "limit" in (err.details() or "")
         many = common_pb2.ConditionGroup(mode=common_pb2.GROUP_MODE_ANY_OF)
         for i in range(100_000):
             many.items.add(
@@ -149,7 +156,7 @@ def test_deep_and_huge_conditions_are_refused(suite: Suite, metadata: Metadata) 
                 metadata=metadata,
             )
         )
-        assert f"{CONDITION_ITEMS_MAX}" in (err.details() or "")  # type: ignore[attr-defined]
+        assert f"{CONDITION_ITEMS_MAX}" in (err.details() or "")
         assert _field(err) == "goal.conditions"
         # The service still answers a normal call.
         ok = stub.GetInstance(
@@ -168,8 +175,8 @@ def test_long_ids_are_refused_and_never_echoed(suite: Suite, metadata: Metadata)
             )
         )
         assert _field(err) == "profile_id"
-        assert f"{PROFILE_ID_MAX}" in (err.details() or "")  # type: ignore[attr-defined]
-        assert long_id not in (err.details() or "")  # type: ignore[attr-defined]
+        assert f"{PROFILE_ID_MAX}" in (err.details() or "")
+        assert long_id not in (err.details() or "")
     with suite.channel("segmenter") as channel:
         seg = segmenter_pb2_grpc.SegmenterServiceStub(channel)
         err = _refused(

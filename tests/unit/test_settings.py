@@ -28,6 +28,8 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ("FORESIGHT_GRACE_SECONDS", "soon"),
         ("FORESIGHT_LOG_LEVEL", "LOUD"),
         ("FORESIGHT_TLS_CERT_FILE", "/nonexistent.pem"),
+        ("FORESIGHT_DATABASE_URL", "not a url at all"),
+        ("FORESIGHT_DATABASE_URL", "mysql://someone:secret@localhost/db"),
     ],
 )
 def test_bad_value_stops_start_up_naming_it(
@@ -46,3 +48,4 @@ def test_bad_value_stops_start_up_naming_it(
     assert "invalid configuration" in err
     name = var.removeprefix("FORESIGHT_").removeprefix("TRAINER_")
     assert name in err or var in err
+    assert "secret" not in err
