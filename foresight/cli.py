@@ -149,6 +149,40 @@ def datasets() -> None:
     console.print(table)
 
 
+dataset_app = typer.Typer(help="Dataset health: verify and repair.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("verify")
+def dataset_verify(dataset: str) -> None:
+    """Check every part of a dataset; exit 1 when some are damaged."""
+    with client() as c:
+        health = c.trainer.VerifyDataset(trainer_pb2.VerifyDatasetRequest(dataset=dataset))
+    _print_health(health)
+    if health.damaged:
+        raise typer.Exit(1)
+
+
+@dataset_app.command("repair")
+def dataset_repair(dataset: str) -> None:
+    """Drop damaged parts from the catalogue; re-import the source to restore them."""
+    with client() as c:
+        _print_health(c.trainer.RepairDataset(trainer_pb2.RepairDatasetRequest(dataset=dataset)))
+
+
+def _print_health(health: trainer_pb2.DatasetHealth) -> None:
+    verb = "dropped" if health.repaired else "damaged"
+    console.print(
+        f"[bold]{health.dataset}[/]: {health.parts_checked} parts checked, "
+        f"{len(health.damaged)} {verb} ({health.rows_lost:,} events)"
+    )
+    if health.damaged:
+        table = Table("part", "shard", "events", "problem")
+        for p in health.damaged:
+            table.add_row(p.part, str(p.shard), f"{p.rows:,}", p.problem)
+        console.print(table)
+
+
 @app.command()
 def describe(dataset: str) -> None:
     """Describe a dataset: rows, profiles, time range, event types, completeness."""

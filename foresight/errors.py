@@ -36,6 +36,19 @@ class FailedPrecondition(ForesightError):
     """The system is not in a state that allows the operation (e.g. too little data)."""
 
 
+class DatasetDamaged(FailedPrecondition):
+    """A catalogued part of a dataset is missing or unreadable; only that dataset is affected."""
+
+    def __init__(self, dataset: str, part: str, problem: str) -> None:
+        super().__init__(
+            f"dataset {dataset!r} is damaged: part {part} is {problem}; "
+            f"`foresight dataset verify {dataset}` lists the lost parts and rows, "
+            f"`foresight dataset repair {dataset}` drops them so a re-import restores them"
+        )
+        self.dataset = dataset
+        self.part = part
+
+
 class PermissionDenied(ForesightError):
     """The caller may not touch that resource (e.g. a path outside the allowed root)."""
 

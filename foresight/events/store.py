@@ -16,6 +16,7 @@ Part paths are POSIX paths relative to the store root, e.g.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -32,7 +33,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from foresight.errors import InvalidArgument
+from foresight.errors import DatasetDamaged, InvalidArgument
+from foresight.events.damage import READ_ERRORS as _READ_ERRORS
+from foresight.events.damage import part_file_problem
 from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.validation import REJECTED_SCHEMA
 from foresight.storage.paths import confined, slug
@@ -269,10 +272,13 @@ class EventStore:
             self._known[key] = cached
         missing = sorted(catalogued - cached.parts)
         if missing:
-            ids = pl.scan_parquet([self.part_path(dataset, part) for part in missing]).select(
+            ids = pl.scan_parquet([self.present_part(dataset, part) for part in missing]).select(
                 pl.col("event_id").hash(_ID_HASH_SEED).alias("h"), "event_id"
             )
-            cached.ids = pl.concat([cached.ids, ids.collect()], rechunk=True)
+            try:
+                cached.ids = pl.concat([cached.ids, ids.collect()], rechunk=True)
+            except _READ_ERRORS:
+                raise self.damage(dataset, missing) from None
             cached.parts.update(missing)
         return cached
 
@@ -286,14 +292,21 @@ class EventStore:
         """Write rejected rows (:data:`REJECTED_SCHEMA`) next to the dataset.
 
         Returns the path relative to the store root,
-        ``<dataset>/_quarantine/rejected-<uuid>.parquet``.
+        ``<dataset>/_quarantine/rejected-<hash>.parquet`` (see `quarantine_path`).
         """
+        relative = self.quarantine_path(dataset, rejected)
+        target = confined(self.root, relative)
+        _atomic_write(target, lambda handle: rejected.write_parquet(handle, compression="zstd"))
+        return relative
+
+    def quarantine_path(self, dataset: str, rejected: pl.DataFrame) -> str:
+        """Where `write_quarantine` puts these rows: named by their content, so the
+        same rejected rows (a file imported twice) always map to the same file."""
         if rejected.schema != REJECTED_SCHEMA:
             raise InvalidArgument("rejected", "expected the rejected-row schema of validation")
-        name = f"rejected-{uuid.uuid4().hex}.parquet"
-        target = self.dataset_dir(dataset) / QUARANTINE_DIR / name
-        _atomic_write(target, lambda handle: rejected.write_parquet(handle, compression="zstd"))
-        return f"{dataset}/{QUARANTINE_DIR}/{name}"
+        digest = hashlib.sha256(rejected.write_csv().encode()).hexdigest()[:32]
+        self.dataset_dir(dataset)  # checks the name
+        return f"{dataset}/{QUARANTINE_DIR}/rejected-{digest}.parquet"
 
     def read_quarantine(self, path: str) -> pl.DataFrame:
         """Read back a quarantine file written by :meth:`write_quarantine`."""
@@ -319,8 +332,11 @@ class EventStore:
     # -- reads ---------------------------------------------------------------
 
     def scan(self, dataset: str, parts: Iterable[str]) -> pl.LazyFrame:
-        """Lazy frame over the given catalogued parts (an empty frame if none)."""
-        paths = [self.part_path(dataset, part) for part in parts]
+        """Lazy frame over the given catalogued parts (an empty frame if none).
+
+        A catalogued part that is gone raises DatasetDamaged naming it.
+        """
+        paths = [self.present_part(dataset, part) for part in parts]
         if not paths:
             return pl.LazyFrame(schema=EVENT_SCHEMA)
         return pl.scan_parquet(paths, schema=EVENT_SCHEMA)
@@ -328,7 +344,29 @@ class EventStore:
     def read_shard(self, dataset: str, shard: int, parts: Iterable[str]) -> pl.DataFrame:
         """All events of one shard, from the catalogued parts that belong to it."""
         selected = [part for part in parts if self.shard_of_part(part) == shard]
-        return self.scan(dataset, selected).collect()
+        try:
+            return self.scan(dataset, selected).collect()
+        except _READ_ERRORS:
+            raise self.damage(dataset, selected) from None
+
+    def present_part(self, dataset: str, part: str) -> Path:
+        """`part_path`, or DatasetDamaged when the catalogued file is gone."""
+        path = self.part_path(dataset, part)
+        if not path.is_file():
+            raise DatasetDamaged(dataset, part, "missing")
+        return path
+
+    def part_problem(self, dataset: str, part: str, rows: int | None = None) -> str | None:
+        """Why a catalogued part cannot be read, or None (see `part_file_problem`)."""
+        return part_file_problem(self.part_path(dataset, part), rows)
+
+    def damage(self, dataset: str, parts: Iterable[str]) -> DatasetDamaged:
+        """The precise error for a read that failed: the first damaged part among `parts`."""
+        for part in parts:
+            problem = self.part_problem(dataset, part)
+            if problem is not None:
+                return DatasetDamaged(dataset, part, problem)
+        return DatasetDamaged(dataset, "(unknown)", "unreadable")
 
     # -- housekeeping ----------------------------------------------------------
 

@@ -9,11 +9,11 @@ trainer sweeps at its next start.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from foresight.errors import NotFound
 from foresight.storage.db import Database
@@ -97,6 +97,88 @@ def record_import(
             s.add(QuarantineRow(dataset_id=row.id, path=quarantine[0], rows=quarantine[1]))
             row.quarantined_rows += quarantine[1]
         row.updated_at = utcnow()
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedPart:
+    """A catalogued part that cannot be read: its path (relative to the store), rows, problem."""
+
+    path: str
+    shard: int
+    rows: int
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetHealth:
+    """What `verify` found (and `repair` dropped) for one dataset."""
+
+    dataset: str
+    parts_checked: int
+    damaged: tuple[DamagedPart, ...]
+    repaired: bool = False
+
+    @property
+    def rows_lost(self) -> int:
+        """Catalogued rows in the damaged parts."""
+        return sum(p.rows for p in self.damaged)
+
+
+# Checks one part: (dataset, part path, catalogued rows) → problem or None.
+PartCheck = Callable[[str, str, int], str | None]
+
+
+def verify(db: Database, dataset: str, check: PartCheck) -> DatasetHealth:
+    """Check every catalogued part of a dataset; NotFound for an unknown dataset."""
+    row = get_dataset(db, dataset)
+    with db.session() as s:
+        parts = s.execute(
+            select(DatasetPartRow.path, DatasetPartRow.shard, DatasetPartRow.rows)
+            .where(DatasetPartRow.dataset_id == row.id)
+            .order_by(DatasetPartRow.id)
+        ).all()
+    damaged = tuple(
+        DamagedPart(path, shard, rows, problem)
+        for path, shard, rows in parts
+        if (problem := check(dataset, path, rows)) is not None
+    )
+    return DatasetHealth(dataset, len(parts), damaged)
+
+
+def repair(db: Database, dataset: str, check: PartCheck) -> DatasetHealth:
+    """Drop the damaged parts from the catalogue (and their rows from the counts).
+
+    Events of a dropped part are no longer known, so re-importing the source
+    restores them (ingestion skips only event ids of catalogued parts). The
+    caller removes the dropped files.
+    """
+    health = verify(db, dataset, check)
+    if not health.damaged:
+        return health
+    with db.session() as s:
+        row = s.scalar(select(DatasetRow).where(DatasetRow.name == dataset))
+        if row is None:
+            raise NotFound(f"dataset {dataset!r} does not exist")
+        s.execute(
+            delete(DatasetPartRow).where(
+                DatasetPartRow.dataset_id == row.id,
+                DatasetPartRow.path.in_([p.path for p in health.damaged]),
+            )
+        )
+        row.rows = max(0, row.rows - health.rows_lost)
+        row.updated_at = utcnow()
+    return DatasetHealth(dataset, health.parts_checked, health.damaged, repaired=True)
+
+
+def quarantine_recorded(db: Database, dataset: str, path: str) -> bool:
+    """Whether a quarantine file is already catalogued for the dataset (same rows, same name)."""
+    with db.session() as s:
+        found = s.scalar(
+            select(QuarantineRow.id)
+            .join(DatasetRow, DatasetRow.id == QuarantineRow.dataset_id)
+            .where(DatasetRow.name == dataset, QuarantineRow.path == path)
+        )
+    return found is not None
 
 
 def time_range(db: Database, dataset: str) -> tuple[datetime, datetime] | None:

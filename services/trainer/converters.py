@@ -5,6 +5,7 @@ from __future__ import annotations
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.convert import instance_to_proto, to_timestamp
 from foresight.errors import InvalidArgument
+from foresight.storage.catalog import DatasetHealth
 from services.trainer.ingest import (
     DatasetDescription,
     DatasetInfo,
@@ -45,6 +46,20 @@ def dataset(info: DatasetInfo) -> pb.Dataset:
         parts=info.parts,
         created_at=to_timestamp(info.created_at),
         updated_at=to_timestamp(info.updated_at),
+    )
+
+
+def dataset_health(h: DatasetHealth) -> pb.DatasetHealth:
+    """Domain verify/repair result → protobuf."""
+    return pb.DatasetHealth(
+        dataset=h.dataset,
+        parts_checked=h.parts_checked,
+        damaged=[
+            pb.DamagedPart(part=p.path, shard=p.shard, rows=p.rows, problem=p.problem)
+            for p in h.damaged
+        ],
+        rows_lost=h.rows_lost,
+        repaired=h.repaired,
     )
 
 

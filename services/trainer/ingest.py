@@ -18,6 +18,7 @@ import polars as pl
 from sqlalchemy import Table
 
 from foresight.errors import InvalidArgument, NotFound, PermissionDenied
+from foresight.events.damage import READ_ERRORS
 from foresight.events.readers import list_input_files, read_batches
 from foresight.events.schema import EVENT_COLUMNS
 from foresight.events.store import EventStore
@@ -150,7 +151,7 @@ class Ingestor:
                 parts = self.store.write(dataset, result.accepted, known)
                 quarantine = None
                 if rejected and sum(r.height for r in rejected) >= 100_000:
-                    quarantine = self._quarantine(dataset, rejected)
+                    quarantine, summary.quarantine_path = self._quarantine(dataset, rejected)
                     rejected = []
                 catalog.record_import(
                     self.db,
@@ -165,12 +166,9 @@ class Ingestor:
                 )
                 known.extend(p.path for p in parts)
                 summary.written += sum(p.rows for p in parts)
-                if quarantine:
-                    summary.quarantine_path = quarantine[0]
             if rejected:
-                quarantine = self._quarantine(dataset, rejected)
+                quarantine, summary.quarantine_path = self._quarantine(dataset, rejected)
                 catalog.record_import(self.db, dataset, [], quarantine)
-                summary.quarantine_path = quarantine[0]
             if summary.rows_read and not known:
                 catalog.record_import(
                     self.db, dataset, [], None
@@ -178,9 +176,19 @@ class Ingestor:
             self.store.release(dataset)
         return summary
 
-    def _quarantine(self, dataset: str, rejected: list[pl.DataFrame]) -> tuple[str, int]:
+    def _quarantine(
+        self, dataset: str, rejected: list[pl.DataFrame]
+    ) -> tuple[tuple[str, int] | None, str]:
+        """Write rejected rows once: (new quarantine to catalogue or None, its path).
+
+        Files are named by content, so re-importing the same file finds its
+        rejected rows already quarantined and adds nothing.
+        """
         frame = pl.concat(rejected, how="vertical_relaxed")
-        return self.store.write_quarantine(dataset, frame), frame.height
+        path = self.store.quarantine_path(dataset, frame)
+        if catalog.quarantine_recorded(self.db, dataset, path):
+            return None, path
+        return (self.store.write_quarantine(dataset, frame), frame.height), path
 
     def import_dataset(self, dataset: str, path: str) -> IngestSummary:
         """Import a server-side file or folder under the import root."""
@@ -243,6 +251,25 @@ class Ingestor:
 
     # ------------------------------------------------------------ datasets
 
+    def verify_dataset(self, dataset: str) -> catalog.DatasetHealth:
+        """Check every catalogued part of a dataset (footers only: cheap)."""
+        return catalog.verify(self.db, check_dataset_name(dataset), self._part_problem)
+
+    def repair_dataset(self, dataset: str) -> catalog.DatasetHealth:
+        """Drop damaged parts from the catalogue and delete their files.
+
+        Other datasets are untouched; re-importing the source restores the events.
+        """
+        with self._lock(check_dataset_name(dataset)):
+            health = catalog.repair(self.db, dataset, self._part_problem)
+            for part in health.damaged:
+                self.store.part_path(dataset, part.path).unlink(missing_ok=True)
+            self.store.release(dataset)
+        return health
+
+    def _part_problem(self, dataset: str, part: str, rows: int) -> str | None:
+        return self.store.part_problem(dataset, part, rows)
+
     def list_datasets(self) -> list[DatasetInfo]:
         """Every dataset with its counts."""
         return [self._info(name) for name in catalog.dataset_names(self.db)]
@@ -262,19 +289,22 @@ class Ingestor:
             return DatasetDescription(info, 0, None, None, [], [], row.quarantined_rows)
         lf = self.store.scan(dataset, parts)
         optional = [c for c in EVENT_COLUMNS if c != "event_id"]
-        stats = lf.select(
-            pl.len().alias("rows"),
-            pl.col("profile_id").n_unique().alias("profiles"),
-            pl.col("timestamp").min().alias("min_ts"),
-            pl.col("timestamp").max().alias("max_ts"),
-            *[pl.col(c).is_not_null().mean().alias(f"c_{c}") for c in optional],
-        ).collect()
-        types = (
-            lf.group_by("event_type")
-            .len()
-            .sort(["len", "event_type"], descending=[True, False])
-            .collect()
-        )
+        try:
+            stats = lf.select(
+                pl.len().alias("rows"),
+                pl.col("profile_id").n_unique().alias("profiles"),
+                pl.col("timestamp").min().alias("min_ts"),
+                pl.col("timestamp").max().alias("max_ts"),
+                *[pl.col(c).is_not_null().mean().alias(f"c_{c}") for c in optional],
+            ).collect()
+            types = (
+                lf.group_by("event_type")
+                .len()
+                .sort(["len", "event_type"], descending=[True, False])
+                .collect()
+            )
+        except READ_ERRORS:
+            raise self.store.damage(dataset, parts) from None
         s = stats.row(0, named=True)
         return DatasetDescription(
             info=info,

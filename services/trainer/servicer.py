@@ -104,6 +104,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise InvalidArgument("dataset", "must not be empty")
         return conv.description(await asyncio.to_thread(self.ingestor.describe, request.dataset))
 
+    async def VerifyDataset(
+        self, request: pb.VerifyDatasetRequest, context: Context
+    ) -> pb.DatasetHealth:
+        health = await asyncio.to_thread(self.ingestor.verify_dataset, request.dataset)
+        return conv.dataset_health(health)
+
+    async def RepairDataset(
+        self, request: pb.RepairDatasetRequest, context: Context
+    ) -> pb.DatasetHealth:
+        health = await asyncio.to_thread(self.ingestor.repair_dataset, request.dataset)
+        return conv.dataset_health(health)
+
     # ------------------------------------------------------------ instances
 
     async def CreateInstance(

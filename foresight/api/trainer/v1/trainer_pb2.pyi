@@ -462,6 +462,124 @@ class DescribeDatasetRequest(_message.Message):
 Global___DescribeDatasetRequest: _TypeAlias = DescribeDatasetRequest  # noqa: Y015
 
 @_typing.final
+class VerifyDatasetRequest(_message.Message):
+    """Verify a dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyDatasetRequest: _TypeAlias = VerifyDatasetRequest  # noqa: Y015
+
+@_typing.final
+class RepairDatasetRequest(_message.Message):
+    """Repair a dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepairDatasetRequest: _TypeAlias = RepairDatasetRequest  # noqa: Y015
+
+@_typing.final
+class DamagedPart(_message.Message):
+    """A catalogued part that cannot be read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PART_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    part: _builtins.str
+    """Part path relative to the event store (`<dataset>/shard=<k>/part-<id>.parquet`)."""
+    shard: _builtins.int
+    """Shard of the part."""
+    rows: _builtins.int
+    """Events the catalogue counted in the part (lost until re-imported)."""
+    problem: _builtins.str
+    """What is wrong: "missing", "unreadable" or a row-count mismatch."""
+    def __init__(
+        self,
+        *,
+        part: _builtins.str = ...,
+        shard: _builtins.int = ...,
+        rows: _builtins.int = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "problem", b"problem", "rows", b"rows", "shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DamagedPart: _TypeAlias = DamagedPart  # noqa: Y015
+
+@_typing.final
+class DatasetHealth(_message.Message):
+    """Result of VerifyDataset / RepairDataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    PARTS_CHECKED_FIELD_NUMBER: _builtins.int
+    DAMAGED_FIELD_NUMBER: _builtins.int
+    ROWS_LOST_FIELD_NUMBER: _builtins.int
+    REPAIRED_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    parts_checked: _builtins.int
+    """Catalogued parts checked."""
+    rows_lost: _builtins.int
+    """Events in the damaged parts."""
+    repaired: _builtins.bool
+    """True when RepairDataset dropped the damaged parts."""
+    @_builtins.property
+    def damaged(self) -> _containers.RepeatedCompositeFieldContainer[Global___DamagedPart]:
+        """Damaged parts (dropped from the catalogue when repaired is true)."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        parts_checked: _builtins.int = ...,
+        damaged: _abc.Iterable[Global___DamagedPart] | None = ...,
+        rows_lost: _builtins.int = ...,
+        repaired: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged", b"damaged", "dataset", b"dataset", "parts_checked", b"parts_checked", "repaired", b"repaired", "rows_lost", b"rows_lost"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetHealth: _TypeAlias = DatasetHealth  # noqa: Y015
+
+@_typing.final
 class EventTypeCount(_message.Message):
     """Count of events of one type."""
 

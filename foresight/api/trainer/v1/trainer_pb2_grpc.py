@@ -60,6 +60,16 @@ class TrainerServiceStub:
                 request_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DescribeDatasetRequest.SerializeToString,
                 response_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetDescription.FromString,
                 _registered_method=True)
+        self.VerifyDataset = channel.unary_unary(
+                '/foresight.trainer.v1.TrainerService/VerifyDataset',
+                request_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.VerifyDatasetRequest.SerializeToString,
+                response_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetHealth.FromString,
+                _registered_method=True)
+        self.RepairDataset = channel.unary_unary(
+                '/foresight.trainer.v1.TrainerService/RepairDataset',
+                request_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.RepairDatasetRequest.SerializeToString,
+                response_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetHealth.FromString,
+                _registered_method=True)
         self.CreateInstance = channel.unary_unary(
                 '/foresight.trainer.v1.TrainerService/CreateInstance',
                 request_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.CreateInstanceRequest.SerializeToString,
@@ -156,6 +166,20 @@ class TrainerServiceServicer:
 
     def DescribeDataset(self, request, context):
         """Describes one dataset: rows, profiles, time range, event types, completeness.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyDataset(self, request, context):
+        """Checks every catalogued part of a dataset (present, readable, row count as catalogued).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepairDataset(self, request, context):
+        """Drops damaged parts from the catalogue, so re-importing their source restores them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -272,6 +296,16 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.DescribeDataset,
                     request_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DescribeDatasetRequest.FromString,
                     response_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetDescription.SerializeToString,
+            ),
+            'VerifyDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyDataset,
+                    request_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.VerifyDatasetRequest.FromString,
+                    response_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetHealth.SerializeToString,
+            ),
+            'RepairDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepairDataset,
+                    request_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.RepairDatasetRequest.FromString,
+                    response_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetHealth.SerializeToString,
             ),
             'CreateInstance': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateInstance,
@@ -470,6 +504,60 @@ class TrainerService:
             '/foresight.trainer.v1.TrainerService/DescribeDataset',
             foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DescribeDatasetRequest.SerializeToString,
             foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foresight.trainer.v1.TrainerService/VerifyDataset',
+            foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.VerifyDatasetRequest.SerializeToString,
+            foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetHealth.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepairDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foresight.trainer.v1.TrainerService/RepairDataset',
+            foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.RepairDatasetRequest.SerializeToString,
+            foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.DatasetHealth.FromString,
             options,
             channel_credentials,
             insecure,

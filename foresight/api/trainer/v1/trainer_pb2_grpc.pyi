@@ -43,6 +43,10 @@ class TrainerServiceStub:
     """Lists the datasets in the event store."""
     DescribeDataset: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.DescribeDatasetRequest, _trainer_pb2.DatasetDescription]
     """Describes one dataset: rows, profiles, time range, event types, completeness."""
+    VerifyDataset: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.VerifyDatasetRequest, _trainer_pb2.DatasetHealth]
+    """Checks every catalogued part of a dataset (present, readable, row count as catalogued)."""
+    RepairDataset: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.RepairDatasetRequest, _trainer_pb2.DatasetHealth]
+    """Drops damaged parts from the catalogue, so re-importing their source restores them."""
     CreateInstance: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CreateInstanceRequest, _trainer_pb2.Instance]
     """Creates a prediction instance."""
     GetInstance: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetInstanceRequest, _trainer_pb2.Instance]
@@ -83,6 +87,10 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """Lists the datasets in the event store."""
     DescribeDataset: _aio.UnaryUnaryMultiCallable[_trainer_pb2.DescribeDatasetRequest, _trainer_pb2.DatasetDescription]  # type: ignore[assignment]
     """Describes one dataset: rows, profiles, time range, event types, completeness."""
+    VerifyDataset: _aio.UnaryUnaryMultiCallable[_trainer_pb2.VerifyDatasetRequest, _trainer_pb2.DatasetHealth]  # type: ignore[assignment]
+    """Checks every catalogued part of a dataset (present, readable, row count as catalogued)."""
+    RepairDataset: _aio.UnaryUnaryMultiCallable[_trainer_pb2.RepairDatasetRequest, _trainer_pb2.DatasetHealth]  # type: ignore[assignment]
+    """Drops damaged parts from the catalogue, so re-importing their source restores them."""
     CreateInstance: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CreateInstanceRequest, _trainer_pb2.Instance]  # type: ignore[assignment]
     """Creates a prediction instance."""
     GetInstance: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetInstanceRequest, _trainer_pb2.Instance]  # type: ignore[assignment]
@@ -150,6 +158,22 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.DatasetDescription, _abc.Awaitable[_trainer_pb2.DatasetDescription]]:
         """Describes one dataset: rows, profiles, time range, event types, completeness."""
+
+    @_abc_1.abstractmethod
+    def VerifyDataset(
+        self,
+        request: _trainer_pb2.VerifyDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.DatasetHealth, _abc.Awaitable[_trainer_pb2.DatasetHealth]]:
+        """Checks every catalogued part of a dataset (present, readable, row count as catalogued)."""
+
+    @_abc_1.abstractmethod
+    def RepairDataset(
+        self,
+        request: _trainer_pb2.RepairDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.DatasetHealth, _abc.Awaitable[_trainer_pb2.DatasetHealth]]:
+        """Drops damaged parts from the catalogue, so re-importing their source restores them."""
 
     @_abc_1.abstractmethod
     def CreateInstance(
