@@ -83,7 +83,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 7,
 ) -> None:
     """Generate synthetic e-commerce journeys with planted personas and ground truth."""
-    from foresight.generate import generate as run
+    from foresight.tools.generate import generate as run
 
     summary = run(out, profiles=profiles, seed=seed)
     console.print(
@@ -282,7 +282,7 @@ def evaluation(
     ),
 ) -> None:
     """Fetch a model's evaluation; write PNG charts and a self-contained HTML page."""
-    from foresight.reports import write_report
+    from foresight.tools.reports import write_report
 
     with client() as c:
         ev = c.trainer.GetEvaluation(
@@ -467,7 +467,7 @@ def cluster_map(
     sample_size: Annotated[int, typer.Option()] = 5_000,
 ) -> None:
     """Write the cluster map as PNG and a self-contained HTML page."""
-    from foresight.mapview import write_map
+    from foresight.tools.mapview import write_map
 
     with client() as c:
         vis = c.segmenter.GetVisualization(

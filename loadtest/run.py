@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from foresight import localrun
+from foresight.tools import localrun
 from foresight.client import ForesightClient
 from loadtest import ghz, h2load
 from loadtest.calls import LoadConfig, client_config, load_configs

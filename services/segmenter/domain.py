@@ -31,7 +31,7 @@ from foresight.errors import (
 )
 from foresight.events.store import EventStore, shard_for_profile
 from foresight.events.validation import validate
-from foresight.mapview import ClusterMap
+from foresight.tools.mapview import ClusterMap
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database

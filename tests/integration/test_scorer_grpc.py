@@ -42,7 +42,7 @@ from foresight.events.validation import validate
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles, goal_labels
 from foresight.features.spec import fit_feature_spec
-from foresight.generate import generate
+from foresight.tools.generate import generate
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database

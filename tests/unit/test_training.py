@@ -20,7 +20,7 @@ from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import label_counts
 from foresight.features.spec import FeatureSpec, fit_feature_spec
-from foresight.generate import generate
+from foresight.tools.generate import generate
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
