@@ -21,9 +21,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from foresight.tools import localrun
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ForesightClient
+from foresight.tools import localrun
 from foresight.tools.generate import generate
 
 ROOT = Path(__file__).resolve().parent

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import grpc
 
-from foresight.tools import localrun
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ForesightClient
+from foresight.tools import localrun
 from foresight.tools.demo import INSTANCES
 from foresight.tools.generate import generate
 

@@ -20,13 +20,13 @@ import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rich.console import Console
 
-from foresight.tools import localrun
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
-from foresight.cli import evaluation_dict, print_description
+from foresight.cli.trainer import evaluation_dict, print_description
 from foresight.client import ForesightClient
+from foresight.tools import localrun
 from foresight.tools.generate import generate
 from foresight.tools.reports import write_report
 

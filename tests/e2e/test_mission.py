@@ -33,12 +33,12 @@ import polars as pl
 import psycopg
 import pytest
 
-from foresight.tools import localrun
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ClientConfig, ForesightClient
+from foresight.tools import localrun
 from foresight.tools.generate import generate
 
 REPO = Path(__file__).resolve().parents[2]
