@@ -1,4 +1,4 @@
-"""`foresight` — the command-line client (progress bars for long jobs)."""
+"""Trainer commands: data (generate, import, ingest, datasets), instances, training, evaluation."""
 
 from __future__ import annotations
 
@@ -8,72 +8,11 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 from google.protobuf import json_format
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from foresight.api.common.v1 import common_pb2
-from foresight.api.scorer.v1 import scorer_pb2
-from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
-from foresight.client import ClientConfig, ForesightClient
+from foresight.cli.app import app, client, console, follow, instance_app, show
 from foresight.convert import event_from_row
-
-app = typer.Typer(
-    help="Foresight: propensity scores with reasons, discovered segments, lookalikes.",
-    no_args_is_help=True,
-)
-instance_app = typer.Typer(help="Prediction instances.", no_args_is_help=True)
-app.add_typer(instance_app, name="instance")
-console = Console()
-
-_state: dict[str, ClientConfig] = {}
-
-
-@app.callback()
-def _main(
-    trainer: Annotated[str, typer.Option(envvar="FORESIGHT_TRAINER_ADDR")] = "127.0.0.1:50051",
-    scorer: Annotated[str, typer.Option(envvar="FORESIGHT_SCORER_ADDR")] = "127.0.0.1:50052",
-    segmenter: Annotated[str, typer.Option(envvar="FORESIGHT_SEGMENTER_ADDR")] = "127.0.0.1:50053",
-    token: Annotated[str | None, typer.Option(envvar="FORESIGHT_AUTH_TOKEN")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(envvar="FORESIGHT_TLS_CA_FILE")] = None,
-    timeout: Annotated[float, typer.Option(help="Deadline of unary calls in seconds.")] = 30.0,
-) -> None:
-    _state["config"] = ClientConfig(trainer, scorer, segmenter, token, tls_ca, timeout)
-
-
-def client() -> ForesightClient:
-    """A client for the configured services."""
-    return ForesightClient(_state.get("config"))
-
-
-def show(message: Any) -> None:
-    """Print a protobuf message as JSON."""
-    console.print_json(json_format.MessageToJson(message, preserving_proto_field_name=True))
-
-
-def follow(stream: Any, title: str) -> Any:
-    """Drive a server-streaming job with a progress bar; return its result."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(title, total=1.0)
-
-        def update(p: common_pb2.Progress) -> None:
-            progress.update(
-                task, completed=p.fraction, description=f"{title}: {p.stage} {p.message}"[:80]
-            )
-
-        result = ForesightClient.follow(stream, update)
-        progress.update(task, completed=1.0)
-    return result
-
-
-# ---------------------------------------------------------------- data
 
 
 @app.command()
@@ -83,7 +22,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 7,
 ) -> None:
     """Generate synthetic e-commerce journeys with planted personas and ground truth."""
-    from foresight.generate import generate as run
+    from foresight.tools.generate import generate as run
 
     summary = run(out, profiles=profiles, seed=seed)
     console.print(
@@ -208,9 +147,6 @@ def print_description(d: trainer_pb2.DatasetDescription) -> None:
     console.print(types, fields)
 
 
-# ---------------------------------------------------------------- instances
-
-
 @instance_app.command("create")
 def instance_create(
     file: Annotated[Path, typer.Option("-f", "--file", help="Instance YAML.")],
@@ -316,7 +252,7 @@ def evaluation(
     ),
 ) -> None:
     """Fetch a model's evaluation; write PNG charts and a self-contained HTML page."""
-    from foresight.reports import write_report
+    from foresight.tools.reports import write_report
 
     with client() as c:
         ev = c.trainer.GetEvaluation(
@@ -338,186 +274,3 @@ def evaluation_dict(ev: trainer_pb2.Evaluation) -> dict[str, Any]:
         entry["bucket"] = str(entry.get("bucket", "")).removeprefix("BUCKET_")
         entry["profiles"] = int(entry.get("profiles", 0))
     return data
-
-
-# ---------------------------------------------------------------- scorer
-
-
-@app.command()
-def score(name: str) -> None:
-    """Score every eligible profile of an instance (batch, with reason codes)."""
-    with client() as c:
-        show(
-            follow(
-                c.scorer.RunScoring(scorer_pb2.RunScoringRequest(instance=name)), f"score {name}"
-            )
-        )
-
-
-@app.command()
-def lookup(
-    profile_id: str,
-    instance: Annotated[list[str] | None, typer.Option(help="Only these instances.")] = None,
-) -> None:
-    """A profile's latest scores and their reasons."""
-    with client() as c:
-        show(
-            c.scorer.GetProfileScores(
-                scorer_pb2.GetProfileScoresRequest(profile_id=profile_id, instances=instance or [])
-            )
-        )
-
-
-@app.command("segment")
-def create_segment(
-    name: str,
-    instance: Annotated[str, typer.Option(help="Instance whose latest run is filtered.")],
-    bucket: Annotated[
-        list[str] | None, typer.Option(help="LOW, MEDIUM or HIGH (repeatable).")
-    ] = None,
-    min_percentile: Annotated[int, typer.Option()] = 0,
-    max_percentile: Annotated[int, typer.Option()] = 0,
-    factor: Annotated[
-        str, typer.Option(help="Keep profiles with this factor code in their top factors.")
-    ] = "",
-) -> None:
-    """Create a score segment from a filter."""
-    buckets = [common_pb2.Bucket.Value(f"BUCKET_{b.upper()}") for b in bucket or []]
-    flt = scorer_pb2.SegmentFilter(
-        buckets=buckets,
-        min_percentile=min_percentile,
-        max_percentile=max_percentile,
-        factor_code=factor,
-    )
-    with client() as c:
-        show(
-            c.scorer.CreateSegment(
-                scorer_pb2.CreateSegmentRequest(name=name, instance=instance, filter=flt)
-            )
-        )
-
-
-@app.command("export-segment")
-def export_segment(
-    name: str,
-    out: Annotated[Path, typer.Option(help="Output file (.csv or .parquet).")],
-) -> None:
-    """Download a segment as CSV or Parquet."""
-    fmt = (
-        scorer_pb2.EXPORT_FORMAT_PARQUET
-        if out.suffix == ".parquet"
-        else scorer_pb2.EXPORT_FORMAT_CSV
-    )
-    with client() as c, out.open("wb") as fh:
-        for chunk in c.scorer.ExportSegment(scorer_pb2.ExportSegmentRequest(name=name, format=fmt)):
-            fh.write(chunk.data)
-    console.print(f"wrote {out}")
-
-
-@app.command()
-def insights(name: str) -> None:
-    """Score distribution, factors per bucket, expected vs actual."""
-    with client() as c:
-        show(c.scorer.GetInsights(scorer_pb2.GetInsightsRequest(instance=name)))
-
-
-# ---------------------------------------------------------------- segmenter
-
-
-@app.command("train-encoder")
-def train_encoder(dataset: str, dimensions: Annotated[int, typer.Option()] = 0) -> None:
-    """Fit the journey encoder (chosen by measurement) and export it as ONNX."""
-    with client() as c:
-        stream = c.trainer.TrainEncoder(
-            trainer_pb2.TrainEncoderRequest(dataset=dataset, dimensions=dimensions)
-        )
-        show(follow(stream, "encoder"))
-
-
-@app.command("build-index")
-def build_index(dataset: str) -> None:
-    """Embed every profile and build the HNSW index."""
-    with client() as c:
-        show(
-            follow(
-                c.segmenter.BuildIndex(segmenter_pb2.BuildIndexRequest(dataset=dataset)), "index"
-            )
-        )
-
-
-@app.command()
-def discover(clusters: Annotated[int, typer.Option(help="0 = choose automatically.")] = 0) -> None:
-    """Discover segments; print each with its High Influence and High Popularity traits."""
-    with client() as c:
-        d = follow(
-            c.segmenter.DiscoverSegments(segmenter_pb2.DiscoverSegmentsRequest(clusters=clusters)),
-            "discover",
-        )
-    console.print(f"discovery v{d.version}: {d.chosen_by}")
-    for cl in d.clusters:
-        console.print(f"[bold]#{cl.cluster_id} {cl.name}[/] {cl.size:,} ({100 * cl.share:.1f} %)")
-        console.print(
-            "  influence : " + "; ".join(f"{t.description} ×{t.lift:.1f}" for t in cl.influence[:4])
-        )
-        console.print(
-            "  popularity: "
-            + "; ".join(f"{t.description} ({t.count:,})" for t in cl.popularity[:4])
-        )
-
-
-@app.command()
-def expand(
-    segment: Annotated[str, typer.Option(help="Seed: a stored segment.")] = "",
-    profile: Annotated[
-        list[str] | None, typer.Option(help="Seed: profile ids (repeatable).")
-    ] = None,
-    target_size: Annotated[int, typer.Option()] = 0,
-    min_similarity: Annotated[float, typer.Option()] = 0.0,
-) -> None:
-    """Lookalikes of a seed, with the reach curve."""
-    request = segmenter_pb2.ExpandSegmentRequest(
-        target_size=target_size, min_similarity=min_similarity
-    )
-    if segment:
-        request.segment = segment
-    else:
-        request.profile_ids.profile_ids.extend(profile or [])
-    with client() as c:
-        resp = c.segmenter.ExpandSegment(request)
-    console.print(
-        f"seed {resp.seed_size:,}, {len(resp.lookalikes):,} lookalikes, {resp.query_points} query points"
-    )
-    if resp.unknown_seed_ids:
-        console.print(f"unknown seed ids: {list(resp.unknown_seed_ids)[:10]}")
-    for r in resp.reach:
-        console.print(f"  similarity ≥ {r.similarity:.2f}: {r.audience_size:,}")
-
-
-@app.command("cluster-map")
-def cluster_map(
-    out: Annotated[
-        Path, typer.Option(help="Folder for cluster-map.html and cluster-map.png.")
-    ] = Path("reports"),
-    sample_size: Annotated[int, typer.Option()] = 5_000,
-) -> None:
-    """Write the cluster map as PNG and a self-contained HTML page."""
-    from foresight.mapview import write_map
-
-    with client() as c:
-        vis = c.segmenter.GetVisualization(
-            segmenter_pb2.GetVisualizationRequest(sample_size=sample_size)
-        )
-    page, png = write_map(vis, out)
-    console.print(f"wrote {page} and {png}")
-
-
-@app.command()
-def health() -> None:
-    """Health of the three services."""
-    with client() as c:
-        for name in ("trainer", "scorer", "segmenter"):
-            try:
-                status = c.health(name)
-            except Exception as exc:
-                status = f"unreachable ({type(exc).__name__})"
-            console.print(f"{name:10s} {status}")
