@@ -75,9 +75,7 @@ def events_to_frame(events: Sequence[common_pb2.Event]) -> pl.DataFrame:
     for e in events:
         columns["event_id"].append(e.event_id or None)
         columns["profile_id"].append(e.profile_id or None)
-        columns["timestamp"].append(
-            e.timestamp.ToMilliseconds() if e.HasField("timestamp") else None
-        )
+        columns["timestamp"].append(_millis(e.timestamp) if e.HasField("timestamp") else None)
         columns["event_type"].append(e.event_type or None)
         columns["channel"].append(e.channel or None)
         columns["value"].append(e.value if e.HasField("value") else None)
@@ -97,6 +95,15 @@ def events_to_frame(events: Sequence[common_pb2.Event]) -> pl.DataFrame:
         "quantity": pl.Int64,
     }
     return pl.DataFrame(columns, schema={k: schema.get(k, pl.Utf8) for k in columns}, strict=False)
+
+
+def _millis(ts: Timestamp) -> int:
+    """Epoch milliseconds of any Timestamp, even one outside protobuf's range.
+
+    Clamped to Int64 so validation rejects it as out of range, row by row.
+    """
+    millis = ts.seconds * 1000 + ts.nanos // 1_000_000
+    return max(-(2**63), min(2**63 - 1, millis))
 
 
 def event_from_row(row: dict[str, object]) -> common_pb2.Event:

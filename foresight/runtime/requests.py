@@ -3,8 +3,8 @@
 Three things no servicer should have to remember: bytes that are not a valid
 message of the RPC's request type, enum fields holding a number the contract
 does not define (proto3 keeps unknown enum numbers silently, so
-`occurrence = 77` would otherwise pass as "some value"), and id or name
-strings over their limit. All are refused with InvalidArgument naming the
+`occurrence = 77` would otherwise pass as "some value"), timestamps outside
+the range protobuf defines, and id or name strings over their limit. All are refused with InvalidArgument naming the
 field; the interceptor applies these to every RPC.
 """
 
@@ -29,6 +29,9 @@ class _Unparsable:
 
 UNPARSABLE: Final = _Unparsable()
 _WELL_KNOWN = "google.protobuf."
+_TIMESTAMP = "google.protobuf.Timestamp"
+# The range a Timestamp may hold (0001-01-01 to 9999-12-31), as protobuf defines it.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 # Data rows, validated row by row downstream (bad rows are quarantined, not refused).
 _ROW_MESSAGES = frozenset({"foresight.common.v1.Event"})
 
@@ -78,6 +81,8 @@ def _reaches_checked(descriptor: Descriptor, seen: set[str]) -> bool:
     for field in descriptor.fields:
         if field.enum_type is not None or field.name in REQUEST_FIELD_LIMITS:
             return True
+        if field.message_type is not None and field.message_type.full_name == _TIMESTAMP:
+            return True
         if field.message_type is not None and _reaches_checked(field.message_type, seen):
             return True
     return False
@@ -104,6 +109,12 @@ def _check(message: Message, prefix: str) -> None:
                     raise InvalidArgument(
                         _at(path, i, field.is_repeated),
                         f"at most {limit:,} characters (limit), got {len(text):,}",
+                    )
+        elif field.message_type is not None and field.message_type.full_name == _TIMESTAMP:
+            for i, ts in enumerate(values):
+                if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 10**9):
+                    raise InvalidArgument(
+                        _at(path, i, field.is_repeated), "timestamp outside years 1-9999"
                     )
         elif field.message_type is not None and not _skipped(field.message_type):
             _check_children(field, value, path)

@@ -112,14 +112,19 @@ class Ingestor:
         """
         if not path:
             raise InvalidArgument("path", "must not be empty")
+        if "\x00" in path:
+            raise InvalidArgument("path", "must not contain NUL characters")
         candidate = Path(path)
         if not candidate.is_absolute():
             candidate = self.import_root / candidate
-        resolved = candidate.resolve()
-        if not resolved.is_relative_to(self.import_root):
-            raise PermissionDenied(f"path {path!r} is outside the allowed import root")
-        if not resolved.exists():
-            raise NotFound(f"path {path!r} does not exist under the import root")
+        try:
+            resolved = candidate.resolve()
+            if not resolved.is_relative_to(self.import_root):
+                raise PermissionDenied("the path is outside the allowed import root")
+            if not resolved.exists():
+                raise NotFound("the path does not exist under the import root")
+        except OSError:  # e.g. a name longer than the file system allows
+            raise InvalidArgument("path", "not a usable file name") from None
         files = list_input_files(resolved)
         for f in files:
             if not f.resolve().is_relative_to(self.import_root):

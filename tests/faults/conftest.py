@@ -19,11 +19,8 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.descriptor import ServiceDescriptor
 
 from foresight.api.common.v1 import common_pb2
-from foresight.api.scorer.v1 import scorer_pb2
-from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from foresight.runtime import ServiceRuntime
 from services.scorer.main import build_scorer, start_scorer
@@ -38,11 +35,6 @@ from services.trainer.settings import TrainerSettings
 TOKEN = "fuzz-token"
 DATASET = "fuzzdata"
 INSTANCE = "fuzzchurn"
-SERVICES: dict[str, ServiceDescriptor] = {
-    "trainer": trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"],
-    "scorer": scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"],
-    "segmenter": segmenter_pb2.DESCRIPTOR.services_by_name["SegmenterService"],
-}
 
 
 @dataclass
@@ -55,6 +47,7 @@ class Suite:
     ports: dict[str, int] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     stops: list[Any] = field(default_factory=list)
+    channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
     def run(self, coro: Any) -> Any:
         """Run a coroutine on the services' loop and wait for its result."""
