@@ -2,12 +2,14 @@
 
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
-Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter).
+Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter,
+fuzz — the last is also `make faults`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -55,6 +57,10 @@ TARGETS: dict[str, tuple[str, str]] = {
     "segmenter_rss_mb_1m": ("≤ 1,500", "MB"),
     "persona_ari": ("≥ 0.7", ""),
     "lookalike_conversion_lift": ("≥ 2", "×"),
+    "fuzz_requests": ("≥ 20,000", "requests"),
+    "fuzz_internal_or_unknown": ("0", ""),
+    "path_escape_attempts_refused": ("all tried, ≥ 10", ""),
+    "path_escapes": ("0", ""),
 }
 
 
@@ -114,6 +120,8 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "trainer": _optional("bench.trainer_bench"),
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
+    # Fault figures need no data set: in-process services, small seeded data.
+    "fuzz": lambda results: importlib.import_module("bench.fuzz_bench").run(results),
 }
 
 

@@ -142,8 +142,11 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     try:
         suite.run(_start(suite))
         _seed(suite)
+        suite.channels = {name: suite.channel(name) for name in suite.ports}
         yield suite
     finally:
+        for channel in suite.channels.values():
+            channel.close()
         for stop in reversed(suite.stops):
             suite.run(stop(0))
         suite.loop.call_soon_threadsafe(suite.loop.stop)

@@ -5,7 +5,8 @@ field values: huge strings, path escapes, unknown enum numbers, NaN, extreme
 integers and timestamps, long id lists) and sent to in-process servers. No
 answer may be UNKNOWN or INTERNAL, and every service still answers a normal
 call afterwards. The budget is small in `make test`; `make faults` (bench
-stage `fuzz`) sets FORESIGHT_FUZZ_EXAMPLES high and collects the counts.
+stage `fuzz`) sets FORESIGHT_FUZZ_EXAMPLES high and collects the counts
+(FORESIGHT_FUZZ_REPORT_DIR).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("FORESIGHT_FUZZ_EXAMPLES", "6"))
-REPORT = os.environ.get("FORESIGHT_FUZZ_REPORT")
+REPORT = os.environ.get("FORESIGHT_FUZZ_REPORT_DIR")
 FORBIDDEN = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 SETTINGS = settings(
     max_examples=EXAMPLES,
@@ -229,11 +230,11 @@ class Tally:
 
 @pytest.fixture(scope="module")
 def tally() -> Iterator[Tally]:
-    """Counts for the whole module; written to FORESIGHT_FUZZ_REPORT when set."""
+    """Counts for the whole module; written under FORESIGHT_FUZZ_REPORT_DIR when set."""
     counts = Tally()
     yield counts
     if REPORT:
-        Path(REPORT).write_text(
+        Path(REPORT, "requests.json").write_text(
             json.dumps(
                 {
                     "fuzz_requests": counts.requests,
@@ -270,23 +271,14 @@ def _call(suite: Suite, service: str, method: MethodDescriptor, body: bytes) -> 
     return grpc.StatusCode.OK
 
 
-@pytest.fixture(scope="module")
-def channels(suite: Suite) -> Iterator[Suite]:
-    """One channel per service for the whole module."""
-    suite.channels = {name: suite.channel(name) for name in suite.ports}
-    yield suite
-    for channel in suite.channels.values():
-        channel.close()
-
-
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=[m.full_name for _, m in METHODS])
 def test_random_requests_never_end_unknown_or_internal(
-    channels: Suite, tally: Tally, service: str, method: MethodDescriptor
+    suite: Suite, tally: Tally, service: str, method: MethodDescriptor
 ) -> None:
     @SETTINGS
     @given(body=requests(method))
     def check(body: bytes) -> None:
-        code = _call(channels, service, method, body)
+        code = _call(suite, service, method, body)
         tally.record(method.full_name, code)
         assert code not in FORBIDDEN, f"{method.full_name} answered {code.name}"
 
@@ -295,12 +287,12 @@ def test_random_requests_never_end_unknown_or_internal(
 
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=[m.full_name for _, m in METHODS])
 def test_garbage_bytes_are_invalid_argument(
-    channels: Suite, tally: Tally, service: str, method: MethodDescriptor
+    suite: Suite, tally: Tally, service: str, method: MethodDescriptor
 ) -> None:
     @settings(SETTINGS, max_examples=max(2, EXAMPLES // 4))
     @given(body=GARBAGE)
     def check(body: bytes) -> None:
-        code = _call(channels, service, method, body)
+        code = _call(suite, service, method, body)
         tally.record(f"{method.full_name} (garbage)", code)
         assert code not in FORBIDDEN, f"{method.full_name} answered {code.name} to garbage"
 
@@ -316,17 +308,17 @@ def test_condition_parser_answers_only_with_invalid_argument(text: str) -> None:
         assert exc.field == "conditions"
 
 
-def test_services_stay_healthy_and_answer_a_normal_call(channels: Suite, tally: Tally) -> None:
+def test_services_stay_healthy_and_answer_a_normal_call(suite: Suite, tally: Tally) -> None:
     """Runs last in file order; in random order it still proves the services serve."""
     for name, service in (
         ("trainer", "foresight.trainer.v1.TrainerService"),
         ("scorer", "foresight.scorer.v1.ScorerService"),
         ("segmenter", "foresight.segmenter.v1.SegmenterService"),
     ):
-        health = health_pb2_grpc.HealthStub(channels.channels[name])
+        health = health_pb2_grpc.HealthStub(suite.channels[name])
         answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    stub = trainer_pb2_grpc.TrainerServiceStub(channels.channels["trainer"])
+    stub = trainer_pb2_grpc.TrainerServiceStub(suite.channels["trainer"])
     datasets = stub.ListDatasets(
         trainer_pb2.ListDatasetsRequest(),
         metadata=(("authorization", "Bearer fuzz-token"),),
