@@ -77,6 +77,13 @@ async def _abort(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: Base
         await context.abort(outcome.code, "method not implemented")
     ref = uuid.uuid4().hex[:12]
     log.exception("unhandled error (ref %s)", ref)
+    if isinstance(exc, OSError):
+        # A stored file that vanished or cannot be read: the state is wrong, not the
+        # server's code. The message names no path; the log (by ref) has it.
+        outcome.code = grpc.StatusCode.FAILED_PRECONDITION
+        await context.abort(
+            outcome.code, f"a stored file is missing or unreadable (ref {ref}, see the log)"
+        )
     outcome.code = grpc.StatusCode.INTERNAL
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
 

@@ -32,6 +32,10 @@ async def _boom(request: bytes, context: Any) -> bytes:
     raise RuntimeError("password=hunter2 in a stack trace")
 
 
+async def _lost(request: bytes, context: Any) -> bytes:
+    raise FileNotFoundError(2, "No such file or directory", "/srv/secret/var/model.txt")
+
+
 async def _domain(request: bytes, context: Any) -> bytes:
     kind = request.decode()
     if kind == "invalid":
@@ -59,7 +63,13 @@ async def toy(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
         name: grpc.unary_unary_rpc_method_handler(
             fn, request_deserializer=_identity, response_serializer=_identity
         )
-        for name, fn in {"Echo": _echo, "Boom": _boom, "Domain": _domain, "Slow": _slow}.items()
+        for name, fn in {
+            "Echo": _echo,
+            "Boom": _boom,
+            "Lost": _lost,
+            "Domain": _domain,
+            "Slow": _slow,
+        }.items()
     }
     handlers["Stream"] = grpc.unary_stream_rpc_method_handler(
         _stream_fail, request_deserializer=_identity, response_serializer=_identity
@@ -87,6 +97,16 @@ async def test_unexpected_errors_are_internal_without_internals(toy: grpc.aio.Ch
     assert err.value.code() == grpc.StatusCode.INTERNAL
     details = err.value.details() or ""
     assert "hunter2" not in details and "internal error (ref" in details
+
+
+async def test_missing_stored_files_are_failed_precondition_without_paths(
+    toy: grpc.aio.Channel,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _call(toy, "Lost")(b"x")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = err.value.details() or ""
+    assert "/srv" not in details and "FileNotFoundError" not in details and "(ref" in details
 
 
 @pytest.mark.parametrize(
