@@ -50,6 +50,7 @@ from foresight.storage import catalog
 from foresight.storage.artifacts import MANIFEST, ArtifactStore, sha256_file
 from foresight.storage.db import Database
 from foresight.storage.models import EncoderVersionRow, utcnow
+from foresight.storage.paths import confined
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -559,13 +560,15 @@ def load_encoder(path: Path, threads: int = 0, verify: bool = True) -> Encoder:
     """Load an encoder bundle folder (checksums verified against its manifest by default)."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise FailedPrecondition(f"encoder bundle {path} has no manifest")
+        raise FailedPrecondition(f"encoder bundle {path.name} has no manifest")
     manifest: dict[str, Any] = json.loads(manifest_path.read_text())
     if verify:
         for name, digest in manifest["files"].items():
-            f = path / name
+            f = confined(path, name)
             if not f.is_file() or sha256_file(f) != digest:
-                raise FailedPrecondition(f"encoder bundle {path}: {name} is missing or corrupt")
+                raise FailedPrecondition(
+                    f"encoder bundle {path.name}: {name} is missing or corrupt"
+                )
     spec = BehaviourSpec.from_json((path / SPEC_FILE).read_text())
     session = _session(path / ENCODER_FILE, threads)
     dims = int(manifest.get("dimensions") or session.get_outputs()[0].shape[1])

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from foresight.errors import InvalidArgument
+from foresight.errors import InvalidArgument, NotFound
 from foresight.events.readers import list_input_files, read_batches
 from foresight.events.schema import MALFORMED_COLUMN
 
@@ -99,11 +99,16 @@ def test_folder_reads_supported_files_sorted(tmp_path: Path) -> None:
     assert sum(batch.height for batch in read_batches(tmp_path)) == 5
 
 
-@pytest.mark.parametrize("name", ["missing.csv", "events.xlsx"])
-def test_bad_paths_name_the_field(tmp_path: Path, name: str) -> None:
-    path = tmp_path / name
-    if name.endswith(".xlsx"):
-        path.write_text("x")
+def test_bad_paths_name_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "events.xlsx"
+    path.write_text("x")
     with pytest.raises(InvalidArgument) as error:
         list(read_batches(path))
     assert error.value.field == "path"
+    assert str(tmp_path) not in error.value.message
+
+
+def test_a_missing_file_is_not_found_without_its_folder(tmp_path: Path) -> None:
+    with pytest.raises(NotFound) as error:
+        list(read_batches(tmp_path / "missing.csv"))
+    assert str(tmp_path) not in error.value.message
