@@ -2,8 +2,9 @@
 
 The bearer token is checked from the call's metadata before the request body
 is even decoded: an unauthenticated caller gets UNAUTHENTICATED whatever bytes
-it sends. Bodies that do not decode, and unknown enum numbers, are refused as
-INVALID_ARGUMENT (`foresight.runtime.requests`) before a servicer runs.
+it sends. Bodies that do not decode, unknown enum numbers, out-of-range
+timestamps and over-long ids are refused as INVALID_ARGUMENT
+(`foresight.runtime.requests`) before a servicer runs.
 """
 
 from __future__ import annotations
@@ -125,33 +126,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        service, _, method = details.method.lstrip("/").partition("/")
-        authorized = self._authorized(details)
-
-        def labels(code: str) -> dict[str, str]:
-            return {"service": service, "method": method, "code": code}
-
-        def finish(start: float, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
-            code = _code_of(context, outcome)
-            elapsed = time.perf_counter() - start
-            REQUESTS.labels(**labels(code)).inc()
-            LATENCY.labels(**labels(code)).observe(elapsed)
-            if code != "OK" or elapsed > 1.0:
-                log.info("rpc", extra={"rpc": details.method, "code": code, "ms": elapsed * 1e3})
-
-        async def check_auth(context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
-            if not authorized:
-                outcome.code = grpc.StatusCode.UNAUTHENTICATED
-                await context.abort(outcome.code, "missing or invalid bearer token")
-
-        streaming_request = bool(handler.stream_unary or handler.stream_stream)
-        # Unauthenticated bodies are never decoded; authenticated ones decode tolerantly.
-        deserializer = (
-            (lambda data: data) if not authorized else tolerant(handler.request_deserializer)
-        )
-
-        def checked(request: Any) -> Any:
-            return _checked_stream(request) if streaming_request else check_request(request)
+        call = _Call(details, handler, self._authorized(details))
 
         if handler.unary_unary or handler.stream_unary:
             inner: Any = handler.unary_unary or handler.stream_unary
@@ -159,14 +134,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 outcome, start = _Outcome(), time.perf_counter()
                 try:
-                    await check_auth(context, outcome)
-                    return await inner(checked(request), context)
+                    await call.check_auth(context, outcome)
+                    return await inner(call.checked(request), context)
                 except Exception as exc:
                     if isinstance(exc, grpc.aio.AbortError):
                         raise
                     await _abort(context, outcome, exc)
                 finally:
-                    finish(start, context, outcome)
+                    call.finish(start, context, outcome)
 
             factory = (
                 grpc.unary_unary_rpc_method_handler
@@ -175,7 +150,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
             return factory(
                 unary_response,
-                request_deserializer=deserializer,
+                request_deserializer=call.deserializer,
                 response_serializer=handler.response_serializer,
             )
 
@@ -186,15 +161,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         ) -> AsyncIterator[Any]:
             outcome, start = _Outcome(), time.perf_counter()
             try:
-                await check_auth(context, outcome)
-                async for item in inner_stream(checked(request), context):
+                await call.check_auth(context, outcome)
+                async for item in inner_stream(call.checked(request), context):
                     yield item
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 await _abort(context, outcome, exc)
             finally:
-                finish(start, context, outcome)
+                call.finish(start, context, outcome)
 
         factory = (
             grpc.unary_stream_rpc_method_handler
@@ -203,9 +178,45 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         )
         return factory(
             stream_response,
-            request_deserializer=deserializer,
+            request_deserializer=call.deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class _Call:
+    """What the wrappers of one RPC share: auth outcome, request checks, metrics labels."""
+
+    def __init__(
+        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, authorized: bool
+    ) -> None:
+        self.rpc = details.method
+        self.service, _, self.method = details.method.lstrip("/").partition("/")
+        self.authorized = authorized
+        self.streaming_request = bool(handler.stream_unary or handler.stream_stream)
+        # Unauthenticated bodies are never decoded; authenticated ones decode tolerantly.
+        self.deserializer = (
+            tolerant(handler.request_deserializer) if authorized else (lambda data: data)
+        )
+
+    def checked(self, request: Any) -> Any:
+        """The request (or request stream) with every message checked."""
+        return _checked_stream(request) if self.streaming_request else check_request(request)
+
+    async def check_auth(self, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
+        """Abort UNAUTHENTICATED unless the metadata carried the token."""
+        if not self.authorized:
+            outcome.code = grpc.StatusCode.UNAUTHENTICATED
+            await context.abort(outcome.code, "missing or invalid bearer token")
+
+    def finish(self, start: float, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
+        """Record metrics and log slow or failed calls."""
+        code = _code_of(context, outcome)
+        elapsed = time.perf_counter() - start
+        labels = {"service": self.service, "method": self.method, "code": code}
+        REQUESTS.labels(**labels).inc()
+        LATENCY.labels(**labels).observe(elapsed)
+        if code != "OK" or elapsed > 1.0:
+            log.info("rpc", extra={"rpc": self.rpc, "code": code, "ms": elapsed * 1e3})
 
 
 async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

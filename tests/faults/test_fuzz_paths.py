@@ -56,8 +56,6 @@ def _instance(name: str, dataset: str) -> trainer_pb2.CreateInstanceRequest:
 def _attempts(suite: Suite, outside: Path) -> dict[str, Callable[[Metadata], object]]:
     """Distinct ways to ask a service to touch a path outside its data directory."""
     trainer = trainer_pb2_grpc.TrainerServiceStub(suite.channels["trainer"])
-    scorer = scorer_pb2_grpc.ScorerServiceStub(suite.channels["scorer"])
-    segmenter = segmenter_pb2_grpc.SegmenterServiceStub(suite.channels["segmenter"])
     up = "../" * 8
     return {
         "instance ../": lambda md: trainer.CreateInstance(
@@ -101,6 +99,16 @@ def _attempts(suite: Suite, outside: Path) -> dict[str, Callable[[Metadata], obj
         "repair dataset ../": lambda md: trainer.RepairDataset(
             trainer_pb2.RepairDatasetRequest(dataset=f"{up}{MARK}"), metadata=md
         ),
+    }
+
+
+def _more_attempts(suite: Suite) -> dict[str, Callable[[Metadata], object]]:
+    """The same through the encoder, the scorer and the segmenter."""
+    trainer = trainer_pb2_grpc.TrainerServiceStub(suite.channels["trainer"])
+    scorer = scorer_pb2_grpc.ScorerServiceStub(suite.channels["scorer"])
+    segmenter = segmenter_pb2_grpc.SegmenterServiceStub(suite.channels["segmenter"])
+    up = "../" * 8
+    return {
         "encoder dataset ../": lambda md: list(
             trainer.TrainEncoder(
                 trainer_pb2.TrainEncoderRequest(dataset=f"{up}{MARK}-enc"), metadata=md
@@ -146,7 +154,7 @@ def test_every_path_escape_attempt_is_refused(
     before = set(_marked_files(suite, outside))
     refused: dict[str, str] = {}
     accepted: list[str] = []
-    for name, attempt in _attempts(suite, outside).items():
+    for name, attempt in {**_attempts(suite, outside), **_more_attempts(suite)}.items():
         try:
             attempt(metadata)
         except grpc.RpcError as err:
