@@ -84,17 +84,21 @@ def events_to_frame(events: Sequence[common_pb2.Event]) -> pl.DataFrame:
         columns["product_category"].append(e.product_category or None)
         columns["page_name"].append(e.page_name or None)
         columns["campaign_id"].append(e.campaign_id or None)
-        columns["attributes"].append(
-            json.dumps(json_format.MessageToDict(e.attributes))
-            if e.HasField("attributes")
-            else None
-        )
+        columns["attributes"].append(_attributes_json(e) if e.HasField("attributes") else None)
     schema = {
         "timestamp": pl.Int64,
         "value": pl.Float64,
         "quantity": pl.Int64,
     }
     return pl.DataFrame(columns, schema={k: schema.get(k, pl.Utf8) for k in columns}, strict=False)
+
+
+def _attributes_json(event: common_pb2.Event) -> str:
+    """The attributes as JSON text; NaN/Infinity become bare tokens validation rejects."""
+    try:
+        return json.dumps(json_format.MessageToDict(event.attributes))
+    except ValueError:  # a non-finite number: JSON cannot hold it
+        return json.dumps(dict(event.attributes.items()), allow_nan=True, default=str)
 
 
 def _millis(ts: Timestamp) -> int:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from foresight.api.common.v1 import common_pb2
 from foresight.conditions import ConditionGroup, GroupMode, parse, validate_group
 from foresight.conditions.model import Condition, Operator
+from foresight.convert import events_to_frame
 from foresight.errors import InvalidArgument
 from foresight.events.readers import read_jsonl_batches
 from foresight.events.schema import MALFORMED_COLUMN
+from foresight.events.validation import validate
 from foresight.limits import (
     CONDITION_DEPTH_MAX,
     CONDITION_ITEMS_MAX,
@@ -83,3 +87,15 @@ def test_an_over_long_json_line_is_a_rejected_row_never_read_whole(tmp_path: Pat
     for bad in (rows[1], rows[3]):
         assert "limit" in bad[MALFORMED_COLUMN]
         assert len(bad[MALFORMED_COLUMN]) < 200
+
+
+def test_request_events_with_unrepresentable_values_are_rejected_rows() -> None:
+    infinite = common_pb2.Event(event_id="a", profile_id="p", event_type="x")
+    infinite.timestamp.FromSeconds(1_767_225_600)
+    infinite.attributes.update({"ltv": float("inf")})
+    ancient = common_pb2.Event(event_id="b", profile_id="p", event_type="x")
+    ancient.timestamp.seconds = -(2**62)  # outside what protobuf can convert
+    result = validate(events_to_frame([infinite, ancient]), datetime.now(UTC))
+    assert result.accepted.height == 0
+    reasons = result.rejected["reason"].to_list()
+    assert "attributes" in reasons[0] and "timestamp" in reasons[1]
