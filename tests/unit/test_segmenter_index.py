@@ -13,14 +13,10 @@ import pytest
 from foresight.errors import FailedPrecondition
 from foresight.storage import ArtifactStore, Database
 from services.segmenter.embedding import EmbeddedShard
-from services.segmenter.index import (
-    INDEX_FILE,
-    IndexInfo,
-    IndexParams,
-    IndexStore,
-    JourneyIndex,
-    RWLock,
-)
+from services.segmenter.index import INDEX_FILE, JourneyIndex
+from services.segmenter.index_store import IndexStore
+from services.segmenter.index_types import IndexInfo, IndexParams
+from services.segmenter.locking import RWLock
 
 pytestmark = pytest.mark.unit
 
