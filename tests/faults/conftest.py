@@ -136,9 +136,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     assert all(code == 0 for code in codes.values()), codes
     shutil.rmtree(template / "run", ignore_errors=True)
     ids = pl.read_parquet(imports / "gen" / "events.parquet", columns=["profile_id"])
-    return Prepared(
-        template, imports, env, sorted(ids["profile_id"].unique().head(200).to_list())
-    )
+    return Prepared(template, imports, env, sorted(ids["profile_id"].unique().head(200).to_list()))
 
 
 @dataclass
@@ -253,8 +251,15 @@ class FaultWorld:
         try:
             with db.session() as s:
                 bundles: list[str] = []
-                for table in (ModelVersionRow, EncoderVersionRow, IndexVersionRow, DiscoveryRow):
-                    for row in s.scalars(select(table)):
+                tables: list[Any] = [
+                    ModelVersionRow,
+                    EncoderVersionRow,
+                    IndexVersionRow,
+                    DiscoveryRow,
+                ]
+                for table in tables:
+                    rows: list[Any] = list(s.scalars(select(table)))
+                    for row in rows:
                         assert row.status not in RUNNING_STATES, (table.__name__, row.status)
                         if row.status == "READY":
                             assert row.artifact_path, (table.__name__, row.version)
