@@ -107,7 +107,13 @@ class Segmenter:
         return self.live.index
 
     def load(self) -> IndexInfo | None:
-        """Load the newest READY index and replay the journal; a corrupt one is rebuilt or refused."""
+        """Start-up: fail interrupted builds, load the newest READY index and replay the journal.
+
+        A corrupt index is rebuilt or refused, never fatal.
+        """
+        interrupted = self.indexes.recover_interrupted()
+        if interrupted:
+            log.warning("index builds interrupted by a restart", extra={"versions": interrupted})
         return self.live.load(self.rebuild_corrupt)
 
     def build(

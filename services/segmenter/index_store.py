@@ -32,9 +32,11 @@ from services.segmenter.index import (
 )
 from services.segmenter.index_types import SPACE, IndexInfo
 
-__all__ = ["IndexStore", "index_bundle_path", "read_bundle"]
+__all__ = ["INTERRUPTED", "IndexStore", "index_bundle_path", "read_bundle"]
 
+INTERRUPTED: Final[str] = "interrupted: segmenter restarted"
 _LOAD_CHUNK: Final[int] = 50_000
+_TMP_PREFIX: Final[str] = ".tmp-"  # ArtifactStore.publish's temporary folders
 
 
 def read_bundle(folder: Path) -> JourneyIndex:
@@ -107,6 +109,26 @@ class IndexStore:
                 )
             )
         return version
+
+    def recover_interrupted(self) -> list[int]:
+        """At start: fail the builds a killed segmenter left BUILDING; returns their versions.
+
+        Also removes the temporary bundle folders of index versions (only
+        those: other services publish under other folders).
+        """
+        with self.db.session() as s:
+            rows = list(
+                s.scalars(select(IndexVersionRow).where(IndexVersionRow.status == "BUILDING"))
+            )
+            for row in rows:
+                row.status = "FAILED"
+                row.params = {**(row.params or {}), "error": INTERRUPTED}
+            versions = [row.version for row in rows]
+        folder = self.artifacts.path("indexes")
+        if folder.is_dir():
+            for tmp in folder.glob(f"{_TMP_PREFIX}*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        return versions
 
     def publish(self, index: JourneyIndex, version: int) -> IndexInfo:
         """Save `index` as version `version` (atomically), then mark the row READY."""
