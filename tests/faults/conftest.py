@@ -233,6 +233,15 @@ class FaultWorld:
         """The shared registry (SQLite in the data folder)."""
         return Database(default_database_url(self.data_dir))
 
+    def rows(self, table: Any) -> list[Any]:
+        """Every row of a registry table, read directly."""
+        db = self.database()
+        try:
+            with db.session() as s:
+                return list(s.scalars(select(table)))
+        finally:
+            db.dispose()
+
     def assert_no_orphan_processes(self) -> None:
         """Every process of every killed tree has ended (workers die with their parent)."""
         deadline = time.monotonic() + ORPHAN_WAIT_S

@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 import polars as pl
 import pytest
-from sqlalchemy import select
 
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
@@ -192,12 +191,7 @@ def test_kill9_mid_scoring_fails_the_run_and_keeps_the_previous_scores(world: An
         "scorer", s.RunScoring(scorer_pb2.RunScoringRequest(instance=INSTANCE)), "RunScoring"
     )
     world.restart("scorer")
-    db = world.database()
-    try:
-        with db.session() as session:
-            runs = list(session.scalars(select(ScoringRunRow)))
-    finally:
-        db.dispose()
+    runs = world.rows(ScoringRunRow)
     failed = [r for r in runs if r.run_id != previous_run]
     assert len(failed) == 1 and failed[0].status == "FAILED" and interrupted(failed[0].error)
     after = world.client.scorer.BatchGetProfileScores(
@@ -223,12 +217,7 @@ def test_kill9_mid_index_build_fails_the_build_and_serves_the_old_index(world: A
     world.restart("segmenter")
     after = world.client.segmenter.GetIndexInfo(segmenter_pb2.GetIndexInfoRequest())
     assert after.version == served.version and after.count == served.count
-    db = world.database()
-    try:
-        with db.session() as session:
-            rows = list(session.scalars(select(IndexVersionRow)))
-    finally:
-        db.dispose()
+    rows = world.rows(IndexVersionRow)
     newer = [r for r in rows if r.version > served.version]
     assert len(newer) == 1 and newer[0].status == "FAILED"
     assert interrupted((newer[0].params or {}).get("error"))
