@@ -49,8 +49,8 @@ down: ## Stop the local processes started by `make up`
 bench: $(STAMP) ## Benchmarks: prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run
 
-faults: $(STAMP) ## Request fuzzer (≥ 20,000 requests) and path-escape attempts; figures into bench/results.json
-	$(BIN)/python -m bench.run --only fuzz
+faults: $(STAMP) ## kill -9 / SIGTERM fault suite, request fuzzer, path escapes; figures merge into bench/results.json
+	$(BIN)/python -m bench.run --only faults --only fuzz
 
 loadtest: $(STAMP) ## ghz (or h2load) against a running scorer and segmenter
 	$(BIN)/python -m loadtest.run

@@ -12,6 +12,9 @@ import pytest
 
 from foresight.storage.db import Database
 
+# In-process services for the request fuzzer and the bounded-input fault tests.
+pytest_plugins = ["tests.faults.inprocess"]
+
 PG_ADMIN_URL = os.environ.get("FORESIGHT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -15,7 +15,7 @@ from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from foresight.cli import app
 
 if TYPE_CHECKING:
-    from tests.faults.conftest import Suite
+    from tests.faults.inprocess import Suite
 
 pytestmark = pytest.mark.integration
 

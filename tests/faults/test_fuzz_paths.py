@@ -23,7 +23,7 @@ from foresight.api.segmenter.v1 import segmenter_pb2, segmenter_pb2_grpc
 from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 if TYPE_CHECKING:
-    from tests.faults.conftest import Suite
+    from tests.faults.inprocess import Suite
 
 pytestmark = pytest.mark.integration
 

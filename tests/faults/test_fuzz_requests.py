@@ -34,7 +34,7 @@ from foresight.conditions import parse
 from foresight.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from tests.faults.conftest import Suite
+    from tests.faults.inprocess import Suite
 
 pytestmark = pytest.mark.integration
 

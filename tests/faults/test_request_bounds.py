@@ -14,7 +14,7 @@ from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from foresight.limits import CONDITION_ITEMS_MAX, PROFILE_ID_MAX
 
 if TYPE_CHECKING:
-    from tests.faults.conftest import Suite
+    from tests.faults.inprocess import Suite
 
 pytestmark = pytest.mark.integration
 
