@@ -261,7 +261,7 @@ def versions(name: str) -> None:
         resp = c.trainer.ListModelVersions(trainer_pb2.ListModelVersionsRequest(instance=name))
     table = Table("version", "status", "current", "AUC", "features", "error")
     for v in resp.versions:
-        status = trainer_pb2.VersionStatus.Name(v.status).removeprefix("VERSION_STATUS_")
+        status = common_pb2.JobStatus.Name(v.status).removeprefix("JOB_STATUS_")
         table.add_row(
             str(v.version),
             status,

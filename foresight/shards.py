@@ -23,11 +23,17 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from foresight.errors import Cancelled
 
 T = TypeVar("T")
+
+JOB_CANCEL: ContextVar[threading.Event | None] = ContextVar("foresight_job_cancel", default=None)
+"""The cancel token of the job running in this context (set by the runtime's
+`progress_stream` around each long job), so every `map` inside a job stops
+with it without each caller threading the token through."""
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CANCEL_POLL_S = 0.2  # how often a running map looks at its cancel token
@@ -91,10 +97,12 @@ class ShardRunner:
     ) -> list[T]:
         """fn(*args) for every args tuple, results in order; on_done(done, total) after each.
 
-        When `cancel` is set the map raises `Cancelled`: between shards when
-        running inline, and within CANCEL_POLL_S in the pool, whose workers
-        are then terminated (a shard function has no cancellation points).
+        When `cancel` (by default the running job's token, `JOB_CANCEL`) is
+        set the map raises `Cancelled`: between shards when running inline,
+        and within CANCEL_POLL_S in the pool, whose workers are then
+        terminated (a shard function has no cancellation points).
         """
+        cancel = cancel if cancel is not None else JOB_CANCEL.get()
         _check(cancel)
         total = len(arg_lists)
         if self.workers <= 1 or total <= 1:
@@ -124,14 +132,15 @@ class ShardRunner:
         try:
             while pending:
                 done, pending = wait(pending, timeout=CANCEL_POLL_S, return_when=FIRST_COMPLETED)
-                if cancel is not None and cancel.is_set():
-                    self.terminate()
-                    raise Cancelled("cancelled")
+                _check(cancel)
                 for future in done:
                     results[futures[future]] = future.result()
                     finished += 1
                     if on_done is not None:
                         on_done(finished, len(futures))
+        except Cancelled:
+            self.terminate()  # the job is over: its shards in flight are abandoned
+            raise
         except BrokenProcessPool:
             self.close()  # a worker died (e.g. out of memory): start afresh next time
             raise

@@ -35,6 +35,7 @@ from foresight.mapview import ClusterMap
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status
 from foresight.storage.models import SegmentMemberRow, SegmentRow, utcnow
 from services.segmenter import discover as disc
 from services.segmenter import queries, visualize
@@ -113,6 +114,14 @@ class Segmenter:
             raise FailedPrecondition("no journey index yet; call BuildIndex")
         return index
 
+    def recover_interrupted(self) -> dict[str, list[int]]:
+        """At segmenter start: index builds and discoveries a killed segmenter left RUNNING
+        become FAILED "interrupted"; their files and its temporary folders are removed."""
+        return {
+            "indexes": [v for _scope, v in self.indexes.lifecycle.recover()],
+            "discoveries": [v for _scope, v in self.discoveries.lifecycle.recover()],
+        }
+
     def load(self) -> IndexInfo | None:
         """Load the newest READY index at start; a corrupt one is rebuilt or refused, never fatal."""
         row = self.indexes.latest_ready()
@@ -129,7 +138,7 @@ class Segmenter:
                 reason,
                 extra={"version": row.version},
             )
-            self.indexes.mark(row.version, "CORRUPT", reason)
+            self.indexes.mark(row.version, Status.FAILED, f"corrupt: {reason}")
             if not self.rebuild_corrupt:
                 log.error("serving without an index (rebuild of corrupt indexes is off)")
                 return None
@@ -210,7 +219,7 @@ class Segmenter:
 
     def _encoder(self, index: JourneyIndex) -> Encoder:
         version = get_encoder_version(self.db, index.info.encoder_version)
-        if version.status != "READY" or not version.artifact_path:
+        if version.status is not Status.READY or not version.artifact_path:
             raise FailedPrecondition(f"encoder v{version.version} of the index is not READY")
         return cached_encoder(str(self.artifacts.path(version.artifact_path)), threads=0)
 
@@ -321,7 +330,7 @@ class Segmenter:
             try:
                 saved = self.indexes.publish(index, version)
             except BaseException as exc:
-                self.indexes.mark(version, "FAILED", str(exc))
+                self.indexes.lifecycle.end_with(version, exc)
                 raise
             self.indexes.retire_older(version)
             log.info("index snapshot saved", extra={"version": version, "count": saved.count})
@@ -336,8 +345,9 @@ class Segmenter:
             raise InvalidArgument("clusters", "must not be negative")
         snapshot = index.snapshot()
         catalog_ = trait_catalog(self._encoder(index).spec)
-        result = disc.discover(snapshot, catalog_, clusters, progress)
-        return self.discoveries.publish(result, index.info.version)
+        return self.discoveries.run(
+            index.info.version, lambda: disc.discover(snapshot, catalog_, clusters, progress)
+        )
 
     def list_clusters(self, version: int = 0) -> disc.DiscoveryInfo:
         """A discovery with its clusters."""

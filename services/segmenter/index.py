@@ -35,15 +35,16 @@ from typing import Any, Final
 import hnswlib
 import numpy as np
 import polars as pl
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from foresight.encoder import behaviour_as_of, get_encoder_version
-from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
+from foresight.errors import FailedPrecondition, InvalidArgument
 from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore, sha256_file
 from foresight.storage.db import Database
-from foresight.storage.models import IndexVersionRow, utcnow
+from foresight.storage.lifecycle import Lifecycle, Status
+from foresight.storage.models import IndexVersionRow
 from services.segmenter.embedding import EmbeddedShard, embed_shard
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
 log = logging.getLogger("foresight.segmenter.index")
 
 SPACE: Final[str] = "cosine"
+OWNER: Final[str] = "segmenter"
+"""The service that writes indexes/ and discoveries/ (its temporary folders carry this name)."""
 INDEX_FILE: Final[str] = "index.bin"
 SIDECAR_FILE: Final[str] = "index.json"
 LABELS_FILE: Final[str] = "labels.parquet"
@@ -589,76 +592,55 @@ def index_bundle_path(version: int) -> str:
 
 
 class IndexStore:
-    """Index bundles in the artifact store and their rows in the registry."""
+    """Index bundles in the artifact store and their rows in the registry (a `Lifecycle`)."""
 
     def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
         self.db = db
         self.artifacts = artifacts
+        self.lifecycle = Lifecycle(
+            db, artifacts, IndexVersionRow, root="indexes", owner=OWNER, noun="index"
+        )
 
     def allocate(self, dataset: str, encoder_version: int) -> int:
-        """A BUILDING row with the next free version."""
-        folder = self.artifacts.path("indexes")
-        on_disk = (
-            [int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()]
-            if folder.is_dir()
-            else []
-        )
-        with self.db.session() as s:
-            highest = s.scalar(select(func.max(IndexVersionRow.version))) or 0
-            version = max(int(highest), *on_disk, 0) + 1
-            s.add(
-                IndexVersionRow(
-                    version=version,
-                    dataset=dataset,
-                    encoder_version=encoder_version,
-                    status="BUILDING",
-                    params={},
-                    created_at=utcnow(),
-                )
-            )
-        return version
+        """A RUNNING row with the next free version."""
+        return self.lifecycle.allocate(dataset=dataset, encoder_version=encoder_version, params={})
 
     def publish(self, index: JourneyIndex, version: int) -> IndexInfo:
         """Save `index` as version `version` (atomically), then mark the row READY."""
-        relative = index_bundle_path(version)
         info = replace(index.info, version=version)
-        with self.artifacts.publish(relative, {"kind": "index", "version": version}) as folder:
+        metadata = {"kind": "index", "version": version}
+        with self.lifecycle.writing(version, metadata=metadata) as folder:
             saved = index.save(folder, info)
-        self.artifacts.verify(relative)
-        index.info = saved
-        with self.db.session() as s:
-            row = s.scalar(select(IndexVersionRow).where(IndexVersionRow.version == version))
-            if row is None:
-                raise NotFound(f"index version {version} does not exist")
-            row.status = "READY"
-            row.artifact_path = relative
-            row.count = saved.count
-            row.checksum = saved.checksum
-            row.params = {
+        self.lifecycle.mark_ready(
+            version,
+            count=saved.count,
+            checksum=saved.checksum,
+            params={
                 "space": saved.space,
                 "dim": saved.dimensions,
                 "M": saved.m,
                 "ef_construction": saved.ef_construction,
                 "ef": saved.ef,
                 "as_of": saved.as_of.isoformat(),
-            }
+            },
+        )
+        index.info = saved
         return saved
 
-    def mark(self, version: int, status: str, error: str | None = None) -> None:
-        """Set a row's status (FAILED, CORRUPT, RETIRED), keeping the reason in params."""
+    def mark(self, version: int, status: Status, reason: str) -> None:
+        """Set a row's status with the reason, READY ones included (a corrupt index fails)."""
         with self.db.session() as s:
             row = s.scalar(select(IndexVersionRow).where(IndexVersionRow.version == version))
             if row is not None:
-                row.status = status
-                if error:
-                    row.params = {**(row.params or {}), "error": error}
+                row.status = status.value
+                row.error = reason[:4000]
 
     def latest_ready(self) -> IndexVersionRow | None:
         """The newest READY row."""
         with self.db.session() as s:
             return s.scalars(
                 select(IndexVersionRow)
-                .where(IndexVersionRow.status == "READY")
+                .where(IndexVersionRow.status == Status.READY.value)
                 .order_by(IndexVersionRow.version.desc())
                 .limit(1)
             ).first()
@@ -686,14 +668,17 @@ class IndexStore:
             rows = list(
                 s.scalars(
                     select(IndexVersionRow)
-                    .where(IndexVersionRow.status == "READY", IndexVersionRow.version <= keep_from)
+                    .where(
+                        IndexVersionRow.status == Status.READY.value,
+                        IndexVersionRow.version <= keep_from,
+                    )
                     .order_by(IndexVersionRow.version.desc())
                 )
             )
             for row in rows[keep:]:
                 if row.artifact_path:
                     shutil.rmtree(self.artifacts.path(row.artifact_path), ignore_errors=True)
-                row.status = "RETIRED"
+                row.status = Status.RETIRED.value
                 row.artifact_path = None
 
 
@@ -715,7 +700,7 @@ def build_index(
     params = params.check()
     catalog.get_dataset(db, dataset)
     encoder = get_encoder_version(db, encoder_version)
-    if encoder.status != "READY" or not encoder.artifact_path:
+    if encoder.status is not Status.READY or not encoder.artifact_path:
         raise FailedPrecondition(f"encoder v{encoder.version} is {encoder.status}, not READY")
     parts = catalog.catalogued_parts(db, dataset)
     span = catalog.time_range(db, dataset)
@@ -788,5 +773,5 @@ def build_index(
         report("done", 1.0, f"index v{version}: {index.count:,} profiles")
         return index
     except BaseException as exc:
-        store.mark(version, "FAILED", str(exc) or type(exc).__name__)
+        store.lifecycle.end_with(version, exc)
         raise

@@ -56,6 +56,8 @@ def make_setup(
 
         async def ready() -> None:
             await asyncio.to_thread(segmenter.db.migrate)
+            interrupted = await asyncio.to_thread(segmenter.recover_interrupted)
+            log.info("recovered", extra={"interrupted": interrupted})
             # Health stays NOT_SERVING until the index is loaded (or rebuilt).
             await asyncio.to_thread(segmenter.load)
             if settings.snapshot_interval_s > 0:
