@@ -156,9 +156,9 @@ def serving_versions(s: Session, instance: str | None = None) -> dict[str, Serve
     if instance is not None:
         instances = instances.where(InstanceRow.name == instance)
         ready = ready.where(ModelVersionRow.instance_name == instance)
-    current = dict(s.execute(instances).tuples().all())
+    current: dict[str, int | None] = {name: v for name, v in s.execute(instances)}
     versions: dict[str, dict[int, ServedVersion]] = {}
-    for name, version, path, finished in s.execute(ready).tuples():
+    for name, version, path, finished in s.execute(ready):
         if name in current and path is not None:
             versions.setdefault(name, {})[version] = ServedVersion(version, path, finished)
     served: dict[str, ServedVersion] = {}

@@ -460,23 +460,22 @@ def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int
     killed write) are removed. Returns (interrupted run ids, files removed).
     """
     with db.session() as session:
-        running = dict(
-            session.execute(
+        running: dict[str, str] = {
+            run_id: instance
+            for run_id, instance in session.execute(
                 select(ScoringRunRow.run_id, ScoringRunRow.instance_name).where(
                     ScoringRunRow.status == Status.RUNNING.value
                 )
             )
-            .tuples()
-            .all()
-        )
+        }
         kept = {
             str(path)
-            for (path,) in session.execute(
+            for path in session.scalars(
                 select(ScoringRunRow.scores_path).where(
                     ScoringRunRow.status == Status.READY.value,
                     ScoringRunRow.scores_path.is_not(None),
                 )
-            ).tuples()
+            )
         }
     _end_runs(db, scores_root, running, Status.FAILED, INTERRUPTED)
     keep = {scores_root.parent / p for p in kept} | {

@@ -61,7 +61,7 @@ def test_versions_number_up_and_the_latest_ready_is_current(registry: ModelRegis
     assert v1 == 1
     row = registry.get("churn", 1)
     assert row.status is Status.RUNNING and not row.current
-    with pytest.raises(FailedPrecondition, match="already training version 1"):
+    with pytest.raises(FailedPrecondition, match="churn v1 is still running"):
         registry.create_training("churn")
     _publish(registry, 1, auc=0.71)
     v2 = registry.create_training("churn")
