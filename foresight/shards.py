@@ -62,6 +62,67 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
+def _started() -> None:
+    """A no-op task: submitting one per missing worker starts the pool's processes."""
+
+
+def _start_all(pool: ProcessPoolExecutor, workers: int) -> None:
+    """Start all of a pool's workers from the calling thread (a submit starts one while none is idle)."""
+    while len(pool._processes) < workers:
+        wait([pool.submit(_started) for _ in range(workers - len(pool._processes))])
+
+
+class _Spawner:
+    """One long-lived thread that starts every worker process.
+
+    The kernel ties the parent-death signal to the *thread* that created a
+    process, not to the process: a worker started from a job's thread would
+    be killed when that thread ends. Starting all of a pool's workers from
+    this thread, which lives as long as the service, ties them to the service.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: list[tuple[Callable[[], None], threading.Event]] = []
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the spawner thread and wait for it."""
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def task() -> None:
+            try:
+                fn()
+            except BaseException as exc:
+                errors.append(exc)
+
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="shard-spawner", daemon=True
+                )
+                self._thread.start()
+            self._tasks.append((task, done))
+            self._wake.notify()
+        done.wait()
+        if errors:
+            raise errors[0]
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._tasks:
+                    self._wake.wait()
+                task, done = self._tasks.pop(0)
+            task()
+            done.set()
+
+
+_SPAWNER = _Spawner()
+
+
 class ShardRunner:
     """A lazily started process pool for shard functions.
 
@@ -80,12 +141,15 @@ class ShardRunner:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(
+                pool = ProcessPoolExecutor(
                     max_workers=self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_die_with_parent,
                     initargs=(os.getpid(),),
                 )
+                # Start every worker now, from the spawner thread (see _Spawner).
+                _SPAWNER.run(lambda: _start_all(pool, self.workers))
+                self._pool = pool
             return self._pool
 
     def map(

@@ -20,7 +20,9 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import grpc
 
 from foresight.errors import Cancelled
 from foresight.shards import JOB_CANCEL
@@ -40,18 +42,24 @@ async def progress_stream(
     job: Callable[[ProgressFn], T],
     on_progress: Callable[[str, float, str], M],
     on_result: Callable[[T], M],
+    context: grpc.aio.ServicerContext[Any, Any] | None = None,
 ) -> AsyncIterator[M]:
     """Run `job(progress)` in a thread; yield converted progress, then the converted result.
 
     Progress is throttled to changes of stage or ≥ 1 % so a chatty job cannot
     flood the stream. The job's exception propagates to the caller (and so to
-    the runtime's error mapping). Closing or cancelling the stream cancels the
-    job (see the module docstring).
+    the runtime's error mapping). The end of the RPC (`context`, whatever
+    ended it) and closing or cancelling the stream cancel the job (see the
+    module docstring).
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, float, str]] = asyncio.Queue()
     last: list[tuple[str, float]] = [("", -1.0)]
     cancel = threading.Event()
+    if context is not None:
+        # Fires when the RPC ends for any reason: cancelled, deadline, server stop.
+        # (grpc-stubs declare the callback as a class; any callable is accepted.)
+        context.add_done_callback(lambda _context: cancel.set())  # type: ignore[arg-type]
 
     def report(stage: str, fraction: float, message: str) -> None:
         if cancel.is_set():

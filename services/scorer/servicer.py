@@ -45,6 +45,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
                 Progress(stage, fraction, message)
             ),
             converters.run_event,
+            context=context,
         ):
             yield event
 

@@ -492,8 +492,8 @@ class ModelTrainer:
         report = progress or _noop_progress
         config, dataset = self._instance(instance_name)
         version = self.registry.create_training(instance_name)
-        report("prepare", 0.01, f"training {instance_name} v{version}")
         try:
+            report("prepare", 0.01, f"training {instance_name} v{version}")
             return self._train(config, dataset, version, trials, report)
         except BaseException as exc:
             if not isinstance(exc, ForesightError):

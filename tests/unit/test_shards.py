@@ -154,3 +154,29 @@ def test_cancelled_maps_to_the_grpc_cancelled_status() -> None:
     from foresight.runtime.errors import status_for
 
     assert status_for(Cancelled("cancelled")) == grpc.StatusCode.CANCELLED
+
+
+def test_workers_outlive_the_thread_that_first_used_the_pool() -> None:
+    # The parent-death signal follows the creating thread: a job's thread
+    # ending must not take a kept-alive pool's workers with it.
+    runner = ShardRunner(2, keep_alive=True)
+    first: list[list[int]] = []
+    thread = threading.Thread(target=lambda: first.append(runner.map(_square, [(1,), (2,)])))
+    thread.start()
+    thread.join(60)
+    assert first == [[1, 4]]
+    assert runner.map(_square, [(3,), (4,)]) == [9, 16]
+    runner.close()
+
+
+def test_a_job_token_in_context_cancels_a_map_without_being_passed() -> None:
+    from foresight.shards import JOB_CANCEL
+
+    cancel = threading.Event()
+    cancel.set()
+    token = JOB_CANCEL.set(cancel)
+    try:
+        with pytest.raises(Cancelled):
+            ShardRunner(1).map(_square, [(1,)])
+    finally:
+        JOB_CANCEL.reset(token)
