@@ -28,7 +28,6 @@ from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from foresight.encoder import EncoderTrainer
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
-from foresight.generate import generate
 from foresight.runtime import ServiceRuntime
 from foresight.shards import JOB_CANCEL
 from foresight.storage import ArtifactStore, Database
@@ -42,6 +41,7 @@ from foresight.storage.models import (
     ModelVersionRow,
     ScoringRunRow,
 )
+from foresight.tools.generate import generate
 from services.scorer.main import build_scorer, start_scorer
 from services.scorer.settings import ScorerSettings
 from services.segmenter.domain import Segmenter

@@ -20,7 +20,6 @@ from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.features.journey import behaviour_vectors, fit_behaviour_spec
-from foresight.generate import generate
 from foresight.storage import ArtifactStore, Database
 from foresight.storage.bundles import (
     BEHAVIOUR_SPEC_FILE,
@@ -30,6 +29,7 @@ from foresight.storage.bundles import (
 )
 from foresight.storage.catalog import CataloguedPart, record_import
 from foresight.storage.lifecycle import INTERRUPTED, Status
+from foresight.tools.generate import generate
 
 pytestmark = pytest.mark.unit
 
