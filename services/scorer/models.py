@@ -32,6 +32,7 @@ from foresight.storage.bundles import (
     MODEL_INPUT,
     MODEL_ONNX,
     MODEL_OUTPUT,
+    MODEL_TEXT,
     read_model_bundle,
     serving_versions,
 )
@@ -116,12 +117,12 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
     n_features = len(spec.features)
     if isinstance(width, int) and width != n_features:
         raise FailedPrecondition(
-            f"model.onnx takes {width} features, the feature spec has {n_features}"
+            f"{MODEL_ONNX} takes {width} features, the feature spec has {n_features}"
         )
     explainer = TreeExplainer(files.model_text)
     if explainer.n_features != n_features:
         raise FailedPrecondition(
-            f"model.txt takes {explainer.n_features} features, the feature spec has {n_features}"
+            f"{MODEL_TEXT} takes {explainer.n_features} features, the feature spec has {n_features}"
         )
     model = LoadedModel(
         instance=instance,
@@ -153,7 +154,7 @@ def _check_parity(model: LoadedModel, n_features: int) -> None:
     gap = float(np.max(np.abs(onnx - rebuilt)))
     if gap > PARITY_TOLERANCE:
         raise FailedPrecondition(
-            f"model.onnx and model.txt disagree (max probability gap {gap:.2g})"
+            f"{MODEL_ONNX} and {MODEL_TEXT} disagree (max probability gap {gap:.2g})"
         )
 
 

@@ -457,7 +457,7 @@ def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int
     run found before it serves belongs to a dead process: it becomes FAILED
     "interrupted" with its partial rows deleted. Files under the scores folder
     that no READY run points at (a failed run's copy, a temporary file of a
-    killed write) are removed. Returns (interrupted run ids, files removed).
+    killed write) are removed. Returns (interrupted run ids, orphan files removed).
     """
     with db.session() as session:
         running: dict[str, str] = {

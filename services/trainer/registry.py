@@ -58,9 +58,13 @@ class ModelVersionInfo:
     finished_at: datetime | None
 
 
+MODELS_ROOT = "models/{scope}"
+"""Where an instance's model bundles live (``{scope}`` is the instance name)."""
+
+
 def bundle_path(instance: str, version: int) -> str:
     """Relative artifact path of a model bundle."""
-    return f"models/{instance}/v{version}"
+    return f"{MODELS_ROOT.format(scope=instance)}/v{version}"
 
 
 def _info(row: ModelVersionRow, current: int | None) -> ModelVersionInfo:
@@ -89,7 +93,7 @@ class ModelRegistry:
             db,
             artifacts,
             ModelVersionRow,
-            root="models/{scope}",
+            root=MODELS_ROOT,
             owner=OWNER,
             noun="model version",
             scope_column="instance_name",
