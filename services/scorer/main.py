@@ -28,7 +28,7 @@ from foresight.settings import load_settings
 from foresight.storage.artifacts import atomic_write_bytes
 from foresight.storage.db import Database
 from services.scorer.explain import configure_native_threads
-from services.scorer.scoring import SCORES_FOLDER, recover_interrupted
+from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
 from services.scorer.service import Scorer, ScorerConfig
 from services.scorer.servicer import SERVICE_NAME, ScorerServicer
 from services.scorer.settings import ScorerSettings

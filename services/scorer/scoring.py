@@ -33,7 +33,7 @@ from foresight.features.featurize import featurize
 from foresight.features.labels import as_utc, eligible_profiles
 from foresight.features.spec import format_factor_value
 from foresight.storage.db import Database
-from foresight.storage.lifecycle import INTERRUPTED, Status, ending_of
+from foresight.storage.lifecycle import Status, ending_of
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
 from services.scorer.catalog import Catalog, DatasetParts
 from services.scorer.factors import (
@@ -46,6 +46,7 @@ from services.scorer.factors import (
 )
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import Bucket, Importance, Progress, ScoringRun
+from services.scorer.recovery import end_runs
 from services.scorer.snapshot import RunScores, SnapshotStore, sidecar_of
 
 log = logging.getLogger("foresight.scorer.scoring")
@@ -58,8 +59,6 @@ RUN_SECONDS = Histogram(
 )
 
 ProgressFn = Callable[[Progress], None]
-SCORES_FOLDER = "scores"
-"""Where score copies live, under the artifact root (only the scorer writes there)."""
 _DB_CHUNK = 50_000
 _IMPORTANCE_NAMES = {int(i): i.name for i in Importance}
 _BUCKET_NAMES = {int(b): b.name for b in Bucket}
@@ -337,7 +336,7 @@ class ScoringEngine:
         if status is Status.FAILED and not hasattr(exc, "message"):
             log.error("scoring run failed", exc_info=exc)
         try:
-            _end_runs(self.db, self.scores_root, {run_id: instance}, status, message)
+            end_runs(self.db, self.scores_root, {run_id: instance}, status, message)
         except Exception:
             log.exception("could not record the ended run", extra={"run_id": run_id})
         return status
@@ -427,64 +426,3 @@ class ScoringEngine:
         """Read a run's Parquet copy."""
         assert row.scores_path is not None
         return RunScores.load(self.scores_root.parent / row.scores_path)
-
-
-def _end_runs(
-    db: Database, scores_root: Path, runs: dict[str, str], status: Status, reason: str
-) -> None:
-    """Set runs (id → instance) to `status` with the reason; drop their scores, rows and files."""
-    if not runs:
-        return
-    with db.session() as session:
-        session.execute(delete(ProfileScoreRow).where(ProfileScoreRow.run_id.in_(runs)))
-        session.execute(
-            update(ScoringRunRow)
-            .where(ScoringRunRow.run_id.in_(runs))
-            .values(
-                status=status.value, finished_at=utcnow(), error=reason[:4000], scores_path=None
-            )
-        )
-    for run_id, instance in runs.items():
-        path = scores_root / instance / f"{run_id}.parquet"
-        path.unlink(missing_ok=True)
-        sidecar_of(path).unlink(missing_ok=True)
-
-
-def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int]:
-    """At scorer start: fail the runs a killed scorer left RUNNING, remove orphan score files.
-
-    Only the scorer writes scoring runs and the scores folder, so every RUNNING
-    run found before it serves belongs to a dead process: it becomes FAILED
-    "interrupted" with its partial rows deleted. Files under the scores folder
-    that no READY run points at (a failed run's copy, a temporary file of a
-    killed write) are removed. Returns (interrupted run ids, orphan files removed).
-    """
-    with db.session() as session:
-        running: dict[str, str] = {
-            run_id: instance
-            for run_id, instance in session.execute(
-                select(ScoringRunRow.run_id, ScoringRunRow.instance_name).where(
-                    ScoringRunRow.status == Status.RUNNING.value
-                )
-            )
-        }
-        kept = {
-            str(path)
-            for path in session.scalars(
-                select(ScoringRunRow.scores_path).where(
-                    ScoringRunRow.status == Status.READY.value,
-                    ScoringRunRow.scores_path.is_not(None),
-                )
-            )
-        }
-    _end_runs(db, scores_root, running, Status.FAILED, INTERRUPTED)
-    keep = {scores_root.parent / p for p in kept} | {
-        sidecar_of(scores_root.parent / p) for p in kept
-    }
-    removed = 0
-    if scores_root.is_dir():
-        for f in scores_root.rglob("*"):
-            if f.is_file() and f not in keep:
-                f.unlink(missing_ok=True)
-                removed += 1
-    return list(running), removed

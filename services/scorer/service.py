@@ -43,8 +43,9 @@ from services.scorer.records import (
     Segment,
     SegmentFilter,
 )
+from services.scorer.recovery import SCORES_FOLDER
 from services.scorer.schedule import is_due
-from services.scorer.scoring import SCORES_FOLDER, ProgressFn, ScoringEngine, run_from_row
+from services.scorer.scoring import ProgressFn, ScoringEngine, run_from_row
 from services.scorer.segments import SegmentStore
 from services.scorer.snapshot import SnapshotStore
 

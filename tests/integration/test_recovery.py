@@ -11,7 +11,7 @@ from sqlalchemy import select
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import INTERRUPTED, Status
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow
-from services.scorer.scoring import SCORES_FOLDER, recover_interrupted
+from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
 
 pytestmark = pytest.mark.integration
 
