@@ -179,7 +179,7 @@ def test_kill_9_mid_publish_leaves_no_ready_row_and_no_visible_bundle(
     )
     try:
         deadline = time.monotonic() + 60
-        while not marker.exists():
+        while not (marker.exists() and marker.read_text()):  # written, not just created
             assert process.poll() is None, "writer exited early"
             assert time.monotonic() < deadline, "writer never reached publish"
             time.sleep(0.05)
