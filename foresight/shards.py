@@ -216,7 +216,7 @@ class ShardRunner:
         return results
 
     def terminate(self) -> None:
-        """End the worker processes now, abandoning their shards (used on cancel)."""
+        """End the worker processes now, abandoning any shards in flight (used on cancel)."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is None:
@@ -233,11 +233,13 @@ class ShardRunner:
         pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
-        """End the worker processes (call at shutdown)."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        """End the worker processes (call at shutdown, or when a map is over).
+
+        Workers hold no state between shards, so they are terminated rather
+        than asked to finish: a stopping service does not wait for each one
+        to tear its interpreter down.
+        """
+        self.terminate()
 
 
 def _check(cancel: threading.Event | None) -> None:
