@@ -40,7 +40,8 @@ from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Lifecycle, Status
 from foresight.storage.models import ClusterRow, DiscoveryRow
-from services.segmenter.index import OWNER, IndexSnapshot
+from services.segmenter.index_store import OWNER
+from services.segmenter.index_types import IndexSnapshot
 from services.segmenter.traits import TraitCatalog
 
 __all__ = [

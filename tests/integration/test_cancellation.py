@@ -157,7 +157,6 @@ async def services(prepared: Path, tmp_path: Path) -> AsyncIterator[Services]:
         SegmenterServicer(segmenter), g_runtime.server
     )
     g_port = await g_runtime.start()
-    await asyncio.to_thread(segmenter.recover_interrupted)
     await asyncio.to_thread(segmenter.load)
     runtimes.append(g_runtime)
     try:

@@ -4,8 +4,8 @@ TRAINING / BUILDING become RUNNING and a scoring run's SUCCEEDED becomes
 READY (foresight.storage.lifecycle.Status); index versions and discoveries
 get the `error` column the other versioned tables have.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-03
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
