@@ -21,7 +21,6 @@ Scoring runs share the `Status` words but not the versions (a run has an id).
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
@@ -273,7 +272,7 @@ class Lifecycle(Generic[R]):
             v.error = reason[:_MAX_REASON]
             v.artifact_path = None
             self._finished(v)
-        shutil.rmtree(self.artifacts.path(self.bundle_path(version, scope)), ignore_errors=True)
+        self.artifacts.remove(self.bundle_path(version, scope))
 
     def end_with(self, version: int, exc: BaseException, scope: str | None = None) -> Status:
         """`end` with the status and reason that `exc` stands for; returns the status."""
@@ -320,7 +319,7 @@ class Lifecycle(Generic[R]):
                 self._finished(v)
                 recovered.append((scope, v.version))
         for scope, version in recovered:
-            shutil.rmtree(self.artifacts.path(self.bundle_path(version, scope)), ignore_errors=True)
+            self.artifacts.remove(self.bundle_path(version, scope))
         top = self.root.split("/{", 1)[0]
         self.artifacts.sweep_temporary(self.owner, under=top)
         return recovered

@@ -74,11 +74,14 @@ def test_instance_name_is_a_slug() -> None:
 
 def test_artifact_store_never_writes_outside_its_root(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "artifacts")
-    with pytest.raises(PermissionDenied), store.publish("models/../../../escaped/v1"):
+    with (
+        pytest.raises(PermissionDenied),
+        store.publish("models/../../../escaped/v1", owner="trainer"),
+    ):
         pass
     assert not (tmp_path / "escaped").exists()
     (tmp_path / "artifacts" / "models").symlink_to(tmp_path, target_is_directory=True)
-    with pytest.raises(PermissionDenied), store.publish("models/churn/v1"):
+    with pytest.raises(PermissionDenied), store.publish("models/churn/v1", owner="trainer"):
         pass
     assert not (tmp_path / "churn").exists()
     assert store.remove("models/../..") is False
