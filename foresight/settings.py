@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foresight.storage.db import default_database_url
@@ -53,6 +60,20 @@ class ServiceSettings(BaseSettings):
         le=1024,
         description="Event-store shards; the same for every service (profiles hash into them).",
     )
+
+    dask_scheduler: str | None = Field(
+        None,
+        pattern=r"^(tcp|tls|ucx|inproc)://\S+$",
+        description=(
+            "Dask scheduler address (tcp://host:8786): shard work runs on that cluster; "
+            "unset = the local process pool."
+        ),
+    )
+
+    @field_validator("dask_scheduler", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServiceSettings:

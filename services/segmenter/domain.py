@@ -85,6 +85,7 @@ class Segmenter:
         event_store_root: Path,
         shards: int = 16,
         workers: int = 0,
+        scheduler: str | None = None,
         ef: int = 128,
         rebuild_corrupt: bool = True,
     ) -> None:
@@ -93,6 +94,7 @@ class Segmenter:
         self.store_root = event_store_root
         self.events = EventStore(event_store_root, shards)
         self.workers = workers
+        self.scheduler = scheduler
         self.ef = ef
         self.rebuild_corrupt = rebuild_corrupt
         self.indexes = IndexStore(db, artifacts)
@@ -181,6 +183,7 @@ class Segmenter:
                 params,
                 self.workers,
                 progress,
+                self.scheduler,
             )
             with self._swap:
                 journal, self._journal = self._journal or [], None

@@ -27,6 +27,7 @@ def build_segmenter(settings: SegmenterSettings) -> Segmenter:
         settings.data_dir / "events",
         shards=settings.shards,
         workers=settings.workers,
+        scheduler=settings.dask_scheduler,
         ef=settings.hnsw_ef,
         rebuild_corrupt=settings.rebuild_corrupt_index,
     )

@@ -361,13 +361,14 @@ class ModelTrainer:
         event_store: EventStore,
         artifacts: ArtifactStore,
         workers: int = 0,
+        scheduler: str | None = None,
     ) -> None:
         self.db = db
         self.store = event_store
         self.artifacts = artifacts
         self.workers = workers if workers > 0 else (os.cpu_count() or 1)
         self.registry = ModelRegistry(db, artifacts)
-        self.runner = ShardRunner(self.workers, keep_alive=True)
+        self.runner = ShardRunner(self.workers, keep_alive=True, scheduler=scheduler)
 
     def close(self) -> None:
         """Release the worker processes (call at shutdown)."""
