@@ -27,7 +27,6 @@ from foresight.encoder import EncoderTrainer, behaviour_as_of
 from foresight.errors import Cancelled, Unavailable
 from foresight.events.store import EventStore
 from foresight.features.spec import fit_feature_spec
-from foresight.generate import generate
 from foresight.settings import ServiceSettings
 from foresight.shards import ShardRunner
 from foresight.shards_dask import DaskShards
@@ -35,6 +34,7 @@ from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import InstanceRow
+from foresight.tools.generate import generate
 from services.segmenter.embedding import EmbeddedShard, embed_shard
 from services.trainer.registry import VersionStatus
 from services.trainer.shards import ShardFeatures, ShardJob, shard_features, shard_labels
