@@ -257,3 +257,21 @@ def test_the_scheduler_setting_is_checked_at_start() -> None:
     assert ServiceSettings(dask_scheduler="").dask_scheduler is None  # compose passes "" for unset
     with pytest.raises(ValidationError, match="dask_scheduler"):
         ServiceSettings(dask_scheduler="dask:8786")
+
+
+def test_training_featurizes_only_a_bounded_sample(world: World) -> None:
+    with world.db.session() as s:
+        s.add(
+            InstanceRow(
+                name="conv_sampled", dataset=DATASET, config={**CONFIG, "name": "conv_sampled"}
+            )
+        )
+    trainer = ModelTrainer(world.db, world.store, world.artifacts, workers=1, sample_rows=500)
+    try:
+        info = trainer.train("conv_sampled", 1)
+    finally:
+        trainer.close()
+    assert info.status is VersionStatus.READY, info.error
+    rows = trainer.get_evaluation("conv_sampled")["training"]
+    assert rows["train_rows_before_sample"] > 500
+    assert 500 - 2 * 8 <= rows["train_rows"] <= 500  # at most one row short per stratum
