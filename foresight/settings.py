@@ -61,6 +61,13 @@ class ServiceSettings(BaseSettings):
         description="Event-store shards; the same for every service (profiles hash into them).",
     )
 
+    events_dir: str | None = Field(
+        None,
+        description=(
+            "Event store root: a folder or an fsspec URL such as s3://bucket/events "
+            "(endpoint and credentials from the AWS_* variables); default <data_dir>/events."
+        ),
+    )
     dask_scheduler: str | None = Field(
         None,
         pattern=r"^(tcp|tls|ucx|inproc)://\S+$",
@@ -70,7 +77,7 @@ class ServiceSettings(BaseSettings):
         ),
     )
 
-    @field_validator("dask_scheduler", mode="before")
+    @field_validator("dask_scheduler", "events_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -83,6 +90,11 @@ class ServiceSettings(BaseSettings):
             if f is not None and not f.is_file():
                 raise ValueError(f"TLS file {f} does not exist")
         return self
+
+    @property
+    def events_location(self) -> str:
+        """The event store root (folder or URL) every service and shard task uses."""
+        return self.events_dir or str(self.data_dir / "events")
 
     @property
     def resolved_database_url(self) -> str:

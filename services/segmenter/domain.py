@@ -82,7 +82,7 @@ class Segmenter:
         self,
         db: Database,
         artifacts: ArtifactStore,
-        event_store_root: Path,
+        event_store_root: Path | str,
         shards: int = 16,
         workers: int = 0,
         scheduler: str | None = None,
@@ -176,7 +176,7 @@ class Segmenter:
         try:
             index = build_index(
                 self.db,
-                self.store_root,
+                self.events.url,
                 self.artifacts,
                 dataset,
                 encoder_version,

@@ -702,7 +702,7 @@ class IndexStore:
 
 def build_index(
     db: Database,
-    store_root: Path,
+    store_root: Path | str,
     artifacts: ArtifactStore,
     dataset: str,
     encoder_version: int,

@@ -420,7 +420,7 @@ class ModelTrainer:
         for part in parts:
             by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)
         jobs = [
-            ShardJob(str(self.store.root), self.store.shards, dataset, shard, tuple(paths))
+            ShardJob(self.store.url, self.store.shards, dataset, shard, tuple(paths))
             for shard, paths in sorted(by_shard.items())
         ]
         return _Plan(config, dataset, jobs, cutoffs, start, end)

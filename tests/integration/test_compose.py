@@ -189,6 +189,7 @@ def test_scale_profile_adds_dask_and_minio_wired_by_environment() -> None:
     # With it, the scheduler address and the S3 store reach every service.
     wired = {
         "FORESIGHT_DASK_SCHEDULER": "tcp://dask-scheduler:8786",
+        "FORESIGHT_EVENTS_DIR": "s3://foresight/events",
     }
     resolved = _resolved("--profile", "scale", env=wired)
     services = resolved["services"]
