@@ -2,7 +2,7 @@
 
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
-Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter).
+Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, dask).
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ TARGETS: dict[str, tuple[str, str]] = {
     "segmenter_rss_mb_1m": ("≤ 1,500", "MB"),
     "persona_ari": ("≥ 0.7", ""),
     "lookalike_conversion_lift": ("≥ 2", "×"),
+    "dask_featurize_events_per_s": ("report", "events/s"),
+    "dask_batch_score_1m_s": ("report", "s"),
+    "dask_vs_local_throughput_ratio": ("≥ 0.8", "ratio"),
+    "train_peak_rss_mb_1m": ("report", "MB"),
+    "train_peak_rss_mb_2m": ("≤ 1.2 × train_peak_rss_mb_1m", "MB"),
 }
 
 
@@ -108,12 +113,20 @@ def _optional(module: str) -> Callable[[dict[str, Any]], None]:
     return run
 
 
+def _dask_stage(results: dict[str, Any]) -> None:
+    """Dask figures on their own generated data (bench/dask_bench.py)."""
+    from bench import dask_bench
+
+    dask_bench.run(results, DATA)
+
+
 STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "generate": stage_generate,
     "ingest": stage_ingest,
     "trainer": _optional("bench.trainer_bench"),
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
+    "dask": lambda results: _dask_stage(results),
 }
 
 
