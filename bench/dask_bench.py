@@ -231,6 +231,61 @@ def train_once(data: Path, profiles: int, sample_rows: int) -> None:
         trainer.close()
 
 
+def pg_load_rate(results: dict[str, Any], rows: int = 200_000) -> None:
+    """Score rows (5 factors as JSON) bulk loaded into PostgreSQL's profile_scores per second.
+
+    The same `Database.bulk_load` (COPY) a scoring run uses, into a fresh
+    database on FORESIGHT_TEST_PG's server; skipped when none is reachable.
+    """
+    import uuid as _uuid
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from foresight.storage.models import ProfileScoreRow, ScoringRunRow
+
+    admin = os.environ.get("FORESIGHT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"foresight_bench_{_uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError:
+        results["pg_copy_score_rows_per_s"] = "not measured (no PostgreSQL)"
+        return
+    db = Database(f"{admin.rsplit('/', 1)[0]}/{name}")
+    try:
+        db.migrate()
+        now = datetime.now(UTC)
+        with db.session() as s:
+            s.add(
+                ScoringRunRow(
+                    run_id="r", instance_name="i", model_version=1, status="RUNNING", as_of=now
+                )
+            )
+        factors = json.dumps(
+            [{"code": f"f{i}", "value": 1.5, "impact": 0.1, "importance": "HIGH"} for i in range(5)]
+        )
+        data = [("r", f"p{i:09d}", 0.5, 50, 50, "MEDIUM", factors) for i in range(rows)]
+        columns = (
+            "run_id",
+            "profile_id",
+            "probability",
+            "score",
+            "percentile",
+            "bucket",
+            "factors",
+        )
+        t0 = time.perf_counter()
+        for start in range(0, rows, 50_000):
+            db.bulk_load(ProfileScoreRow.__table__, columns, data[start : start + 50_000])  # type: ignore[arg-type]
+        results["pg_copy_score_rows_per_s"] = round(rows / (time.perf_counter() - t0))
+        results["pg_copy_rows"] = rows
+    finally:
+        db.dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def run(results: dict[str, Any], data: Path) -> None:
     """All Dask figures at FORESIGHT_BENCH_PROFILES profiles (and twice that for memory)."""
     profiles = int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000"))
@@ -238,6 +293,7 @@ def run(results: dict[str, Any], data: Path) -> None:
     _, jobs, cutoffs = _world(data, profiles)
     throughput(results, jobs, cutoffs)
     shard_costs(results, jobs, cutoffs)
+    pg_load_rate(results)
     bound = max(1_000, DEFAULT_SAMPLE_ROWS * profiles // 1_000_000)
     results["train_sample_rows"] = bound
     results["train_peak_rss_mb_1m"] = round(_train_rss(data, profiles, bound))

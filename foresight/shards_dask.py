@@ -121,7 +121,10 @@ class DaskShards:
         try:
             return future.result(timeout=self.lost_after_s)
         except FutureCancelledError as exc:
-            raise Unavailable(f"the Dask scheduler at {self.address} dropped a shard task") from exc
+            raise Unavailable(
+                f"the Dask scheduler at {self.address} went away (a shard task was lost); "
+                "the job stopped"
+            ) from exc
         except ForesightError:
             raise
         except Exception as exc:
