@@ -2,7 +2,7 @@
 
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
-Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, dask).
+Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, faults, dask).
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ TARGETS: dict[str, tuple[str, str]] = {
     "dask_vs_local_throughput_ratio": ("≥ 0.8", "ratio"),
     "train_peak_rss_mb_1m": ("report", "MB"),
     "train_peak_rss_mb_2m": ("≤ 1.2 × train_peak_rss_mb_1m", "MB"),
+    "lost_acknowledged_writes": ("0", ""),
+    "kill9_cases": ("≥ 8", "kill points"),
+    "orphan_processes_after_kill": ("0", ""),
 }
 
 
@@ -120,6 +123,13 @@ def _dask_stage(results: dict[str, Any]) -> None:
     dask_bench.run(results, DATA)
 
 
+def stage_faults(results: dict[str, Any]) -> None:
+    """The kill -9 / SIGTERM fault suite on its own small data (no 1M data set needed)."""
+    from bench import faults_bench
+
+    faults_bench.run(results)
+
+
 STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "generate": stage_generate,
     "ingest": stage_ingest,
@@ -127,6 +137,7 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
     "dask": lambda results: _dask_stage(results),
+    "faults": stage_faults,
 }
 
 
