@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +238,6 @@ def pg_load_rate(results: dict[str, Any], rows: int = 200_000) -> None:
     database on FORESIGHT_TEST_PG's server; skipped when none is reachable.
     """
     import uuid as _uuid
-    from datetime import UTC, datetime
 
     import psycopg
 
@@ -301,5 +300,11 @@ def run(results: dict[str, Any], data: Path) -> None:
     results["train_rss_2m_over_1m"] = round(
         results["train_peak_rss_mb_2m"] / results["train_peak_rss_mb_1m"], 3
     )
-    mine = ("dask", "train_", "local_", "shard")
+    results["dask_measured"] = {
+        "profiles": profiles,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
+    }
+    mine = ("dask", "train_", "local_", "shard", "pg_")
     print(json.dumps({k: v for k, v in results.items() if k.startswith(mine)}, indent=1))
