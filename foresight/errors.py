@@ -49,7 +49,7 @@ class Unauthenticated(ForesightError):
 
 
 class Cancelled(ForesightError):
-    """The caller cancelled the work (or its deadline passed) before it finished."""
+    """The caller cancelled the job (or its deadline passed); nothing was published."""
 
 
 class Unavailable(ForesightError):

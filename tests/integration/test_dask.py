@@ -33,10 +33,10 @@ from foresight.shards_dask import DaskShards
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status as VersionStatus
 from foresight.storage.models import InstanceRow
 from foresight.tools.generate import generate
 from services.segmenter.embedding import EmbeddedShard, embed_shard
-from services.trainer.registry import VersionStatus
 from services.trainer.shards import ShardFeatures, ShardJob, shard_features, shard_labels
 from services.trainer.training import ModelTrainer
 
