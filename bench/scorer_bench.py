@@ -47,7 +47,9 @@ from foresight.features.labels import eligible_profiles, goal_labels
 from foresight.features.spec import fit_feature_spec
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.bundles import write_model_bundle
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status
 from foresight.storage.models import (
     DatasetPartRow,
     InstanceRow,
@@ -172,17 +174,20 @@ def _publish(var: Path, db: Database, name: str, events: pl.DataFrame, cutoff: d
     )
     relative = f"models/{name}/v1"
     with ArtifactStore(var / "artifacts").publish(relative, owner="trainer") as folder:
-        (folder / "model.onnx").write_bytes(onnx.SerializeToString())
-        (folder / "model.txt").write_text(booster.model_to_string())
-        (folder / "feature_spec.json").write_text(json.dumps(spec.to_dict()))
-        (folder / "instance.json").write_text(json.dumps(instance_config.to_dict(config)))
-        (folder / "evaluation.json").write_text(json.dumps({"auc": auc, "quality": "GOOD"}))
+        write_model_bundle(
+            folder,
+            onnx_model=onnx.SerializeToString(),
+            model_text=booster.model_to_string(),
+            feature_spec=spec.to_dict(),
+            instance=instance_config.to_dict(config),
+            evaluation={"auc": auc, "quality": "GOOD"},
+        )
     with db.session() as s:
         s.add(
             ModelVersionRow(
                 instance_name=name,
                 version=1,
-                status="READY",
+                status=Status.READY.value,
                 artifact_path=relative,
                 created_at=utcnow(),
                 finished_at=utcnow(),

@@ -59,6 +59,7 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
     from foresight.events.validation import validate
     from foresight.storage import ArtifactStore, Database
     from foresight.storage.catalog import CataloguedPart, record_import
+    from foresight.storage.lifecycle import Status
 
     source = _source_dir(workdir) / "events.parquet"
     if not source.exists():
@@ -115,7 +116,7 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
     del events
     trainer = EncoderTrainer(db, var / "events", artifacts)
     info = publish_encoder(db, artifacts, bundle, DATASET)
-    assert info.status == "READY"
+    assert info.status is Status.READY
     assert trainer.list_versions()[0].version == info.version
     encoder = {
         "encoder_version": info.version,
