@@ -103,10 +103,11 @@ EXAMPLE = """\
 # Reference: README "Instance YAML reference" (or `foresight instance schema`).
 name: churn                      # unique instance name
 dataset: shop                    # dataset whose events train and score it
-description: Customers who will not purchase in the next 30 days
+description: Customers with no activity at all in the next 30 days
 type: CHURN                      # CHURN | CONVERSION | CUSTOM
 goal:
-  conditions: event_type = "commerce.purchases"   # condition text or structured form
+  conditions: ""                 # empty = any event (churn: no activity at all), or condition
+                                 # text such as: event_type = "commerce.purchases"
   window_days: 30                # outcome window after a cutoff (1-365 days)
   # occurrence: WILL_NOT_OCCUR   # follows the type; required for CUSTOM
 population:

@@ -1,17 +1,21 @@
 """One small prepared system shared by the CLI, README and browser tests (per session/worker).
 
-The three services run as local processes (SQLite) over ~1,500 synthetic
-profiles; the fixture imports the events and profiles, creates the `churn`
-instance from an instance file, trains and scores it, creates a HIGH-churn
-segment, trains the encoder, builds the index and discovers clusters — all
-through the CLI itself, so a broken command fails the fixture loudly.
-Tests only read this state or create things under names of their own.
+The system is prepared by the README itself: the fixture starts the three
+services as local processes (what `make up` does, on free ports) and runs
+every shell command of the README's "Quick start" and "CLI" sections in a
+fresh folder, as a person would: generate 3,000 profiles, import, create the
+`churn` instance from `foresight instance init`, train, score, segment,
+encoder, index, discovery, lookalikes, map. The commands' results are kept
+for `test_readme_commands.py`; the other tests only read this state or create
+things under names of their own.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +25,20 @@ from typer.testing import CliRunner, Result
 
 from foresight.cli import app
 from foresight.tools import localrun
-from foresight.tools.generate import generate
 
-PROFILES = 1_500
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+README_SECTIONS = ("Quick start", "CLI")
+# README lines the fixture does itself: the environment is this interpreter's,
+# and the services are started on free ports instead of 50051–50053.
+DONE_BY_THE_FIXTURE = ("make venv && source .venv/bin/activate", "make up")
+
+# Names the README's commands create.
+PROFILES = 3_000
 DATASET = "shop"
 INSTANCE = "churn"
-SEGMENT = "churn-high"
-# The default label gate (500/500) is for real data; this small set trains with fewer.
-INSTANCE_YAML = f"""\
-name: {INSTANCE}
-dataset: {DATASET}
-type: CHURN
-goal:
-  conditions: event_type = "commerce.purchases"
-  window_days: 30
-min_positives: 50
-min_negatives: 50
-"""
+SEGMENT = "high-churn-risk"
+PROFILE_ID = "p0000007"  # active in the last weeks of the generated data, so it is scored
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,38 @@ class System:
     """The running services and where their data lives."""
 
     root: Path
-    imports: Path
     env: dict[str, str]
     profile_id: str
-    #: The output of each preparation step, by command name (train, score, discover …).
-    prepared: dict[str, Result]
+    #: Each README command that ran, with its exit code and output, in order.
+    readme: list[tuple[str, int, str]]
+
+    @property
+    def imports(self) -> Path:
+        """The trainer's import root (the default: <data dir>/imports)."""
+        return self.root / "var" / "imports"
 
     def cli(self, *args: str) -> Result:
         """Run `foresight ARGS` in-process against these services."""
         return CliRunner().invoke(app, list(args), env=self.env)
+
+    def output_of(self, prefix: str) -> str:
+        """Output of the README command that starts with `prefix`."""
+        return next(out for cmd, _, out in self.readme if cmd.startswith(prefix))
+
+
+def readme_commands(text: str | None = None) -> list[str]:
+    """Every shell command in the bash blocks of the README's quick start and CLI sections."""
+    text = README.read_text() if text is None else text
+    commands: list[str] = []
+    for section in README_SECTIONS:
+        start = text.index(f"\n## {section}\n")
+        end = text.find("\n## ", start + 1)
+        for block in re.findall(r"```bash\n(.*?)```", text[start:end], re.S):
+            for line in block.splitlines():
+                command = re.sub(r"\s+#\s.*$", "", line).strip()
+                if command and not command.startswith("#"):
+                    commands.append(command)
+    return commands
 
 
 def ok(result: Result) -> Result:
@@ -66,13 +90,10 @@ def ok(result: Result) -> Result:
 @pytest.fixture(scope="session")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """The prepared system (see the module docstring)."""
-    root = tmp_path_factory.mktemp("cli-system")
-    imports = root / "imports"
-    generate(imports / "synthetic", profiles=PROFILES, seed=11)
+    root = tmp_path_factory.mktemp("readme-system")
     services = localrun.start(
         root / "var",
         env={
-            "FORESIGHT_IMPORT_ROOT": str(imports),
             "FORESIGHT_SHARDS": "2",
             # Never polled during the tests: scoring right after training must load
             # the new version on demand.
@@ -87,33 +108,30 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             "FORESIGHT_SEGMENTER_ADDR": config.segmenter,
             "COLUMNS": "200",
         }
-        system = System(root, imports, env, "", {})
-        prepared: dict[str, Result] = {}
-        (root / "churn.yaml").write_text(INSTANCE_YAML)
-        for args in (
-            ("import", "synthetic/events.parquet", "--dataset", DATASET),
-            ("import-profiles", "synthetic/profiles.parquet"),
-            ("instance", "create", "-f", str(root / "churn.yaml")),
-            ("train", INSTANCE),
-            ("score", INSTANCE),
-            ("segment", SEGMENT, "--instance", INSTANCE, "--bucket", "HIGH"),
-            ("train-encoder", DATASET),
-            ("build-index", DATASET),
-            ("discover",),
-        ):
-            prepared[args[0] if args[0] != "instance" else "instance create"] = ok(
-                system.cli(*args)
+        shell_env = {
+            **os.environ,
+            **env,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        ran: list[tuple[str, int, str]] = []
+        for command in readme_commands():
+            if command in DONE_BY_THE_FIXTURE:
+                continue
+            done = subprocess.run(
+                ["bash", "-c", command],
+                cwd=root,
+                env=shell_env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
             )
-        yield System(root, imports, env, _a_profile(imports / "synthetic"), prepared)
+            ran.append((command, done.returncode, done.stdout + done.stderr))
+            assert done.returncode == 0, f"README command failed: {command}\n{ran[-1][2]}"
+        yield System(root, env, PROFILE_ID, ran)
     finally:
-        codes = localrun.stop(services, grace_s=20)
+        codes = localrun.stop(services, grace_s=60)
         assert all(code == 0 for code in codes.values()), codes
-
-
-def _a_profile(folder: Path) -> str:
-    import polars as pl
-
-    return str(pl.read_parquet(folder / "profiles.parquet", columns=["profile_id"])[0, 0])
 
 
 def one_line_error(result: Result, status: str, code: int) -> str:
@@ -127,12 +145,10 @@ def one_line_error(result: Result, status: str, code: int) -> str:
 
 
 @pytest.fixture
-def no_services(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def no_services() -> dict[str, str]:
     """Addresses where nothing listens (port 1 is never a gRPC server)."""
-    monkeypatch.delenv("FORESIGHT_AUTH_TOKEN", raising=False)
     return {
         "FORESIGHT_TRAINER_ADDR": "127.0.0.1:1",
         "FORESIGHT_SCORER_ADDR": "127.0.0.1:1",
         "FORESIGHT_SEGMENTER_ADDR": "127.0.0.1:1",
-        **{k: v for k, v in os.environ.items() if k == "PATH"},
     }
