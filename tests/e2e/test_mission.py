@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -412,10 +413,19 @@ def test_sigterm_stops_each_service_cleanly(mission: Mission) -> None:
 
 
 def test_no_process_is_left_behind(mission: Mission) -> None:
-    """Nothing of any service outlives it: workers and resource trackers included."""
-    left = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) in mission.groups and proc.status() != psutil.STATUS_ZOMBIE:
-                left.append(proc.info)
+    """Nothing of any service outlives it: workers and resource trackers included.
+
+    A resource tracker ends when it reads the end of its pipe, a moment after
+    its service exits, so the check waits (bounded) for the group to empty.
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        left = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(proc.pid) in mission.groups and proc.status() != "zombie":
+                    left.append(proc.info)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert not left, left
