@@ -12,7 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: help venv proto lint test test-unit test-integration test-e2e demo up down bench faults loadtest clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
@@ -36,6 +36,12 @@ test: lint ## Lint, type-check and run the whole test suite
 
 test-unit: $(STAMP) ## Only the fast unit tests
 	$(BIN)/pytest -q -m unit
+
+test-integration: $(STAMP) ## In-process servers, databases, Chromium pages, the CLI against local services
+	$(BIN)/pytest -q -m integration
+
+test-e2e: $(STAMP) ## The three services as processes on PostgreSQL: the whole mission, crash, SIGTERM
+	$(BIN)/pytest -q -m e2e
 
 demo: $(STAMP) ## Generate data, start the services, run the whole mission over gRPC
 	$(BIN)/python -m foresight.tools.demo --data $(DATA)/demo

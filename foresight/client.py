@@ -9,13 +9,19 @@ by hand.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from foresight.api.common.v1 import common_pb2
@@ -176,6 +182,31 @@ class ForesightClient:
 
         return self.trainer.IngestEvents(batches())
 
+    def ingest_file(
+        self,
+        dataset: str,
+        path: Path,
+        on_rows: Callable[[int], None] | None = None,
+        batch_rows: int = 5_000,
+    ) -> trainer_pb2.IngestSummary:
+        """Stream a local Parquet / CSV / JSON Lines file (or folder) as raw rows.
+
+        Rows travel as read (Arrow IPC), so the trainer parses timestamps and
+        attributes, validates and quarantines them exactly as ImportDataset does.
+        `on_rows` is told how many rows each sent batch held.
+        """
+        from foresight.events.readers import read_batches
+
+        def batches() -> Iterator[trainer_pb2.IngestEventsRequest]:
+            for frame in read_batches(path, batch_rows):
+                buffer = io.BytesIO()
+                frame.write_ipc_stream(buffer)
+                yield trainer_pb2.IngestEventsRequest(dataset=dataset, rows=buffer.getvalue())
+                if on_rows is not None:
+                    on_rows(frame.height)
+
+        return self.trainer.IngestEvents(batches())
+
     @staticmethod
     def follow(
         stream: Iterable[Any], on_progress: Callable[[common_pb2.Progress], None] | None = None
@@ -192,3 +223,53 @@ class ForesightClient:
         if result is None:
             raise RuntimeError("the stream ended without a result")
         return result
+
+
+# ---------------------------------------------------------------- typed values
+
+
+def to_plain(message: Message) -> dict[str, Any]:
+    """A message as plain typed values: every field (zeros included), int64 as int,
+    enums by their short name (``BUCKET_HIGH`` → ``"HIGH"``), timestamps as ISO 8601,
+    unset messages and optional scalars as None.
+
+    Unlike protobuf's JSON mapping (int64 as strings, zero fields left out) this
+    is what tables, ``--json`` output and charts are built from.
+    """
+    out: dict[str, Any] = {}
+    for fd in message.DESCRIPTOR.fields:
+        value = getattr(message, fd.name)
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            out[fd.name] = {k: _plain_value(value_fd, v) for k, v in value.items()}
+        elif fd.is_repeated:
+            out[fd.name] = [_plain_value(fd, v) for v in value]
+        elif fd.has_presence and not message.HasField(fd.name):
+            out[fd.name] = None
+        else:
+            out[fd.name] = _plain_value(fd, value)
+    return out
+
+
+def _plain_value(fd: Any, value: Any) -> Any:
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        name = fd.message_type.full_name
+        if name == "google.protobuf.Timestamp":
+            return value.ToDatetime(tzinfo=UTC).isoformat()
+        if name in ("google.protobuf.Struct", "google.protobuf.Value"):
+            return json_format.MessageToDict(value)
+        return to_plain(value)
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return enum_name(fd.enum_type, value)
+    if fd.type == FieldDescriptor.TYPE_BYTES:
+        return value.hex()
+    return value
+
+
+def enum_name(enum: EnumDescriptor | Any, number: int) -> str:
+    """Short name of an enum value: the type's prefix cut off (VERSION_STATUS_READY → READY)."""
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return str(number)
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+    return value.name.removeprefix(prefix)

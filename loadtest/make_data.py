@@ -1,4 +1,5 @@
-"""Write the load tests' request data (`loadtest/data/*.json`) from a real run.
+"""Write the load tests' request data from a real run (into var/loadtest/data by default,
+untracked; `--out loadtest/data` replaces the committed files on purpose).
 
     python -m loadtest.make_data                      # ask the running services
     python -m loadtest.make_data --from-data DIR      # a `foresight generate` folder
@@ -37,6 +38,9 @@ from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ForesightClient
 from loadtest.calls import DATA_DIR, client_config
+
+#: Where `python -m loadtest.make_data` writes by default (ignored by git, like all of var/).
+GENERATED_DATA_DIR = Path("var/loadtest/data")
 
 # How many distinct requests each file holds: enough that caches see many
 # keys, small enough to commit.
@@ -209,7 +213,7 @@ def facts_from_generated(folder: Path, instances: list[str], max_ids: int = 5000
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: write loadtest/data/*.json."""
+    """Command line: write the request data (default var/loadtest/data/*.json, untracked)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -217,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--instance", action="append", help="instance name(s) for --from-data (default churn)"
     )
-    parser.add_argument("--out", type=Path, default=DATA_DIR)
+    # Never the committed loadtest/data by default: a run's data stays out of git.
+    parser.add_argument("--out", type=Path, default=GENERATED_DATA_DIR)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     if args.from_data:

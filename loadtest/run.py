@@ -80,6 +80,14 @@ def run_all(
     return results
 
 
+def with_data_dir(configs: list[LoadConfig], data_dir: Path) -> list[LoadConfig]:
+    """The configs reading their request data from `data_dir` instead of loadtest/data."""
+    return [
+        replace(c, raw={**c.raw, "data-file": str(data_dir.resolve() / c.data_file.name)})
+        for c in configs
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -95,12 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sample", type=int, default=50, help="calls whose grpc-status is checked (h2load)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="request data written by `python -m loadtest.make_data` (default: the committed files)",
+    )
     args = parser.parse_args(argv)
 
     tool = pick_tool(args.tool)
     configs = load_configs(args.names or None)
     if args.total:
         configs = [replace(c, raw={**c.raw, "total": args.total}) for c in configs]
+    if args.data:
+        configs = with_data_dir(configs, args.data)
     env = dict(os.environ)
     services = None
     tmp = None
@@ -121,10 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir = work / "loadtest-data"
             with ForesightClient(client_config(env)) as client:
                 write_requests(build_requests(facts_from_services(client)), data_dir)
-            configs = [
-                replace(c, raw={**c.raw, "data-file": str(data_dir / c.data_file.name)})
-                for c in configs
-            ]
+            configs = with_data_dir(configs, data_dir)
         check_targets(configs, env)
         results = run_all(configs, tool, env, args.sample)
     finally:

@@ -1,56 +1,133 @@
-"""Segmenter commands: encoder, index, discovery, expansion, cluster map."""
+"""Segmenter commands: encoder, index, discovery, clusters, similar profiles, lookalikes, map."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import polars as pl
 import typer
 
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
-from foresight.cli.app import app, client, console, follow, show
+from foresight.cli.app import app, client, console, follow, waiting
+from foresight.cli.output import CsvFlag, JsonFlag, Rows, emit
+from foresight.client import to_plain
 
 
 @app.command("train-encoder")
-def train_encoder(dataset: str, dimensions: Annotated[int, typer.Option()] = 0) -> None:
+def train_encoder(
+    dataset: str,
+    dimensions: Annotated[int, typer.Option(help="Embedding size (0 = chosen).")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
     """Fit the journey encoder (chosen by measurement) and export it as ONNX."""
     with client() as c:
         stream = c.trainer.TrainEncoder(
             trainer_pb2.TrainEncoderRequest(dataset=dataset, dimensions=dimensions)
         )
-        show(follow(stream, "encoder"))
+        encoder = follow(stream, "encoder")
+    emit(encoder, as_json=as_json)
 
 
 @app.command("build-index")
-def build_index(dataset: str) -> None:
+def build_index(dataset: str, as_json: JsonFlag = False) -> None:
     """Embed every profile and build the HNSW index."""
     with client() as c:
-        show(
-            follow(
-                c.segmenter.BuildIndex(segmenter_pb2.BuildIndexRequest(dataset=dataset)), "index"
+        stream = c.segmenter.BuildIndex(segmenter_pb2.BuildIndexRequest(dataset=dataset))
+        info = follow(stream, "index")
+    emit(info, as_json=as_json)
+
+
+def _cluster_rows(clusters: list[dict[str, Any]]) -> Rows:
+    return Rows(
+        ("cluster", "name", "size", "share %", "high influence", "high popularity"),
+        [
+            (
+                c["cluster_id"],
+                c["name"],
+                c["size"],
+                round(100 * c["share"], 1),
+                "; ".join(f"{t['description']} ×{t['lift']:.1f}" for t in c["influence"][:3]),
+                "; ".join(f"{t['description']} ({t['count']:,})" for t in c["popularity"][:3]),
             )
-        )
+            for c in clusters
+        ],
+    )
 
 
 @app.command()
-def discover(clusters: Annotated[int, typer.Option(help="0 = choose automatically.")] = 0) -> None:
+def discover(
+    clusters: Annotated[int, typer.Option(help="0 = choose automatically.")] = 0,
+    as_json: JsonFlag = False,
+    as_csv: CsvFlag = False,
+) -> None:
     """Discover segments; print each with its High Influence and High Popularity traits."""
     with client() as c:
         d = follow(
             c.segmenter.DiscoverSegments(segmenter_pb2.DiscoverSegmentsRequest(clusters=clusters)),
             "discover",
         )
-    console.print(f"discovery v{d.version}: {d.chosen_by}")
-    for cl in d.clusters:
-        console.print(f"[bold]#{cl.cluster_id} {cl.name}[/] {cl.size:,} ({100 * cl.share:.1f} %)")
-        console.print(
-            "  influence : " + "; ".join(f"{t.description} ×{t.lift:.1f}" for t in cl.influence[:4])
+    rows = _cluster_rows(to_plain(d)["clusters"])
+    emit(
+        d,
+        as_json=as_json,
+        as_csv=as_csv,
+        rows=rows,
+        summary=f"discovery v{d.version}: {d.chosen_by}",
+    )
+
+
+@app.command("clusters")
+def list_clusters(
+    discovery: Annotated[int, typer.Option(help="Discovery version (0 = latest).")] = 0,
+    as_json: JsonFlag = False,
+    as_csv: CsvFlag = False,
+) -> None:
+    """List the clusters of a discovery with their traits."""
+    with client() as c:
+        resp = c.segmenter.ListClusters(
+            segmenter_pb2.ListClustersRequest(discovery_version=discovery)
         )
-        console.print(
-            "  popularity: "
-            + "; ".join(f"{t.description} ({t.count:,})" for t in cl.popularity[:4])
+    rows = _cluster_rows(to_plain(resp)["clusters"])
+    emit(resp, as_json=as_json, as_csv=as_csv, rows=rows)
+
+
+@app.command("save-cluster-segment")
+def save_cluster_segment(
+    cluster: Annotated[int, typer.Argument(help="Cluster id (see `foresight clusters`).")],
+    name: Annotated[str, typer.Argument(help="Name of the new segment.")],
+    discovery: Annotated[int, typer.Option(help="Discovery version (0 = latest).")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Save a cluster's members as a segment (to export or expand)."""
+    with client() as c:
+        resp = c.segmenter.SaveClusterSegment(
+            segmenter_pb2.SaveClusterSegmentRequest(
+                discovery_version=discovery, cluster_id=cluster, name=name
+            )
         )
+    emit(resp, as_json=as_json, summary=f"saved segment {resp.name}: {resp.size:,} profiles")
+
+
+def _neighbor_rows(neighbors: list[segmenter_pb2.Neighbor]) -> Rows:
+    return Rows(
+        ("rank", "profile", "similarity"),
+        [(i, n.profile_id, round(n.similarity, 4)) for i, n in enumerate(neighbors, 1)],
+    )
+
+
+@app.command()
+def similar(
+    profile_id: str,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="How many.")] = 10,
+    as_json: JsonFlag = False,
+    as_csv: CsvFlag = False,
+) -> None:
+    """The profiles whose journeys are most similar to one profile's."""
+    with client() as c:
+        resp = c.segmenter.FindSimilar(segmenter_pb2.FindSimilarRequest(profile_id=profile_id, k=k))
+    emit(resp, as_json=as_json, as_csv=as_csv, rows=_neighbor_rows(list(resp.neighbors)))
 
 
 @app.command()
@@ -59,26 +136,68 @@ def expand(
     profile: Annotated[
         list[str] | None, typer.Option(help="Seed: profile ids (repeatable).")
     ] = None,
-    target_size: Annotated[int, typer.Option()] = 0,
-    min_similarity: Annotated[float, typer.Option()] = 0.0,
+    target_size: Annotated[int, typer.Option(min=0, help="Lookalikes wanted.")] = 0,
+    target_multiple: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Lookalikes wanted as a multiple of the seed size. Default (both 0): "
+            "5 × seed, at most a tenth of the other profiles.",
+        ),
+    ] = 0.0,
+    min_similarity: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the lookalikes to this .csv or .parquet file.")
+    ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Lookalikes of a seed, with the reach curve."""
+    """Lookalikes of a seed, with the reach curve up to the target."""
+    if bool(segment) == bool(profile):
+        raise typer.BadParameter("give a seed: --segment NAME or --profile ID (repeatable)")
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise typer.BadParameter("must end in .csv or .parquet", param_hint="--out")
     request = segmenter_pb2.ExpandSegmentRequest(
-        target_size=target_size, min_similarity=min_similarity
+        target_size=target_size, target_multiple=target_multiple, min_similarity=min_similarity
     )
     if segment:
         request.segment = segment
     else:
         request.profile_ids.profile_ids.extend(profile or [])
-    with client() as c:
+    with client() as c, waiting("expand"):
         resp = c.segmenter.ExpandSegment(request)
-    console.print(
+    if out is not None:
+        _write_lookalikes(list(resp.lookalikes), out)
+    summary = (
         f"seed {resp.seed_size:,}, {len(resp.lookalikes):,} lookalikes, {resp.query_points} query points"
+        + (
+            f"; unknown seed ids: {list(resp.unknown_seed_ids)[:10]}"
+            if resp.unknown_seed_ids
+            else ""
+        )
+        + (f"; lookalikes written to {out}" if out is not None else "")
     )
-    if resp.unknown_seed_ids:
-        console.print(f"unknown seed ids: {list(resp.unknown_seed_ids)[:10]}")
-    for r in resp.reach:
-        console.print(f"  similarity ≥ {r.similarity:.2f}: {r.audience_size:,}")
+    reach = Rows(
+        ("similarity ≥", "audience"),
+        [(round(r.similarity, 4), r.audience_size) for r in resp.reach],
+        title="reach curve",
+    )
+    emit(resp, as_json=as_json, summary=summary, extra=[reach])
+
+
+def _write_lookalikes(lookalikes: list[segmenter_pb2.Neighbor], out: Path) -> None:
+    frame = pl.DataFrame(
+        {
+            "rank": list(range(1, len(lookalikes) + 1)),
+            "profile_id": [n.profile_id for n in lookalikes],
+            "similarity": [n.similarity for n in lookalikes],
+        },
+        schema={"rank": pl.Int64, "profile_id": pl.String, "similarity": pl.Float64},
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        frame.write_parquet(out)
+    else:
+        frame.write_csv(out)
 
 
 @app.command("cluster-map")
@@ -86,7 +205,7 @@ def cluster_map(
     out: Annotated[
         Path, typer.Option(help="Folder for cluster-map.html and cluster-map.png.")
     ] = Path("reports"),
-    sample_size: Annotated[int, typer.Option()] = 5_000,
+    sample_size: Annotated[int, typer.Option(min=1, max=50_000)] = 5_000,
 ) -> None:
     """Write the cluster map as PNG and a self-contained HTML page."""
     from foresight.tools.mapview import write_map

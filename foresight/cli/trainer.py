@@ -5,21 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import polars as pl
 import typer
-from google.protobuf import json_format
-from rich.table import Table
 
-from foresight.api.common.v1 import common_pb2
 from foresight.api.trainer.v1 import trainer_pb2
-from foresight.cli.app import app, client, console, follow, instance_app, show
-from foresight.convert import event_from_row
+from foresight.cli import instance_file
+from foresight.cli.app import app, client, console, follow, instance_app, progress_bar, waiting
+from foresight.cli.output import CsvFlag, JsonFlag, Rows, emit, print_json
+from foresight.client import to_plain
+from foresight.convert import instance_to_proto
+
+# ---------------------------------------------------------------- data
 
 
 @app.command()
 def generate(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("var/imports/synthetic"),
-    profiles: Annotated[int, typer.Option(help="Profiles to generate.")] = 20_000,
+    profiles: Annotated[int, typer.Option(min=1, help="Profiles to generate.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 7,
 ) -> None:
     """Generate synthetic e-commerce journeys with planted personas and ground truth."""
@@ -27,66 +28,102 @@ def generate(
 
     summary = run(out, profiles=profiles, seed=seed)
     console.print(
-        f"{summary.profiles:,} profiles, {summary.events:,} events in {summary.seconds:.1f} s → {summary.out_dir}"
+        f"{summary.profiles:,} profiles, {summary.events:,} events in {summary.seconds:.1f} s → {summary.out_dir}",
+        highlight=False,
     )
+
+
+def _ingest_rows(s: trainer_pb2.IngestSummary) -> tuple[str, Rows]:
+    line = (
+        f"{s.dataset}: read {s.rows_read:,}, accepted {s.accepted:,}, rejected {s.rejected:,}, "
+        f"written {s.written:,}, duplicates {s.duplicates:,}"
+    )
+    if s.quarantine_path:
+        line += f"; rejected rows in {s.quarantine_path}"
+    return line, Rows(("reject reason", "rows"), [(r.reason, r.rows) for r in s.reject_reasons])
+
+
+def _emit_ingest(s: trainer_pb2.IngestSummary, as_json: bool) -> None:
+    line, reasons = _ingest_rows(s)
+    emit(s, as_json=as_json, summary=line, extra=[reasons] if reasons.rows else [])
 
 
 @app.command("import")
 def import_dataset(
     path: Annotated[str, typer.Argument(help="Server-side path under the trainer's import root.")],
     dataset: Annotated[str, typer.Option(help="Target dataset.")],
+    as_json: JsonFlag = False,
 ) -> None:
-    """Import a server-side file or folder into a dataset."""
-    with client() as c:
-        show(
-            c.trainer.ImportDataset(
-                trainer_pb2.ImportDatasetRequest(dataset=dataset, path=path), timeout=3600
-            )
-        )
+    """Import a server-side file or folder (Parquet, CSV, JSON Lines) into a dataset."""
+    request = trainer_pb2.ImportDatasetRequest(dataset=dataset, path=path)
+    with client() as c, waiting(f"import {path}"):
+        summary = c.trainer.ImportDataset(request, timeout=3600)
+    _emit_ingest(summary, as_json)
 
 
 @app.command("import-profiles")
 def import_profiles(
     path: Annotated[str, typer.Argument(help="Server-side profile file under the import root.")],
+    as_json: JsonFlag = False,
 ) -> None:
-    """Import profile attributes."""
-    with client() as c:
-        show(c.trainer.ImportProfiles(trainer_pb2.ImportProfilesRequest(path=path), timeout=3600))
+    """Import profile attributes (a file keyed by profile_id)."""
+    with client() as c, waiting(f"import profiles {path}"):
+        s = c.trainer.ImportProfiles(trainer_pb2.ImportProfilesRequest(path=path), timeout=3600)
+    summary = (
+        f"{s.profiles:,} profiles from {s.rows_read:,} rows ({s.rejected:,} rejected); "
+        f"attributes: {', '.join(s.attributes) or '-'}"
+    )
+    emit(s, as_json=as_json, summary=summary)
 
 
 @app.command()
 def ingest(
     file: Annotated[Path, typer.Argument(help="Local Parquet / CSV / JSON Lines file to stream.")],
     dataset: Annotated[str, typer.Option(help="Target dataset.")],
+    as_json: JsonFlag = False,
 ) -> None:
-    """Stream a local file to the trainer over gRPC (IngestEvents)."""
-    from foresight.events.readers import read_batches
+    """Stream a local file to the trainer (IngestEvents): the same checks as `import`."""
+    total = count_rows(file)
+    with client() as c, progress_bar() as bar:
+        task = bar.add_task(f"ingest {file.name}", total=total)
+        summary = c.ingest_file(dataset, file, on_rows=lambda n: bar.advance(task, n))
+    _emit_ingest(summary, as_json)
 
-    def events() -> Any:
-        for batch in read_batches(file):
-            for row in batch.with_columns(
-                pl.col("timestamp").cast(pl.Datetime("us", "UTC"), strict=False)
-            ).iter_rows(named=True):
-                yield event_from_row(row)
 
-    with client() as c:
-        show(c.ingest_events(dataset, events()))
+def count_rows(path: Path) -> int | None:
+    """Rows of a local event file or folder, for the progress bar (None when unknown)."""
+    import pyarrow.parquet as pq
+
+    from foresight.events.readers import list_input_files
+
+    total = 0
+    for f in list_input_files(path):
+        suffix = f.suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            total += pq.ParquetFile(f).metadata.num_rows
+            continue
+        lines = 0
+        with f.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                lines += chunk.count(b"\n")
+        total += max(lines - 1, 0) if suffix == ".csv" else lines
+    return total or None
 
 
 @app.command()
-def datasets() -> None:
+def datasets(as_json: JsonFlag = False, as_csv: CsvFlag = False) -> None:
     """List datasets."""
     with client() as c:
         resp = c.trainer.ListDatasets(trainer_pb2.ListDatasetsRequest())
-    table = Table("dataset", "rows", "parts", "updated")
-    for d in resp.datasets:
-        table.add_row(
-            d.name,
-            f"{d.rows:,}",
-            str(d.parts),
-            d.updated_at.ToDatetime().isoformat(timespec="seconds"),
-        )
-    console.print(table)
+    rows = Rows(
+        ("dataset", "rows", "parts", "updated"),
+        [(d.name, d.rows, d.parts, _when(d.updated_at)) for d in resp.datasets],
+    )
+    emit(resp, as_json=as_json, as_csv=as_csv, rows=rows)
+
+
+def _when(ts: Any) -> str:
+    return str(ts.ToDatetime().isoformat(timespec="seconds")) if ts.seconds else ""
 
 
 dataset_app = typer.Typer(help="Dataset health: verify and repair.", no_args_is_help=True)
@@ -124,78 +161,97 @@ def _print_health(health: trainer_pb2.DatasetHealth) -> None:
 
 
 @app.command()
-def describe(dataset: str) -> None:
+def describe(dataset: str, as_json: JsonFlag = False) -> None:
     """Describe a dataset: rows, profiles, time range, event types, completeness."""
     with client() as c:
-        print_description(
-            c.trainer.DescribeDataset(trainer_pb2.DescribeDatasetRequest(dataset=dataset))
-        )
+        d = c.trainer.DescribeDataset(trainer_pb2.DescribeDatasetRequest(dataset=dataset))
+    if as_json:
+        emit(d, as_json=True)
+    else:
+        print_description(d)
 
 
 def print_description(d: trainer_pb2.DatasetDescription) -> None:
-    """Render a dataset description as tables."""
-    console.print(
-        f"[bold]{d.dataset.name}[/]: {d.dataset.rows:,} events, {d.profiles:,} profiles, "
-        f"{d.min_timestamp.ToDatetime():%Y-%m-%d} → {d.max_timestamp.ToDatetime():%Y-%m-%d}, "
-        f"{d.quarantined_rows:,} rows in quarantine"
+    """Render a dataset description as a line and two tables."""
+    emit(
+        d,
+        summary=(
+            f"{d.dataset.name}: {d.dataset.rows:,} events, {d.profiles:,} profiles, "
+            f"{d.min_timestamp.ToDatetime():%Y-%m-%d} → {d.max_timestamp.ToDatetime():%Y-%m-%d}, "
+            f"{d.quarantined_rows:,} rows in quarantine"
+        ),
+        extra=[
+            Rows(("event type", "events"), [(t.event_type, t.rows) for t in d.event_types]),
+            Rows(("field", "complete %"), [(f.field, round(f.percent, 1)) for f in d.completeness]),
+        ],
     )
-    types = Table("event type", "events")
-    for t in d.event_types:
-        types.add_row(t.event_type, f"{t.rows:,}")
-    fields = Table("field", "complete %")
-    for f in d.completeness:
-        fields.add_row(f.field, f"{f.percent:.1f}")
-    console.print(types, fields)
+
+
+# ---------------------------------------------------------------- instances
+
+
+@instance_app.command("init")
+def instance_init(
+    out: Annotated[Path, typer.Argument(help="File to write.")] = Path("instance.yaml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write an annotated starting instance file (every key, with its default)."""
+    if out.exists() and not force:
+        raise typer.BadParameter(f"{out} exists; pass --force to overwrite", param_hint="OUT")
+    out.write_text(instance_file.EXAMPLE)
+    console.print(f"wrote {out}; edit it, then: foresight instance create -f {out}")
+
+
+@instance_app.command("schema")
+def instance_schema() -> None:
+    """Print the JSON Schema of the instance file."""
+    typer.echo(instance_file.json_schema())
 
 
 @instance_app.command("create")
 def instance_create(
     file: Annotated[Path, typer.Option("-f", "--file", help="Instance YAML.")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Create an instance from a YAML file (conditions may be text)."""
+    request = trainer_pb2.CreateInstanceRequest(instance=instance_from_yaml(file.read_text()))
     with client() as c:
-        show(
-            c.trainer.CreateInstance(
-                trainer_pb2.CreateInstanceRequest(instance=instance_from_yaml(file.read_text()))
-            )
-        )
+        created = c.trainer.CreateInstance(request)
+    emit(created, as_json=as_json, summary=f"created instance {created.name}")
 
 
 def instance_from_yaml(text: str) -> trainer_pb2.Instance:
     """Read an instance YAML (the instance fields plus `dataset`) into the protobuf message."""
-    import yaml
-
-    from foresight import instance as inst
-    from foresight.convert import instance_to_proto
-
-    data = yaml.safe_load(text) or {}
-    dataset = data.pop("dataset", "")
-    cfg = inst.from_dict(data)
-    return instance_to_proto(cfg, dataset)
+    config, dataset = instance_file.load(text)
+    return instance_to_proto(config, dataset)
 
 
 @instance_app.command("list")
-def instance_list() -> None:
+def instance_list(as_json: JsonFlag = False, as_csv: CsvFlag = False) -> None:
     """List instances."""
     with client() as c:
         resp = c.trainer.ListInstances(trainer_pb2.ListInstancesRequest())
-    table = Table("name", "type", "dataset", "window", "current version")
-    for i in resp.instances:
-        table.add_row(
-            i.name,
-            trainer_pb2.InstanceType.Name(i.type).removeprefix("INSTANCE_TYPE_"),
-            i.dataset,
-            f"{i.goal.window_days} d",
-            str(i.current_version or "-"),
-        )
-    console.print(table)
+    rows = Rows(
+        ("name", "type", "dataset", "window days", "current version"),
+        [
+            (
+                i["name"],
+                i["type"],
+                i["dataset"],
+                i["goal"]["window_days"],
+                i["current_version"] or None,
+            )
+            for i in to_plain(resp)["instances"]
+        ],
+    )
+    emit(resp, as_json=as_json, as_csv=as_csv, rows=rows)
 
 
 @instance_app.command("get")
 def instance_get(name: str) -> None:
-    """Show one instance."""
+    """Show one instance (as JSON: it nests)."""
     with client() as c:
-        show(c.trainer.GetInstance(trainer_pb2.GetInstanceRequest(name=name)))
+        print_json(to_plain(c.trainer.GetInstance(trainer_pb2.GetInstanceRequest(name=name))))
 
 
 @instance_app.command("delete")
@@ -207,41 +263,57 @@ def instance_delete(name: str) -> None:
 
 
 @app.command("validate-goal")
-def validate_goal(name: str) -> None:
+def validate_goal(name: str, as_json: JsonFlag = False) -> None:
     """Dry run: eligible, positive and negative counts at the training cutoff."""
-    with client() as c:
-        show(c.trainer.ValidateGoal(trainer_pb2.ValidateGoalRequest(name=name), timeout=600))
+    with client() as c, waiting(f"validate {name}"):
+        r = c.trainer.ValidateGoal(trainer_pb2.ValidateGoalRequest(name=name), timeout=600)
+    summary = (
+        f"cutoff {r.cutoff.ToDatetime():%Y-%m-%d}: {r.eligible:,} eligible, "
+        f"{r.positives:,} positive, {r.negatives:,} negative; "
+        f"{'enough data' if r.enough_data else 'NOT enough data'}. {r.message}"
+    )
+    emit(r, as_json=as_json, summary=summary)
 
 
 @app.command()
 def train(
-    name: str, max_trials: Annotated[int, typer.Option(help="Search trials (0 = default).")] = 0
+    name: str,
+    max_trials: Annotated[int, typer.Option(help="Search trials (0 = default).")] = 0,
+    as_json: JsonFlag = False,
 ) -> None:
     """Train, evaluate, export and publish a model for an instance."""
     with client() as c:
         stream = c.trainer.TrainModel(
             trainer_pb2.TrainModelRequest(instance=name, max_trials=max_trials)
         )
-        show(follow(stream, f"train {name}"))
+        v = follow(stream, f"train {name}")
+    emit(v, as_json=as_json, rows=_version_rows([v]))
+
+
+def _version_rows(versions: list[trainer_pb2.ModelVersion]) -> Rows:
+    return Rows(
+        ("instance", "version", "status", "current", "AUC", "features", "error"),
+        [
+            (
+                p["instance"],
+                p["version"],
+                p["status"],
+                p["current"],
+                p["auc"],
+                p["feature_count"],
+                p["error"][:80],
+            )
+            for p in map(to_plain, versions)
+        ],
+    )
 
 
 @app.command()
-def versions(name: str) -> None:
+def versions(name: str, as_json: JsonFlag = False, as_csv: CsvFlag = False) -> None:
     """List an instance's model versions."""
     with client() as c:
         resp = c.trainer.ListModelVersions(trainer_pb2.ListModelVersionsRequest(instance=name))
-    table = Table("version", "status", "current", "AUC", "features", "error")
-    for v in resp.versions:
-        status = common_pb2.JobStatus.Name(v.status).removeprefix("JOB_STATUS_")
-        table.add_row(
-            str(v.version),
-            status,
-            "*" if v.current else "",
-            f"{v.auc:.3f}",
-            str(v.feature_count),
-            v.error[:60],
-        )
-    console.print(table)
+    emit(resp, as_json=as_json, as_csv=as_csv, rows=_version_rows(list(resp.versions)))
 
 
 @app.command()
@@ -251,6 +323,7 @@ def evaluation(
     out: Annotated[Path, typer.Option(help="Folder for report.html and the PNG charts.")] = Path(
         "reports"
     ),
+    as_json: JsonFlag = False,
 ) -> None:
     """Fetch a model's evaluation; write PNG charts and a self-contained HTML page."""
     from foresight.tools.reports import write_report
@@ -261,17 +334,13 @@ def evaluation(
         )
     data = evaluation_dict(ev)
     page, pngs = write_report(data, out / f"{name}-v{ev.version}")
-    console.print(f"AUC {ev.auc:.3f}  PR-AUC {ev.pr_auc:.3f}  quality {data['quality']}")
-    console.print(f"report: {page}  charts: {', '.join(p.name for p in pngs)}")
+    summary = (
+        f"AUC {ev.auc:.3f}  PR-AUC {ev.pr_auc:.3f}  quality {data['quality']}\n"
+        f"report: {page}  charts: {', '.join(p.name for p in pngs)}"
+    )
+    emit(ev, as_json=as_json, summary=summary)
 
 
 def evaluation_dict(ev: trainer_pb2.Evaluation) -> dict[str, Any]:
-    """The evaluation as a plain mapping with short enum names, for the report writer."""
-    data = json_format.MessageToDict(
-        ev, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    data["quality"] = str(data.get("quality", "")).removeprefix("QUALITY_")
-    for entry in data.get("bucket_factors", []):
-        entry["bucket"] = str(entry.get("bucket", "")).removeprefix("BUCKET_")
-        entry["profiles"] = int(entry.get("profiles", 0))
-    return data
+    """The evaluation as typed values with short enum names, for the report writer."""
+    return to_plain(ev)

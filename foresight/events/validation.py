@@ -432,12 +432,14 @@ def _attributes_field(dtype: pl.DataType) -> tuple[pl.Expr, Sequence[pl.Expr]]:
     text: pl.Expr
     if isinstance(dtype, pl.Struct):
         # A nested object (JSON Lines, Parquet struct): encode it, dropping the
-        # null members Polars adds for keys other rows have.
-        text = (
+        # null members Polars adds for keys other rows have. A row without the
+        # object at all stays null (json_encode would write the text "null").
+        encoded = (
             column.struct.json_encode()
             .str.replace_all(rf"{_JSON_STRING}:null,?", "")
             .str.replace(r",\}$", "}")
         )
+        text = pl.when(column.is_not_null()).then(encoded).otherwise(None)
     elif isinstance(dtype, (_TEXT_TYPES, pl.Null)):
         text = column.cast(pl.String)
     else:

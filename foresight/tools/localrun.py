@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,7 +87,11 @@ def start(
 
 
 def stop(handles: LocalServices, grace_s: float = 30.0) -> dict[str, int | None]:
-    """SIGTERM every process and wait for it; returns exit codes (None = had to be killed)."""
+    """SIGTERM every process and wait for it; returns exit codes (None = had to be killed).
+
+    Then whatever is left of each service's process group (worker processes,
+    multiprocessing's resource tracker) is killed, so nothing outlives it.
+    """
     codes: dict[str, int | None] = {}
     for proc in handles.procs.values():
         if proc.poll() is None:
@@ -98,8 +103,22 @@ def stop(handles: LocalServices, grace_s: float = 30.0) -> dict[str, int | None]
             proc.kill()
             proc.wait()
             codes[name] = None
+        kill_group(proc.pid)
         (handles.data_dir / "run" / f"{name}.pid").unlink(missing_ok=True)
     return codes
+
+
+def kill(handles: LocalServices, name: str) -> int:
+    """SIGKILL a service and every process it started (a crash of its machine); returns its code."""
+    proc = handles.procs[name]
+    kill_group(proc.pid)
+    return proc.wait(timeout=60)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group a service leads (it was started in a session of its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _up(data_dir: Path) -> None:

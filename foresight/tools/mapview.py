@@ -64,6 +64,21 @@ def color(cluster_id: int) -> str:
 # ---------------------------------------------------------------- PNG
 
 
+def map_title(cmap: ClusterMap) -> str:
+    """What the map shows and what its axes are."""
+    method = "principal components (PCA)" if cmap.projection == "pca" else cmap.projection
+    return (
+        f"Discovered segments v{cmap.discovery_version}: each dot is a profile's journey "
+        f"embedding, x and y its first two {method} of the sample"
+    )
+
+
+def axis_labels(cmap: ClusterMap) -> tuple[str, str]:
+    """Labels of the two axes."""
+    name = "principal component" if cmap.projection == "pca" else f"{cmap.projection} axis"
+    return f"{name} 1 of the journey embeddings", f"{name} 2 of the journey embeddings"
+
+
 def write_png(cmap: ClusterMap, path: Path, title: str | None = None) -> Path:
     """Scatter plot of the map, one colour per cluster, legend with names."""
     import matplotlib
@@ -81,9 +96,10 @@ def write_png(cmap: ClusterMap, path: Path, title: str | None = None) -> Path:
             sel = cs == c
             label = f"{c}: {names.get(c, '?')} ({int(sel.sum())})"
             ax.scatter(xs[sel], ys[sel], s=6, alpha=0.6, color=color(c), label=label, linewidths=0)
-        ax.set_title(title or f"Discovered segments (v{cmap.discovery_version}, {cmap.projection})")
-        ax.set_xlabel("component 1")
-        ax.set_ylabel("component 2")
+        ax.set_title(title or map_title(cmap), fontsize=10, wrap=True)
+        x_label, y_label = axis_labels(cmap)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=2)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,8 +199,10 @@ function draw(){
   for (let i=0;i<D.c.length;i++){ order.push(i); }
   // Unselected points first (grey, underneath), selected ones on top.
   order.sort((a,b) => (state.selected.has(D.c[a])?1:0) - (state.selected.has(D.c[b])?1:0));
+  let highlighted = 0;
   for (const i of order){
     const c = D.c[i], on = !any || state.selected.has(c);
+    if (on) highlighted++;
     const cl = byId.get(c);
     ctx.fillStyle = on ? (cl ? cl.color : '#333') : '#d9d9d9';
     ctx.globalAlpha = on ? 0.75 : 0.35;
@@ -193,6 +211,8 @@ function draw(){
     ctx.fillRect(px-1.5, py-1.5, 3, 3);
   }
   ctx.globalAlpha = 1;
+  // How many points are drawn in colour (the rest grey): what the selector filtered.
+  document.getElementById('status').dataset.highlighted = String(highlighted);
 }
 function traitTable(c){
   const rows = state.view === 'influence' ? c.influence : c.popularity;
@@ -270,7 +290,7 @@ def render_html(cmap: ClusterMap, title: str | None = None) -> str:
     data = json.dumps(_page_data(cmap), separators=(",", ":"))
     # JSON inside <script>: "</" must not close the element early.
     data = data.replace("</", "<\\/")
-    heading = html.escape(title or "Discovered segments")
+    heading = html.escape(title or map_title(cmap))
     sub = html.escape(
         f"Discovery v{cmap.discovery_version} · {len(cmap.points):,} sampled profiles · "
         f"{len(cmap.clusters)} clusters · projection: {cmap.projection}"

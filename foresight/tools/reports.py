@@ -7,27 +7,33 @@ trainer and the CLI render the same page.
 
 from __future__ import annotations
 
-import base64
 import html
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 
-def _charts(evaluation: Mapping[str, Any], out_dir: Path) -> list[Path]:
+def _charts(evaluation: Mapping[str, Any], out_dir: Path) -> list[tuple[Path, str]]:
+    """Draw the charts: each as a PNG file and as inline SVG markup (text kept as text,
+    so a browser, a screen reader or a test can read the axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths: list[Path] = []
+    paths: list[tuple[Path, str]] = []
 
     def save(fig: Any, name: str) -> None:
         path = out_dir / name
         fig.tight_layout()
         fig.savefig(path, dpi=110)
+        svg = io.StringIO()
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
+            fig.savefig(svg, format="svg")
         plt.close(fig)
-        paths.append(path)
+        markup = svg.getvalue()
+        paths.append((path, markup[markup.index("<svg") :]))
 
     deciles = evaluation.get("deciles") or []
     if deciles:
@@ -108,10 +114,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def write_report(evaluation: Mapping[str, Any], out_dir: Path | str) -> tuple[Path, list[Path]]:
-    """Write PNG charts and a self-contained ``report.html``; returns (html, pngs)."""
+    """Write PNG charts and a self-contained ``report.html`` (the charts inline as SVG);
+    returns (html, pngs)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pngs = _charts(evaluation, out)
+    charts = _charts(evaluation, out)
+    pngs = [png for png, _ in charts]
     title = "Model evaluation"
     if evaluation.get("instance"):
         title = f"{evaluation['instance']} v{evaluation.get('version', '?')} — model evaluation"
@@ -132,9 +140,7 @@ def write_report(evaluation: Mapping[str, Any], out_dir: Path | str) -> tuple[Pa
     )
     suggestions = "".join(f"<li>{html.escape(s)}</li>" for s in evaluation.get("suggestions") or [])
     images = "".join(
-        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"/></figure>'
-        for p in pngs
+        f'<figure data-chart="{html.escape(png.stem)}">{svg}</figure>' for png, svg in charts
     )
     deciles = _table(
         ["Decile", "Rows", "Goal rate", "Lift", "Cumulative gain"],

@@ -134,9 +134,16 @@ class Scorer:
     def run_scoring(
         self, instance: str, as_of: datetime | None, progress: ProgressFn | None = None
     ) -> ScoringRun:
-        """Score every eligible profile of an instance."""
+        """Score every eligible profile of an instance, with the version the registry serves now.
+
+        The registry is read first, so a version that became READY (or current)
+        since the last poll scores this run, not the one before it.
+        """
         if not instance:
             raise InvalidArgument("instance", "must not be empty")
+        self.catalog.dataset_of(instance)  # NotFound for an unknown instance
+        if self.registry.refresh():
+            release_unused_memory()
         self.model(instance)
         return self.engine.run(instance, as_of, progress)
 

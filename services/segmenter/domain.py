@@ -373,6 +373,7 @@ class Segmenter:
         segment: str | None,
         target_size: int = 0,
         min_similarity: float = 0.0,
+        target_multiple: float = 0.0,
     ) -> queries.Expansion:
         """Lookalikes of explicit seed ids or of a stored segment's members."""
         ids = self._segment_members(segment) if segment else list(seed_ids or [])
@@ -380,7 +381,7 @@ class Segmenter:
             raise InvalidArgument("seed", "is empty")
         if len(ids) > MAX_SEED:
             raise ResourceExhausted(f"seed: at most {MAX_SEED:,} profiles")
-        return queries.expand(self.index, ids, target_size, min_similarity)
+        return queries.expand(self.index, ids, target_size, min_similarity, target_multiple)
 
     def _segment_members(self, name: str) -> list[str]:
         with self.db.session() as s:

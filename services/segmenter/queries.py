@@ -46,6 +46,8 @@ MAX_QUERY_POINTS: Final[int] = 32
 TIGHT_SEED: Final[float] = 0.9
 _SEED_FIT_SAMPLE: Final[int] = 20_000
 _REACH_POINTS: Final[int] = 21
+#: Default lookalikes per seed profile (capped at a tenth of the other profiles).
+DEFAULT_TARGET_MULTIPLE: Final[int] = 5
 #: Weight of the seed's mean direction in a lookalike's similarity (see above).
 CENTRE_WEIGHT: Final[float] = 0.5
 
@@ -148,17 +150,35 @@ def query_points(seed: np.ndarray, seed_rng: int = 0) -> tuple[np.ndarray, np.nd
     return points[keep], shares[keep] / shares[keep].sum()
 
 
+def expansion_target(
+    seed_size: int, candidates: int, target_size: int = 0, target_multiple: float = 0.0
+) -> int:
+    """How many lookalikes to return: the explicit size, else the multiple of the seed,
+    else DEFAULT_TARGET_MULTIPLE × seed but at most a tenth of the candidates; never
+    more than there are candidates."""
+    if target_size:
+        target = target_size
+    elif target_multiple:
+        target = math.ceil(target_multiple * seed_size)
+    else:
+        target = min(DEFAULT_TARGET_MULTIPLE * seed_size, max(1, candidates // 10))
+    return min(target, candidates)
+
+
 def expand(
     index: JourneyIndex,
     seed_ids: list[str],
     target_size: int = 0,
     min_similarity: float = 0.0,
+    target_multiple: float = 0.0,
 ) -> Expansion:
-    """Lookalikes of a seed (seed excluded), ranked, with the reach curve."""
+    """Lookalikes of a seed (seed excluded), ranked, with the reach curve up to the target."""
     if not seed_ids:
         raise InvalidArgument("seed", "is empty")
     if target_size < 0:
         raise InvalidArgument("target_size", "must not be negative")
+    if not 0.0 <= target_multiple <= 1000.0 or math.isnan(target_multiple):
+        raise InvalidArgument("target_multiple", "must be between 0 and 1,000")
     if not 0.0 <= min_similarity <= 1.0:
         raise InvalidArgument("min_similarity", "must be between 0 and 1")
     known, seed, unknown = index.vectors_of(seed_ids)
@@ -169,7 +189,7 @@ def expand(
     centre /= max(float(np.linalg.norm(centre)), 1e-12)
     ids, score, _which = index.exact_scan(points, known, centre, CENTRE_WEIGHT)
     best = similarity01(score)
-    target = min(target_size or 10 * len(known), len(ids))
+    target = expansion_target(len(known), len(ids), target_size, target_multiple)
     if target < len(ids):
         picked = np.argpartition(-best, target - 1)[:target] if target else np.zeros(0, np.int64)
     else:
@@ -180,7 +200,7 @@ def expand(
     lookalikes = list(map(Neighbor, ids[picked].tolist(), best[picked].tolist()))
     return Expansion(
         lookalikes=lookalikes,
-        reach=reach_curve(best, min_similarity),
+        reach=reach_curve(best, float(best[picked[-1]])) if len(picked) else [],
         unknown_seed_ids=unknown,
         seed_size=len(known),
         query_points=len(points),
@@ -190,8 +210,8 @@ def expand(
 def reach_curve(similarities: np.ndarray, floor: float = 0.0) -> list[ReachPoint]:
     """Audience size at evenly spaced similarity thresholds, from the best down to the floor.
 
-    Counted over every candidate, not only the returned lookalikes, so the
-    curve shows how far the audience could grow at a lower threshold.
+    Counted over every candidate; `expand` puts the floor at its last returned
+    lookalike, so the curve ends at the target.
     """
     if len(similarities) == 0:
         return []

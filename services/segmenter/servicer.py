@@ -148,6 +148,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServiceServicer):
             request.segment if which == "segment" else None,
             request.target_size,
             request.min_similarity,
+            request.target_multiple,
         )
         return conv.expansion_to_pb(expansion)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
+import polars as pl
+
 from foresight.api.trainer.v1 import trainer_pb2 as pb
-from foresight.convert import instance_to_proto, to_timestamp
+from foresight.convert import events_to_frame, instance_to_proto, to_timestamp
 from foresight.errors import InvalidArgument
 from foresight.storage.catalog import DatasetHealth
 from services.trainer.ingest import (
@@ -13,6 +17,31 @@ from services.trainer.ingest import (
     ProfileImportSummary,
 )
 from services.trainer.instances import InstanceRecord
+
+#: Events (typed or raw rows) in one batch of an IngestEvents stream.
+MAX_BATCH_EVENTS = 10_000
+
+
+def batch_frames(batch: pb.IngestEventsRequest) -> list[pl.DataFrame]:
+    """The raw rows of one IngestEvents batch, for the same validation as ImportDataset.
+
+    Typed events become rows with epoch-millisecond timestamps; the `rows`
+    block (an Arrow IPC stream of rows as read from a file) is passed on as it
+    is, so string timestamps, JSON attributes and absent fields meet exactly
+    the checks and quarantine of a server-side import.
+    """
+    if len(batch.events) > MAX_BATCH_EVENTS:
+        raise InvalidArgument("events", f"at most {MAX_BATCH_EVENTS:,} events per batch")
+    frames = [events_to_frame(batch.events)] if batch.events else []
+    if batch.rows:
+        try:
+            raw = pl.read_ipc_stream(io.BytesIO(batch.rows))
+        except Exception:  # any decoding failure is the client's input
+            raise InvalidArgument("rows", "is not an Arrow IPC stream") from None
+        if raw.height > MAX_BATCH_EVENTS:
+            raise InvalidArgument("rows", f"at most {MAX_BATCH_EVENTS:,} rows per batch")
+        frames.append(raw)
+    return frames
 
 
 def ingest_summary(s: IngestSummary) -> pb.IngestSummary:

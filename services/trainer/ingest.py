@@ -29,6 +29,13 @@ from foresight.storage.db import Database
 from foresight.storage.models import ProfileRow
 from foresight.storage.paths import slug
 
+# Which root applies, without the server's own path: give paths relative to it.
+IMPORT_ROOT_TEXT = (
+    "the trainer's import root (FORESIGHT_IMPORT_ROOT, default <FORESIGHT_DATA_DIR>/imports); "
+    "give a path relative to it"
+)
+
+
 
 def check_dataset_name(name: str) -> str:
     """A dataset name is a short slug: it becomes a folder name."""
@@ -120,25 +127,31 @@ class Ingestor:
         try:
             resolved = candidate.resolve()
             if not resolved.is_relative_to(self.import_root):
-                raise PermissionDenied("the path is outside the allowed import root")
+                raise PermissionDenied(f"path {path!r} is outside {IMPORT_ROOT_TEXT}")
             if not resolved.exists():
-                raise NotFound("the path does not exist under the import root")
+                raise NotFound(f"path {path!r} does not exist under {IMPORT_ROOT_TEXT}")
         except OSError:  # e.g. a name longer than the file system allows
             raise InvalidArgument("path", "not a usable file name") from None
         files = list_input_files(resolved)
         for f in files:
             if not f.resolve().is_relative_to(self.import_root):
-                raise PermissionDenied(
-                    f"{f.name} in {path!r} links outside the allowed import root"
-                )
+                raise PermissionDenied(f"{f.name} in {path!r} links outside {IMPORT_ROOT_TEXT}")
         return files
 
     # ------------------------------------------------------------ events
 
     def ingest(
-        self, dataset: str, batches: Iterable[pl.DataFrame], now: datetime | None = None
+        self,
+        dataset: str,
+        batches: Iterable[pl.DataFrame],
+        now: datetime | None = None,
+        first_row: int = 0,
     ) -> IngestSummary:
-        """Validate and store raw batches; quarantine rejects; catalog new parts."""
+        """Validate and store raw batches; quarantine rejects; catalog new parts.
+
+        `first_row` is the number of input rows before these batches (a stream
+        ingested in chunks), so rejected rows keep their place in the input.
+        """
         check_dataset_name(dataset)
         now = now or datetime.now(UTC)
         summary = IngestSummary(dataset=dataset)
@@ -146,7 +159,7 @@ class Ingestor:
         with self._lock(dataset):
             known = catalog.catalogued_parts(self.db, dataset)
             for raw in batches:
-                result = validate(raw, now, row_offset=summary.rows_read)
+                result = validate(raw, now, row_offset=first_row + summary.rows_read)
                 summary.rows_read += result.rows_read
                 summary.accepted += result.accepted.height
                 summary.rejected += result.rejected.height

@@ -15,7 +15,7 @@ import polars as pl
 
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.api.trainer.v1 import trainer_pb2_grpc
-from foresight.convert import events_to_frame, instance_config
+from foresight.convert import instance_config
 from foresight.encoder import EncoderTrainer
 from foresight.errors import InvalidArgument
 from foresight.runtime.jobs import progress_stream
@@ -28,7 +28,6 @@ from services.trainer.training import ModelTrainer
 
 # Rows buffered from a client stream before they are validated and written.
 _STREAM_CHUNK_ROWS = 200_000
-_MAX_BATCH_EVENTS = 10_000
 
 Context = grpc.aio.ServicerContext
 
@@ -62,19 +61,25 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 raise InvalidArgument("dataset", "must not be empty")
             if dataset and batch.dataset != dataset:
                 raise InvalidArgument("dataset", "must be the same in every batch of a stream")
-            if len(batch.events) > _MAX_BATCH_EVENTS:
-                raise InvalidArgument("events", f"at most {_MAX_BATCH_EVENTS} events per batch")
             dataset = batch.dataset
-            pending.append(events_to_frame(batch.events))
-            pending_rows += len(batch.events)
+            frames = conv.batch_frames(batch)
+            pending.extend(frames)
+            pending_rows += sum(f.height for f in frames)
             if pending_rows >= _STREAM_CHUNK_ROWS:
-                summaries.append(await asyncio.to_thread(self.ingestor.ingest, dataset, pending))
+                summaries.append(await self._ingest_chunk(dataset, pending, summaries))
                 pending, pending_rows = [], 0
         if not dataset:
             raise InvalidArgument("dataset", "the stream carried no batch")
         if pending or not summaries:
-            summaries.append(await asyncio.to_thread(self.ingestor.ingest, dataset, pending))
+            summaries.append(await self._ingest_chunk(dataset, pending, summaries))
         return conv.ingest_summary(merge_summaries(summaries))
+
+    async def _ingest_chunk(
+        self, dataset: str, frames: list[pl.DataFrame], before: list[IngestSummary]
+    ) -> IngestSummary:
+        """Validate and store one chunk; rejected row numbers count from the stream's start."""
+        first_row = sum(s.rows_read for s in before)
+        return await asyncio.to_thread(self.ingestor.ingest, dataset, frames, None, first_row)
 
     async def ImportDataset(
         self, request: pb.ImportDatasetRequest, context: Context

@@ -14,8 +14,15 @@ class TrainerSettings(ServiceSettings):
 
     port: int = port_field("trainer", 50051)
     metrics_port: int = metrics_port_field("trainer")
-    import_root: Path = Field(
-        Path("var/imports"),
-        description="Only files under this folder can be imported by ImportDataset/ImportProfiles.",
+    import_root: Path | None = Field(
+        None,
+        description="Only files under this folder can be imported by ImportDataset/ImportProfiles "
+        "(default: <data_dir>/imports).",
     )
+
+    @property
+    def resolved_import_root(self) -> Path:
+        """The import root, defaulting to `imports` under the data directory."""
+        return self.import_root if self.import_root is not None else self.data_dir / "imports"
+
     workers: int = Field(0, ge=0, le=256, description="Processes for featurizing; 0 = all cores.")

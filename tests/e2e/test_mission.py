@@ -13,14 +13,18 @@ Then the crash test: the trainer is killed with SIGKILL as the first progress
 message of a training arrives; after a restart the interrupted version reads
 FAILED, a new training succeeds, and the scorer answered every lookup with
 the previous model throughout. Last, SIGTERM to each process must end it
-with exit code 0 within the grace period.
+with exit code 0, and no process of any service (workers, resource trackers,
+the killed trainer's included) may be left behind (checked with psutil).
 
 The tests of this module share one set of processes and run in file order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from typing import Any
 
 import grpc
 import polars as pl
+import psutil
 import psycopg
 import pytest
 
@@ -68,6 +73,8 @@ class Mission:
     env: dict[str, str]
     imports: Path
     client: ForesightClient
+    #: Process groups of every service process started (one per process, restarts too).
+    groups: set[int] = field(default_factory=set)
     versions: dict[str, int] = field(default_factory=dict)
     scored_profile: str = ""
     segment: str = "e2e-high-churn"
@@ -109,6 +116,7 @@ def mission(tmp_path_factory: pytest.TempPathFactory, e2e_database: str) -> Iter
     # their start-up migrations must serialize (advisory lock), not race.
     services = localrun.start(root / "var", env=env)
     m = Mission(services, env, imports, ForesightClient(services.client_config(timeout_s=300)))
+    m.groups.update(p.pid for p in services.procs.values())
     try:
         yield m
     finally:
@@ -351,14 +359,15 @@ def test_trainer_killed_mid_training(mission: Mission) -> None:
         with pytest.raises(grpc.RpcError):
             for event in stream:
                 if event.WhichOneof("event") == "progress":
-                    trainer.kill()  # SIGKILL: no handler, no cleanup
-                    trainer.wait(timeout=30)
+                    # SIGKILL to the trainer and its workers: no handler, no cleanup.
+                    localrun.kill(mission.services, "trainer")
         assert trainer.returncode == -9
 
         restarted = localrun.start(
             mission.services.data_dir, env=mission.env, services=("trainer",)
         )
         mission.services.procs["trainer"] = restarted.procs["trainer"]
+        mission.groups.add(restarted.procs["trainer"].pid)
         mission.services.ports["trainer"] = restarted.ports["trainer"]
         mission.reconnect()
         c = mission.client
@@ -401,3 +410,22 @@ def test_sigterm_stops_each_service_cleanly(mission: Mission) -> None:
         # belong to `make bench`).
         code = proc.wait(timeout=GRACE_SECONDS + 60)
         assert code == 0, f"{name} exited {code}"
+
+
+def test_no_process_is_left_behind(mission: Mission) -> None:
+    """Nothing of any service outlives it: workers and resource trackers included.
+
+    A resource tracker ends when it reads the end of its pipe, a moment after
+    its service exits, so the check waits (bounded) for the group to empty.
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        left = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(proc.pid) in mission.groups and proc.status() != "zombie":
+                    left.append(proc.info)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not left, left

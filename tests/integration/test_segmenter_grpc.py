@@ -195,7 +195,9 @@ async def test_index_discovery_and_queries_end_to_end(server: Server, world: Wor
         pb.ExpandSegmentRequest(profile_ids=pb.SeedIds(profile_ids=[*buyers, "ghost"]))
     )
     assert expanded.seed_size == 30 and list(expanded.unknown_seed_ids) == ["ghost"]
-    assert len(expanded.lookalikes) == 300 and expanded.reach and expanded.query_points >= 1
+    # Default target: 5 × the seed (150), but at most a tenth of the 970 others.
+    assert len(expanded.lookalikes) == 97 and expanded.query_points >= 1
+    assert expanded.reach[-1].audience_size == 97  # the reach curve ends at the target
     assert not {lk.profile_id for lk in expanded.lookalikes} & set(buyers)
     by_segment = await stub.ExpandSegment(
         pb.ExpandSegmentRequest(segment="top-cluster", target_size=50, min_similarity=0.5)

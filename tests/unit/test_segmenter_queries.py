@@ -12,7 +12,13 @@ from services.segmenter.discover import Members
 from services.segmenter.embedding import EmbeddedShard
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_types import IndexInfo, IndexParams
-from services.segmenter.queries import expand, place, query_points, reach_curve
+from services.segmenter.queries import (
+    expand,
+    expansion_target,
+    place,
+    query_points,
+    reach_curve,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -61,7 +67,9 @@ def test_default_target_min_similarity_unknown_ids_and_empty_seed() -> None:
     index, _ = blobs(50)
     result = expand(index, ["g2-100", "g2-101", "ghost"])
     assert result.unknown_seed_ids == ["ghost"]
-    assert len(result.lookalikes) == 20  # 10 × the known seed
+    assert len(result.lookalikes) == 10  # 5 × the known seed (under a tenth of 198)
+    assert result.reach[-1].audience_size == 10  # the curve ends at the target
+    assert len(expand(index, ["g2-100", "g2-101"], target_multiple=3.5).lookalikes) == 7
     strict = expand(index, ["g2-100"], target_size=150, min_similarity=0.97)
     assert strict.lookalikes and all(lk.similarity >= 0.97 for lk in strict.lookalikes)
     assert expand(index, ["ghost"]).lookalikes == []
@@ -69,6 +77,20 @@ def test_default_target_min_similarity_unknown_ids_and_empty_seed() -> None:
         expand(index, [])
     with pytest.raises(InvalidArgument):
         expand(index, ["g2-100"], min_similarity=1.5)
+
+
+def test_default_target_is_capped_at_a_tenth_of_the_candidates() -> None:
+    assert expansion_target(seed_size=500, candidates=1_000) == 100
+    assert expansion_target(seed_size=3, candidates=1_000) == 15
+    assert expansion_target(seed_size=3, candidates=1_000, target_size=2_000) == 1_000
+    assert expansion_target(seed_size=3, candidates=1_000, target_multiple=10) == 30
+    assert expansion_target(seed_size=1, candidates=5) == 1
+
+
+def test_target_multiple_must_be_sane() -> None:
+    index, _ = blobs(20)
+    with pytest.raises(InvalidArgument):
+        expand(index, ["g2-40"], target_multiple=-1)
 
 
 def test_reach_curve_is_monotone() -> None:

@@ -933,12 +933,17 @@ class ExpandSegmentRequest(_message.Message):
     SEGMENT_FIELD_NUMBER: _builtins.int
     TARGET_SIZE_FIELD_NUMBER: _builtins.int
     MIN_SIMILARITY_FIELD_NUMBER: _builtins.int
+    TARGET_MULTIPLE_FIELD_NUMBER: _builtins.int
     segment: _builtins.str
     """A stored segment (score segment or saved cluster)."""
     target_size: _builtins.int
-    """Lookalikes wanted (default 10 × seed size)."""
+    """Lookalikes wanted; 0 = target_multiple × seed size, or by default
+    5 × seed size but at most a tenth of the other indexed profiles.
+    """
     min_similarity: _builtins.float
     """Stop below this similarity (0–1; 0 = none)."""
+    target_multiple: _builtins.float
+    """Lookalikes wanted as a multiple of the seed size (used when target_size is 0)."""
     @_builtins.property
     def profile_ids(self) -> Global___SeedIds:
         """Explicit profile ids."""
@@ -950,10 +955,11 @@ class ExpandSegmentRequest(_message.Message):
         segment: _builtins.str = ...,
         target_size: _builtins.int = ...,
         min_similarity: _builtins.float = ...,
+        target_multiple: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile_ids", b"profile_ids", "seed", b"seed", "segment", b"segment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_similarity", b"min_similarity", "profile_ids", b"profile_ids", "seed", b"seed", "segment", b"segment", "target_size", b"target_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_similarity", b"min_similarity", "profile_ids", b"profile_ids", "seed", b"seed", "segment", b"segment", "target_multiple", b"target_multiple", "target_size", b"target_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_seed: _TypeAlias = _typing.Literal["profile_ids", "segment"]  # noqa: Y015
     _WhichOneofArgType_seed: _TypeAlias = _typing.Literal["seed", b"seed"]  # noqa: Y015
@@ -1008,7 +1014,7 @@ class ExpandSegmentResponse(_message.Message):
 
     @_builtins.property
     def reach(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReachPoint]:
-        """Similarity vs audience size."""
+        """Similarity vs audience size, from the best lookalike down to the last one returned."""
 
     @_builtins.property
     def unknown_seed_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

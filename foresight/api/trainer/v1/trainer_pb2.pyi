@@ -139,8 +139,15 @@ class IngestEventsRequest(_message.Message):
 
     DATASET_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Target dataset; must be the same in every batch of one stream."""
+    rows: _builtins.bytes
+    """Raw rows of an event file as one Arrow IPC stream (at most 10,000 rows),
+    columns as read from Parquet, CSV or JSON Lines (string timestamps, JSON
+    attributes …): validated and quarantined exactly like ImportDataset's rows.
+    A batch carries events, rows or both.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]:
         """The events of this batch (at most 10,000)."""
@@ -150,10 +157,11 @@ class IngestEventsRequest(_message.Message):
         *,
         dataset: _builtins.str = ...,
         events: _abc.Iterable[_common_pb2.Event] | None = ...,
+        rows: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "events", b"events", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
