@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import select
 
 from foresight import instance as instance_config
+from foresight.calibration import Calibrator
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.features.spec import FeatureDef, FeatureSpec
 from foresight.instance import InstanceConfig
@@ -63,6 +64,8 @@ class LoadedModel:
     evaluation: dict[str, Any]
     loaded_at: datetime
     created_at: datetime | None = None
+    # Fitted by the trainer on out-of-time rows (calibrator.json; none in older bundles).
+    calibrator: Calibrator = Calibrator()
 
     @property
     def features(self) -> tuple[FeatureDef, ...]:
@@ -70,7 +73,14 @@ class LoadedModel:
         return self.spec.features
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Goal probability per row (float32), through ONNX."""
+        """Calibrated goal probability per row (float32): ONNX, then the calibrator."""
+        raw = self.predict_uncalibrated(X)
+        if self.calibrator.method == "none":
+            return raw
+        return self.calibrator.apply(raw).astype(np.float32)
+
+    def predict_uncalibrated(self, X: np.ndarray) -> np.ndarray:
+        """The model's own probability per row (float32), through ONNX."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.shape[0] <= _INFER_CHUNK:
             return np.asarray(
@@ -116,6 +126,12 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         raise FailedPrecondition(
             f"model.onnx takes {width} features, the feature spec has {n_features}"
         )
+    calibrator_file = folder / "calibrator.json"
+    calibrator = (
+        Calibrator.model_validate_json(calibrator_file.read_text())
+        if calibrator_file.is_file()
+        else Calibrator()
+    )
     explainer = TreeExplainer((folder / "model.txt").read_text())
     if explainer.n_features != n_features:
         raise FailedPrecondition(
@@ -130,6 +146,7 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         explainer=explainer,
         evaluation=evaluation,
         loaded_at=utcnow(),
+        calibrator=calibrator,
     )
     _check_parity(model, n_features)
     return model
@@ -146,7 +163,7 @@ def _check_parity(model: LoadedModel, n_features: int) -> None:
     probe = rng.gamma(1.0, 20.0, size=(64, n_features)).astype(np.float32)
     probe[rng.random(probe.shape) < 0.2] = np.nan
     probe[rng.random(probe.shape) < 0.2] = 0.0
-    onnx = model.predict(probe).astype(np.float64)
+    onnx = model.predict_uncalibrated(probe).astype(np.float64)
     rebuilt = model.explainer.probability(probe)
     gap = float(np.max(np.abs(onnx - rebuilt)))
     if gap > PARITY_TOLERANCE:

@@ -12,7 +12,7 @@ predictions on float32 features do not change, and the ONNX copy agrees.
 difference above 1e-5 fails the export.
 
 The bundle (model.onnx, model.txt, feature_spec.json, instance.json,
-evaluation.json, manifest.json with SHA-256 checksums) is written through
+evaluation.json, calibrator.json, manifest.json with SHA-256 checksums) is written through
 `ArtifactStore.publish`: a temporary folder renamed into place in one step.
 """
 
@@ -54,6 +54,7 @@ MODEL_FILES = (
     "feature_spec.json",
     "instance.json",
     "evaluation.json",
+    "calibrator.json",
 )
 # LightGBM reads |x| <= 1e-35f as zero and splits zero from the rest at ±1e-35f
 # (a float32 constant: 1.0000000180025095e-35).
@@ -285,6 +286,7 @@ def write_bundle(
     feature_spec: dict[str, Any],
     instance: dict[str, Any],
     evaluation: dict[str, Any],
+    calibrator: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write the model bundle atomically (temp folder, checksums, rename); returns its path."""
@@ -295,4 +297,6 @@ def write_bundle(
         (folder / "feature_spec.json").write_bytes(_json_bytes(feature_spec))
         (folder / "instance.json").write_bytes(_json_bytes(instance))
         (folder / "evaluation.json").write_bytes(_json_bytes(evaluation))
+        # No calibrator: the model's probabilities are served as they are.
+        (folder / "calibrator.json").write_bytes(_json_bytes(calibrator or {"method": "none"}))
     return artifacts.path(relative)

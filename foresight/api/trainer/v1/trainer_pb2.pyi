@@ -610,10 +610,12 @@ class Population(_message.Message):
     CONDITIONS_FIELD_NUMBER: _builtins.int
     LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
-    """Look-back in days (default 45)."""
+    """Look-back in days: only events this recent count (0 = no look-back: any
+    event before the cutoff).
+    """
     @_builtins.property
     def conditions(self) -> _common_pb2.Conditions:
-        """Events a profile must have in the look-back (empty = any event)."""
+        """Events a profile must have before the cutoff (empty = any event)."""
 
     def __init__(
         self,
@@ -678,6 +680,8 @@ class Instance(_message.Message):
     CURRENT_VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    MAX_CUTOFFS_FIELD_NUMBER: _builtins.int
+    CUTOFF_STEP_DAYS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name ([a-z0-9_-], at most 64 characters)."""
     description: _builtins.str
@@ -694,6 +698,10 @@ class Instance(_message.Message):
     """Minimum negatives to train (default 500)."""
     current_version: _builtins.int
     """Output only: the current READY model version, 0 when none."""
+    max_cutoffs: _builtins.int
+    """Rolling training cutoffs at most (0 = default 8; 2–24)."""
+    cutoff_step_days: _builtins.int
+    """Days between cutoffs (0 = adapt to the history: denser when it is short)."""
     @_builtins.property
     def goal(self) -> Global___Goal:
         """The goal."""
@@ -740,10 +748,12 @@ class Instance(_message.Message):
         current_version: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        max_cutoffs: _builtins.int = ...,
+        cutoff_step_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "exclusions", b"exclusions", "goal", b"goal", "population", b"population", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_version", b"current_version", "custom_events", b"custom_events", "dataset", b"dataset", "description", b"description", "exclusions", b"exclusions", "goal", b"goal", "min_negatives", b"min_negatives", "min_positives", b"min_positives", "name", b"name", "population", b"population", "profile_attributes", b"profile_attributes", "scoring_schedule", b"scoring_schedule", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_version", b"current_version", "custom_events", b"custom_events", "cutoff_step_days", b"cutoff_step_days", "dataset", b"dataset", "description", b"description", "exclusions", b"exclusions", "goal", b"goal", "max_cutoffs", b"max_cutoffs", "min_negatives", b"min_negatives", "min_positives", b"min_positives", "name", b"name", "population", b"population", "profile_attributes", b"profile_attributes", "scoring_schedule", b"scoring_schedule", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -936,6 +946,40 @@ class ValidateGoalRequest(_message.Message):
 Global___ValidateGoalRequest: _TypeAlias = ValidateGoalRequest  # noqa: Y015
 
 @_typing.final
+class PopulationCounts(_message.Message):
+    """How many profiles each population rule excluded at a cutoff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITH_HISTORY_FIELD_NUMBER: _builtins.int
+    EXCLUDED_BY_LOOKBACK_FIELD_NUMBER: _builtins.int
+    EXCLUDED_BY_CONDITIONS_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    with_history: _builtins.int
+    """Profiles with any event before the cutoff."""
+    excluded_by_lookback: _builtins.int
+    """Of those, excluded because none of their events is in the look-back."""
+    excluded_by_conditions: _builtins.int
+    """Of the rest, excluded because no event matches the population conditions."""
+    eligible: _builtins.int
+    """Profiles left: with_history minus both exclusions."""
+    def __init__(
+        self,
+        *,
+        with_history: _builtins.int = ...,
+        excluded_by_lookback: _builtins.int = ...,
+        excluded_by_conditions: _builtins.int = ...,
+        eligible: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "excluded_by_conditions", b"excluded_by_conditions", "excluded_by_lookback", b"excluded_by_lookback", "with_history", b"with_history"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PopulationCounts: _TypeAlias = PopulationCounts  # noqa: Y015
+
+@_typing.final
 class ValidateGoalResponse(_message.Message):
     """Label counts at the cutoff training would use."""
 
@@ -947,6 +991,7 @@ class ValidateGoalResponse(_message.Message):
     NEGATIVES_FIELD_NUMBER: _builtins.int
     ENOUGH_DATA_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    POPULATION_FIELD_NUMBER: _builtins.int
     eligible: _builtins.int
     """Eligible profiles."""
     positives: _builtins.int
@@ -961,6 +1006,10 @@ class ValidateGoalResponse(_message.Message):
     def cutoff(self) -> _timestamp_pb2.Timestamp:
         """The validation cutoff."""
 
+    @_builtins.property
+    def population(self) -> Global___PopulationCounts:
+        """What each population rule excluded at the cutoff."""
+
     def __init__(
         self,
         *,
@@ -970,10 +1019,11 @@ class ValidateGoalResponse(_message.Message):
         negatives: _builtins.int = ...,
         enough_data: _builtins.bool = ...,
         message: _builtins.str = ...,
+        population: Global___PopulationCounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff", "population", b"population"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff", "eligible", b"eligible", "enough_data", b"enough_data", "message", b"message", "negatives", b"negatives", "positives", b"positives"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff", "eligible", b"eligible", "enough_data", b"enough_data", "message", b"message", "negatives", b"negatives", "population", b"population", "positives", b"positives"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1371,6 +1421,12 @@ class Evaluation(_message.Message):
     GLOBAL_FACTORS_FIELD_NUMBER: _builtins.int
     BUCKET_FACTORS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    POPULATION_FIELD_NUMBER: _builtins.int
+    CALIBRATION_METHOD_FIELD_NUMBER: _builtins.int
+    ECE_BEFORE_FIELD_NUMBER: _builtins.int
+    ECE_AFTER_FIELD_NUMBER: _builtins.int
+    BRIER_BEFORE_FIELD_NUMBER: _builtins.int
+    TRAINING_CUTOFFS_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     """Instance name."""
     version: _builtins.int
@@ -1389,6 +1445,14 @@ class Evaluation(_message.Message):
     """Positive rate in validation."""
     quality: Global___Quality.ValueType
     """Quality flag."""
+    calibration_method: _builtins.str
+    """Calibrator chosen on out-of-time rows: "none", "platt" or "isotonic"."""
+    ece_before: _builtins.float
+    """Expected calibration error (10 bins) before calibration."""
+    ece_after: _builtins.float
+    """Expected calibration error after calibration (as served)."""
+    brier_before: _builtins.float
+    """Brier score before calibration (`brier` is after)."""
     @_builtins.property
     def deciles(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecileRow]:
         """Lift and gains by decile."""
@@ -1417,6 +1481,14 @@ class Evaluation(_message.Message):
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Hyper-parameters chosen by the search, as text."""
 
+    @_builtins.property
+    def population(self) -> Global___PopulationCounts:
+        """What each population rule excluded at the validation cutoff."""
+
+    @_builtins.property
+    def training_cutoffs(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """Training cutoffs of the validation model; the served model adds the validation cutoff."""
+
     def __init__(
         self,
         *,
@@ -1436,10 +1508,16 @@ class Evaluation(_message.Message):
         global_factors: _abc.Iterable[_common_pb2.FactorWeight] | None = ...,
         bucket_factors: _abc.Iterable[Global___BucketFactors] | None = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        population: Global___PopulationCounts | None = ...,
+        calibration_method: _builtins.str = ...,
+        ece_before: _builtins.float = ...,
+        ece_after: _builtins.float = ...,
+        brier_before: _builtins.float = ...,
+        training_cutoffs: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["population", b"population"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "brier", b"brier", "bucket_factors", b"bucket_factors", "calibration", b"calibration", "deciles", b"deciles", "global_factors", b"global_factors", "instance", b"instance", "log_loss", b"log_loss", "parameters", b"parameters", "positive_rate", b"positive_rate", "pr_auc", b"pr_auc", "quality", b"quality", "score_histogram", b"score_histogram", "suggestions", b"suggestions", "validation_rows", b"validation_rows", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "brier", b"brier", "brier_before", b"brier_before", "bucket_factors", b"bucket_factors", "calibration", b"calibration", "calibration_method", b"calibration_method", "deciles", b"deciles", "ece_after", b"ece_after", "ece_before", b"ece_before", "global_factors", b"global_factors", "instance", b"instance", "log_loss", b"log_loss", "parameters", b"parameters", "population", b"population", "positive_rate", b"positive_rate", "pr_auc", b"pr_auc", "quality", b"quality", "score_histogram", b"score_histogram", "suggestions", b"suggestions", "training_cutoffs", b"training_cutoffs", "validation_rows", b"validation_rows", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
