@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ class LoadedModel:
     loaded_at: datetime
     created_at: datetime | None = None
     # Fitted by the trainer on out-of-time rows (calibrator.json; none in older bundles).
-    calibrator: Calibrator = Calibrator()
+    calibrator: Calibrator = field(default_factory=Calibrator)
 
     @property
     def features(self) -> tuple[FeatureDef, ...]:

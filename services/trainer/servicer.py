@@ -18,6 +18,7 @@ from foresight.api.trainer.v1 import trainer_pb2_grpc
 from foresight.convert import events_to_frame, instance_config
 from foresight.encoder import EncoderTrainer
 from foresight.errors import InvalidArgument
+from foresight.events.validation import DuplicatePolicy
 from foresight.runtime.jobs import progress_stream
 from services.trainer import converters as conv
 from services.trainer import encoder_converters as econv
@@ -54,6 +55,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self, request_iterator: AsyncIterator[pb.IngestEventsRequest], context: Context
     ) -> pb.IngestSummary:
         dataset = ""
+        policy = DuplicatePolicy.EVENT_ID
         pending: list[pl.DataFrame] = []
         pending_rows = 0
         summaries: list[IngestSummary] = []
@@ -65,22 +67,31 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if len(batch.events) > _MAX_BATCH_EVENTS:
                 raise InvalidArgument("events", f"at most {_MAX_BATCH_EVENTS} events per batch")
             dataset = batch.dataset
+            if not summaries and not pending:  # the first batch decides for the stream
+                policy = conv.duplicate_policy(batch.duplicates)
             pending.append(events_to_frame(batch.events))
             pending_rows += len(batch.events)
             if pending_rows >= _STREAM_CHUNK_ROWS:
-                summaries.append(await asyncio.to_thread(self.ingestor.ingest, dataset, pending))
+                summaries.append(
+                    await asyncio.to_thread(self.ingestor.ingest, dataset, pending, None, policy)
+                )
                 pending, pending_rows = [], 0
         if not dataset:
             raise InvalidArgument("dataset", "the stream carried no batch")
         if pending or not summaries:
-            summaries.append(await asyncio.to_thread(self.ingestor.ingest, dataset, pending))
+            summaries.append(
+                await asyncio.to_thread(self.ingestor.ingest, dataset, pending, None, policy)
+            )
         return conv.ingest_summary(merge_summaries(summaries))
 
     async def ImportDataset(
         self, request: pb.ImportDatasetRequest, context: Context
     ) -> pb.IngestSummary:
         summary = await asyncio.to_thread(
-            self.ingestor.import_dataset, request.dataset, request.path
+            self.ingestor.import_dataset,
+            request.dataset,
+            request.path,
+            conv.duplicate_policy(request.duplicates),
         )
         return conv.ingest_summary(summary)
 

@@ -22,6 +22,43 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DuplicatePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DuplicatePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DuplicatePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DUPLICATE_POLICY_UNSPECIFIED: _DuplicatePolicy.ValueType  # 0
+    """Not set: EVENT_ID."""
+    DUPLICATE_POLICY_EVENT_ID: _DuplicatePolicy.ValueType  # 1
+    """Rows with the same event id are one event; rows without one get an id from
+    their content and their occurrence among identical rows of the batch (repeat
+    purchases are kept, re-importing a file adds nothing).
+    """
+    DUPLICATE_POLICY_EXACT_ROW: _DuplicatePolicy.ValueType  # 2
+    """Rows without an event id that are identical in every field are one event."""
+    DUPLICATE_POLICY_NONE: _DuplicatePolicy.ValueType  # 3
+    """No row without an event id is removed, not even on re-import."""
+
+class DuplicatePolicy(_DuplicatePolicy, metaclass=_DuplicatePolicyEnumTypeWrapper):
+    """---------------------------------------------------------------- ingestion
+
+    Which rows of an import are the same event.
+    """
+
+DUPLICATE_POLICY_UNSPECIFIED: DuplicatePolicy.ValueType  # 0
+"""Not set: EVENT_ID."""
+DUPLICATE_POLICY_EVENT_ID: DuplicatePolicy.ValueType  # 1
+"""Rows with the same event id are one event; rows without one get an id from
+their content and their occurrence among identical rows of the batch (repeat
+purchases are kept, re-importing a file adds nothing).
+"""
+DUPLICATE_POLICY_EXACT_ROW: DuplicatePolicy.ValueType  # 2
+"""Rows without an event id that are identical in every field are one event."""
+DUPLICATE_POLICY_NONE: DuplicatePolicy.ValueType  # 3
+"""No row without an event id is removed, not even on re-import."""
+Global___DuplicatePolicy: _TypeAlias = DuplicatePolicy  # noqa: Y015
+
 class _InstanceType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -161,17 +198,17 @@ Global___EncoderKind: _TypeAlias = EncoderKind  # noqa: Y015
 
 @_typing.final
 class IngestEventsRequest(_message.Message):
-    """---------------------------------------------------------------- ingestion
-
-    One batch of a client-streamed ingestion.
-    """
+    """One batch of a client-streamed ingestion."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Target dataset; must be the same in every batch of one stream."""
+    duplicates: Global___DuplicatePolicy.ValueType
+    """Duplicate policy (the first batch's value applies to the whole stream)."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]:
         """The events of this batch (at most 10,000)."""
@@ -181,10 +218,11 @@ class IngestEventsRequest(_message.Message):
         *,
         dataset: _builtins.str = ...,
         events: _abc.Iterable[_common_pb2.Event] | None = ...,
+        duplicates: Global___DuplicatePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "duplicates", b"duplicates", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -230,6 +268,7 @@ class IngestSummary(_message.Message):
     WRITTEN_FIELD_NUMBER: _builtins.int
     QUARANTINE_PATH_FIELD_NUMBER: _builtins.int
     REJECT_REASONS_FIELD_NUMBER: _builtins.int
+    DUPLICATE_POLICY_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Dataset written to."""
     rows_read: _builtins.int
@@ -239,11 +278,13 @@ class IngestSummary(_message.Message):
     rejected: _builtins.int
     """Rows rejected and kept in quarantine."""
     duplicates: _builtins.int
-    """Accepted rows skipped because their event_id was already stored."""
+    """Accepted rows the duplicate policy removed (already stored or repeated)."""
     written: _builtins.int
     """Rows newly written to the event store."""
     quarantine_path: _builtins.str
     """Quarantine file (relative to the data directory) when rows were rejected."""
+    duplicate_policy: Global___DuplicatePolicy.ValueType
+    """The duplicate policy applied (`duplicates` is how many rows it removed)."""
     @_builtins.property
     def reject_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectReasonCount]:
         """Rejected rows per reason."""
@@ -259,10 +300,11 @@ class IngestSummary(_message.Message):
         written: _builtins.int = ...,
         quarantine_path: _builtins.str = ...,
         reject_reasons: _abc.Iterable[Global___RejectReasonCount] | None = ...,
+        duplicate_policy: Global___DuplicatePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "dataset", b"dataset", "duplicates", b"duplicates", "quarantine_path", b"quarantine_path", "reject_reasons", b"reject_reasons", "rejected", b"rejected", "rows_read", b"rows_read", "written", b"written"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "dataset", b"dataset", "duplicate_policy", b"duplicate_policy", "duplicates", b"duplicates", "quarantine_path", b"quarantine_path", "reject_reasons", b"reject_reasons", "rejected", b"rejected", "rows_read", b"rows_read", "written", b"written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -276,21 +318,25 @@ class ImportDatasetRequest(_message.Message):
 
     DATASET_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Target dataset name ([a-z0-9_-], at most 64 characters)."""
     path: _builtins.str
     """Path relative to (or inside) the configured import root: a .parquet, .csv,
     .jsonl file, or a folder of them.
     """
+    duplicates: Global___DuplicatePolicy.ValueType
+    """Duplicate policy (unset = EVENT_ID)."""
     def __init__(
         self,
         *,
         dataset: _builtins.str = ...,
         path: _builtins.str = ...,
+        duplicates: Global___DuplicatePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "duplicates", b"duplicates", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
