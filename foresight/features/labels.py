@@ -42,6 +42,7 @@ __all__ = [
     "label_counts",
     "population_funnel",
     "require_enough_labels",
+    "staleness_warning",
     "window_end",
 ]
 
@@ -71,6 +72,36 @@ def window_end(cutoff: datetime, window_days: int) -> datetime:
     covers 1 April (from the cutoff on) through 1 May, the whole of 1 May.
     """
     return day_start(cutoff) + timedelta(days=window_days) + _DAY
+
+
+def staleness_warning(
+    as_of: datetime, data_end: datetime, window_days: int, now: datetime
+) -> str | None:
+    """Why scores as of `as_of` may mislead, given the data's end and the goal's window.
+
+    Two cases, both relative to the outcome window: the newest event is older
+    than one window (the data is stale: scores describe the past, not today),
+    or `as_of` lies more than one window after the newest event (recency
+    features then count days for which there are no events, not inactivity).
+    """
+    as_of, data_end, now = as_utc(as_of), as_utc(data_end), as_utc(now)
+    window = timedelta(days=window_days)
+    latest = data_end.date().isoformat()
+    if as_of - data_end > window:
+        gap = (as_of - data_end).days
+        return (
+            f"scoring as of {as_of.date().isoformat()}, {gap} days after the newest event "
+            f"({latest}), more than the {window_days}-day outcome window: recency features "
+            "count days without data as inactivity; import newer events or score as of the data's end"
+        )
+    if now - data_end > window:
+        age = (now - data_end).days
+        return (
+            f"the newest event ({latest}) is {age} days old, more than the {window_days}-day "
+            f"outcome window: scores are as of {as_of.date().isoformat()}, not today; "
+            "import newer events for current scores"
+        )
+    return None
 
 
 def data_end(events: pl.DataFrame) -> datetime:

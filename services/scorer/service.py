@@ -212,14 +212,20 @@ class Scorer:
 
     def score_profile(
         self, instance: str, profile_id: str, events: pl.DataFrame, as_of: datetime | None
-    ) -> InstanceScore:
-        """Score one profile now; nothing is stored."""
+    ) -> tuple[InstanceScore, list[str]]:
+        """Score one profile (as of the data's end by default); nothing is stored.
+
+        Returns the score and the warnings about it (data stale for the goal's window).
+        """
         if not instance:
             raise InvalidArgument("instance", "must not be empty")
         model = self.model(instance)
-        return realtime.score_profile(
+        score, warning = realtime.score_profile(
             model, self.catalog, profile_id, events, as_of, self.config.top_factors
         )
+        if warning is not None:
+            log.warning("stale data for instance %s: %s", instance, warning)
+        return score, [] if warning is None else [warning]
 
     # --- segments ------------------------------------------------------------------------
 

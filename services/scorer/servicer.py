@@ -78,10 +78,12 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     ) -> scorer_pb2.ScoreProfileResponse:
         events = events_to_frame(request.events)
         as_of = from_timestamp(request.as_of, request.HasField("as_of"))
-        score = await asyncio.to_thread(
+        score, warnings = await asyncio.to_thread(
             self.scorer.score_profile, request.instance, request.profile_id, events, as_of
         )
-        return scorer_pb2.ScoreProfileResponse(score=converters.instance_score(score))
+        return scorer_pb2.ScoreProfileResponse(
+            score=converters.instance_score(score), warnings=warnings
+        )
 
     async def CreateSegment(
         self, request: scorer_pb2.CreateSegmentRequest, context: grpc.aio.ServicerContext

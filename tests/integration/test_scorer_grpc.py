@@ -288,7 +288,11 @@ async def test_run_scoring_streams_progress_then_the_run(client: Client, world: 
     assert progress and all(0.0 <= p.fraction <= 1.0 for p in progress)
     run = events[-1].run
     assert run.status == scorer_pb2.RUN_STATUS_SUCCEEDED and run.profiles > 100
+    # As of the data's end, not the wall clock; the generated data is years old
+    # (more than the 30-day window), so the stream says so.
     assert run.as_of.ToDatetime(tzinfo=UTC) == world.end
+    warnings = [p.message for p in progress if p.stage == "warning"]
+    assert len(warnings) == 1 and "days old, more than the 30-day outcome window" in warnings[0]
     runs = await client.stub.ListScoringRuns(scorer_pb2.ListScoringRunsRequest(instance="purchase"))
     assert runs.runs[0].run_id == run.run_id and len(runs.runs) >= 2
     # The new run is what lookups serve now.
@@ -409,6 +413,19 @@ async def test_score_profile_from_stored_and_fresh_events(client: Client, world:
         scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
     )
     assert s.probability == pytest.approx(batch.scores[0].probability, abs=1e-6)
+    # Without as_of: the dataset's end (not the wall clock), with a staleness warning.
+    default = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(instance="purchase", profile_id=world.profile)
+    )
+    assert default.score.scored_at.ToDatetime(tzinfo=UTC) == world.end
+    assert default.score.probability == pytest.approx(s.probability, abs=1e-6)
+    assert len(default.warnings) == 1 and "days old" in default.warnings[0]
+    late = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(
+            instance="purchase", profile_id=world.profile, as_of=_ts(world.end + timedelta(days=90))
+        )
+    )
+    assert "90 days after the newest event" in late.warnings[0]
     fresh = _event(
         timestamp=_ts(world.end - timedelta(hours=1)),
         event_type="commerce.purchases",

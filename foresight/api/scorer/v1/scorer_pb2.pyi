@@ -87,7 +87,10 @@ class RunScoringRequest(_message.Message):
     """Instance name."""
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """Score as of this time; unset = the end of the instance's event data."""
+        """Score as of this time; unset = the end of the instance's event data (its
+        latest event), never the wall clock. When the data is stale for the goal's
+        window the stream carries a progress message with stage "warning".
+        """
 
     def __init__(
         self,
@@ -435,7 +438,9 @@ class ScoreProfileRequest(_message.Message):
 
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """Score as of this time; unset = now (or the latest event when later)."""
+        """Score as of this time; unset = the end of the dataset's events (or just
+        after the newest event sent, when later), never the wall clock.
+        """
 
     def __init__(
         self,
@@ -460,18 +465,24 @@ class ScoreProfileResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCORE_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def score(self) -> Global___InstanceScore:
         """The score (percentile 0, run_id empty)."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the score may mislead, e.g. the newest event is older than the goal's window."""
 
     def __init__(
         self,
         *,
         score: Global___InstanceScore | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["score", b"score", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
