@@ -58,6 +58,9 @@ def follow(stream: Any, title: str) -> Any:
         task = progress.add_task(title, total=1.0)
 
         def update(p: common_pb2.Progress) -> None:
+            if p.stage == "warning":  # in full, not squeezed into the bar
+                progress.console.print(f"[yellow]warning:[/yellow] {p.message}")
+                return
             progress.update(
                 task, completed=p.fraction, description=f"{title}: {p.stage} {p.message}"[:80]
             )

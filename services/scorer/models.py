@@ -28,6 +28,7 @@ from sqlalchemy import select
 from foresight import instance as instance_config
 from foresight.calibration import Calibrator
 from foresight.errors import FailedPrecondition, NotFound
+from foresight.factor_groups import FactorGroups
 from foresight.features.spec import FeatureDef, FeatureSpec
 from foresight.instance import InstanceConfig
 from foresight.storage.artifacts import ArtifactStore
@@ -66,6 +67,8 @@ class LoadedModel:
     created_at: datetime | None = None
     # Fitted by the trainer on out-of-time rows (calibrator.json; none in older bundles).
     calibrator: Calibrator = field(default_factory=Calibrator)
+    # Near-identical features whose reasons are merged (factor_groups.json).
+    factor_groups: FactorGroups = field(default_factory=FactorGroups)
 
     @property
     def features(self) -> tuple[FeatureDef, ...]:
@@ -93,8 +96,11 @@ class LoadedModel:
         return np.concatenate(parts).astype(np.float32)
 
     def contributions(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
-        """TreeSHAP contributions [n, F] on the log-odds (bias column dropped)."""
-        return self.explainer.contributions(X, threads)
+        """TreeSHAP contributions [n, F] on the log-odds (bias column dropped).
+
+        Each factor group's total sits on its leader, so reasons do not repeat.
+        """
+        return self.factor_groups.merge(self.explainer.contributions(X, threads))
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -132,6 +138,12 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         if calibrator_file.is_file()
         else Calibrator()
     )
+    groups_file = folder / "factor_groups.json"
+    factor_groups = (
+        FactorGroups.model_validate_json(groups_file.read_text())
+        if groups_file.is_file()
+        else FactorGroups()
+    )
     explainer = TreeExplainer((folder / "model.txt").read_text())
     if explainer.n_features != n_features:
         raise FailedPrecondition(
@@ -147,6 +159,7 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         evaluation=evaluation,
         loaded_at=utcnow(),
         calibrator=calibrator,
+        factor_groups=factor_groups,
     )
     _check_parity(model, n_features)
     return model

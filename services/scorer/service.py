@@ -31,6 +31,7 @@ from foresight.storage.models import InstanceRow, ModelVersionRow, ScoringRunRow
 from services.scorer import insights as insight_math
 from services.scorer import lookups, realtime
 from services.scorer.catalog import Catalog
+from services.scorer.export import export_run
 from services.scorer.memory import release_unused_memory
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import (
@@ -259,6 +260,13 @@ class Scorer:
         if not name:
             raise InvalidArgument("name", "must not be empty")
         return self.segments.export(name, parquet)
+
+    def export_scores(self, instance: str, run_id: str, parquet: bool) -> Iterator[bytes]:
+        """A whole run's scores (default: the latest succeeded run) as CSV or Parquet bytes."""
+        if not instance:
+            raise InvalidArgument("instance", "must not be empty")
+        self.catalog.dataset_of(instance)  # NotFound for an unknown instance
+        return export_run(self.engine.run_scores(instance, run_id), parquet)
 
     # --- insights and status ------------------------------------------------------------
 

@@ -120,6 +120,16 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         )
         return converters.members_page(page)
 
+    async def ExportScores(
+        self, request: scorer_pb2.ExportScoresRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scorer_pb2.ExportScoresChunk]:
+        parquet = converters.export_parquet(request.format)
+        chunks = await asyncio.to_thread(
+            self.scorer.export_scores, request.instance, request.run_id, parquet
+        )
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield scorer_pb2.ExportScoresChunk(data=chunk)
+
     async def ExportSegment(
         self, request: scorer_pb2.ExportSegmentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scorer_pb2.ExportSegmentChunk]:

@@ -12,7 +12,7 @@ predictions on float32 features do not change, and the ONNX copy agrees.
 difference above 1e-5 fails the export.
 
 The bundle (model.onnx, model.txt, feature_spec.json, instance.json,
-evaluation.json, calibrator.json, manifest.json with SHA-256 checksums) is written through
+evaluation.json, calibrator.json, factor_groups.json, manifest.json with SHA-256 checksums) is written through
 `ArtifactStore.publish`: a temporary folder renamed into place in one step.
 """
 
@@ -55,6 +55,7 @@ MODEL_FILES = (
     "instance.json",
     "evaluation.json",
     "calibrator.json",
+    "factor_groups.json",
 )
 # LightGBM reads |x| <= 1e-35f as zero and splits zero from the rest at ±1e-35f
 # (a float32 constant: 1.0000000180025095e-35).
@@ -287,6 +288,7 @@ def write_bundle(
     instance: dict[str, Any],
     evaluation: dict[str, Any],
     calibrator: dict[str, Any] | None = None,
+    factor_groups: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write the model bundle atomically (temp folder, checksums, rename); returns its path."""
@@ -299,4 +301,6 @@ def write_bundle(
         (folder / "evaluation.json").write_bytes(_json_bytes(evaluation))
         # No calibrator: the model's probabilities are served as they are.
         (folder / "calibrator.json").write_bytes(_json_bytes(calibrator or {"method": "none"}))
+        # No groups: every feature is its own reason.
+        (folder / "factor_groups.json").write_bytes(_json_bytes(factor_groups or {}))
     return artifacts.path(relative)

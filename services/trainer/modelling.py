@@ -25,6 +25,7 @@ from foresight.evaluation_report import (
     TrainingSummary,
     TrialSummary,
 )
+from foresight.factor_groups import FactorGroups, fit_factor_groups
 from foresight.features.spec import FeatureSpec
 from foresight.instance import InstanceConfig
 from services.trainer.boosting import (
@@ -59,6 +60,7 @@ class FittedModels:
     served_model: lgb.Booster
     calibrator: Calibrator
     cv_brier: dict[str, float]
+    factor_groups: FactorGroups
     trials: list[TrialResult]
     params: dict[str, object]
 
@@ -114,7 +116,9 @@ def fit_models(
     calibrator, cv_brier = choose_calibrator(tune_p, y[split.tune])
     report("train", 0.81, f"calibration: {calibrator.method}; refitting on every cutoff")
     served = refit_lightgbm(X, y, params, threads=threads)
-    return FittedModels(booster, served, calibrator, cv_brier, trials, params)
+    # Near-identical features become one reason (led by the most important one).
+    groups = fit_factor_groups(X, booster.feature_importance("gain"))
+    return FittedModels(booster, served, calibrator, cv_brier, groups, trials, params)
 
 
 def evaluate_validation_model(
@@ -137,6 +141,7 @@ def evaluate_validation_model(
         booster.predict(X_eval[explained], pred_contrib=True, num_threads=threads),
         dtype=np.float64,
     )
+    contributions[:, :-1] = fitted.factor_groups.merge(contributions[:, :-1])
     train_pos = int(matrix.y[split.train].sum())
     context = EvaluationContext(
         window_days=config.goal.window_days,

@@ -352,6 +352,7 @@ class ModelTrainer:
             instance=inst.to_dict(plan.config),
             evaluation=evaluation.to_json_dict(),
             calibrator=fitted.calibrator.model_dump(mode="json"),
+            factor_groups=fitted.factor_groups.model_dump(mode="json"),
             metadata={
                 "kind": "propensity_model",
                 "instance": name,

@@ -772,3 +772,76 @@ def test_scoring_schedule_runs_due_instances(world: World, monkeypatch: pytest.M
         scorer.list_runs("purchase")
     ) == before + 1
     assert scorer.due_instances(runs[0].started_at) == []  # just ran: not due again yet
+
+
+# --- exporting a run -----------------------------------------------------------------------
+
+
+async def test_export_scores_of_a_whole_run_as_csv_and_parquet(
+    client: Client, world: World
+) -> None:
+    snapshot = client.running.scorer.snapshots.get("purchase")
+    assert snapshot is not None
+    text = b"".join(
+        [
+            c.data
+            async for c in client.stub.ExportScores(
+                scorer_pb2.ExportScoresRequest(instance="purchase")
+            )
+        ]
+    ).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == [
+        "profile_id",
+        "probability",
+        "score",
+        "percentile",
+        "bucket",
+        "reasons",
+    ]
+    assert len(rows) == len(snapshot)
+    mine = next(r for r in rows if r["profile_id"] == world.profile)
+    served = await client.stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
+    )
+    score = served.scores[0]
+    assert float(mine["probability"]) == pytest.approx(score.probability, abs=1e-6)
+    assert int(mine["score"]) == score.score and int(mine["percentile"]) == score.percentile
+    assert mine["bucket"] == common_pb2.Bucket.Name(score.bucket).removeprefix("BUCKET_")
+    reasons = json.loads(mine["reasons"])
+    assert [r["code"] for r in reasons] == [f.code for f in score.factors]
+    parquet = b"".join(
+        [
+            c.data
+            async for c in client.stub.ExportScores(
+                scorer_pb2.ExportScoresRequest(
+                    instance="purchase",
+                    run_id=snapshot.run_id,
+                    format=scorer_pb2.EXPORT_FORMAT_PARQUET,
+                )
+            )
+        ]
+    )
+    table = pq.read_table(io.BytesIO(parquet))
+    assert table.num_rows == len(snapshot)
+    assert table.column("profile_id").to_pylist() == [r["profile_id"] for r in rows]
+
+
+async def test_export_scores_errors(client: Client) -> None:
+    err = await _error(_drain(client.stub.ExportScores(scorer_pb2.ExportScoresRequest())))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "instance" in (err.details() or "")
+    err = await _error(
+        _drain(client.stub.ExportScores(scorer_pb2.ExportScoresRequest(instance="nope")))
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = await _error(
+        _drain(
+            client.stub.ExportScores(
+                scorer_pb2.ExportScoresRequest(
+                    instance="purchase",
+                    format=9,  # type: ignore[arg-type]
+                )
+            )
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "format" in (err.details() or "")

@@ -14,8 +14,8 @@ from foresight.calibration import Calibrator
 from foresight.features.featurize import featurize
 from foresight.features.labels import data_end
 from foresight.features.spec import fit_feature_spec
-from foresight.generate import generate
 from foresight.storage.artifacts import ArtifactStore
+from foresight.tools.generate import generate
 from services.scorer.models import load_bundle
 from services.trainer.export import to_onnx, write_bundle
 

@@ -27,8 +27,6 @@ from foresight.storage.db import Database
 from foresight.storage.models import InstanceRow, ProfileRow
 from foresight.tools.generate import generate
 from services.trainer import shards
-from services.trainer.registry import VersionStatus
-from services.trainer.shards import LeakageDetected, ShardJob, audit_leakage, shard_labels
 from services.trainer.boosting import (
     MAX_DEPTH,
     MAX_LEAVES,
@@ -38,6 +36,8 @@ from services.trainer.boosting import (
     search_space,
     train_lightgbm,
 )
+from services.trainer.registry import VersionStatus
+from services.trainer.shards import LeakageDetected, ShardJob, audit_leakage, shard_labels
 from services.trainer.training import ModelTrainer
 
 pytestmark = pytest.mark.unit
@@ -149,6 +149,7 @@ def test_train_publishes_a_ready_verified_model(world: World) -> None:
         "instance.json",
         "evaluation.json",
         "calibrator.json",
+        "factor_groups.json",
     }
     evaluation = world.trainer.get_evaluation("conv_e2e")
     assert evaluation.parity is not None and evaluation.parity.max_abs_diff <= 1e-5
@@ -376,8 +377,6 @@ def test_refit_on_the_latest_cutoff_tells_long_dormancy_apart() -> None:
     probe = np.array([[212.0], [256.0]], dtype=np.float32)
     before = booster.predict(probe)
     assert before[0] == pytest.approx(before[1])
-    served = refit_lightgbm(
-        np.vstack([X_early, X_late]), np.concatenate([y_early, y_late]), chosen
-    )
+    served = refit_lightgbm(np.vstack([X_early, X_late]), np.concatenate([y_early, y_late]), chosen)
     after = served.predict(probe)
     assert after[0] > after[1] + 0.1

@@ -869,6 +869,60 @@ class ExportSegmentChunk(_message.Message):
 Global___ExportSegmentChunk: _TypeAlias = ExportSegmentChunk  # noqa: Y015
 
 @_typing.final
+class ExportScoresRequest(_message.Message):
+    """Export a scoring run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """Instance name."""
+    run_id: _builtins.str
+    """Run id; empty = the latest succeeded run."""
+    format: Global___ExportFormat.ValueType
+    """Format (unset = CSV). Columns: profile_id, probability, score, percentile,
+    bucket, reasons (JSON list of code, text, impact, importance).
+    """
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        format: Global___ExportFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "instance", b"instance", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportScoresRequest: _TypeAlias = ExportScoresRequest  # noqa: Y015
+
+@_typing.final
+class ExportScoresChunk(_message.Message):
+    """A chunk of the exported scores file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Bytes, in order."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportScoresChunk: _TypeAlias = ExportScoresChunk  # noqa: Y015
+
+@_typing.final
 class GetInsightsRequest(_message.Message):
     """---------------------------------------------------------------- insights
 
