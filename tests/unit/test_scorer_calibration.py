@@ -37,6 +37,7 @@ def _bundle(tmp_path: Path, calibrator: Calibrator | None) -> tuple[Path, np.nda
     folder = write_bundle(
         store,
         "models/conv/v1",
+        owner="trainer",
         onnx_model=to_onnx(booster, X.shape[1]),
         booster=booster,
         feature_spec=spec.to_dict(),
