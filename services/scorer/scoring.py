@@ -175,7 +175,6 @@ class ScoringEngine:
         warning = staleness_warning(as_of, parts.end, model.config.goal.window_days, utcnow())
         if warning is not None:
             log.warning("stale data for instance %s: %s", instance, warning)
-            notify(Progress("warning", 0.0, warning))
         with self._lock:
             if instance in self._running:
                 raise FailedPrecondition(
@@ -202,6 +201,8 @@ class ScoringEngine:
             )
             try:
                 with RUN_SECONDS.time():
+                    if warning is not None:  # in the stream, once the run exists
+                        notify(Progress("warning", 0.0, warning))
                     scores = self._score(run_id, model, parts, as_of, notify)
                     relative = self._store(scores, notify)
             except BaseException as exc:
