@@ -132,6 +132,8 @@ class TrainingSummary(_Record):
     """Row counts and stage timings of the training job."""
 
     train_rows: int = 0
+    # Rows of the cutoffs before the validation one, before the bounded sample.
+    train_rows_before_sample: int = 0
     train_positives: int = 0
     tuning_rows: int = 0
     evaluation_rows: int = 0

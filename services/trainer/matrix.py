@@ -31,6 +31,7 @@ class TrainingMatrix:
     cutoff: np.ndarray  # int16 cutoff index per row
     profile_ids: np.ndarray  # object
     audited: int  # profiles whose features the leakage audit recomputed
+    rows_before_sample: int = 0  # earlier-cutoff rows before the bounded sample (sampling.py)
 
     @property
     def rows(self) -> int:
@@ -47,7 +48,7 @@ class RowSplit:
     evaluate: np.ndarray
 
 
-def assemble(parts: Sequence[ShardFeatures]) -> TrainingMatrix:
+def assemble(parts: Sequence[ShardFeatures], rows_before_sample: int = 0) -> TrainingMatrix:
     """Stack the shards' feature rows (in shard order) into one matrix."""
     return TrainingMatrix(
         X=np.vstack([p.X for p in parts]),
@@ -55,6 +56,7 @@ def assemble(parts: Sequence[ShardFeatures]) -> TrainingMatrix:
         cutoff=np.concatenate([p.cutoff for p in parts]),
         profile_ids=np.concatenate([p.profile_ids for p in parts]),
         audited=sum(p.audited for p in parts),
+        rows_before_sample=rows_before_sample,
     )
 
 

@@ -160,6 +160,7 @@ def evaluate_validation_model(
 def training_summary(matrix: TrainingMatrix, split: RowSplit, clock: StageClock) -> TrainingSummary:
     return TrainingSummary(
         train_rows=len(split.train),
+        train_rows_before_sample=matrix.rows_before_sample,
         train_positives=int(matrix.y[split.train].sum()),
         tuning_rows=len(split.tune),
         evaluation_rows=len(split.evaluate),

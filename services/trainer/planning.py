@@ -79,7 +79,7 @@ def make_plan(
     for part in parts:
         by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)
     jobs = [
-        ShardJob(str(store.root), store.shards, dataset, shard, tuple(paths))
+        ShardJob(store.url, store.shards, dataset, shard, tuple(paths))
         for shard, paths in sorted(by_shard.items())
     ]
     return TrainingPlan(config, dataset, jobs, cutoffs, start, end)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import polars as pl
@@ -80,6 +80,7 @@ from services.trainer.planning import (
     split_profiles,
 )
 from services.trainer.registry import OWNER, ModelRegistry, ModelVersionInfo, bundle_path
+from services.trainer.sampling import DEFAULT_SAMPLE_ROWS, SampleSummary, sample_training_rows
 from services.trainer.shards import (
     LeakageDetected,
     ShardJob,
@@ -126,13 +127,16 @@ class ModelTrainer:
         event_store: EventStore,
         artifacts: ArtifactStore,
         workers: int = 0,
+        scheduler: str | None = None,
+        sample_rows: int = DEFAULT_SAMPLE_ROWS,
     ) -> None:
         self.db = db
+        self.sample_rows = sample_rows
         self.store = event_store
         self.artifacts = artifacts
         self.workers = workers if workers > 0 else (os.cpu_count() or 1)
         self.registry = ModelRegistry(db, artifacts)
-        self.runner = ShardRunner(self.workers, keep_alive=True)
+        self.runner = ShardRunner(self.workers, keep_alive=True, scheduler=scheduler)
 
     def close(self) -> None:
         """Release the worker processes (call at shutdown)."""
@@ -252,9 +256,9 @@ class ModelTrainer:
         history = history_message(plan)
         if history is not None:
             raise FailedPrecondition(history)
-        shards = self._label_stage(plan, report)
+        shards, sample = self._label_stage(plan, report)
         clock.lap("labels")
-        spec, matrix = self._feature_stage(plan, shards, report)
+        spec, matrix = self._feature_stage(plan, shards, sample, report)
         clock.lap("features")
         split = split_rows(matrix, plan.cutoffs.training, plan.cutoffs.validation_index)
         fitted = fit_models(matrix, split, spec, max_trials, report, self.workers)
@@ -268,7 +272,9 @@ class ModelTrainer:
 
     # ------------------------------------------------------------ stages
 
-    def _label_stage(self, plan: TrainingPlan, report: Progress) -> list[ShardLabels]:
+    def _label_stage(
+        self, plan: TrainingPlan, report: Progress
+    ) -> tuple[list[ShardLabels], SampleSummary]:
         """Labels at every cutoff, per shard; the data gate; the population funnel reported."""
         cutoffs = plan.cutoffs.cutoffs
         report("labels", 0.03, f"{len(cutoffs)} cutoffs, {len(plan.jobs)} shards")
@@ -289,10 +295,16 @@ class ModelTrainer:
             f"excluded by the look-back, {funnel.excluded_by_conditions:,} by the conditions, "
             f"{funnel.eligible:,} eligible",
         )
-        return shards
+        # Features only for a bounded stratified sample of the earlier cutoffs (sampling.py);
+        # the validation cutoff is kept whole.
+        frames, sample = sample_training_rows(
+            [s.labels for s in shards], plan.cutoffs.validation_index, self.sample_rows
+        )
+        shards = [replace(s, labels=f) for s, f in zip(shards, frames, strict=True)]
+        return shards, sample
 
     def _feature_stage(
-        self, plan: TrainingPlan, shards: list[ShardLabels], report: Progress
+        self, plan: TrainingPlan, shards: list[ShardLabels], sample: SampleSummary, report: Progress
     ) -> tuple[FeatureSpec, TrainingMatrix]:
         """The feature vocabulary, then every shard featurized as of every cutoff."""
         report("features", 0.14, "fitting the feature vocabulary")
@@ -314,7 +326,7 @@ class ModelTrainer:
                 "features", 0.15 + 0.40 * done / total, f"featurized shard {done}/{total}"
             ),
         )
-        return spec, assemble(parts)
+        return spec, assemble(parts, rows_before_sample=sample.training_rows)
 
     def _publish(
         self,
