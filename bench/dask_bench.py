@@ -49,7 +49,7 @@ from foresight.storage.models import InstanceRow
 from foresight.tools.generate import generate
 from services.trainer.sampling import DEFAULT_SAMPLE_ROWS
 from services.trainer.shards import ShardJob, shard_features, shard_labels
-from services.trainer.training import N_CUTOFFS, ModelTrainer
+from services.trainer.training import ModelTrainer
 
 SHARDS = 16
 CONFIG: dict[str, Any] = {
@@ -85,8 +85,8 @@ def _world(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]]:
     for part in parts:
         by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)
     jobs = [ShardJob(store.url, SHARDS, "shop", k, tuple(v)) for k, v in sorted(by_shard.items())]
-    cutoffs = choose_cutoffs(
-        span[1] + timedelta(microseconds=1), 30, n=N_CUTOFFS, data_start=span[0]
+    cutoffs = list(
+        choose_cutoffs(span[1] + timedelta(microseconds=1), 30, data_start=span[0]).cutoffs
     )
     return var, jobs, cutoffs
 
@@ -104,7 +104,7 @@ def _pipeline(
 ) -> float:
     """Labels then features of every shard; wall seconds."""
     t0 = time.perf_counter()
-    labels = runner.map(shard_labels, [(j, CONFIG, cutoffs) for j in jobs])
+    labels = [s.labels for s in runner.map(shard_labels, [(j, CONFIG, cutoffs) for j in jobs])]
     runner.map(
         shard_features,
         [(j, spec, cutoffs, f, None) for j, f in zip(jobs, labels, strict=True)],
@@ -158,7 +158,7 @@ def shard_costs(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=1) as pool:
         base = max(pool.submit(_baseline).result() for _ in range(2))
-        labels = [shard_labels(j, CONFIG, cutoffs) for j in probe]
+        labels = [shard_labels(j, CONFIG, cutoffs).labels for j in probe]
         stages: dict[str, list[tuple[float, float, int]]] = {
             "labels": list(
                 pool.map(

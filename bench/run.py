@@ -44,6 +44,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "onnx_parity_max_abs_diff": ("≤ 1e-5", ""),
     "auc_conversion": ("≥ 0.75", ""),
     "auc_churn": ("≥ 0.75", ""),
+    "ece_after_conversion": ("report (ECE, 10 bins)", ""),
+    "ece_after_churn": ("report (ECE, 10 bins)", ""),
     "batch_score_1m_s": ("≤ 120", "s"),
     "lookup_rps_ratio_vs_empty": ("≥ 0.8", "ratio"),
     "lookup_p99_ms_at_1k_rps": ("≤ 2", "ms"),

@@ -119,6 +119,10 @@ def train_figures(results: dict[str, Any], data: Path) -> None:
                     (var / "artifacts" / version.artifact_path / "evaluation.json").read_text()
                 )
                 results[f"auc_{name}"] = round(version.auc, 4)
+                calibration = evaluation["calibrator"]
+                results[f"ece_before_{name}"] = round(calibration["ece_before"], 4)
+                results[f"ece_after_{name}"] = round(calibration["ece_after"], 4)
+                results[f"calibration_{name}"] = calibration["method"]
                 results[f"train_200k_{name}_s"] = round(seconds, 1)
                 parity = evaluation["parity"]["max_abs_diff"]
                 results["onnx_parity_max_abs_diff"] = max(

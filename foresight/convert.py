@@ -325,7 +325,7 @@ def instance_config(msg: trainer_pb2.Instance) -> tuple[InstanceConfig, str]:
                 "population.conditions",
                 msg.population.HasField("conditions"),
             ),
-            lookback_days=msg.population.lookback_days or 45,
+            lookback_days=msg.population.lookback_days or None,
         ),
         custom_events=tuple(
             CustomEvent(
@@ -342,6 +342,8 @@ def instance_config(msg: trainer_pb2.Instance) -> tuple[InstanceConfig, str]:
         scoring_schedule=msg.scoring_schedule or None,
         min_positives=msg.min_positives or 500,
         min_negatives=msg.min_negatives or 500,
+        max_cutoffs=msg.max_cutoffs or None,
+        cutoff_step_days=msg.cutoff_step_days or None,
     )
     return config, msg.dataset
 
@@ -359,7 +361,7 @@ def instance_to_proto(config: InstanceConfig, dataset_name: str) -> trainer_pb2.
         ),
         population=trainer_pb2.Population(
             conditions=conditions_to_proto(config.population.conditions),
-            lookback_days=config.population.lookback_days,
+            lookback_days=config.population.lookback_days or 0,
         ),
         custom_events=[
             trainer_pb2.CustomEvent(name=e.name, conditions=conditions_to_proto(e.conditions))
@@ -371,4 +373,6 @@ def instance_to_proto(config: InstanceConfig, dataset_name: str) -> trainer_pb2.
         dataset=dataset_name,
         min_positives=config.min_positives,
         min_negatives=config.min_negatives,
+        max_cutoffs=config.max_cutoffs or 0,
+        cutoff_step_days=config.cutoff_step_days or 0,
     )

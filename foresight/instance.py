@@ -44,6 +44,7 @@ __all__ = [
 
 MAX_WINDOW_DAYS = 365
 MAX_LOOKBACK_DAYS = 3 * 365
+MAX_CUTOFFS = 24
 _CUSTOM_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}\Z")
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*,/\-?]+\Z")
 NAMED_SCHEDULES = frozenset({"hourly", "daily", "weekly", "monthly"})
@@ -78,10 +79,14 @@ class Goal:
 
 @dataclass(frozen=True)
 class Population:
-    """Eligible profiles: ≥1 event matching `conditions` (or any event) in the look-back."""
+    """Eligible profiles: ≥1 event matching `conditions` (or any event) before the cutoff.
+
+    `lookback_days` (None = no look-back) narrows that to the last N days
+    before the cutoff; training and ValidateGoal report what each rule excludes.
+    """
 
     conditions: ConditionGroup | None = None
-    lookback_days: int = 45
+    lookback_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,10 @@ class InstanceConfig:
     scoring_schedule: str | None = None
     min_positives: int = 500
     min_negatives: int = 500
+    # Rolling training cutoffs: at most this many (None = the default, 8), this
+    # many days apart (None = adapt to the history; see labels.choose_cutoffs).
+    max_cutoffs: int | None = None
+    cutoff_step_days: int | None = None
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON/YAML; tuples keep the config hashable.
@@ -171,7 +180,8 @@ def validate_config(cfg: InstanceConfig) -> None:
     population = cfg.population
     if population.conditions is not None:
         validate_group(population.conditions, "population.conditions")
-    _check_int(population.lookback_days, "population.lookback_days", 1, MAX_LOOKBACK_DAYS)
+    if population.lookback_days is not None:
+        _check_int(population.lookback_days, "population.lookback_days", 1, MAX_LOOKBACK_DAYS)
     seen: set[str] = set()
     for i, event in enumerate(cfg.custom_events):
         path = f"custom_events[{i}]"
@@ -201,6 +211,10 @@ def validate_config(cfg: InstanceConfig) -> None:
     validate_schedule(cfg.scoring_schedule)
     _check_int(cfg.min_positives, "min_positives", 1, 10**9)
     _check_int(cfg.min_negatives, "min_negatives", 1, 10**9)
+    if cfg.max_cutoffs is not None:
+        _check_int(cfg.max_cutoffs, "max_cutoffs", 2, MAX_CUTOFFS)
+    if cfg.cutoff_step_days is not None:
+        _check_int(cfg.cutoff_step_days, "cutoff_step_days", 1, MAX_WINDOW_DAYS)
 
 
 # --- dict / YAML ------------------------------------------------------------
@@ -233,6 +247,8 @@ def to_dict(cfg: InstanceConfig) -> dict[str, Any]:
         "scoring_schedule": cfg.scoring_schedule,
         "min_positives": cfg.min_positives,
         "min_negatives": cfg.min_negatives,
+        "max_cutoffs": cfg.max_cutoffs,
+        "cutoff_step_days": cfg.cutoff_step_days,
     }
 
 
@@ -269,8 +285,13 @@ def _mapping(raw: Any, path: str) -> dict[str, Any]:
 
 
 def _int(raw: Any, path: str, default: int) -> int:
+    value = _optional_int(raw, path)
+    return default if value is None else value
+
+
+def _optional_int(raw: Any, path: str) -> int | None:
     if raw is None:
-        return default
+        return None
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise InvalidArgument(path, f"expected a whole number, got {raw!r}")
     return raw
@@ -289,6 +310,8 @@ _KNOWN_KEYS = frozenset(
         "scoring_schedule",
         "min_positives",
         "min_negatives",
+        "max_cutoffs",
+        "cutoff_step_days",
     }
 )
 
@@ -320,7 +343,9 @@ def from_dict(data: Any) -> InstanceConfig:
     population_raw = _mapping(root.get("population"), "population")
     population = Population(
         conditions=_group_in(population_raw.get("conditions"), "population.conditions"),
-        lookback_days=_int(population_raw.get("lookback_days"), "population.lookback_days", 45),
+        lookback_days=_optional_int(
+            population_raw.get("lookback_days"), "population.lookback_days"
+        ),
     )
     events_raw = root.get("custom_events") or []
     if not isinstance(events_raw, list):
@@ -352,6 +377,8 @@ def from_dict(data: Any) -> InstanceConfig:
         scoring_schedule=None if schedule is None else str(schedule),
         min_positives=_int(root.get("min_positives"), "min_positives", 500),
         min_negatives=_int(root.get("min_negatives"), "min_negatives", 500),
+        max_cutoffs=_optional_int(root.get("max_cutoffs"), "max_cutoffs"),
+        cutoff_step_days=_optional_int(root.get("cutoff_step_days"), "cutoff_step_days"),
     )
     validate_config(cfg)
     return cfg

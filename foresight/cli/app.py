@@ -189,6 +189,9 @@ def follow(stream: Iterable[Any], title: str) -> Any:
         task = progress.add_task(title, total=1.0)
 
         def update(p: common_pb2.Progress) -> None:
+            if p.stage == "warning":  # in full, not squeezed into the bar
+                progress.console.print(f"[yellow]warning:[/yellow] {p.message}")
+                return
             progress.update(
                 task, completed=p.fraction, description=f"{title}: {p.stage} {p.message}"[:80]
             )

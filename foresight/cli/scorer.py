@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
@@ -14,13 +16,37 @@ from foresight.cli.output import CsvFlag, JsonFlag, Rows, emit
 from foresight.client import to_plain
 
 
+def as_of_timestamp(text: str | None) -> Timestamp | None:
+    """`--as-of` text (ISO date or date-time; no offset = UTC) as a protobuf Timestamp."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected a date like 2024-03-31 or 2024-03-31T12:00:00Z, got {text!r}"
+        ) from None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    return stamp
+
+
+AsOf = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="Score as of this date or time (UTC unless an offset is given); "
+        "default: the dataset's latest event.",
+    ),
+]
+
+
 @app.command()
-def score(name: str, as_json: JsonFlag = False) -> None:
+def score(name: str, as_json: JsonFlag = False, as_of: AsOf = None) -> None:
     """Score every eligible profile of an instance (batch, with reason codes)."""
+    request = scorer_pb2.RunScoringRequest(instance=name, as_of=as_of_timestamp(as_of))
     with client() as c:
-        run = follow(
-            c.scorer.RunScoring(scorer_pb2.RunScoringRequest(instance=name)), f"score {name}"
-        )
+        run = follow(c.scorer.RunScoring(request), f"score {name}")
     summary = f"run {run.run_id}: {run.profiles:,} profiles scored with {run.instance} v{run.model_version}"
     emit(run, as_json=as_json, summary=summary)
 
@@ -149,6 +175,25 @@ def segments(
     with client() as c:
         resp = c.scorer.ListSegments(scorer_pb2.ListSegmentsRequest(instance=instance))
     emit(resp, as_json=as_json, as_csv=as_csv, rows=_segment_rows(list(resp.segments)))
+
+
+@app.command("export-scores")
+def export_scores(
+    instance: str,
+    out: Annotated[Path, typer.Option(help="Output file (.csv or .parquet).")],
+    run_id: Annotated[str, typer.Option(help="Run to export; default: the latest.")] = "",
+) -> None:
+    """Download a whole run's scores (probability, score, percentile, bucket, reasons)."""
+    fmt = (
+        scorer_pb2.EXPORT_FORMAT_PARQUET
+        if out.suffix == ".parquet"
+        else scorer_pb2.EXPORT_FORMAT_CSV
+    )
+    request = scorer_pb2.ExportScoresRequest(instance=instance, run_id=run_id, format=fmt)
+    with client() as c, out.open("wb") as fh:
+        for chunk in c.scorer.ExportScores(request):
+            fh.write(chunk.data)
+    console.print(f"wrote {out}")
 
 
 @app.command("export-segment")

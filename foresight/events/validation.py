@@ -3,13 +3,41 @@
 All checks are vectorized Polars expressions: one pass builds the typed
 columns and a reason string per row; rows with no reason are accepted.
 Nothing is dropped silently: ``len(accepted) + len(rejected) == len(raw)``.
+
+Timestamps (the one parser for every way events come in) may be:
+
+- RFC 3339 / ISO 8601: ``2024-03-31T15:30:00Z``, ``2024-03-31 15:30:00+02:00``,
+  fractions of a second, ``T`` or a space, seconds optional (``2024-03-31T15:30``);
+- a date alone: ``2024-03-31``, ``2024/03/31``, or compact ``20240331``
+  (midnight); compact date-times ``20240331T153000`` and ``20240331153000``;
+- epoch numbers (as numbers or digits): below 10^11 they are seconds, from
+  there on milliseconds (10^11 s is the year 5138; 10^11 ms is 1973).
+
+Without an offset a time is taken as **UTC**, and every timestamp is stored as UTC.
+
+Duplicates follow the `DuplicatePolicy` chosen at import, and the ingest
+summary reports how many rows it removed:
+
+- ``event_id`` (default): rows without an event id get one from their content
+  and their occurrence among identical rows of the batch, so two identical
+  purchases on one day are both kept, while re-importing the same file adds
+  nothing.
+- ``exact_row``: rows without an id that are identical in every field are
+  one event (the id comes from the content alone).
+- ``none``: no row without an id is removed, not even on re-import (ids are
+  unique per import).
+
+Under every policy an event id given in the input names one event: a second
+row with the same id is a duplicate (counted, never written twice).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Final
 
 import numpy as np
@@ -32,7 +60,9 @@ from foresight.events.schema import (
 __all__ = [
     "DERIVED_EVENT_ID_PREFIX",
     "EARLIEST_TIMESTAMP",
+    "EPOCH_SECONDS_BELOW",
     "REJECTED_SCHEMA",
+    "DuplicatePolicy",
     "ValidationResult",
     "derive_event_ids",
     "hex_strings",
@@ -45,6 +75,18 @@ EARLIEST_TIMESTAMP: Final[datetime] = datetime(1990, 1, 1, tzinfo=UTC)
 
 #: Prefix of event ids derived from the row content (input had none).
 DERIVED_EVENT_ID_PREFIX: Final[str] = "auto-"
+
+#: Epoch numbers below this are seconds, from it on milliseconds.
+EPOCH_SECONDS_BELOW: Final[float] = 1e11
+
+
+class DuplicatePolicy(StrEnum):
+    """Which rows of an import are the same event (see the module docstring)."""
+
+    EVENT_ID = "event_id"
+    EXACT_ROW = "exact_row"
+    NONE = "none"
+
 
 #: Quarantine rows: where the row was, why it was rejected, and every input
 #: field as the text it arrived as (nested values as JSON).
@@ -106,13 +148,19 @@ class ValidationResult:
         return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
 
 
-def validate(raw: pl.DataFrame, now: datetime, row_offset: int = 0) -> ValidationResult:
+def validate(
+    raw: pl.DataFrame,
+    now: datetime,
+    row_offset: int = 0,
+    duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID,
+) -> ValidationResult:
     """Validate a raw batch against the event schema.
 
     ``now`` is the ingestion time (timezone-aware; naive is taken as UTC):
     rows later than ``now + FAR_FUTURE_TOLERANCE`` are rejected.
     ``row_offset`` is the number of input rows before this batch, so
     ``row_number`` in rejected rows points into the whole file.
+    ``duplicates`` decides the ids of rows that arrive without one.
 
     Raises :class:`SchemaError` for a column the schema does not know: that
     is a mistake in the file (a misspelt header), not in a row.
@@ -172,7 +220,7 @@ def validate(raw: pl.DataFrame, now: datetime, row_offset: int = 0) -> Validatio
     missing_ids = accepted["event_id"].is_null()
     if missing_ids.any():
         # Hash only rows without an id: most files carry their own.
-        derived = derive_event_ids(accepted.filter(missing_ids))
+        derived = derive_event_ids(accepted.filter(missing_ids), duplicates)
         ids = accepted["event_id"].scatter(missing_ids.arg_true(), derived)
         accepted = accepted.with_columns(ids)
 
@@ -191,16 +239,36 @@ def validate(raw: pl.DataFrame, now: datetime, row_offset: int = 0) -> Validatio
     return ValidationResult(accepted=accepted, rejected=rejected)
 
 
-def derive_event_ids(events: pl.DataFrame) -> pl.Series:
-    """Deterministic ids for typed events, from every field but ``event_id``.
+def derive_event_ids(
+    events: pl.DataFrame, duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID
+) -> pl.Series:
+    """Ids for typed events without one, from every field but ``event_id``.
 
-    Re-importing the same rows yields the same ids, so ingestion stays
-    idempotent for inputs that carry no ids of their own.
+    ``exact_row``: the content alone, so identical rows share an id.
+    ``event_id``: the n-th identical row of the batch (n ≥ 2) also hashes n, so
+    repeats are kept; re-importing the same rows yields the same ids.
+    ``none``: also a random per-call salt, so even a re-import adds its rows.
     """
     content = pl.struct([name for name in EVENT_COLUMNS if name != "event_id"])
-    hashes = events.select(
-        content.hash(_ID_SEEDS[0]).alias("a"), content.hash(_ID_SEEDS[1]).alias("b")
-    )
+    a, b = content.hash(_ID_SEEDS[0]), content.hash(_ID_SEEDS[1])
+    if duplicates is not DuplicatePolicy.EXACT_ROW:
+        a, b = a.alias("a"), b.alias("b")
+        occurrence = pl.int_range(pl.len()).over(a, b).cast(pl.UInt64).alias("n")
+        salt = uuid.uuid4().int & 0xFFFF_FFFF_FFFF if duplicates is DuplicatePolicy.NONE else 0
+        salt_column = pl.lit(salt, pl.UInt64).alias("salt")
+        # The first occurrence keeps the content id (as under exact_row).
+        repeat = (occurrence > 0) | pl.lit(salt != 0)
+        a = (
+            pl.when(repeat)
+            .then(pl.struct(a, occurrence, salt_column).hash(_ID_SEEDS[0]))
+            .otherwise(a)
+        )
+        b = (
+            pl.when(repeat)
+            .then(pl.struct(b, occurrence, salt_column).hash(_ID_SEEDS[1]))
+            .otherwise(b)
+        )
+    hashes = events.select(a.alias("a"), b.alias("b"))
     return hex_strings(
         hashes["a"].to_numpy(),
         hashes["b"].to_numpy(),
@@ -306,7 +374,7 @@ def _timestamp_field(dtype: pl.DataType, latest: datetime) -> tuple[pl.Expr, Seq
     elif isinstance(dtype, pl.Date):
         parsed = column.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
     elif dtype.is_integer() or dtype.is_float():
-        parsed = _from_epoch_ms(column.cast(pl.Float64))
+        parsed = _from_epoch(column.cast(pl.Float64))
     elif isinstance(dtype, _TEXT_TYPES):
         parsed = _parse_timestamp_text(column.cast(pl.String).str.strip_chars())
     else:
@@ -319,13 +387,11 @@ def _timestamp_field(dtype: pl.DataType, latest: datetime) -> tuple[pl.Expr, Seq
     reasons = [
         pl.when(~present).then(pl.lit("missing timestamp")),
         pl.when(present & parsed.is_null()).then(
-            pl.lit("unparseable timestamp (use RFC 3339 or epoch milliseconds)")
+            pl.lit("unparseable timestamp (use RFC 3339, a date like 2024-03-31 or epoch s/ms)")
         ),
         pl.when(parsed > pl.lit(latest)).then(pl.lit("timestamp in the far future")),
         pl.when(parsed < pl.lit(earliest)).then(
-            pl.lit(
-                f"timestamp before {earliest.date().isoformat()} (epoch seconds instead of milliseconds?)"
-            )
+            pl.lit(f"timestamp before {earliest.date().isoformat()} (epoch in the wrong unit?)")
         ),
     ]
     return parsed, reasons
@@ -342,27 +408,55 @@ def _from_epoch_ms(millis: pl.Expr) -> pl.Expr:
     return micros.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
 
 
+def _from_epoch(number: pl.Expr) -> pl.Expr:
+    """Epoch seconds below EPOCH_SECONDS_BELOW, milliseconds from there on."""
+    seconds = number.abs() < EPOCH_SECONDS_BELOW
+    return _from_epoch_ms(pl.when(seconds).then(number * 1000).otherwise(number))
+
+
+# Naive forms tried after the offset-aware ones (first match wins); no offset means UTC.
+_NAIVE_FORMATS: Final[tuple[str, ...]] = (
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M",
+    "%Y%m%dT%H%M%S",
+    "%Y%m%d%H%M%S",
+)
+_DATE_FORMATS: Final[tuple[str, ...]] = ("%Y-%m-%d", "%Y%m%d")
+
+
 def _parse_timestamp_text(text: pl.Expr) -> pl.Expr:
-    """RFC 3339 (``Z`` or ``±hh:mm``; a space for ``T`` is tolerated; no offset
-    means UTC) or epoch milliseconds written as digits."""
-    normalized = text.str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T").str.replace(
-        r"[zZ]$", "+00:00"
+    """Every accepted text form (see the module docstring); None when none fits."""
+    normalized = (
+        text.str.replace(r"^(\d{4})/(\d{2})/(\d{2})", "${1}-${2}-${3}")
+        .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T")
+        .str.replace(r"[zZ]$", "+00:00")
+        .str.replace(r"^(\d{8})[tT]", "${1}T")
     )
-    with_offset = normalized.str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_unit="us", time_zone="UTC"
-    )
-    compact_offset = normalized.str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S%.f%z", strict=False, time_unit="us", time_zone="UTC"
-    )
-    naive = normalized.str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us"
-    ).dt.replace_time_zone("UTC")
-    epoch = _from_epoch_ms(
-        pl.when(text.str.contains(r"^-?\d{1,16}$"))
+    aware = [
+        normalized.str.to_datetime(fmt, strict=False, time_unit="us", time_zone="UTC")
+        for fmt in ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M%:z")
+    ]
+    naive = [
+        normalized.str.to_datetime(fmt, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+        for fmt in _NAIVE_FORMATS
+    ]
+    is_date = text.str.contains(r"^\d{4}-\d{2}-\d{2}$|^\d{4}/\d{2}/\d{2}$|^\d{8}$")
+    dates = [
+        pl.when(is_date)
+        .then(normalized.str.to_date(fmt, strict=False))
+        .cast(pl.Datetime("us"))
+        .dt.replace_time_zone("UTC")
+        for fmt in _DATE_FORMATS
+    ]
+    # 8 and 14 digits are a compact date (time), never epoch numbers (1970 or 2611).
+    epoch = _from_epoch(
+        pl.when(
+            text.str.contains(r"^-?\d{1,16}(\.\d+)?$") & ~text.str.contains(r"^(\d{8}|\d{14})$")
+        )
         .then(text.cast(pl.Float64, strict=False))
         .otherwise(None)
     )
-    return pl.coalesce(epoch, with_offset, compact_offset, naive)
+    return pl.coalesce(epoch, *dates, *aware, *naive)
 
 
 def _number_text(column: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:

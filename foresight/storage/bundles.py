@@ -26,10 +26,12 @@ from foresight.storage.lifecycle import Status
 from foresight.storage.models import InstanceRow, ModelVersionRow
 
 __all__ = [
+    "CALIBRATOR_FILE",
     "ENCODER_FILE",
     "ENCODER_INPUT",
     "ENCODER_OUTPUT",
     "EVALUATION_FILE",
+    "FACTOR_GROUPS_FILE",
     "MODEL_FILES",
     "MODEL_INPUT",
     "MODEL_OUTPUT",
@@ -52,7 +54,19 @@ MODEL_TEXT: Final = "model.txt"
 FEATURE_SPEC_FILE: Final = "feature_spec.json"
 INSTANCE_FILE: Final = "instance.json"
 EVALUATION_FILE: Final = "evaluation.json"
-MODEL_FILES: Final = (MODEL_ONNX, MODEL_TEXT, FEATURE_SPEC_FILE, INSTANCE_FILE, EVALUATION_FILE)
+CALIBRATOR_FILE: Final = "calibrator.json"
+"""foresight.calibration.Calibrator: applied to MODEL_OUTPUT's probabilities when serving."""
+FACTOR_GROUPS_FILE: Final = "factor_groups.json"
+"""foresight.factor_groups.FactorGroups: near-identical features merged into one reason."""
+MODEL_FILES: Final = (
+    MODEL_ONNX,
+    MODEL_TEXT,
+    FEATURE_SPEC_FILE,
+    INSTANCE_FILE,
+    EVALUATION_FILE,
+    CALIBRATOR_FILE,
+    FACTOR_GROUPS_FILE,
+)
 MODEL_INPUT: Final = "features"
 MODEL_OUTPUT: Final = "probabilities"
 MODEL_KIND: Final = "propensity_model"
@@ -72,13 +86,21 @@ def write_model_bundle(
     feature_spec: dict[str, Any],
     instance: dict[str, Any],
     evaluation: dict[str, Any],
+    calibrator: dict[str, Any] | None = None,
+    factor_groups: dict[str, Any] | None = None,
 ) -> None:
-    """Write a model bundle's files into `folder` (the temporary folder being published)."""
+    """Write a model bundle's files into `folder` (the temporary folder being published).
+
+    No calibrator: the model's probabilities are served as they are; no factor
+    groups: every feature is its own reason.
+    """
     (folder / MODEL_ONNX).write_bytes(onnx_model)
     (folder / MODEL_TEXT).write_text(model_text)
     (folder / FEATURE_SPEC_FILE).write_bytes(_json_bytes(feature_spec))
     (folder / INSTANCE_FILE).write_bytes(_json_bytes(instance))
     (folder / EVALUATION_FILE).write_bytes(_json_bytes(evaluation))
+    (folder / CALIBRATOR_FILE).write_bytes(_json_bytes(calibrator or {"method": "none"}))
+    (folder / FACTOR_GROUPS_FILE).write_bytes(_json_bytes(factor_groups or {}))
 
 
 def model_metadata(
@@ -104,6 +126,13 @@ class ModelBundleFiles:
     feature_spec: dict[str, Any]
     instance: dict[str, Any]
     evaluation: dict[str, Any]
+    calibrator: dict[str, Any]  # {} in bundles written before calibration
+    factor_groups: dict[str, Any]  # {} in bundles written before factor groups
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    loaded = json.loads(path.read_text()) if path.is_file() else {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def read_model_bundle(folder: Path) -> ModelBundleFiles:
@@ -117,6 +146,8 @@ def read_model_bundle(folder: Path) -> ModelBundleFiles:
         feature_spec=json.loads((folder / FEATURE_SPEC_FILE).read_text()),
         instance=json.loads((folder / INSTANCE_FILE).read_text()),
         evaluation=read_model_documents(folder)[0],
+        calibrator=_optional_json(folder / CALIBRATOR_FILE),
+        factor_groups=_optional_json(folder / FACTOR_GROUPS_FILE),
     )
 
 

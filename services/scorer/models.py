@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,9 @@ import onnxruntime as ort
 from prometheus_client import Counter, Gauge
 
 from foresight import instance as instance_config
+from foresight.calibration import Calibrator
 from foresight.errors import FailedPrecondition, NotFound
+from foresight.factor_groups import FactorGroups
 from foresight.features.spec import FeatureDef, FeatureSpec
 from foresight.instance import InstanceConfig
 from foresight.storage.artifacts import ArtifactStore
@@ -66,6 +68,10 @@ class LoadedModel:
     evaluation: dict[str, Any]
     loaded_at: datetime
     created_at: datetime | None = None
+    # Fitted by the trainer on out-of-time rows (calibrator.json; none in older bundles).
+    calibrator: Calibrator = field(default_factory=Calibrator)
+    # Near-identical features whose reasons are merged (factor_groups.json).
+    factor_groups: FactorGroups = field(default_factory=FactorGroups)
 
     @property
     def features(self) -> tuple[FeatureDef, ...]:
@@ -73,7 +79,14 @@ class LoadedModel:
         return self.spec.features
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Goal probability per row (float32), through ONNX."""
+        """Calibrated goal probability per row (float32): ONNX, then the calibrator."""
+        raw = self.predict_uncalibrated(X)
+        if self.calibrator.method == "none":
+            return raw
+        return self.calibrator.apply(raw).astype(np.float32)
+
+    def predict_uncalibrated(self, X: np.ndarray) -> np.ndarray:
+        """The model's own probability per row (float32), through ONNX."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.shape[0] <= _INFER_CHUNK:
             return np.asarray(
@@ -86,8 +99,11 @@ class LoadedModel:
         return np.concatenate(parts).astype(np.float32)
 
     def contributions(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
-        """TreeSHAP contributions [n, F] on the log-odds (bias column dropped)."""
-        return self.explainer.contributions(X, threads)
+        """TreeSHAP contributions [n, F] on the log-odds (bias column dropped).
+
+        Each factor group's total sits on its leader, so reasons do not repeat.
+        """
+        return self.factor_groups.merge(self.explainer.contributions(X, threads))
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -119,6 +135,8 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         raise FailedPrecondition(
             f"{MODEL_ONNX} takes {width} features, the feature spec has {n_features}"
         )
+    calibrator = Calibrator.model_validate(files.calibrator or {})
+    factor_groups = FactorGroups.model_validate(files.factor_groups or {})
     explainer = TreeExplainer(files.model_text)
     if explainer.n_features != n_features:
         raise FailedPrecondition(
@@ -133,6 +151,8 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         explainer=explainer,
         evaluation=evaluation,
         loaded_at=utcnow(),
+        calibrator=calibrator,
+        factor_groups=factor_groups,
     )
     _check_parity(model, n_features)
     return model
@@ -149,7 +169,7 @@ def _check_parity(model: LoadedModel, n_features: int) -> None:
     probe = rng.gamma(1.0, 20.0, size=(64, n_features)).astype(np.float32)
     probe[rng.random(probe.shape) < 0.2] = np.nan
     probe[rng.random(probe.shape) < 0.2] = 0.0
-    onnx = model.predict(probe).astype(np.float64)
+    onnx = model.predict_uncalibrated(probe).astype(np.float64)
     rebuilt = model.explainer.probability(probe)
     gap = float(np.max(np.abs(onnx - rebuilt)))
     if gap > PARITY_TOLERANCE:

@@ -16,7 +16,7 @@ from foresight.errors import InvalidArgument, NotFound
 from foresight.events.schema import EVENT_COLUMNS, EVENT_SCHEMA
 from foresight.events.validation import validate
 from foresight.features.featurize import featurize
-from foresight.features.labels import as_utc
+from foresight.features.labels import as_utc, staleness_warning
 from foresight.storage.models import utcnow
 from services.scorer.catalog import Catalog
 from services.scorer.factors import bucket_of, render_factors, score_of, top_factors
@@ -78,8 +78,12 @@ def score_profile(
     fresh: pl.DataFrame,
     as_of: datetime | None,
     k: int,
-) -> InstanceScore:
-    """Score one profile now from its stored events plus `fresh` raw events."""
+) -> tuple[InstanceScore, str | None]:
+    """Score one profile from its stored events plus `fresh` raw events.
+
+    Returns the score and a warning when the data is stale for the goal's
+    window (see labels.staleness_warning).
+    """
     if not profile_id and fresh.height == 0:
         raise InvalidArgument("profile_id", "give a profile_id, events, or both")
     now = utcnow()
@@ -93,21 +97,21 @@ def score_profile(
     combined = pl.concat([stored, events], how="vertical").unique(
         subset="event_id", keep="first", maintain_order=True
     )
-    if as_of is None:
-        latest = combined.get_column("timestamp").max()
-        # Score "now", unless the caller sent events stamped later (clock skew).
-        as_of = (
-            max(now, as_utc(latest) + timedelta(microseconds=1))
-            if isinstance(latest, datetime)
-            else now
-        )
-    as_of = as_utc(as_of)
+    # The data's time, not the wall clock: the dataset's end, or just after the
+    # newest event sent when that is later.
+    newest = parts.end
+    latest = combined.get_column("timestamp").max()
+    if isinstance(latest, datetime):
+        newest = max(newest, as_utc(latest) + timedelta(microseconds=1))
+    as_of = newest if as_of is None else as_utc(as_of)
     profiles = catalog.profiles([a.name for a in model.spec.attributes], ids=[profile_id])
     matrix = featurize(combined, profiles, as_of, model.spec, profile_ids=pl.Series([profile_id]))
     probability = float(model.predict(matrix.X)[0])
     factors = top_factors(model.contributions(matrix.X, 1), matrix.X, k)
     score = score_of(probability)
-    return InstanceScore(
+    window = model.config.goal.window_days
+    warning = staleness_warning(as_of, newest, window, now)
+    instance_score = InstanceScore(
         instance=model.instance,
         probability=probability,
         score=score,
@@ -120,3 +124,4 @@ def score_profile(
         scored_at=as_of,
         run_id="",
     )
+    return instance_score, warning

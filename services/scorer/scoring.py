@@ -30,7 +30,7 @@ from sqlalchemy import delete, select, update
 
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.features.featurize import featurize
-from foresight.features.labels import as_utc, eligible_profiles
+from foresight.features.labels import as_utc, eligible_profiles, staleness_warning
 from foresight.features.spec import format_factor_value
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status, ending_of
@@ -173,6 +173,9 @@ class ScoringEngine:
         model = self.registry.get(instance)
         parts = self.catalog.parts(self.catalog.dataset_of(instance))
         as_of = parts.end if as_of is None else as_utc(as_of)
+        warning = staleness_warning(as_of, parts.end, model.config.goal.window_days, utcnow())
+        if warning is not None:
+            log.warning("stale data for instance %s: %s", instance, warning)
         with self._lock:
             if instance in self._running:
                 raise FailedPrecondition(
@@ -199,6 +202,8 @@ class ScoringEngine:
             )
             try:
                 with RUN_SECONDS.time():
+                    if warning is not None:  # in the stream, once the run exists
+                        notify(Progress("warning", 0.0, warning))
                     scores = self._score(run_id, model, parts, as_of, notify)
                     relative = self._store(scores, notify)
             except BaseException as exc:

@@ -31,6 +31,7 @@ from foresight.storage.models import InstanceRow, ModelVersionRow, ScoringRunRow
 from services.scorer import insights as insight_math
 from services.scorer import lookups, realtime
 from services.scorer.catalog import Catalog
+from services.scorer.export import export_run
 from services.scorer.memory import release_unused_memory
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import (
@@ -220,14 +221,20 @@ class Scorer:
 
     def score_profile(
         self, instance: str, profile_id: str, events: pl.DataFrame, as_of: datetime | None
-    ) -> InstanceScore:
-        """Score one profile now; nothing is stored."""
+    ) -> tuple[InstanceScore, list[str]]:
+        """Score one profile (as of the data's end by default); nothing is stored.
+
+        Returns the score and the warnings about it (data stale for the goal's window).
+        """
         if not instance:
             raise InvalidArgument("instance", "must not be empty")
         model = self.model(instance)
-        return realtime.score_profile(
+        score, warning = realtime.score_profile(
             model, self.catalog, profile_id, events, as_of, self.config.top_factors
         )
+        if warning is not None:
+            log.warning("stale data for instance %s: %s", instance, warning)
+        return score, [] if warning is None else [warning]
 
     # --- segments ------------------------------------------------------------------------
 
@@ -261,6 +268,13 @@ class Scorer:
         if not name:
             raise InvalidArgument("name", "must not be empty")
         return self.segments.export(name, parquet)
+
+    def export_scores(self, instance: str, run_id: str, parquet: bool) -> Iterator[bytes]:
+        """A whole run's scores (default: the latest succeeded run) as CSV or Parquet bytes."""
+        if not instance:
+            raise InvalidArgument("instance", "must not be empty")
+        self.catalog.dataset_of(instance)  # NotFound for an unknown instance
+        return export_run(self.engine.run_scores(instance, run_id), parquet)
 
     # --- insights and status ------------------------------------------------------------
 

@@ -75,10 +75,12 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     ) -> scorer_pb2.ScoreProfileResponse:
         events = events_to_frame(request.events)
         as_of = from_timestamp(request.as_of, request.HasField("as_of"))
-        score = await asyncio.to_thread(
+        score, warnings = await asyncio.to_thread(
             self.scorer.score_profile, request.instance, request.profile_id, events, as_of
         )
-        return scorer_pb2.ScoreProfileResponse(score=converters.instance_score(score))
+        return scorer_pb2.ScoreProfileResponse(
+            score=converters.instance_score(score), warnings=warnings
+        )
 
     async def CreateSegment(
         self, request: scorer_pb2.CreateSegmentRequest, context: grpc.aio.ServicerContext
@@ -114,6 +116,16 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             request.page.page_token,
         )
         return converters.members_page(page)
+
+    async def ExportScores(
+        self, request: scorer_pb2.ExportScoresRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scorer_pb2.ExportScoresChunk]:
+        parquet = converters.export_parquet(request.format)
+        chunks = await asyncio.to_thread(
+            self.scorer.export_scores, request.instance, request.run_id, parquet
+        )
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield scorer_pb2.ExportScoresChunk(data=chunk)
 
     async def ExportSegment(
         self, request: scorer_pb2.ExportSegmentRequest, context: grpc.aio.ServicerContext

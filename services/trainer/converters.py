@@ -9,6 +9,7 @@ import polars as pl
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.convert import events_to_frame, instance_to_proto, to_timestamp
 from foresight.errors import InvalidArgument
+from foresight.events.validation import DuplicatePolicy
 from foresight.storage.catalog import DatasetHealth
 from services.trainer.ingest import (
     DatasetDescription,
@@ -44,6 +45,26 @@ def batch_frames(batch: pb.IngestEventsRequest) -> list[pl.DataFrame]:
     return frames
 
 
+_POLICY = {
+    pb.DUPLICATE_POLICY_UNSPECIFIED: DuplicatePolicy.EVENT_ID,
+    pb.DUPLICATE_POLICY_EVENT_ID: DuplicatePolicy.EVENT_ID,
+    pb.DUPLICATE_POLICY_EXACT_ROW: DuplicatePolicy.EXACT_ROW,
+    pb.DUPLICATE_POLICY_NONE: DuplicatePolicy.NONE,
+}
+_POLICY_BACK = {
+    DuplicatePolicy.EVENT_ID: pb.DUPLICATE_POLICY_EVENT_ID,
+    DuplicatePolicy.EXACT_ROW: pb.DUPLICATE_POLICY_EXACT_ROW,
+    DuplicatePolicy.NONE: pb.DUPLICATE_POLICY_NONE,
+}
+
+
+def duplicate_policy(value: int) -> DuplicatePolicy:
+    """The request's duplicate policy (unset = EVENT_ID); unknown numbers are invalid."""
+    if value not in _POLICY:
+        raise InvalidArgument("duplicates", f"unknown duplicate policy {value}")
+    return _POLICY[value]  # type: ignore[index]
+
+
 def ingest_summary(s: IngestSummary) -> pb.IngestSummary:
     """Domain ingest summary → protobuf."""
     return pb.IngestSummary(
@@ -57,6 +78,7 @@ def ingest_summary(s: IngestSummary) -> pb.IngestSummary:
         reject_reasons=[
             pb.RejectReasonCount(reason=r, rows=n) for r, n in s.reject_reasons.most_common()
         ],
+        duplicate_policy=_POLICY_BACK[s.duplicate_policy],
     )
 
 

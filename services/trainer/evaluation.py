@@ -1,42 +1,49 @@
 """Model evaluation on the time-based held-out cutoff, and its report pages.
 
 `evaluate_model` turns labels, probabilities and TreeSHAP contributions into
-the JSON-able dict stored as ``evaluation.json`` next to the model (and served
-by GetEvaluation): ranking metrics, lift and cumulative gains by decile,
-calibration, the score distribution, a quality flag with suggestions, global
-influential factors (mean |SHAP|) and the top factors per score bucket.
+a `ModelEvaluation` (foresight/evaluation_report.py), stored as
+``evaluation.json`` next to the model and served by GetEvaluation: ranking
+metrics, lift and cumulative gains by decile, calibration (curve, and ECE and
+Brier before and after the calibrator), the score distribution, a quality
+flag with suggestions, global influential factors (mean |SHAP|) and the top
+factors per score bucket.
 
 Contributions come from LightGBM's ``predict(pred_contrib=True)``: exact
 TreeSHAP in C++, far faster than the shap package on the same trees.
-
-`write_report` renders a stored evaluation as PNG charts (matplotlib, Agg) and
-one self-contained HTML page (the charts inlined as base64; no network).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
+from foresight.calibration import Calibrator, brier, expected_calibration_error
+from foresight.evaluation_report import (
+    BucketFactors,
+    BucketRate,
+    CalibrationBin,
+    CalibrationSummary,
+    DecileRow,
+    FactorWeight,
+    HistogramBin,
+    ModelEvaluation,
+)
 from foresight.features.spec import FeatureDef
 
 __all__ = [
     "BUCKETS",
-    "EVALUATION_SCHEMA_VERSION",
     "POOR_AUC",
     "TOP_FACTORS_PER_BUCKET",
     "EvaluationContext",
     "bucket_of",
+    "calibration_summary",
     "evaluate_model",
     "scores_from_probabilities",
 ]
-
-EVALUATION_SCHEMA_VERSION = 1
 POOR_AUC = 0.65
 TOP_FACTORS_PER_BUCKET = 10
 TOP_GLOBAL_FACTORS = 25
@@ -55,7 +62,6 @@ class EvaluationContext:
     profile_attributes: int = 0
     train_positives: int = 0
     train_negatives: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def scores_from_probabilities(p: np.ndarray) -> np.ndarray:
@@ -79,12 +85,12 @@ def _finite(value: float) -> float | None:
 # ------------------------------------------------------------------ metrics
 
 
-def _deciles(y: np.ndarray, p: np.ndarray) -> list[dict[str, Any]]:
+def _deciles(y: np.ndarray, p: np.ndarray) -> list[DecileRow]:
     """Ten groups by descending probability (ties broken stably), lift and cumulative gain."""
     order = np.argsort(-p, kind="stable")
     total_pos = float(y.sum())
     base_rate = total_pos / len(y) if len(y) else 0.0
-    out: list[dict[str, Any]] = []
+    out: list[DecileRow] = []
     captured = 0.0
     for i, idx in enumerate(np.array_split(order, 10), start=1):
         rows = len(idx)
@@ -92,49 +98,49 @@ def _deciles(y: np.ndarray, p: np.ndarray) -> list[dict[str, Any]]:
         captured += positives
         rate = positives / rows if rows else 0.0
         out.append(
-            {
-                "decile": i,
-                "rows": rows,
-                "positives": int(positives),
-                "positive_rate": rate,
-                "lift": rate / base_rate if base_rate > 0 else 0.0,
-                "cumulative_gain": captured / total_pos if total_pos > 0 else 0.0,
-                "min_probability": float(p[idx].min()) if rows else 0.0,
-                "max_probability": float(p[idx].max()) if rows else 0.0,
-            }
+            DecileRow(
+                decile=i,
+                rows=rows,
+                positives=int(positives),
+                positive_rate=rate,
+                lift=rate / base_rate if base_rate > 0 else 0.0,
+                cumulative_gain=captured / total_pos if total_pos > 0 else 0.0,
+                min_probability=float(p[idx].min()) if rows else 0.0,
+                max_probability=float(p[idx].max()) if rows else 0.0,
+            )
         )
     return out
 
 
-def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:
+def _calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[CalibrationBin]:
     """Equal-width probability bins (empty ones omitted): mean predicted vs observed rate."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1], right=False), 0, bins - 1)
-    out: list[dict[str, Any]] = []
+    out: list[CalibrationBin] = []
     for b in range(bins):
         mask = which == b
         rows = int(mask.sum())
         if rows == 0:
             continue
         out.append(
-            {
-                "low": float(edges[b]),
-                "high": float(edges[b + 1]),
-                "predicted": float(p[mask].mean()),
-                "observed": float(y[mask].mean()),
-                "rows": rows,
-            }
+            CalibrationBin(
+                low=float(edges[b]),
+                high=float(edges[b + 1]),
+                predicted=float(p[mask].mean()),
+                observed=float(y[mask].mean()),
+                rows=rows,
+            )
         )
     return out
 
 
-def _histogram(scores: np.ndarray, width: int = 5) -> list[dict[str, Any]]:
+def _histogram(scores: np.ndarray, width: int = 5) -> list[HistogramBin]:
     """Score counts in bins [low, high); the last bin includes 100."""
-    out: list[dict[str, Any]] = []
+    out: list[HistogramBin] = []
     for low in range(0, 100, width):
         high = low + width
         mask = (scores >= low) & ((scores < high) if high < 100 else (scores <= 100))
-        out.append({"low": float(low), "high": float(high), "count": int(mask.sum())})
+        out.append(HistogramBin(low=float(low), high=float(high), count=int(mask.sum())))
     return out
 
 
@@ -147,7 +153,7 @@ def _suggestions(
     if smaller < 5_000:
         out.append(
             f"More examples would help (the smaller class has {smaller:,} rows over all cutoffs): "
-            "widen the eligible population or lengthen its look-back."
+            "widen the eligible population (conditions, look-back) or import more history."
         )
     if ctx.custom_events == 0:
         out.append(
@@ -181,7 +187,7 @@ def _suggestions(
 
 def _factor_table(
     contributions: np.ndarray, features: Sequence[FeatureDef], top: int
-) -> list[dict[str, Any]]:
+) -> list[FactorWeight]:
     """Features ranked by mean |SHAP| over the rows given, with signed mean and share."""
     if contributions.shape[0] == 0:
         return []
@@ -195,18 +201,36 @@ def _factor_table(
     # Only features that moved at least one prediction are factors.
     ranked = [int(i) for i in np.argsort(-mean_abs, kind="stable") if mean_abs[i] > 0][:top]
     return [
-        {
-            "code": features[i].code,
-            "description": features[i].description,
-            "weight": float(mean_abs[i]),
-            "mean_impact": float(mean_signed[i]),
-            "share": float(in_top[i] / contributions.shape[0]),
-        }
+        FactorWeight(
+            code=features[i].code,
+            description=features[i].description,
+            weight=float(mean_abs[i]),
+            mean_impact=float(mean_signed[i]),
+            share=float(in_top[i] / contributions.shape[0]),
+        )
         for i in ranked
     ]
 
 
 # ------------------------------------------------------------------ evaluate
+
+
+def calibration_summary(
+    y_true: np.ndarray,
+    raw: np.ndarray,
+    calibrator: Calibrator,
+    cv_brier: dict[str, float] | None = None,
+) -> CalibrationSummary:
+    """ECE and Brier of the model's own probabilities and of the calibrated ones."""
+    calibrated = calibrator.apply(raw)
+    return CalibrationSummary(
+        method=calibrator.method,
+        cv_brier=dict(cv_brier or {}),
+        ece_before=_finite(expected_calibration_error(y_true, raw)),
+        ece_after=_finite(expected_calibration_error(y_true, calibrated)),
+        brier_before=_finite(brier(y_true, raw)),
+        brier_after=_finite(brier(y_true, calibrated)),
+    )
 
 
 def evaluate_model(
@@ -216,8 +240,8 @@ def evaluate_model(
     features: Sequence[FeatureDef],
     context: EvaluationContext | None = None,
     explained_rows: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """The evaluation dict of a model on its held-out rows.
+) -> ModelEvaluation:
+    """The evaluation of a model on its held-out rows (probabilities as served).
 
     `contributions` is LightGBM's pred_contrib output with the expected value
     (raw log-odds) in the last column: [N, F + 1] for every row, or for the
@@ -243,53 +267,51 @@ def evaluate_model(
     pr_auc = float(average_precision_score(y, p)) if both else float("nan")
     eps = 1e-15
     loss = float(log_loss(y, np.clip(p, eps, 1 - eps), labels=[0, 1])) if n else float("nan")
-    brier = float(brier_score_loss(y, p)) if n else float("nan")
+    brier_score = float(brier_score_loss(y, p)) if n else float("nan")
     positive_rate = positives / n if n else 0.0
     scores = scores_from_probabilities(p)
     poor = not (auc >= POOR_AUC)  # NaN (one class only) is POOR too
     shap = contrib[:, :-1]
     explained_scores = scores[explained]
-    buckets: list[dict[str, Any]] = []
-    bucket_factors: list[dict[str, Any]] = []
+    buckets: list[BucketRate] = []
+    bucket_factors: list[BucketFactors] = []
     for name, low, high in BUCKETS:
         mask = (scores >= low) & (scores <= high)
         rows = int(mask.sum())
         buckets.append(
-            {
-                "bucket": name,
-                "profiles": rows,
-                "expected_rate": float(p[mask].mean()) if rows else None,
-                "observed_rate": float(y[mask].mean()) if rows else None,
-            }
+            BucketRate(
+                bucket=name,
+                profiles=rows,
+                expected_rate=float(p[mask].mean()) if rows else None,
+                observed_rate=float(y[mask].mean()) if rows else None,
+            )
         )
         in_bucket = (explained_scores >= low) & (explained_scores <= high)
         bucket_factors.append(
-            {
-                "bucket": name,
-                "profiles": rows,
-                "factors": _factor_table(shap[in_bucket], features, TOP_FACTORS_PER_BUCKET),
-            }
+            BucketFactors(
+                bucket=name,
+                profiles=rows,
+                factors=_factor_table(shap[in_bucket], features, TOP_FACTORS_PER_BUCKET),
+            )
         )
-    return {
-        "schema_version": EVALUATION_SCHEMA_VERSION,
-        "auc": _finite(auc),
-        "pr_auc": _finite(pr_auc),
-        "log_loss": _finite(loss),
-        "brier": _finite(brier),
-        "validation_rows": n,
-        "positives": positives,
-        "negatives": negatives,
-        "positive_rate": positive_rate,
-        "mean_probability": float(p.mean()) if n else None,
-        "deciles": _deciles(y, p) if n else [],
-        "calibration": _calibration(y, p),
-        "score_histogram": _histogram(scores),
-        "quality": "POOR" if poor else "GOOD",
-        "suggestions": _suggestions(auc, positives, negatives, positive_rate, ctx) if poor else [],
-        "global_factors": _factor_table(shap, features, TOP_GLOBAL_FACTORS),
-        "bucket_factors": bucket_factors,
-        "buckets": buckets,
-        "expected_value": float(contrib[0, -1]) if len(contrib) else None,
-        "explained_rows": len(explained),
-        **ctx.extra,
-    }
+    return ModelEvaluation(
+        auc=_finite(auc),
+        pr_auc=_finite(pr_auc),
+        log_loss=_finite(loss),
+        brier=_finite(brier_score),
+        validation_rows=n,
+        positives=positives,
+        negatives=negatives,
+        positive_rate=positive_rate,
+        mean_probability=float(p.mean()) if n else None,
+        deciles=_deciles(y, p) if n else [],
+        calibration=_calibration(y, p),
+        score_histogram=_histogram(scores),
+        quality="POOR" if poor else "GOOD",
+        suggestions=_suggestions(auc, positives, negatives, positive_rate, ctx) if poor else [],
+        global_factors=_factor_table(shap, features, TOP_GLOBAL_FACTORS),
+        bucket_factors=bucket_factors,
+        buckets=buckets,
+        expected_value=float(contrib[0, -1]) if len(contrib) else None,
+        explained_rows=len(explained),
+    )

@@ -275,6 +275,8 @@ def write_bundle(
     feature_spec: dict[str, Any],
     instance: dict[str, Any],
     evaluation: dict[str, Any],
+    calibrator: dict[str, Any] | None = None,
+    factor_groups: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write the model bundle atomically (owner's temp folder, checksums, rename); returns its path."""
@@ -287,5 +289,7 @@ def write_bundle(
             feature_spec=feature_spec,
             instance=instance,
             evaluation=evaluation,
+            calibrator=calibrator,
+            factor_groups=factor_groups,
         )
     return artifacts.path(relative)

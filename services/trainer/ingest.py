@@ -22,7 +22,7 @@ from foresight.events.damage import READ_ERRORS
 from foresight.events.readers import list_input_files, read_batches
 from foresight.events.schema import EVENT_COLUMNS
 from foresight.events.store import EventStore
-from foresight.events.validation import validate
+from foresight.events.validation import DuplicatePolicy, validate
 from foresight.limits import PROFILE_ID_MAX
 from foresight.storage import catalog
 from foresight.storage.db import Database
@@ -34,7 +34,6 @@ IMPORT_ROOT_TEXT = (
     "the trainer's import root (FORESIGHT_IMPORT_ROOT, default <FORESIGHT_DATA_DIR>/imports); "
     "give a path relative to it"
 )
-
 
 
 def check_dataset_name(name: str) -> str:
@@ -53,10 +52,11 @@ class IngestSummary:
     written: int = 0
     quarantine_path: str = ""
     reject_reasons: Counter[str] = field(default_factory=Counter)
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.EVENT_ID
 
     @property
     def duplicates(self) -> int:
-        """Accepted rows already stored (skipped)."""
+        """Accepted rows the duplicate policy removed (already stored, or repeated)."""
         return self.accepted - self.written
 
 
@@ -146,6 +146,7 @@ class Ingestor:
         batches: Iterable[pl.DataFrame],
         now: datetime | None = None,
         first_row: int = 0,
+        duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID,
     ) -> IngestSummary:
         """Validate and store raw batches; quarantine rejects; catalog new parts.
 
@@ -154,12 +155,14 @@ class Ingestor:
         """
         check_dataset_name(dataset)
         now = now or datetime.now(UTC)
-        summary = IngestSummary(dataset=dataset)
+        summary = IngestSummary(dataset=dataset, duplicate_policy=duplicates)
         rejected: list[pl.DataFrame] = []
         with self._lock(dataset):
             known = catalog.catalogued_parts(self.db, dataset)
             for raw in batches:
-                result = validate(raw, now, row_offset=first_row + summary.rows_read)
+                result = validate(
+                    raw, now, row_offset=first_row + summary.rows_read, duplicates=duplicates
+                )
                 summary.rows_read += result.rows_read
                 summary.accepted += result.accepted.height
                 summary.rejected += result.rejected.height
@@ -208,11 +211,14 @@ class Ingestor:
             return None, path
         return (self.store.write_quarantine(dataset, frame), frame.height), path
 
-    def import_dataset(self, dataset: str, path: str) -> IngestSummary:
+    def import_dataset(
+        self, dataset: str, path: str, duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID
+    ) -> IngestSummary:
         """Import a server-side file or folder under the import root."""
         check_dataset_name(dataset)
         files = self.resolve_import_path(path)
-        return self.ingest(dataset, (batch for f in files for batch in read_batches(f)))
+        batches = (batch for f in files for batch in read_batches(f))
+        return self.ingest(dataset, batches, duplicates=duplicates)
 
     def cleanup(self) -> int:
         """Remove part files no catalog entry points at (left by a killed import).
@@ -360,7 +366,9 @@ def _jsonable(record: dict[str, object]) -> dict[str, object]:
 
 def merge_summaries(summaries: list[IngestSummary]) -> IngestSummary:
     """Add up the summaries of several chunks of one ingestion."""
-    total = IngestSummary(dataset=summaries[0].dataset)
+    total = IngestSummary(
+        dataset=summaries[0].dataset, duplicate_policy=summaries[0].duplicate_policy
+    )
     for s in summaries:
         total.rows_read += s.rows_read
         total.accepted += s.accepted

@@ -6,15 +6,14 @@ the domain modules (training, registry, evaluation, export) stay free of it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.convert import status_to_pb
+from foresight.evaluation_report import FactorWeight, ModelEvaluation, PopulationCounts
 from services.trainer.registry import ModelVersionInfo
 from services.trainer.training import GoalCheck
 
@@ -22,6 +21,7 @@ __all__ = [
     "evaluation_to_pb",
     "goal_check_to_pb",
     "model_version_to_pb",
+    "population_to_pb",
     "progress_event",
     "version_event",
     "versions_to_pb",
@@ -75,6 +75,7 @@ def goal_check_to_pb(check: GoalCheck) -> pb.ValidateGoalResponse:
         negatives=check.negatives,
         enough_data=check.enough_data,
         message=check.message,
+        population=population_to_pb(check.population.counts()),
     )
     message.cutoff.FromDatetime(check.cutoff)
     return message
@@ -92,55 +93,71 @@ def version_event(info: ModelVersionInfo) -> pb.TrainModelEvent:
     return pb.TrainModelEvent(version=model_version_to_pb(info))
 
 
-def _factor(raw: Mapping[str, Any]) -> cpb.FactorWeight:
-    return cpb.FactorWeight(
-        code=str(raw["code"]),
-        description=str(raw.get("description", "")),
-        weight=float(raw.get("weight", 0.0)),
-        share=float(raw.get("share", 0.0)),
+def _factor(f: FactorWeight) -> cpb.FactorWeight:
+    return cpb.FactorWeight(code=f.code, description=f.description, weight=f.weight, share=f.share)
+
+
+def population_to_pb(counts: PopulationCounts) -> pb.PopulationCounts:
+    """What each population rule excluded."""
+    return pb.PopulationCounts(
+        with_history=counts.with_history,
+        excluded_by_lookback=counts.excluded_by_lookback,
+        excluded_by_conditions=counts.excluded_by_conditions,
+        eligible=counts.eligible,
     )
 
 
-def evaluation_to_pb(evaluation: Mapping[str, Any]) -> pb.Evaluation:
-    """A stored evaluation.json as the Evaluation message (extra keys are dropped)."""
+def evaluation_to_pb(evaluation: ModelEvaluation) -> pb.Evaluation:
+    """A stored evaluation as the Evaluation message."""
+    e = evaluation
+    calibrator = e.calibrator
     return pb.Evaluation(
-        instance=str(evaluation.get("instance", "")),
-        version=int(evaluation.get("version", 0)),
-        auc=float(evaluation.get("auc") or 0.0),
-        pr_auc=float(evaluation.get("pr_auc") or 0.0),
-        log_loss=float(evaluation.get("log_loss") or 0.0),
-        brier=float(evaluation.get("brier") or 0.0),
-        validation_rows=int(evaluation.get("validation_rows", 0)),
-        positive_rate=float(evaluation.get("positive_rate") or 0.0),
+        instance=e.instance,
+        version=e.version,
+        auc=e.auc or 0.0,
+        pr_auc=e.pr_auc or 0.0,
+        log_loss=e.log_loss or 0.0,
+        brier=e.brier or 0.0,
+        validation_rows=e.validation_rows,
+        positive_rate=e.positive_rate,
         deciles=[
             pb.DecileRow(
-                decile=int(d["decile"]),
-                positive_rate=float(d["positive_rate"]),
-                lift=float(d["lift"]),
-                cumulative_gain=float(d["cumulative_gain"]),
+                decile=d.decile,
+                positive_rate=d.positive_rate,
+                lift=d.lift,
+                cumulative_gain=d.cumulative_gain,
             )
-            for d in evaluation.get("deciles", [])
+            for d in e.deciles
         ],
         calibration=[
-            pb.CalibrationBin(
-                predicted=float(c["predicted"]), observed=float(c["observed"]), rows=int(c["rows"])
-            )
-            for c in evaluation.get("calibration", [])
+            pb.CalibrationBin(predicted=c.predicted, observed=c.observed, rows=c.rows)
+            for c in e.calibration
         ],
         score_histogram=[
-            pb.HistogramBin(low=float(h["low"]), high=float(h["high"]), count=int(h["count"]))
-            for h in evaluation.get("score_histogram", [])
+            pb.HistogramBin(low=h.low, high=h.high, count=h.count) for h in e.score_histogram
         ],
-        quality=_QUALITY.get(str(evaluation.get("quality")), pb.QUALITY_UNSPECIFIED),
-        suggestions=[str(s) for s in evaluation.get("suggestions", [])],
-        global_factors=[_factor(f) for f in evaluation.get("global_factors", [])],
+        quality=_QUALITY.get(e.quality, pb.QUALITY_UNSPECIFIED),
+        suggestions=list(e.suggestions),
+        global_factors=[_factor(f) for f in e.global_factors],
         bucket_factors=[
             pb.BucketFactors(
-                bucket=_BUCKET.get(str(b["bucket"]), cpb.BUCKET_UNSPECIFIED),
-                profiles=int(b.get("profiles", 0)),
-                factors=[_factor(f) for f in b.get("factors", [])],
+                bucket=_BUCKET.get(b.bucket, cpb.BUCKET_UNSPECIFIED),
+                profiles=b.profiles,
+                factors=[_factor(f) for f in b.factors],
             )
-            for b in evaluation.get("bucket_factors", [])
+            for b in e.bucket_factors
         ],
-        parameters={str(k): str(v) for k, v in (evaluation.get("parameters") or {}).items()},
+        parameters=dict(e.parameters),
+        population=population_to_pb(e.population),
+        calibration_method=calibrator.method,
+        ece_before=calibrator.ece_before or 0.0,
+        ece_after=calibrator.ece_after or 0.0,
+        brier_before=calibrator.brier_before or 0.0,
+        training_cutoffs=[_iso_timestamp(c) for c in e.training_cutoffs],
     )
+
+
+def _iso_timestamp(text: str) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.fromisoformat(text))
+    return stamp

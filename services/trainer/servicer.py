@@ -18,6 +18,7 @@ from foresight.api.trainer.v1 import trainer_pb2_grpc
 from foresight.convert import instance_config
 from foresight.encoder import EncoderTrainer
 from foresight.errors import InvalidArgument
+from foresight.events.validation import DuplicatePolicy
 from foresight.runtime.jobs import progress_stream
 from services.trainer import converters as conv
 from services.trainer import encoder_converters as econv
@@ -53,6 +54,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self, request_iterator: AsyncIterator[pb.IngestEventsRequest], context: Context
     ) -> pb.IngestSummary:
         dataset = ""
+        policy = DuplicatePolicy.EVENT_ID
         pending: list[pl.DataFrame] = []
         pending_rows = 0
         summaries: list[IngestSummary] = []
@@ -62,30 +64,41 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if dataset and batch.dataset != dataset:
                 raise InvalidArgument("dataset", "must be the same in every batch of a stream")
             dataset = batch.dataset
+            if not summaries and not pending:  # the first batch decides for the stream
+                policy = conv.duplicate_policy(batch.duplicates)
             frames = conv.batch_frames(batch)
             pending.extend(frames)
             pending_rows += sum(f.height for f in frames)
             if pending_rows >= _STREAM_CHUNK_ROWS:
-                summaries.append(await self._ingest_chunk(dataset, pending, summaries))
+                summaries.append(await self._ingest_chunk(dataset, pending, summaries, policy))
                 pending, pending_rows = [], 0
         if not dataset:
             raise InvalidArgument("dataset", "the stream carried no batch")
         if pending or not summaries:
-            summaries.append(await self._ingest_chunk(dataset, pending, summaries))
+            summaries.append(await self._ingest_chunk(dataset, pending, summaries, policy))
         return conv.ingest_summary(merge_summaries(summaries))
 
     async def _ingest_chunk(
-        self, dataset: str, frames: list[pl.DataFrame], before: list[IngestSummary]
+        self,
+        dataset: str,
+        frames: list[pl.DataFrame],
+        before: list[IngestSummary],
+        policy: DuplicatePolicy,
     ) -> IngestSummary:
         """Validate and store one chunk; rejected row numbers count from the stream's start."""
         first_row = sum(s.rows_read for s in before)
-        return await asyncio.to_thread(self.ingestor.ingest, dataset, frames, None, first_row)
+        return await asyncio.to_thread(
+            self.ingestor.ingest, dataset, frames, None, first_row, policy
+        )
 
     async def ImportDataset(
         self, request: pb.ImportDatasetRequest, context: Context
     ) -> pb.IngestSummary:
         summary = await asyncio.to_thread(
-            self.ingestor.import_dataset, request.dataset, request.path
+            self.ingestor.import_dataset,
+            request.dataset,
+            request.path,
+            conv.duplicate_policy(request.duplicates),
         )
         return conv.ingest_summary(summary)
 

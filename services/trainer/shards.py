@@ -21,7 +21,13 @@ from foresight import instance as inst
 from foresight.errors import ForesightError
 from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
-from foresight.features.labels import as_utc, eligible_profiles, goal_labels
+from foresight.features.labels import (
+    PopulationFunnel,
+    as_utc,
+    eligible_profiles,
+    goal_labels,
+    population_funnel,
+)
 from foresight.features.spec import FeatureSpec
 
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
     "LeakageDetected",
     "ShardFeatures",
     "ShardJob",
+    "ShardLabels",
     "audit_leakage",
     "shard_features",
     "shard_labels",
@@ -60,9 +67,15 @@ class ShardJob:
         )
 
 
-def shard_labels(
-    job: ShardJob, config: dict[str, Any], cutoffs: Sequence[datetime]
-) -> pl.DataFrame:
+@dataclass(frozen=True, slots=True)
+class ShardLabels:
+    """A shard's labels at every cutoff, and its population funnel at the last one."""
+
+    labels: pl.DataFrame  # profile_id, cutoff (Int16 index), label (Int8)
+    funnel: PopulationFunnel
+
+
+def shard_labels(job: ShardJob, config: dict[str, Any], cutoffs: Sequence[datetime]) -> ShardLabels:
     """(profile_id, cutoff index, label) of every eligible profile of a shard at every cutoff."""
     cfg = inst.from_dict(config)
     events = job.read()
@@ -72,8 +85,10 @@ def shard_labels(
         labels = goal_labels(events, cfg.goal, cutoff, eligible)
         frames.append(labels.with_columns(pl.lit(i, dtype=pl.Int16).alias("cutoff")))
     if not frames:
-        return pl.DataFrame(schema={"profile_id": pl.String, "label": pl.Int8, "cutoff": pl.Int16})
-    return pl.concat(frames).select("profile_id", "cutoff", "label")
+        empty = pl.DataFrame(schema={"profile_id": pl.String, "cutoff": pl.Int16, "label": pl.Int8})
+        return ShardLabels(empty, PopulationFunnel())
+    funnel = population_funnel(events, cfg.population, cutoffs[-1])
+    return ShardLabels(pl.concat(frames).select("profile_id", "cutoff", "label"), funnel)
 
 
 @dataclass(frozen=True, slots=True)

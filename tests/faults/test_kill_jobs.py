@@ -157,13 +157,13 @@ def test_kill9_mid_import_publishes_all_or_nothing(world: Any) -> None:
     if acknowledged is not None:  # an OK is durable: every row is there
         rows = world.client.trainer.DescribeDataset(
             trainer_pb2.DescribeDatasetRequest(dataset="again")
-        ).rows
+        ).dataset.rows
         world.lost(max(0, acknowledged.written - rows))
         assert rows == acknowledged.written
     elif "again" in names:
         rows = world.client.trainer.DescribeDataset(
             trainer_pb2.DescribeDatasetRequest(dataset="again")
-        ).rows
+        ).dataset.rows
         assert rows == 0
     world.assert_no_orphan_processes()
     world.assert_consistent()

@@ -118,7 +118,9 @@ def test_shard_tasks_on_dask_read_their_shards_from_s3(
     as_of = datetime(2024, 10, 1, tzinfo=UTC)
     spec = fit_feature_spec(events, None, inst.from_dict(CONFIG), as_of).to_dict()
     inline = ShardRunner(1)
-    expected_labels = inline.map(shard_labels, [(j, CONFIG, [as_of]) for j in local_jobs])
+    expected_labels = [
+        s.labels for s in inline.map(shard_labels, [(j, CONFIG, [as_of]) for j in local_jobs])
+    ]
     expected = inline.map(
         shard_features,
         [(j, spec, [as_of], f, None) for j, f in zip(local_jobs, expected_labels, strict=True)],
@@ -133,7 +135,10 @@ def test_shard_tasks_on_dask_read_their_shards_from_s3(
     ) as cluster:
         runner = ShardRunner(2, scheduler=cluster.scheduler_address)
         try:
-            labels = runner.map(shard_labels, [(j, CONFIG, [as_of]) for j in remote_jobs])
+            labels = [
+                s.labels
+                for s in runner.map(shard_labels, [(j, CONFIG, [as_of]) for j in remote_jobs])
+            ]
             got = runner.map(
                 shard_features,
                 [(j, spec, [as_of], f, None) for j, f in zip(remote_jobs, labels, strict=True)],

@@ -288,7 +288,11 @@ async def test_run_scoring_streams_progress_then_the_run(client: Client, world: 
     assert progress and all(0.0 <= p.fraction <= 1.0 for p in progress)
     run = events[-1].run
     assert run.status == common_pb2.JOB_STATUS_READY and run.profiles > 100
+    # As of the data's end, not the wall clock; the generated data is years old
+    # (more than the 30-day window), so the stream says so.
     assert run.as_of.ToDatetime(tzinfo=UTC) == world.end
+    warnings = [p.message for p in progress if p.stage == "warning"]
+    assert len(warnings) == 1 and "days old, more than the 30-day outcome window" in warnings[0]
     runs = await client.stub.ListScoringRuns(scorer_pb2.ListScoringRunsRequest(instance="purchase"))
     assert runs.runs[0].run_id == run.run_id and len(runs.runs) >= 2
     # The new run is what lookups serve now.
@@ -409,6 +413,19 @@ async def test_score_profile_from_stored_and_fresh_events(client: Client, world:
         scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
     )
     assert s.probability == pytest.approx(batch.scores[0].probability, abs=1e-6)
+    # Without as_of: the dataset's end (not the wall clock), with a staleness warning.
+    default = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(instance="purchase", profile_id=world.profile)
+    )
+    assert default.score.scored_at.ToDatetime(tzinfo=UTC) == world.end
+    assert default.score.probability == pytest.approx(s.probability, abs=1e-6)
+    assert len(default.warnings) == 1 and "days old" in default.warnings[0]
+    late = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(
+            instance="purchase", profile_id=world.profile, as_of=_ts(world.end + timedelta(days=90))
+        )
+    )
+    assert "90 days after the newest event" in late.warnings[0]
     fresh = _event(
         timestamp=_ts(world.end - timedelta(hours=1)),
         event_type="commerce.purchases",
@@ -755,3 +772,76 @@ def test_scoring_schedule_runs_due_instances(world: World, monkeypatch: pytest.M
         scorer.list_runs("purchase")
     ) == before + 1
     assert scorer.due_instances(runs[0].started_at) == []  # just ran: not due again yet
+
+
+# --- exporting a run -----------------------------------------------------------------------
+
+
+async def test_export_scores_of_a_whole_run_as_csv_and_parquet(
+    client: Client, world: World
+) -> None:
+    snapshot = client.running.scorer.snapshots.get("purchase")
+    assert snapshot is not None
+    text = b"".join(
+        [
+            c.data
+            async for c in client.stub.ExportScores(
+                scorer_pb2.ExportScoresRequest(instance="purchase")
+            )
+        ]
+    ).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == [
+        "profile_id",
+        "probability",
+        "score",
+        "percentile",
+        "bucket",
+        "reasons",
+    ]
+    assert len(rows) == len(snapshot)
+    mine = next(r for r in rows if r["profile_id"] == world.profile)
+    served = await client.stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
+    )
+    score = served.scores[0]
+    assert float(mine["probability"]) == pytest.approx(score.probability, abs=1e-6)
+    assert int(mine["score"]) == score.score and int(mine["percentile"]) == score.percentile
+    assert mine["bucket"] == common_pb2.Bucket.Name(score.bucket).removeprefix("BUCKET_")
+    reasons = json.loads(mine["reasons"])
+    assert [r["code"] for r in reasons] == [f.code for f in score.factors]
+    parquet = b"".join(
+        [
+            c.data
+            async for c in client.stub.ExportScores(
+                scorer_pb2.ExportScoresRequest(
+                    instance="purchase",
+                    run_id=snapshot.run_id,
+                    format=scorer_pb2.EXPORT_FORMAT_PARQUET,
+                )
+            )
+        ]
+    )
+    table = pq.read_table(io.BytesIO(parquet))
+    assert table.num_rows == len(snapshot)
+    assert table.column("profile_id").to_pylist() == [r["profile_id"] for r in rows]
+
+
+async def test_export_scores_errors(client: Client) -> None:
+    err = await _error(_drain(client.stub.ExportScores(scorer_pb2.ExportScoresRequest())))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "instance" in (err.details() or "")
+    err = await _error(
+        _drain(client.stub.ExportScores(scorer_pb2.ExportScoresRequest(instance="nope")))
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = await _error(
+        _drain(
+            client.stub.ExportScores(
+                scorer_pb2.ExportScoresRequest(
+                    instance="purchase",
+                    format=9,  # type: ignore[arg-type]
+                )
+            )
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "format" in (err.details() or "")

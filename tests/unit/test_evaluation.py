@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from foresight.evaluation_report import ModelEvaluation
 from foresight.features.spec import FeatureDef, Unit
 from foresight.tools.reports import write_report
 from services.trainer.evaluation import (
@@ -44,10 +46,13 @@ def _model(seed: int = 0) -> tuple[lgb.Booster, np.ndarray, np.ndarray]:
     return booster, X[3_000:], y[3_000:]
 
 
-def _evaluate(booster: lgb.Booster, X: np.ndarray, y: np.ndarray) -> dict:
+def _evaluate(booster: lgb.Booster, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The evaluation as stored (evaluation.json), checked to read back unchanged."""
     p = np.asarray(booster.predict(X))
     contributions = np.asarray(booster.predict(X, pred_contrib=True))
-    return evaluate_model(y, p, contributions, FEATURES)
+    stored = evaluate_model(y, p, contributions, FEATURES).to_json_dict()
+    assert ModelEvaluation.from_json(stored).to_json_dict() == stored
+    return stored
 
 
 def test_scores_and_buckets() -> None:
@@ -127,7 +132,9 @@ def test_poor_models_are_flagged_with_suggestions() -> None:
     y = (rng.random(2_000) < 0.3).astype(np.int8)
     p = rng.random(2_000) * 0.6
     contributions = rng.normal(size=(2_000, len(FEATURES) + 1)) * 0.01
-    ev = evaluate_model(y, p, contributions, FEATURES, EvaluationContext(window_days=7))
+    ev = evaluate_model(
+        y, p, contributions, FEATURES, EvaluationContext(window_days=7)
+    ).to_json_dict()
     assert ev["auc"] < POOR_AUC and ev["quality"] == "POOR"
     text = " ".join(ev["suggestions"])
     assert "custom events" in text and "profile attributes" in text
@@ -136,7 +143,9 @@ def test_poor_models_are_flagged_with_suggestions() -> None:
 
 def test_one_class_validation_is_poor_not_an_error() -> None:
     y = np.zeros(50, dtype=np.int8)
-    ev = evaluate_model(y, np.full(50, 0.1), np.zeros((50, len(FEATURES) + 1)), FEATURES)
+    ev = evaluate_model(
+        y, np.full(50, 0.1), np.zeros((50, len(FEATURES) + 1)), FEATURES
+    ).to_json_dict()
     assert ev["auc"] is None and ev["quality"] == "POOR" and ev["global_factors"] == []
 
 
@@ -171,8 +180,15 @@ def test_factors_may_come_from_a_sample_of_rows() -> None:
     p = np.asarray(booster.predict(X))
     explained = np.arange(0, len(y), 3)
     contributions = np.asarray(booster.predict(X[explained], pred_contrib=True))
-    ev = evaluate_model(y, p, contributions, FEATURES, explained_rows=explained)
+    ev = evaluate_model(y, p, contributions, FEATURES, explained_rows=explained).to_json_dict()
     assert ev["validation_rows"] == len(y) and ev["explained_rows"] == len(explained)
     assert ev["auc"] == pytest.approx(roc_auc_score(y, p))
     assert [f["code"] for f in ev["global_factors"][:2]] == ["f0", "f1"]
     assert sum(b["profiles"] for b in ev["bucket_factors"]) == len(y)
+
+
+def test_old_evaluations_still_load() -> None:
+    old = {"schema_version": 1, "auc": 0.8, "quality": "GOOD", "unknown_key": 1}
+    loaded = ModelEvaluation.from_json(old)
+    assert loaded.auc == 0.8 and loaded.calibrator.method == "none"
+    assert loaded.population.with_history == 0

@@ -9,7 +9,12 @@ import polars as pl
 import pytest
 
 from foresight.events.schema import EVENT_SCHEMA, SchemaError
-from foresight.events.validation import REJECTED_SCHEMA, derive_event_ids, validate
+from foresight.events.validation import (
+    REJECTED_SCHEMA,
+    DuplicatePolicy,
+    derive_event_ids,
+    validate,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +46,9 @@ def _reason(**fields: object) -> str:
         ({"timestamp": "yesterday"}, "unparseable timestamp"),
         ({"timestamp": None}, "missing timestamp"),
         ({"timestamp": "2024-06-03T00:00:00Z"}, "far future"),
-        ({"timestamp": "1700000000"}, "before 1990"),
+        ({"timestamp": "500000000000"}, "before 1990"),  # 1985 in ms: seconds meant?
+        ({"timestamp": "2024-02-30"}, "unparseable timestamp"),
+        ({"timestamp": "20241399"}, "unparseable timestamp"),
         ({"event_type": ""}, "missing event_type"),
         ({"value": "abc"}, "value is not a number"),
         ({"value": "-1"}, "value is negative"),
@@ -66,6 +73,20 @@ def test_each_bad_field_is_rejected_with_its_reason(fields: dict[str, object], r
         ("2024-05-01T14:00:00.250+02:00", datetime(2024, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)),
         ("2024-05-01 12:00:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
         ("1714564800000", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        # Dates alone are midnight UTC; compact forms; no offset means UTC.
+        ("2024-05-01", datetime(2024, 5, 1, tzinfo=UTC)),
+        ("20240501", datetime(2024, 5, 1, tzinfo=UTC)),
+        ("2024/05/01", datetime(2024, 5, 1, tzinfo=UTC)),
+        ("2024/05/01 12:00:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01T12:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01T14:00+02:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01T14:00:00+0200", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("20240501T120000", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("20240501120000", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        # Epoch seconds below 10^11, milliseconds from there on.
+        ("1714564800", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("1714564800.5", datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)),
+        (" 2024-05-01 ", datetime(2024, 5, 1, tzinfo=UTC)),
     ],
 )
 def test_timestamps_rfc3339_and_epoch_millis(timestamp: str, expected: datetime) -> None:
@@ -128,8 +149,10 @@ def test_derived_event_ids_are_deterministic_and_distinct() -> None:
     first = validate(raw, NOW).accepted["event_id"].to_list()
     second = validate(raw, NOW).accepted["event_id"].to_list()
     assert first == second
-    assert first[0] == first[1]  # same typed content, same id
-    assert first[0] != first[2]
+    assert len(set(first)) == 3  # the same typed content twice: a repeat, kept by default
+    exact = validate(raw, NOW, duplicates=DuplicatePolicy.EXACT_ROW).accepted["event_id"]
+    assert exact[0] == exact[1] == first[0]  # same typed content, same id
+    assert exact[0] != exact[2]
     assert all(event_id.startswith("auto-") and len(event_id) == 37 for event_id in first)
 
 
@@ -161,3 +184,48 @@ def test_value_float_edge_cases() -> None:
     result = validate(raw, NOW)
     assert result.accepted["value"].to_list() == [0.0]
     assert result.rejected["reason"].to_list() == ["value is NaN", "value is infinite"]
+
+
+def test_numeric_epoch_columns_in_seconds_or_milliseconds() -> None:
+    raw = pl.DataFrame(
+        {
+            "profile_id": ["a", "b"],
+            "timestamp": [1714564800, 1714564800000],
+            "event_type": ["x", "x"],
+        }
+    )
+    expected = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    assert validate(raw, NOW).accepted["timestamp"].to_list() == [expected, expected]
+
+
+def _repeats(rows: int) -> pl.DataFrame:
+    """The same purchase `rows` times on one day, without event ids."""
+    return pl.DataFrame(
+        {
+            "profile_id": ["p1"] * rows,
+            "timestamp": ["2024-05-01"] * rows,
+            "event_type": ["commerce.purchases"] * rows,
+            "value": ["9.99"] * rows,
+        }
+    )
+
+
+def test_duplicate_policy_event_id_keeps_repeat_purchases_and_stays_idempotent() -> None:
+    first = validate(_repeats(3), NOW).accepted["event_id"].to_list()
+    assert len(set(first)) == 3  # three purchases, three events
+    assert validate(_repeats(3), NOW).accepted["event_id"].to_list() == first  # re-import
+    # The first occurrence has the same id as under exact_row.
+    exact = validate(_repeats(3), NOW, duplicates=DuplicatePolicy.EXACT_ROW)
+    assert exact.accepted["event_id"].to_list() == [first[0]] * 3
+
+
+def test_duplicate_policy_none_gives_every_import_its_own_ids() -> None:
+    once = validate(_repeats(2), NOW, duplicates=DuplicatePolicy.NONE).accepted["event_id"]
+    again = validate(_repeats(2), NOW, duplicates=DuplicatePolicy.NONE).accepted["event_id"]
+    assert once.n_unique() == 2 and not set(once.to_list()) & set(again.to_list())
+
+
+def test_given_event_ids_are_never_replaced_by_the_policy() -> None:
+    raw = _repeats(2).with_columns(pl.Series("event_id", ["e1", "e1"]))
+    for policy in DuplicatePolicy:
+        assert validate(raw, NOW, duplicates=policy).accepted["event_id"].to_list() == ["e1"] * 2

@@ -9,15 +9,19 @@ import polars as pl
 import pytest
 
 from foresight.conditions import parse
-from foresight.errors import FailedPrecondition
+from foresight.errors import FailedPrecondition, InvalidArgument
 from foresight.features.labels import (
+    MIN_STEP_DAYS,
     LabelCounts,
+    PopulationFunnel,
     choose_cutoffs,
     data_end,
     eligible_profiles,
     goal_labels,
     label_counts,
+    population_funnel,
     require_enough_labels,
+    window_end,
 )
 from foresight.instance import Goal, Occurrence, Population
 
@@ -69,8 +73,31 @@ def test_eligibility_sees_only_the_lookback_before_the_cutoff() -> None:
             ("recent", CUTOFF - timedelta(microseconds=1), "message.opened"),
         ]
     )
-    eligible = eligible_profiles(events, Population(), CUTOFF)
+    eligible = eligible_profiles(events, Population(lookback_days=45), CUTOFF)
     assert eligible.to_list() == ["edge_start", "recent"]
+
+
+def test_default_population_is_every_profile_with_history_and_exclusions_are_counted() -> None:
+    events = frame(
+        [
+            ("old_buyer", CUTOFF - days(400), "commerce.purchases"),
+            ("old_browser", CUTOFF - days(100), "web.webpagedetails.pageViews"),
+            ("recent_buyer", CUTOFF - days(3), "commerce.purchases"),
+            ("recent_browser", CUTOFF - days(3), "web.webpagedetails.pageViews"),
+            ("newcomer", CUTOFF, "commerce.purchases"),  # no history before the cutoff
+        ]
+    )
+    everyone = ["old_browser", "old_buyer", "recent_browser", "recent_buyer"]
+    assert eligible_profiles(events, Population(), CUTOFF).to_list() == everyone
+    assert population_funnel(events, Population(), CUTOFF) == PopulationFunnel(4, 0, 0)
+    narrow = Population(conditions=parse(PURCHASE), lookback_days=45)
+    funnel = population_funnel(events, narrow, CUTOFF)
+    assert funnel == PopulationFunnel(
+        with_history=4, excluded_by_lookback=2, excluded_by_conditions=1
+    )
+    assert funnel.eligible == 1 == eligible_profiles(events, narrow, CUTOFF).len()
+    assert funnel.counts().eligible == 1
+    assert funnel + funnel == PopulationFunnel(8, 4, 2)
 
 
 def test_population_conditions_filter_eligibility() -> None:
@@ -84,22 +111,33 @@ def test_population_conditions_filter_eligibility() -> None:
     assert eligible_profiles(events, population, CUTOFF).to_list() == ["buyer"]
 
 
+def test_window_end_is_the_midnight_after_the_last_day() -> None:
+    assert window_end(CUTOFF, 7) == CUTOFF + days(8)
+    # A cutoff during a day: the window still ends with the whole last day.
+    assert window_end(CUTOFF + timedelta(hours=15), 7) == CUTOFF + days(8)
+
+
 def test_goal_labels_see_only_the_outcome_window() -> None:
     events = frame(
         [
             ("before", CUTOFF - days(1), "commerce.purchases"),  # feature side, not label
             ("at_start", CUTOFF, "commerce.purchases"),
-            ("last_moment", CUTOFF + days(7) - timedelta(microseconds=1), "commerce.purchases"),
-            ("too_late", CUTOFF + days(7), "commerce.purchases"),
+            # Whole days, both ends inclusive: day(cutoff) + 7 is the window's last day.
+            ("last_day", CUTOFF + days(7), "commerce.purchases"),
+            ("last_moment", CUTOFF + days(8) - timedelta(microseconds=1), "commerce.purchases"),
+            ("too_late", CUTOFF + days(8), "commerce.purchases"),
             ("wrong_type", CUTOFF + days(1), "web.webpagedetails.pageViews"),
         ]
     )
-    eligible = pl.Series(["before", "at_start", "last_moment", "too_late", "wrong_type"])
+    eligible = pl.Series(
+        ["before", "at_start", "last_day", "last_moment", "too_late", "wrong_type"]
+    )
     labels = goal_labels(events, Goal(parse(PURCHASE), Occurrence.WILL_OCCUR, 7), CUTOFF, eligible)
     assert labels.schema == pl.Schema({"profile_id": pl.String, "label": pl.Int8})
     assert dict(labels.iter_rows()) == {
         "before": 0,
         "at_start": 1,
+        "last_day": 1,
         "last_moment": 1,
         "too_late": 0,
         "wrong_type": 0,
@@ -126,28 +164,50 @@ def test_will_not_occur_inverts_the_label() -> None:
     }
 
 
-def test_choose_cutoffs_keeps_outcome_windows_inside_the_data() -> None:
+def test_validation_cutoff_is_the_latest_whose_window_has_closed() -> None:
     end = datetime(2024, 12, 31, 15, 30, tzinfo=UTC)
-    cutoffs = choose_cutoffs(end, window_days=30, n=4)
-    assert len(cutoffs) == 4
-    assert cutoffs == sorted(cutoffs)
-    assert all(c + days(30) <= end for c in cutoffs)
-    assert cutoffs[-1] == datetime(
-        2024, 12, 1, tzinfo=UTC
-    )  # latest = validation cutoff, at midnight
-    # Default step = window: training outcome windows end before the validation cutoff.
-    assert all(b - a == days(30) for a, b in pairwise(cutoffs))
-    assert choose_cutoffs(end, 30, n=3, step_days=7)[0] == datetime(2024, 11, 17, tzinfo=UTC)
+    plan = choose_cutoffs(end, window_days=30, max_cutoffs=4)
+    # The latest event's day (31 Dec) counts as complete: 1 Dec + 30 days = 31 Dec.
+    assert plan.validation == datetime(2024, 12, 1, tzinfo=UTC)
+    assert window_end(plan.validation, 30) == datetime(2025, 1, 1, tzinfo=UTC)
+    assert list(plan.cutoffs) == sorted(plan.cutoffs) and len(plan.cutoffs) == 4
+    # Long history: outcome windows do not overlap (window + 1 days apart) ...
+    assert all(b - a == days(31) for a, b in pairwise(plan.cutoffs))
+    # ... so every earlier cutoff trains the validation model.
+    assert plan.training == (0, 1, 2) and plan.validation_index == 3
+    assert all(window_end(plan.cutoffs[i], 30) <= plan.validation for i in plan.training)
+
+
+def test_cutoffs_get_denser_when_history_is_short() -> None:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    long = choose_cutoffs(datetime(2028, 1, 1, tzinfo=UTC), 90, data_start=start)
+    short = choose_cutoffs(datetime(2024, 10, 1, tzinfo=UTC), 90, data_start=start)  # 9 months
+    assert long.step_days == 91 and len(long.cutoffs) == 8
+    assert short.step_days < long.step_days
+    assert short.step_days >= MIN_STEP_DAYS
+    assert len(short.cutoffs) > 2  # the old fixed 90-day step fitted only two
+    assert short.cutoffs[0] >= start + days(30)
+    assert short.training and all(
+        window_end(short.cutoffs[i], 90) <= short.validation for i in short.training
+    )
+    # Cutoffs between the training ones and the validation one train only the served model.
+    assert len(short.training) < len(short.cutoffs) - 1
+    # Configurable: count and spacing.
+    fixed = choose_cutoffs(datetime(2026, 1, 1, tzinfo=UTC), 30, max_cutoffs=3, step_days=7)
+    assert len(fixed.cutoffs) == 3 and fixed.step_days == 7
+    assert fixed.training == ()  # 7-day steps with a 30-day window: every window overlaps
 
 
 def test_choose_cutoffs_respects_history() -> None:
     end = datetime(2024, 3, 1, tzinfo=UTC)
     start = datetime(2024, 1, 1, tzinfo=UTC)
-    cutoffs = choose_cutoffs(end, 14, n=6, data_start=start, min_history_days=30)
-    assert cutoffs[0] >= start + days(30)
-    assert cutoffs[-1] == datetime(2024, 2, 16, tzinfo=UTC)
+    plan = choose_cutoffs(end, 14, max_cutoffs=6, data_start=start, min_history_days=30)
+    assert plan.cutoffs[0] >= start + days(30)
+    assert plan.validation == datetime(2024, 2, 15, tzinfo=UTC)
     # Too little history for any cutoff: the validation cutoff is still returned.
-    assert len(choose_cutoffs(end, 14, data_start=end - days(20))) == 1
+    assert len(choose_cutoffs(end, 14, data_start=end - days(20)).cutoffs) == 1
+    with pytest.raises(InvalidArgument):
+        choose_cutoffs(end, 0)
 
 
 def test_data_end_is_exclusive() -> None:

@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from foresight import instance as inst
+from foresight.calibration import choose_calibrator
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
@@ -27,16 +28,17 @@ from foresight.storage.lifecycle import Status
 from foresight.storage.models import InstanceRow, ProfileRow
 from foresight.tools.generate import generate
 from services.trainer import shards
-from services.trainer.shards import LeakageDetected, ShardJob, audit_leakage, shard_labels
-from services.trainer.training import (
+from services.trainer.boosting import (
     MAX_DEPTH,
     MAX_LEAVES,
     MAX_ROUNDS,
-    ModelTrainer,
     class_weight,
+    refit_lightgbm,
     search_space,
     train_lightgbm,
 )
+from services.trainer.shards import LeakageDetected, ShardJob, audit_leakage, shard_labels
+from services.trainer.training import ModelTrainer
 
 pytestmark = pytest.mark.unit
 
@@ -146,14 +148,29 @@ def test_train_publishes_a_ready_verified_model(world: World) -> None:
         "feature_spec.json",
         "instance.json",
         "evaluation.json",
+        "calibrator.json",
+        "factor_groups.json",
     }
     evaluation = world.trainer.get_evaluation("conv_e2e")
-    assert evaluation["parity"]["max_abs_diff"] <= 1e-5
-    assert evaluation["parity"]["threshold_rows"] > 0
-    assert evaluation["training"]["leakage_audit_profiles"] > 0
-    assert len(evaluation["trials"]) == 2
-    assert int(evaluation["parameters"]["num_leaves"]) <= MAX_LEAVES
-    assert int(evaluation["parameters"]["num_trees"]) <= MAX_ROUNDS
+    assert evaluation.parity is not None and evaluation.parity.max_abs_diff <= 1e-5
+    assert evaluation.parity.threshold_rows > 0
+    assert evaluation.training.leakage_audit_profiles > 0
+    assert len(evaluation.trials) == 2
+    assert int(evaluation.parameters["num_leaves"]) <= MAX_LEAVES
+    assert int(evaluation.parameters["num_trees"]) <= MAX_ROUNDS
+    # The served model is refit on every cutoff, the validation one included.
+    assert evaluation.validation_cutoff == evaluation.cutoffs[-1]
+    assert evaluation.validation_cutoff not in evaluation.training_cutoffs
+    training = evaluation.training
+    validation_rows = training.tuning_rows + training.evaluation_rows
+    assert training.served_rows >= training.train_rows + validation_rows
+    # Calibration was chosen on out-of-time rows and reported before and after.
+    calibration = evaluation.calibrator
+    assert calibration.method in {"none", "platt", "isotonic"}
+    assert set(calibration.cv_brier) == {"none", "platt", "isotonic"}
+    assert calibration.ece_before is not None and calibration.ece_after is not None
+    assert calibration.brier_before is not None and calibration.brier_after is not None
+    assert evaluation.population.eligible == evaluation.population.with_history
 
     # The bundle alone scores: spec + ONNX reproduce the stored model's inputs.
     folder = world.artifacts.path(info.artifact_path)
@@ -199,7 +216,7 @@ def test_labels_keep_every_negative_and_match_the_dry_run(world: World) -> None:
         check.negatives,
     )
     per_shard = pl.concat(
-        [shard_labels(job, inst.to_dict(config), [check.cutoff]) for job in _jobs(world)]
+        [shard_labels(job, inst.to_dict(config), [check.cutoff]).labels for job in _jobs(world)]
     )
     assert per_shard.height == check.eligible
     assert per_shard.filter(pl.col("label") == 0).height == check.negatives
@@ -322,15 +339,44 @@ def test_class_weighting_keeps_probabilities_calibrated() -> None:
     assert all(t["num_leaves"] <= MAX_LEAVES for t in dump["tree_info"])
     assert params["max_depth"] == MAX_DEPTH and float(params["scale_pos_weight"]) > 5
     p = np.asarray(booster.predict(X_eval))
-    # Weighting would inflate the mean probability several-fold without the calibration.
-    assert abs(p.mean() - y_eval.mean()) < 0.02
+    # Weighting would inflate the mean probability several-fold without the prior correction.
+    assert p.mean() < 2 * y_eval.mean()
+    # The calibrator chosen on the tuning rows brings it to the observed rate.
+    calibrator, _ = choose_calibrator(np.asarray(booster.predict(X_tune)), y_tune)
+    assert abs(calibrator.apply(p).mean() - y_eval.mean()) < 0.01
 
 
 def test_explanation_sample_caps_each_bucket_and_keeps_small_ones() -> None:
-    from services.trainer.training import EXPLAIN_ROWS_PER_BUCKET, explanation_sample
+    from services.trainer.boosting import EXPLAIN_ROWS_PER_BUCKET, explanation_sample
 
     p = np.concatenate([np.full(12_000, 0.1), np.full(300, 0.5), np.full(40, 0.9)])
     rows = explanation_sample(p)
     assert len(rows) == EXPLAIN_ROWS_PER_BUCKET + 300 + 40
     assert np.all(np.diff(rows) > 0)
     assert set(range(12_000, 12_340)) <= set(rows.tolist())
+
+
+def test_refit_on_the_latest_cutoff_tells_long_dormancy_apart() -> None:
+    """Dormancy seen only at the latest cutoff: the refit model separates 212 from 256 days.
+
+    Early cutoffs have little history (dormancy at most 150 days); at the latest
+    one, profiles dormant about 200-230 days often come back, those dormant
+    longer never do. A model fit on the early cutoffs alone scores 212 and 256
+    alike; the served model, refit with the latest cutoff, does not.
+    """
+    rng = np.random.default_rng(3)
+    early = rng.uniform(0, 150, 6_000)
+    late = rng.uniform(0, 300, 3_000)
+    y_early = (rng.random(early.size) < np.where(early < 60, 0.5, 0.1)).astype(np.int8)
+    comes_back = (late > 190) & (late < 235)
+    p_late = np.where(late < 60, 0.5, np.where(comes_back, 0.6, 0.02))
+    y_late = (rng.random(late.size) < p_late).astype(np.int8)
+    X_early = early.reshape(-1, 1).astype(np.float32)
+    X_late = late.reshape(-1, 1).astype(np.float32)
+    booster, _, chosen = train_lightgbm(X_early, y_early, X_late[:1500], y_late[:1500])
+    probe = np.array([[212.0], [256.0]], dtype=np.float32)
+    before = booster.predict(probe)
+    assert before[0] == pytest.approx(before[1])
+    served = refit_lightgbm(np.vstack([X_early, X_late]), np.concatenate([y_early, y_late]), chosen)
+    after = served.predict(probe)
+    assert after[0] > after[1] + 0.1

@@ -59,7 +59,10 @@ class RunScoringRequest(_message.Message):
     """Instance name."""
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """Score as of this time; unset = the end of the instance's event data."""
+        """Score as of this time; unset = the end of the instance's event data (its
+        latest event), never the wall clock. When the data is stale for the goal's
+        window the stream carries a progress message with stage "warning".
+        """
 
     def __init__(
         self,
@@ -407,7 +410,9 @@ class ScoreProfileRequest(_message.Message):
 
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """Score as of this time; unset = now (or the latest event when later)."""
+        """Score as of this time; unset = the end of the dataset's events (or just
+        after the newest event sent, when later), never the wall clock.
+        """
 
     def __init__(
         self,
@@ -432,18 +437,24 @@ class ScoreProfileResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCORE_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def score(self) -> Global___InstanceScore:
         """The score (percentile 0, run_id empty)."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the score may mislead, e.g. the newest event is older than the goal's window."""
 
     def __init__(
         self,
         *,
         score: Global___InstanceScore | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["score", b"score", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -828,6 +839,60 @@ class ExportSegmentChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportSegmentChunk: _TypeAlias = ExportSegmentChunk  # noqa: Y015
+
+@_typing.final
+class ExportScoresRequest(_message.Message):
+    """Export a scoring run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """Instance name."""
+    run_id: _builtins.str
+    """Run id; empty = the latest succeeded run."""
+    format: Global___ExportFormat.ValueType
+    """Format (unset = CSV). Columns: profile_id, probability, score, percentile,
+    bucket, reasons (JSON list of code, text, impact, importance).
+    """
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        format: Global___ExportFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "instance", b"instance", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportScoresRequest: _TypeAlias = ExportScoresRequest  # noqa: Y015
+
+@_typing.final
+class ExportScoresChunk(_message.Message):
+    """A chunk of the exported scores file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Bytes, in order."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportScoresChunk: _TypeAlias = ExportScoresChunk  # noqa: Y015
 
 @_typing.final
 class GetInsightsRequest(_message.Message):

@@ -85,6 +85,11 @@ class ScorerServiceStub:
                 request_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportSegmentRequest.SerializeToString,
                 response_deserializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportSegmentChunk.FromString,
                 _registered_method=True)
+        self.ExportScores = channel.unary_stream(
+                '/foresight.scorer.v1.ScorerService/ExportScores',
+                request_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportScoresRequest.SerializeToString,
+                response_deserializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportScoresChunk.FromString,
+                _registered_method=True)
         self.GetInsights = channel.unary_unary(
                 '/foresight.scorer.v1.ScorerService/GetInsights',
                 request_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.GetInsightsRequest.SerializeToString,
@@ -171,6 +176,14 @@ class ScorerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportScores(self, request, context):
+        """Downloads a whole run's scores (probability, score, percentile, bucket,
+        reasons) as CSV or Parquet, streamed in chunks; no segment needed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInsights(self, request, context):
         """Score distribution, buckets, factors per bucket, evaluation, expected vs actual.
         """
@@ -237,6 +250,11 @@ def add_ScorerServiceServicer_to_server(servicer, server):
                     servicer.ExportSegment,
                     request_deserializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportSegmentRequest.FromString,
                     response_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportSegmentChunk.SerializeToString,
+            ),
+            'ExportScores': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportScores,
+                    request_deserializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportScoresRequest.FromString,
+                    response_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportScoresChunk.SerializeToString,
             ),
             'GetInsights': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInsights,
@@ -520,6 +538,33 @@ class ScorerService:
             '/foresight.scorer.v1.ScorerService/ExportSegment',
             foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportSegmentRequest.SerializeToString,
             foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportSegmentChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportScores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/foresight.scorer.v1.ScorerService/ExportScores',
+            foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportScoresRequest.SerializeToString,
+            foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ExportScoresChunk.FromString,
             options,
             channel_credentials,
             insecure,

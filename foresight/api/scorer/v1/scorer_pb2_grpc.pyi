@@ -55,6 +55,10 @@ class ScorerServiceStub:
     """Pages through a segment's members."""
     ExportSegment: _grpc.UnaryStreamMultiCallable[_scorer_pb2.ExportSegmentRequest, _scorer_pb2.ExportSegmentChunk]
     """Streams a segment as CSV or Parquet bytes."""
+    ExportScores: _grpc.UnaryStreamMultiCallable[_scorer_pb2.ExportScoresRequest, _scorer_pb2.ExportScoresChunk]
+    """Downloads a whole run's scores (probability, score, percentile, bucket,
+    reasons) as CSV or Parquet, streamed in chunks; no segment needed.
+    """
     GetInsights: _grpc.UnaryUnaryMultiCallable[_scorer_pb2.GetInsightsRequest, _scorer_pb2.Insights]
     """Score distribution, buckets, factors per bucket, evaluation, expected vs actual."""
     GetScorerStatus: _grpc.UnaryUnaryMultiCallable[_scorer_pb2.GetScorerStatusRequest, _scorer_pb2.ScorerStatus]
@@ -85,6 +89,10 @@ class ScorerServiceAsyncStub(ScorerServiceStub):
     """Pages through a segment's members."""
     ExportSegment: _aio.UnaryStreamMultiCallable[_scorer_pb2.ExportSegmentRequest, _scorer_pb2.ExportSegmentChunk]  # type: ignore[assignment]
     """Streams a segment as CSV or Parquet bytes."""
+    ExportScores: _aio.UnaryStreamMultiCallable[_scorer_pb2.ExportScoresRequest, _scorer_pb2.ExportScoresChunk]  # type: ignore[assignment]
+    """Downloads a whole run's scores (probability, score, percentile, bucket,
+    reasons) as CSV or Parquet, streamed in chunks; no segment needed.
+    """
     GetInsights: _aio.UnaryUnaryMultiCallable[_scorer_pb2.GetInsightsRequest, _scorer_pb2.Insights]  # type: ignore[assignment]
     """Score distribution, buckets, factors per bucket, evaluation, expected vs actual."""
     GetScorerStatus: _aio.UnaryUnaryMultiCallable[_scorer_pb2.GetScorerStatusRequest, _scorer_pb2.ScorerStatus]  # type: ignore[assignment]
@@ -172,6 +180,16 @@ class ScorerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scorer_pb2.ExportSegmentChunk], _abc.AsyncIterator[_scorer_pb2.ExportSegmentChunk]]:
         """Streams a segment as CSV or Parquet bytes."""
+
+    @_abc_1.abstractmethod
+    def ExportScores(
+        self,
+        request: _scorer_pb2.ExportScoresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scorer_pb2.ExportScoresChunk], _abc.AsyncIterator[_scorer_pb2.ExportScoresChunk]]:
+        """Downloads a whole run's scores (probability, score, percentile, bucket,
+        reasons) as CSV or Parquet, streamed in chunks; no segment needed.
+        """
 
     @_abc_1.abstractmethod
     def GetInsights(

@@ -22,6 +22,43 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DuplicatePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DuplicatePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DuplicatePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DUPLICATE_POLICY_UNSPECIFIED: _DuplicatePolicy.ValueType  # 0
+    """Not set: EVENT_ID."""
+    DUPLICATE_POLICY_EVENT_ID: _DuplicatePolicy.ValueType  # 1
+    """Rows with the same event id are one event; rows without one get an id from
+    their content and their occurrence among identical rows of the batch (repeat
+    purchases are kept, re-importing a file adds nothing).
+    """
+    DUPLICATE_POLICY_EXACT_ROW: _DuplicatePolicy.ValueType  # 2
+    """Rows without an event id that are identical in every field are one event."""
+    DUPLICATE_POLICY_NONE: _DuplicatePolicy.ValueType  # 3
+    """No row without an event id is removed, not even on re-import."""
+
+class DuplicatePolicy(_DuplicatePolicy, metaclass=_DuplicatePolicyEnumTypeWrapper):
+    """---------------------------------------------------------------- ingestion
+
+    Which rows of an import are the same event.
+    """
+
+DUPLICATE_POLICY_UNSPECIFIED: DuplicatePolicy.ValueType  # 0
+"""Not set: EVENT_ID."""
+DUPLICATE_POLICY_EVENT_ID: DuplicatePolicy.ValueType  # 1
+"""Rows with the same event id are one event; rows without one get an id from
+their content and their occurrence among identical rows of the batch (repeat
+purchases are kept, re-importing a file adds nothing).
+"""
+DUPLICATE_POLICY_EXACT_ROW: DuplicatePolicy.ValueType  # 2
+"""Rows without an event id that are identical in every field are one event."""
+DUPLICATE_POLICY_NONE: DuplicatePolicy.ValueType  # 3
+"""No row without an event id is removed, not even on re-import."""
+Global___DuplicatePolicy: _TypeAlias = DuplicatePolicy  # noqa: Y015
+
 class _InstanceType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -130,16 +167,14 @@ Global___EncoderKind: _TypeAlias = EncoderKind  # noqa: Y015
 
 @_typing.final
 class IngestEventsRequest(_message.Message):
-    """---------------------------------------------------------------- ingestion
-
-    One batch of a client-streamed ingestion.
-    """
+    """One batch of a client-streamed ingestion."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Target dataset; must be the same in every batch of one stream."""
     rows: _builtins.bytes
@@ -148,6 +183,8 @@ class IngestEventsRequest(_message.Message):
     attributes …): validated and quarantined exactly like ImportDataset's rows.
     A batch carries events, rows or both.
     """
+    duplicates: Global___DuplicatePolicy.ValueType
+    """Duplicate policy (the first batch's value applies to the whole stream)."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]:
         """The events of this batch (at most 10,000)."""
@@ -158,10 +195,11 @@ class IngestEventsRequest(_message.Message):
         dataset: _builtins.str = ...,
         events: _abc.Iterable[_common_pb2.Event] | None = ...,
         rows: _builtins.bytes = ...,
+        duplicates: Global___DuplicatePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "events", b"events", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "duplicates", b"duplicates", "events", b"events", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -207,6 +245,7 @@ class IngestSummary(_message.Message):
     WRITTEN_FIELD_NUMBER: _builtins.int
     QUARANTINE_PATH_FIELD_NUMBER: _builtins.int
     REJECT_REASONS_FIELD_NUMBER: _builtins.int
+    DUPLICATE_POLICY_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Dataset written to."""
     rows_read: _builtins.int
@@ -216,11 +255,13 @@ class IngestSummary(_message.Message):
     rejected: _builtins.int
     """Rows rejected and kept in quarantine."""
     duplicates: _builtins.int
-    """Accepted rows skipped because their event_id was already stored."""
+    """Accepted rows the duplicate policy removed (already stored or repeated)."""
     written: _builtins.int
     """Rows newly written to the event store."""
     quarantine_path: _builtins.str
     """Quarantine file (relative to the data directory) when rows were rejected."""
+    duplicate_policy: Global___DuplicatePolicy.ValueType
+    """The duplicate policy applied (`duplicates` is how many rows it removed)."""
     @_builtins.property
     def reject_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectReasonCount]:
         """Rejected rows per reason."""
@@ -236,10 +277,11 @@ class IngestSummary(_message.Message):
         written: _builtins.int = ...,
         quarantine_path: _builtins.str = ...,
         reject_reasons: _abc.Iterable[Global___RejectReasonCount] | None = ...,
+        duplicate_policy: Global___DuplicatePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "dataset", b"dataset", "duplicates", b"duplicates", "quarantine_path", b"quarantine_path", "reject_reasons", b"reject_reasons", "rejected", b"rejected", "rows_read", b"rows_read", "written", b"written"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "dataset", b"dataset", "duplicate_policy", b"duplicate_policy", "duplicates", b"duplicates", "quarantine_path", b"quarantine_path", "reject_reasons", b"reject_reasons", "rejected", b"rejected", "rows_read", b"rows_read", "written", b"written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,21 +295,25 @@ class ImportDatasetRequest(_message.Message):
 
     DATASET_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Target dataset name ([a-z0-9_-], at most 64 characters)."""
     path: _builtins.str
     """Path relative to (or inside) the configured import root: a .parquet, .csv,
     .jsonl file, or a folder of them.
     """
+    duplicates: Global___DuplicatePolicy.ValueType
+    """Duplicate policy (unset = EVENT_ID)."""
     def __init__(
         self,
         *,
         dataset: _builtins.str = ...,
         path: _builtins.str = ...,
+        duplicates: Global___DuplicatePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "duplicates", b"duplicates", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -705,10 +751,12 @@ class Population(_message.Message):
     CONDITIONS_FIELD_NUMBER: _builtins.int
     LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
-    """Look-back in days (default 45)."""
+    """Look-back in days: only events this recent count (0 = no look-back: any
+    event before the cutoff).
+    """
     @_builtins.property
     def conditions(self) -> _common_pb2.Conditions:
-        """Events a profile must have in the look-back (empty = any event)."""
+        """Events a profile must have before the cutoff (empty = any event)."""
 
     def __init__(
         self,
@@ -773,6 +821,8 @@ class Instance(_message.Message):
     CURRENT_VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    MAX_CUTOFFS_FIELD_NUMBER: _builtins.int
+    CUTOFF_STEP_DAYS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name ([a-z0-9_-], at most 64 characters)."""
     description: _builtins.str
@@ -789,6 +839,10 @@ class Instance(_message.Message):
     """Minimum negatives to train (default 500)."""
     current_version: _builtins.int
     """Output only: the current READY model version, 0 when none."""
+    max_cutoffs: _builtins.int
+    """Rolling training cutoffs at most (0 = default 8; 2–24)."""
+    cutoff_step_days: _builtins.int
+    """Days between cutoffs (0 = adapt to the history: denser when it is short)."""
     @_builtins.property
     def goal(self) -> Global___Goal:
         """The goal."""
@@ -835,10 +889,12 @@ class Instance(_message.Message):
         current_version: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        max_cutoffs: _builtins.int = ...,
+        cutoff_step_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "exclusions", b"exclusions", "goal", b"goal", "population", b"population", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_version", b"current_version", "custom_events", b"custom_events", "dataset", b"dataset", "description", b"description", "exclusions", b"exclusions", "goal", b"goal", "min_negatives", b"min_negatives", "min_positives", b"min_positives", "name", b"name", "population", b"population", "profile_attributes", b"profile_attributes", "scoring_schedule", b"scoring_schedule", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_version", b"current_version", "custom_events", b"custom_events", "cutoff_step_days", b"cutoff_step_days", "dataset", b"dataset", "description", b"description", "exclusions", b"exclusions", "goal", b"goal", "max_cutoffs", b"max_cutoffs", "min_negatives", b"min_negatives", "min_positives", b"min_positives", "name", b"name", "population", b"population", "profile_attributes", b"profile_attributes", "scoring_schedule", b"scoring_schedule", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1031,6 +1087,40 @@ class ValidateGoalRequest(_message.Message):
 Global___ValidateGoalRequest: _TypeAlias = ValidateGoalRequest  # noqa: Y015
 
 @_typing.final
+class PopulationCounts(_message.Message):
+    """How many profiles each population rule excluded at a cutoff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITH_HISTORY_FIELD_NUMBER: _builtins.int
+    EXCLUDED_BY_LOOKBACK_FIELD_NUMBER: _builtins.int
+    EXCLUDED_BY_CONDITIONS_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    with_history: _builtins.int
+    """Profiles with any event before the cutoff."""
+    excluded_by_lookback: _builtins.int
+    """Of those, excluded because none of their events is in the look-back."""
+    excluded_by_conditions: _builtins.int
+    """Of the rest, excluded because no event matches the population conditions."""
+    eligible: _builtins.int
+    """Profiles left: with_history minus both exclusions."""
+    def __init__(
+        self,
+        *,
+        with_history: _builtins.int = ...,
+        excluded_by_lookback: _builtins.int = ...,
+        excluded_by_conditions: _builtins.int = ...,
+        eligible: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "excluded_by_conditions", b"excluded_by_conditions", "excluded_by_lookback", b"excluded_by_lookback", "with_history", b"with_history"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PopulationCounts: _TypeAlias = PopulationCounts  # noqa: Y015
+
+@_typing.final
 class ValidateGoalResponse(_message.Message):
     """Label counts at the cutoff training would use."""
 
@@ -1042,6 +1132,7 @@ class ValidateGoalResponse(_message.Message):
     NEGATIVES_FIELD_NUMBER: _builtins.int
     ENOUGH_DATA_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    POPULATION_FIELD_NUMBER: _builtins.int
     eligible: _builtins.int
     """Eligible profiles."""
     positives: _builtins.int
@@ -1056,6 +1147,10 @@ class ValidateGoalResponse(_message.Message):
     def cutoff(self) -> _timestamp_pb2.Timestamp:
         """The validation cutoff."""
 
+    @_builtins.property
+    def population(self) -> Global___PopulationCounts:
+        """What each population rule excluded at the cutoff."""
+
     def __init__(
         self,
         *,
@@ -1065,10 +1160,11 @@ class ValidateGoalResponse(_message.Message):
         negatives: _builtins.int = ...,
         enough_data: _builtins.bool = ...,
         message: _builtins.str = ...,
+        population: Global___PopulationCounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff", "population", b"population"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff", "eligible", b"eligible", "enough_data", b"enough_data", "message", b"message", "negatives", b"negatives", "positives", b"positives"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff", "eligible", b"eligible", "enough_data", b"enough_data", "message", b"message", "negatives", b"negatives", "population", b"population", "positives", b"positives"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1469,6 +1565,12 @@ class Evaluation(_message.Message):
     GLOBAL_FACTORS_FIELD_NUMBER: _builtins.int
     BUCKET_FACTORS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    POPULATION_FIELD_NUMBER: _builtins.int
+    CALIBRATION_METHOD_FIELD_NUMBER: _builtins.int
+    ECE_BEFORE_FIELD_NUMBER: _builtins.int
+    ECE_AFTER_FIELD_NUMBER: _builtins.int
+    BRIER_BEFORE_FIELD_NUMBER: _builtins.int
+    TRAINING_CUTOFFS_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     """Instance name."""
     version: _builtins.int
@@ -1487,6 +1589,14 @@ class Evaluation(_message.Message):
     """Positive rate in validation."""
     quality: Global___Quality.ValueType
     """Quality flag."""
+    calibration_method: _builtins.str
+    """Calibrator chosen on out-of-time rows: "none", "platt" or "isotonic"."""
+    ece_before: _builtins.float
+    """Expected calibration error (10 bins) before calibration."""
+    ece_after: _builtins.float
+    """Expected calibration error after calibration (as served)."""
+    brier_before: _builtins.float
+    """Brier score before calibration (`brier` is after)."""
     @_builtins.property
     def deciles(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecileRow]:
         """Lift and gains by decile."""
@@ -1515,6 +1625,14 @@ class Evaluation(_message.Message):
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Hyper-parameters chosen by the search, as text."""
 
+    @_builtins.property
+    def population(self) -> Global___PopulationCounts:
+        """What each population rule excluded at the validation cutoff."""
+
+    @_builtins.property
+    def training_cutoffs(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """Training cutoffs of the validation model; the served model adds the validation cutoff."""
+
     def __init__(
         self,
         *,
@@ -1534,10 +1652,16 @@ class Evaluation(_message.Message):
         global_factors: _abc.Iterable[_common_pb2.FactorWeight] | None = ...,
         bucket_factors: _abc.Iterable[Global___BucketFactors] | None = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        population: Global___PopulationCounts | None = ...,
+        calibration_method: _builtins.str = ...,
+        ece_before: _builtins.float = ...,
+        ece_after: _builtins.float = ...,
+        brier_before: _builtins.float = ...,
+        training_cutoffs: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["population", b"population"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "brier", b"brier", "bucket_factors", b"bucket_factors", "calibration", b"calibration", "deciles", b"deciles", "global_factors", b"global_factors", "instance", b"instance", "log_loss", b"log_loss", "parameters", b"parameters", "positive_rate", b"positive_rate", "pr_auc", b"pr_auc", "quality", b"quality", "score_histogram", b"score_histogram", "suggestions", b"suggestions", "validation_rows", b"validation_rows", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "brier", b"brier", "brier_before", b"brier_before", "bucket_factors", b"bucket_factors", "calibration", b"calibration", "calibration_method", b"calibration_method", "deciles", b"deciles", "ece_after", b"ece_after", "ece_before", b"ece_before", "global_factors", b"global_factors", "instance", b"instance", "log_loss", b"log_loss", "parameters", b"parameters", "population", b"population", "positive_rate", b"positive_rate", "pr_auc", b"pr_auc", "quality", b"quality", "score_histogram", b"score_histogram", "suggestions", b"suggestions", "training_cutoffs", b"training_cutoffs", "validation_rows", b"validation_rows", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
