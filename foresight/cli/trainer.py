@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.cli import instance_file
