@@ -36,7 +36,6 @@ IMPORT_ROOT_TEXT = (
 )
 
 
-
 def check_dataset_name(name: str) -> str:
     """A dataset name is a short slug: it becomes a folder name."""
     return slug("dataset", name)
