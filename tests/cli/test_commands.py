@@ -375,5 +375,7 @@ def test_ingest_streams_csv_and_jsonl_like_import(system: System, tmp_path: Path
             ok(system.cli("ingest", str(path), "--dataset", "cli-stream", "--json")).stdout
         )
         assert (data["accepted"], data["rejected"]) == (accepted, rejected), data
-    bad = system.cli("ingest", str(tmp_path / "events.txt"), "--dataset", "cli-stream")
+    unsupported = tmp_path / "events.txt"  # exists, but is no event format
+    unsupported.write_text("profile_id\np1\n")
+    bad = system.cli("ingest", str(unsupported), "--dataset", "cli-stream")
     one_line_error(bad, "INVALID_ARGUMENT", ExitCode.INVALID_INPUT)
