@@ -51,11 +51,8 @@ _POLICY = {
     pb.DUPLICATE_POLICY_EXACT_ROW: DuplicatePolicy.EXACT_ROW,
     pb.DUPLICATE_POLICY_NONE: DuplicatePolicy.NONE,
 }
-_POLICY_BACK = {
-    DuplicatePolicy.EVENT_ID: pb.DUPLICATE_POLICY_EVENT_ID,
-    DuplicatePolicy.EXACT_ROW: pb.DUPLICATE_POLICY_EXACT_ROW,
-    DuplicatePolicy.NONE: pb.DUPLICATE_POLICY_NONE,
-}
+# The inverse of _POLICY (UNSPECIFIED is only ever read, never written).
+_POLICY_BACK = {v: k for k, v in _POLICY.items() if k != pb.DUPLICATE_POLICY_UNSPECIFIED}
 
 
 def duplicate_policy(value: int) -> DuplicatePolicy:
