@@ -166,6 +166,14 @@ def update_readme(results: dict[str, Any]) -> None:
         start,
         f"Measured {m.get('measured_at', '?')} at commit {m.get('commit', '?')} "
         f"on {m.get('cpus', '?')} cores, {m.get('profiles', '?')} profiles.",
+    ]
+    if "faults_machine" in results:
+        f = results["faults_machine"]
+        lines.append(
+            f"Fault figures (`make faults`): measured {f.get('measured_at', '?')} at commit "
+            f"{f.get('commit', '?')} on {f.get('cpus', '?')} cores, {f.get('profiles', '?')} profiles."
+        )
+    lines += [
         "",
         "| figure | value | target |",
         "|---|---|---|",
