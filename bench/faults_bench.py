@@ -36,3 +36,4 @@ def run(results: dict[str, Any]) -> None:
     results["lost_acknowledged_writes"] = tallies["lost_acknowledged_writes"]
     results["orphan_processes_after_kill"] = tallies["orphan_processes_after_kill"]
     results["fault_suite_exit_code"] = proc.returncode
+    results["faults_profiles"] = tallies["profiles"]

@@ -377,6 +377,7 @@ def faults_report() -> Iterator[None]:
                     "kill_points": sorted(TALLY["kill_points"]),
                     "lost_acknowledged_writes": TALLY["lost_acknowledged_writes"],
                     "orphan_processes_after_kill": TALLY["orphans"],
+                    "profiles": PROFILES,
                 }
             )
         )

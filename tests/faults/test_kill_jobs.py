@@ -11,6 +11,7 @@ no process of the killed tree survives.
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -225,5 +226,27 @@ def test_kill9_mid_discovery_keeps_the_previous_discovery(world: Any) -> None:
     after = world.client.segmenter.ListClusters(segmenter_pb2.ListClustersRequest())
     assert after.discovery_version == before.discovery_version
     assert [c.size for c in after.clusters] == [c.size for c in before.clusters]
+    world.assert_no_orphan_processes()
+    world.assert_consistent()
+
+
+def test_sigterm_mid_index_build_drains_exits_0_and_leaves_no_running_work(world: Any) -> None:
+    world.start("segmenter")
+    seg = world.client.segmenter
+    served = seg.GetIndexInfo(segmenter_pb2.GetIndexInfoRequest())
+    stream = seg.BuildIndex(segmenter_pb2.BuildIndexRequest(dataset="shop"))
+    for event in stream:
+        assert event.WhichOneof("event") == "progress", "the build finished before SIGTERM"
+        assert world.wait_for_children("segmenter"), "the build started no worker process"
+        # The build either ends within the drain (cancelled, or finished) or is stopped
+        # with the process; either way the service must exit 0.
+        assert world.kill("segmenter", "sigterm: BuildIndex", signal.SIGTERM) == 0
+        break
+    world.restart("segmenter")
+    after = world.client.segmenter.GetIndexInfo(segmenter_pb2.GetIndexInfoRequest())
+    newer = [r for r in world.rows(IndexVersionRow) if r.version > served.version]
+    assert all(r.status in {"READY", "FAILED", "CANCELLED"} for r in newer), newer
+    published = [r.version for r in newer if r.status == "READY"]
+    assert after.version == (published[-1] if published else served.version)
     world.assert_no_orphan_processes()
     world.assert_consistent()
