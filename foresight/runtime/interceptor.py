@@ -50,6 +50,24 @@ OPEN_SERVICES = (
 )
 
 
+class _MethodMetrics:
+    """The metric children of one method, bound once per status code (not per call)."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self._labels = {"service": service, "method": method}
+        self._children: dict[str, tuple[Any, Any]] = {}
+
+    def observe(self, code: str, seconds: float) -> None:
+        """Count one call and record its duration."""
+        children = self._children.get(code)
+        if children is None:
+            labels = {**self._labels, "code": code}
+            children = (REQUESTS.labels(**labels), LATENCY.labels(**labels))
+            self._children[code] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
 class _Outcome:
     """Records the status code an RPC ended with."""
 
@@ -85,6 +103,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, token: str | None) -> None:
         self._token = f"Bearer {token}".encode() if token else None
+        self._metrics: dict[str, _MethodMetrics] = {}
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
         if self._token is None or details.method.lstrip("/").startswith(OPEN_SERVICES):
@@ -103,17 +122,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        service, _, method = details.method.lstrip("/").partition("/")
+        metrics = self._metrics.get(details.method)
+        if metrics is None:
+            service, _, method = details.method.lstrip("/").partition("/")
+            metrics = self._metrics.setdefault(details.method, _MethodMetrics(service, method))
         authorized = self._authorized(details)
-
-        def labels(code: str) -> dict[str, str]:
-            return {"service": service, "method": method, "code": code}
 
         def finish(start: float, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
             code = _code_of(context, outcome)
             elapsed = time.perf_counter() - start
-            REQUESTS.labels(**labels(code)).inc()
-            LATENCY.labels(**labels(code)).observe(elapsed)
+            metrics.observe(code, elapsed)
             if code != "OK" or elapsed > 1.0:
                 log.info("rpc", extra={"rpc": details.method, "code": code, "ms": elapsed * 1e3})
 
