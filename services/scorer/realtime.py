@@ -15,8 +15,8 @@ import polars as pl
 from foresight.errors import InvalidArgument, NotFound
 from foresight.events.schema import EVENT_COLUMNS, EVENT_SCHEMA
 from foresight.events.validation import validate
-from foresight.features.featurize import featurize
 from foresight.features.labels import as_utc
+from foresight.features.single import featurize_one
 from foresight.storage.models import utcnow
 from services.scorer.catalog import Catalog
 from services.scorer.factors import bucket_of, render_factors, score_of, top_factors
@@ -102,10 +102,11 @@ def score_profile(
             else now
         )
     as_of = as_utc(as_of)
-    profiles = catalog.profiles([a.name for a in model.spec.attributes], ids=[profile_id])
-    matrix = featurize(combined, profiles, as_of, model.spec, profile_ids=pl.Series([profile_id]))
+    names = [a.name for a in model.spec.attributes]
+    profiles = catalog.profiles(names, ids=[profile_id]) if names else None
+    matrix = featurize_one(combined, profiles, as_of, model.spec, profile_id)
     probability = float(model.predict(matrix.X)[0])
-    factors = top_factors(model.contributions(matrix.X, 1), matrix.X, k)
+    factors = top_factors(model.explainer.contributions_one(matrix.X[0])[None, :], matrix.X, k)
     score = score_of(probability)
     return InstanceScore(
         instance=model.instance,

@@ -91,6 +91,7 @@ def _settings(data_dir: Path) -> ScorerSettings:
         schedule_seconds=3600,
         scoring_threads=2,
         log_json=False,
+        shards=4,  # as the events were written (_load_events)
     )
 
 
