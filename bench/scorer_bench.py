@@ -2,7 +2,10 @@
 
 - batch_score_1m_s: RunScoring of every eligible profile of the 1M-profile data
   set, top-5 factors included (featurize, ONNX, TreeSHAP, Parquet copy, bulk
-  load into profile_scores).
+  load into profile_scores); batch_score_{featurize,predict,explain}_s are
+  summed over the shards (worker processes run them side by side),
+  batch_score_{write,snapshot}_s are wall time, batch_score_shards_s the wall
+  time of all shards.
 - scorer_rss_mb_1m: RSS of a fresh `foresight-scorer` process serving two
   instances' snapshots (1M profiles × 5 factors each).
 - lookup_rps_ratio_vs_empty: h2load throughput of GetProfileScores divided by
@@ -216,6 +219,14 @@ def batch_scoring(var: Path, results: dict[str, Any]) -> None:
             len(model.explainer.fast.trees) if model.explainer.fast else None
         )
         results[f"batch_score_{name}_fast_treeshap"] = model.explainer.fast is not None
+        # Where the time went: featurize (read included), predict and explain are summed
+        # over shards (they run side by side in the workers); write and snapshot are wall time.
+        stages = dict(scorer.engine.stage_seconds)
+        stages["featurize"] = stages.get("featurize", 0.0) + stages.pop("read", 0.0)
+        prefix = "batch_score" if name == "churn" else f"batch_score_{name}"
+        for stage in ("featurize", "predict", "explain", "write", "snapshot", "shards"):
+            results[f"{prefix}_{stage}_s"] = round(stages.get(stage, 0.0), 2)
+        print(f"  stages (s): {', '.join(f'{k} {v:.1f}' for k, v in stages.items())}", flush=True)
         print(
             f"RunScoring {name}: {run.profiles:,} eligible profiles in {seconds:.1f} s", flush=True
         )

@@ -63,6 +63,7 @@ class LoadedModel:
     evaluation: dict[str, Any]
     loaded_at: datetime
     created_at: datetime | None = None
+    folder: Path | None = None  # the bundle it was loaded from (shard workers load it too)
 
     @property
     def features(self) -> tuple[FeatureDef, ...]:
@@ -130,6 +131,7 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         explainer=explainer,
         evaluation=evaluation,
         loaded_at=utcnow(),
+        folder=folder,
     )
     _check_parity(model, n_features)
     return model
