@@ -8,6 +8,7 @@ Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter)
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -50,6 +51,9 @@ TARGETS: dict[str, tuple[str, str]] = {
     "batch_score_snapshot_s": ("report", "s"),
     "lookup_rps_ratio_vs_empty": ("≥ 0.8", "ratio"),
     "lookup_p99_ms_at_1k_rps": ("≤ 2", "ms"),
+    "lookup_rps_2_workers_ratio": ("report (> 1)", "ratio"),
+    "score_profile_p99_ms": ("≤ 25 at 100 req/s", "ms"),
+    "score_profile_rps": ("≥ 300", "req/s"),
     "scorer_rss_mb_1m": ("≤ 400", "MB"),
     "onnx_vs_lightgbm_single_row_ratio": ("report", "ratio"),
     "onnx_vs_lightgbm_batch10k_ratio": ("report", "ratio"),
@@ -60,6 +64,17 @@ TARGETS: dict[str, tuple[str, str]] = {
     "segmenter_rss_mb_1m": ("≤ 1,500", "MB"),
     "persona_ari": ("≥ 0.7", ""),
     "lookalike_conversion_lift": ("≥ 2", "×"),
+    **{
+        f"loadtest_{name}_{figure}": ("report", unit)
+        for name in (
+            "get_profile_scores",
+            "batch_get_profile_scores",
+            "score_profile",
+            "expand_segment",
+            "find_similar",
+        )
+        for figure, unit in (("rps", "req/s"), ("p50_ms", "ms"), ("p99_ms", "ms"))
+    },
 }
 
 
@@ -104,8 +119,6 @@ def stage_ingest(results: dict[str, Any]) -> None:
 
 def _optional(module: str) -> Callable[[dict[str, Any]], None]:
     def run(results: dict[str, Any]) -> None:
-        import importlib
-
         if not synthetic_dir().joinpath("events.parquet").exists():
             stage_generate(results)
         importlib.import_module(module).run(results, DATA)
@@ -119,6 +132,7 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "trainer": _optional("bench.trainer_bench"),
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
+    "loadtest": lambda results: importlib.import_module("bench.loadtest_bench").run(results, DATA),
 }
 
 
