@@ -267,9 +267,9 @@ class _Flat:
 
     Batch scoring groups rows by pattern tree by tree; for a single row that is
     a few NumPy calls per tree (~45 ms for 242 trees). Here the same decisions,
-    path bits and leaf tables are evaluated for all trees at once (well under a
-    millisecond): node arrays are concatenated, path bits come from a sparse
-    (node, leaf, ±2^k) list, and the leaf tables of all trees share one array.
+    path bits and leaf tables are evaluated for all trees at once (~1 ms): node
+    arrays are concatenated, path bits come from a sparse (node, leaf, ±2^k)
+    list, and the leaf tables of all trees share one array.
     """
 
     node_column: np.ndarray  # [N] model column of each node's split
