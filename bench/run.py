@@ -2,7 +2,7 @@
 
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
-Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter).
+Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, loadtest, faults).
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ TARGETS: dict[str, tuple[str, str]] = {
         )
         for figure, unit in (("rps", "req/s"), ("p50_ms", "ms"), ("p99_ms", "ms"))
     },
+    "lost_acknowledged_writes": ("0", ""),
+    "kill9_cases": ("≥ 8", "kill points"),
+    "orphan_processes_after_kill": ("0", ""),
 }
 
 
@@ -126,6 +129,13 @@ def _optional(module: str) -> Callable[[dict[str, Any]], None]:
     return run
 
 
+def stage_faults(results: dict[str, Any]) -> None:
+    """The kill -9 / SIGTERM fault suite on its own small data (no 1M data set needed)."""
+    from bench import faults_bench
+
+    faults_bench.run(results)
+
+
 STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "generate": stage_generate,
     "ingest": stage_ingest,
@@ -133,6 +143,7 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
     "loadtest": lambda results: importlib.import_module("bench.loadtest_bench").run(results, DATA),
+    "faults": stage_faults,
 }
 
 
