@@ -409,7 +409,7 @@ def _journey(var: Path, stored: int = 200) -> tuple[str, int]:
     with Database(f"sqlite:///{var / 'foresight.db'}").session() as s:
         parts = [p.path for p in s.query(DatasetPartRow).all()]
     counts = store.read_shard(DATASET, 0, parts).group_by("profile_id").len()
-    row = counts.sort((pl.col("len") - stored).abs(), "profile_id").row(0)
+    row = counts.sort((pl.col("len").cast(pl.Int64) - stored).abs(), "profile_id").row(0)
     return str(row[0]), int(row[1])
 
 
