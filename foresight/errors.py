@@ -46,3 +46,7 @@ class ResourceExhausted(ForesightError):
 
 class Unauthenticated(ForesightError):
     """Missing or wrong credentials."""
+
+
+class Cancelled(ForesightError):
+    """The caller cancelled the job (or its deadline passed); nothing was published."""

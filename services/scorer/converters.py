@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
+from foresight.convert import status_to_pb
 from foresight.convert import to_timestamp as timestamp
 from foresight.errors import InvalidArgument
 from foresight.features.spec import format_factor_value
@@ -25,7 +26,6 @@ from services.scorer.records import (
     ModelStatus,
     ProfileScores,
     Progress,
-    RunStatus,
     ScoringRun,
     Segment,
     SegmentFilter,
@@ -44,11 +44,6 @@ IMPORTANCE_TO_PB = {
     Importance.HIGH: common_pb2.IMPORTANCE_HIGH,
 }
 assert all(int(k) == v for k, v in (*BUCKET_TO_PB.items(), *IMPORTANCE_TO_PB.items()))
-STATUS_TO_PB = {
-    RunStatus.RUNNING: scorer_pb2.RUN_STATUS_RUNNING,
-    RunStatus.SUCCEEDED: scorer_pb2.RUN_STATUS_SUCCEEDED,
-    RunStatus.FAILED: scorer_pb2.RUN_STATUS_FAILED,
-}
 
 # --- scores -------------------------------------------------------------------------
 
@@ -190,7 +185,7 @@ def scoring_run(run: ScoringRun) -> scorer_pb2.ScoringRun:
         run_id=run.run_id,
         instance=run.instance,
         model_version=run.model_version,
-        status=STATUS_TO_PB[run.status],
+        status=status_to_pb(run.status),
         as_of=timestamp(run.as_of),
         started_at=timestamp(run.started_at),
         finished_at=timestamp(run.finished_at),

@@ -32,6 +32,7 @@ from foresight.errors import FailedPrecondition, NotFound
 from foresight.features.labels import as_utc
 from foresight.shards import ShardRunner
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status, ending_of
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
 from services.scorer.batch import ShardJob, factor_json, profiles_of, score_job
 from services.scorer.catalog import Catalog, DatasetParts
@@ -41,7 +42,8 @@ from services.scorer.factors import (
     scores_of,
 )
 from services.scorer.models import LoadedModel, ModelRegistry
-from services.scorer.records import Bucket, Progress, RunStatus, ScoringRun
+from services.scorer.records import Bucket, Progress, ScoringRun
+from services.scorer.recovery import end_runs
 from services.scorer.snapshot import RunScores, SnapshotStore, sidecar_of
 
 log = logging.getLogger("foresight.scorer.scoring")
@@ -64,7 +66,7 @@ def run_from_row(row: ScoringRunRow) -> ScoringRun:
         run_id=row.run_id,
         instance=row.instance_name,
         model_version=row.model_version,
-        status=RunStatus(row.status),
+        status=Status(row.status),
         as_of=row.as_of,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -126,7 +128,7 @@ class ScoringEngine:
                         run_id=run_id,
                         instance_name=instance,
                         model_version=model.version,
-                        status=RunStatus.RUNNING.value,
+                        status=Status.RUNNING.value,
                         as_of=as_of,
                         started_at=started,
                     )
@@ -140,8 +142,8 @@ class ScoringEngine:
                     scores = self._score(run_id, model, parts, as_of, notify)
                     relative = self._store(scores, notify)
             except BaseException as exc:
-                self._fail(run_id, exc)
-                RUNS.labels(instance=instance, status=RunStatus.FAILED.value).inc()
+                status = self._fail(run_id, instance, exc)
+                RUNS.labels(instance=instance, status=status.value).inc()
                 raise
             finished = utcnow()
             with self.db.session() as session:
@@ -149,7 +151,7 @@ class ScoringEngine:
                     update(ScoringRunRow)
                     .where(ScoringRunRow.run_id == run_id)
                     .values(
-                        status=RunStatus.SUCCEEDED.value,
+                        status=Status.READY.value,
                         finished_at=finished,
                         profiles=len(scores),
                         scores_path=relative,
@@ -157,7 +159,7 @@ class ScoringEngine:
                 )
                 result = run_from_row(session.get_one(ScoringRunRow, run_id))
             self.snapshots.swap(scores, finished)
-            RUNS.labels(instance=instance, status=RunStatus.SUCCEEDED.value).inc()
+            RUNS.labels(instance=instance, status=Status.READY.value).inc()
             notify(Progress("done", 1.0, f"{len(scores):,} profiles scored"))
             log.info(
                 "scoring run succeeded",
@@ -206,7 +208,7 @@ class ScoringEngine:
             notify(Progress("score", 0.8 * count / total, f"{count}/{total} shards scored"))
 
         t0 = time.perf_counter()
-        results = self.runner.map(score_job, jobs, done)
+        results = self.runner.map(score_job, jobs, done)  # the job's cancel token ends it
         self.stage_seconds = {"shards": time.perf_counter() - t0}
         for r in results:
             for stage, seconds in r.seconds.items():
@@ -289,21 +291,17 @@ class ScoringEngine:
                 Progress("store", 0.85 + 0.15 * stop / max(n, 1), f"{stop:,}/{n:,} scores stored")
             )
 
-    def _fail(self, run_id: str, exc: BaseException) -> None:
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-        log.error("scoring run failed", extra={"run_id": run_id, "error": message})
+    def _fail(self, run_id: str, instance: str, exc: BaseException) -> Status:
+        """End a run FAILED or CANCELLED: its stored scores and score files are removed."""
+        status, message = ending_of(exc)
+        log.error("scoring run ended", extra={"run_id": run_id, "status": status.value})
+        if status is Status.FAILED and not hasattr(exc, "message"):
+            log.error("scoring run failed", exc_info=exc)
         try:
-            with self.db.session() as session:
-                session.execute(delete(ProfileScoreRow).where(ProfileScoreRow.run_id == run_id))
-                session.execute(
-                    update(ScoringRunRow)
-                    .where(ScoringRunRow.run_id == run_id)
-                    .values(
-                        status=RunStatus.FAILED.value, finished_at=utcnow(), error=message[:4000]
-                    )
-                )
+            end_runs(self.db, self.scores_root, {run_id: instance}, status, message)
         except Exception:
-            log.exception("could not record the failed run", extra={"run_id": run_id})
+            log.exception("could not record the ended run", extra={"run_id": run_id})
+        return status
 
     def _prune(self, instance: str) -> None:
         """Keep the scores of the newest `keep_runs` succeeded runs; the run history stays."""
@@ -312,7 +310,7 @@ class ScoringEngine:
                 select(ScoringRunRow.run_id, ScoringRunRow.scores_path)
                 .where(
                     ScoringRunRow.instance_name == instance,
-                    ScoringRunRow.status == RunStatus.SUCCEEDED.value,
+                    ScoringRunRow.status == Status.READY.value,
                     ScoringRunRow.scores_path.is_not(None),
                 )
                 .order_by(ScoringRunRow.finished_at.desc())
@@ -356,7 +354,7 @@ class ScoringEngine:
             rows = session.scalars(
                 select(ScoringRunRow)
                 .where(
-                    ScoringRunRow.status == RunStatus.SUCCEEDED.value,
+                    ScoringRunRow.status == Status.READY.value,
                     ScoringRunRow.scores_path.is_not(None),
                 )
                 .order_by(ScoringRunRow.finished_at)
@@ -378,7 +376,7 @@ class ScoringEngine:
         row = self.get_run(run_id)
         if row.instance_name != instance:
             raise NotFound(f"scoring run '{run_id}' is not a run of instance '{instance}'")
-        if row.status != RunStatus.SUCCEEDED.value:
+        if row.status != Status.READY.value:
             raise FailedPrecondition(f"scoring run '{run_id}' is {row.status}, not SUCCEEDED")
         if not row.scores_path:
             raise FailedPrecondition(

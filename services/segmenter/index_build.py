@@ -14,6 +14,7 @@ from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status
 from services.segmenter.embedding import embed_shard
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_store import IndexStore
@@ -39,7 +40,7 @@ def build_index(
     params = params.check()
     catalog.get_dataset(db, dataset)
     encoder = get_encoder_version(db, encoder_version)
-    if encoder.status != "READY" or not encoder.artifact_path:
+    if encoder.status is not Status.READY or not encoder.artifact_path:
         raise FailedPrecondition(f"encoder v{encoder.version} is {encoder.status}, not READY")
     parts = catalog.catalogued_parts(db, dataset)
     span = catalog.time_range(db, dataset)
@@ -112,5 +113,5 @@ def build_index(
         report("done", 1.0, f"index v{version}: {index.count:,} profiles")
         return index
     except BaseException as exc:
-        store.mark(version, "FAILED", str(exc) or type(exc).__name__)
+        store.lifecycle.end_with(version, exc)
         raise

@@ -36,17 +36,16 @@ def build_servicer(
     servicer = TrainerServicer(ingestor, Instances(db), models, encoders)
 
     async def recover() -> None:
-        # Leave the stores consistent after a kill: schema current, temp folders
-        # and uncatalogued parts gone.
+        # Leave the stores consistent after a kill: schema current, the trainer's
+        # interrupted jobs FAILED, its own temporary folders and uncatalogued
+        # parts gone (other services' temporary folders are theirs to sweep).
         await asyncio.to_thread(db.migrate)
-        swept = await asyncio.to_thread(artifacts.sweep_temporary)
         orphans = await asyncio.to_thread(ingestor.cleanup)
         interrupted = await asyncio.to_thread(models.recover_interrupted)
         interrupted_encoders = await asyncio.to_thread(encoders.recover_interrupted)
         log.info(
             "recovered",
             extra={
-                "temporary_swept": swept,
                 "orphan_parts": orphans,
                 "interrupted": interrupted,
                 "interrupted_encoders": interrupted_encoders,

@@ -63,7 +63,7 @@ from services.trainer.export import (
     to_onnx,
     write_bundle,
 )
-from services.trainer.registry import ModelRegistry, ModelVersionInfo, VersionStatus, bundle_path
+from services.trainer.registry import OWNER, ModelRegistry, ModelVersionInfo, bundle_path
 from services.trainer.shards import LeakageDetected, ShardJob, shard_features, shard_labels
 
 __all__ = [
@@ -75,7 +75,6 @@ __all__ = [
     "Progress",
     "ShardJob",
     "TrialResult",
-    "VersionStatus",
     "search_space",
     "shard_features",
     "shard_labels",
@@ -493,19 +492,16 @@ class ModelTrainer:
         report = progress or _noop_progress
         config, dataset = self._instance(instance_name)
         version = self.registry.create_training(instance_name)
-        report("prepare", 0.01, f"training {instance_name} v{version}")
         try:
+            report("prepare", 0.01, f"training {instance_name} v{version}")
             return self._train(config, dataset, version, trials, report)
         except BaseException as exc:
-            reason = (
-                exc.message if isinstance(exc, ForesightError) else f"{type(exc).__name__}: {exc}"
-            )
             if not isinstance(exc, ForesightError):
                 log.exception("training %s v%d failed", instance_name, version)
             try:
-                self.registry.mark_failed(instance_name, version, reason)
+                self.registry.end(instance_name, version, exc)
             except Exception:  # the original error matters more
-                log.exception("could not mark %s v%d FAILED", instance_name, version)
+                log.exception("could not end %s v%d", instance_name, version)
             raise
 
     def _train(
@@ -665,6 +661,7 @@ class ModelTrainer:
         write_bundle(
             self.artifacts,
             relative,
+            owner=OWNER,
             onnx_model=onnx_model,
             booster=booster,
             feature_spec=spec_dict,
@@ -683,7 +680,6 @@ class ModelTrainer:
         info = self.registry.mark_ready(
             name,
             version,
-            artifact_path=relative,
             auc=float(evaluation["auc"] or 0.0),
             feature_count=X.shape[1],
             validation_cutoff=cutoffs[-1],
