@@ -2,7 +2,8 @@
 
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
-Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, loadtest, faults).
+Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, loadtest, faults,
+dask).
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ TARGETS: dict[str, tuple[str, str]] = {
         )
         for figure, unit in (("rps", "req/s"), ("p50_ms", "ms"), ("p99_ms", "ms"))
     },
+    "dask_featurize_events_per_s": ("report", "events/s"),
+    "dask_batch_score_1m_s": ("report", "s"),
+    "dask_vs_local_throughput_ratio": ("≥ 0.8", "ratio"),
+    "train_peak_rss_mb_1m": ("report", "MB"),
+    "train_peak_rss_mb_2m": ("≤ 1.2 × train_peak_rss_mb_1m", "MB"),
     "lost_acknowledged_writes": ("0", ""),
     "kill9_cases": ("≥ 8", "kill points"),
     "orphan_processes_after_kill": ("0", ""),
@@ -129,6 +135,13 @@ def _optional(module: str) -> Callable[[dict[str, Any]], None]:
     return run
 
 
+def _dask_stage(results: dict[str, Any]) -> None:
+    """Dask figures on their own generated data (bench/dask_bench.py)."""
+    from bench import dask_bench
+
+    dask_bench.run(results, DATA)
+
+
 def stage_faults(results: dict[str, Any]) -> None:
     """The kill -9 / SIGTERM fault suite on its own small data (no 1M data set needed)."""
     from bench import faults_bench
@@ -143,6 +156,7 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
     "loadtest": lambda results: importlib.import_module("bench.loadtest_bench").run(results, DATA),
+    "dask": lambda results: _dask_stage(results),
     "faults": stage_faults,
 }
 

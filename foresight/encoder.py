@@ -681,7 +681,9 @@ def read_sample(
 class EncoderTrainer:
     """The facade the trainer's servicer calls for TrainEncoder / ListEncoderVersions."""
 
-    def __init__(self, db: Database, event_store_root: Path, artifacts: ArtifactStore) -> None:
+    def __init__(
+        self, db: Database, event_store_root: Path | str, artifacts: ArtifactStore
+    ) -> None:
         self.db = db
         self.store = EventStore(event_store_root)
         self.artifacts = artifacts

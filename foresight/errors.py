@@ -50,3 +50,7 @@ class Unauthenticated(ForesightError):
 
 class Cancelled(ForesightError):
     """The caller cancelled the job (or its deadline passed); nothing was published."""
+
+
+class Unavailable(ForesightError):
+    """A backing system (e.g. the Dask scheduler) cannot be reached; retrying later may work."""

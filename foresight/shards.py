@@ -3,7 +3,9 @@
 Work that grows with the data (featurize, label, embed) is a pure function of
 one shard of profiles. Locally it runs here, in spawn-started worker processes
 (spawn, not fork: the services run gRPC and Polars threads, and forking a
-threaded process can deadlock); at scale the same functions are Dask tasks.
+threaded process can deadlock); with a Dask scheduler address
+(`FORESIGHT_DASK_SCHEDULER`) the same functions run as tasks on that cluster
+(`foresight.shards_dask`): one interface, two backends.
 
 Workers never outlive the service: each asks the kernel for a parent-death
 signal and watches its parent's pid as a fallback, and a cancelled `map`
@@ -24,9 +26,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from foresight.errors import Cancelled
+
+if TYPE_CHECKING:
+    from foresight.shards_dask import DaskShards
 
 T = TypeVar("T")
 
@@ -132,11 +137,26 @@ class ShardRunner:
     task, the function runs inline.
     """
 
-    def __init__(self, workers: int, keep_alive: bool = False) -> None:
+    def __init__(
+        self, workers: int, keep_alive: bool = False, scheduler: str | None = None
+    ) -> None:
         self.workers = workers
         self.keep_alive = keep_alive
+        self.scheduler = scheduler or None  # a Dask address: every task goes to that cluster
         self._pool: ProcessPoolExecutor | None = None
+        self._dask: DaskShards | None = None
         self._lock = threading.Lock()
+
+    def _cluster(self) -> DaskShards:
+        with self._lock:
+            if self._dask is None:
+                from foresight.shards_dask import (
+                    DaskShards,  # only deployments with Dask pay for it
+                )
+
+                assert self.scheduler is not None
+                self._dask = DaskShards(self.scheduler)
+            return self._dask
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -168,6 +188,8 @@ class ShardRunner:
         """
         cancel = cancel if cancel is not None else JOB_CANCEL.get()
         _check(cancel)
+        if self.scheduler is not None:
+            return self._cluster().map(fn, arg_lists, on_done, cancel)
         total = len(arg_lists)
         if self.workers <= 1 or total <= 1:
             results: list[T] = []
@@ -237,8 +259,13 @@ class ShardRunner:
 
         Workers hold no state between shards, so they are terminated rather
         than asked to finish: a stopping service does not wait for each one
-        to tear its interpreter down.
+        to tear its interpreter down. A Dask client disconnects (the cluster
+        keeps running).
         """
+        with self._lock:
+            dask, self._dask = self._dask, None
+        if dask is not None:
+            dask.close()
         self.terminate()
 
 

@@ -74,7 +74,7 @@ def score_shard(
 class ShardJob:
     """One shard of a run: picklable, so it runs in a worker process or a Dask task."""
 
-    store_root: str
+    store_root: str  # a folder or a URL
     shards: int
     dataset: str
     shard: int
@@ -97,9 +97,7 @@ def score_job(job: ShardJob, profiles: pl.DataFrame | None) -> ShardScores:
     """Read one shard and score it (what a worker process or a Dask task runs)."""
     t0 = time.perf_counter()
     model = _worker_model(job.bundle, job.instance, job.version)
-    events = EventStore(Path(job.store_root), job.shards).read_shard(
-        job.dataset, job.shard, job.parts
-    )
+    events = EventStore(job.store_root, job.shards).read_shard(job.dataset, job.shard, job.parts)
     read = time.perf_counter() - t0
     result = score_shard(events, profiles, job.as_of, model, job.k)
     result.seconds["read"] = read

@@ -43,8 +43,9 @@ class Catalog:
     def __init__(self, db: Database, events: EventStore, cache_dir: Path | None = None) -> None:
         self.db = db
         self.events = events
-        # Indexed copies of the parts for one-profile reads (None: filter the parts).
-        self.history = ProfileHistory(events, cache_dir) if cache_dir is not None else None
+        # Indexed local copies of the parts for one-profile reads (None: filter the parts).
+        local = cache_dir is not None and not events.remote
+        self.history = ProfileHistory(events, cache_dir) if local and cache_dir else None
 
     def dataset_of(self, instance: str) -> str:
         """The dataset an instance trains and scores on."""

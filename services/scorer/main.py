@@ -41,7 +41,7 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
     configure_native_threads()
     config = ScorerConfig(
         artifacts_dir=settings.artifacts_dir,
-        events_dir=settings.resolved_events_dir,
+        events_dir=settings.events_location,
         scoring_threads=settings.resolved_scoring_threads,
         top_factors=settings.top_factors,
         cache_dir=settings.data_dir / "cache" / "scorer",

@@ -188,7 +188,7 @@ class ScoringEngine:
         jobs = [
             (
                 ShardJob(
-                    str(store.root),
+                    store.url,
                     store.shards,
                     parts.dataset,
                     shard,

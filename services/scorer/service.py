@@ -57,7 +57,7 @@ class ScorerConfig:
     """Where the stores are and how hard to work."""
 
     artifacts_dir: Path
-    events_dir: Path
+    events_dir: Path | str
     scoring_threads: int
     top_factors: int = 5
     keep_runs: int = 3

@@ -83,9 +83,10 @@ class Segmenter:
         self,
         db: Database,
         artifacts: ArtifactStore,
-        event_store_root: Path,
+        event_store_root: Path | str,
         shards: int = 16,
         workers: int = 0,
+        scheduler: str | None = None,
         ef: int = 128,
         rebuild_corrupt: bool = True,
     ) -> None:
@@ -96,7 +97,9 @@ class Segmenter:
         self.workers = workers
         self.ef = ef
         self.rebuild_corrupt = rebuild_corrupt
-        self.live = LiveIndex(db, artifacts, event_store_root, self._embed, workers, ef)
+        self.live = LiveIndex(
+            db, artifacts, self.events.url, self._embed, workers, ef, scheduler=scheduler
+        )
         self.indexes = self.live.store
         self.discoveries = disc.DiscoveryStore(db, artifacts)
 

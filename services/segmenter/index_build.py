@@ -27,13 +27,14 @@ log = logging.getLogger("foresight.segmenter.index")
 
 def build_index(
     db: Database,
-    store_root: Path,
+    store_root: Path | str,
     artifacts: ArtifactStore,
     dataset: str,
     encoder_version: int,
     params: IndexParams,
     workers: int = 0,
     progress: Progress | None = None,
+    scheduler: str | None = None,
 ) -> JourneyIndex:
     """Embed every profile of `dataset` shard by shard on all cores, build and publish the index."""
     report = progress or no_progress
@@ -53,7 +54,7 @@ def build_index(
     try:
         shards = sorted(catalog.shards_of(parts))
         encoder_dir = str(artifacts.path(encoder.artifact_path))
-        pool = ShardRunner(workers or os.cpu_count() or 1)
+        pool = ShardRunner(workers or os.cpu_count() or 1, scheduler=scheduler)
         # Each worker runs onnxruntime single-threaded: the parallelism is across shards.
         threads = 1 if pool.workers > 1 and len(shards) > 1 else 0
         tasks = [

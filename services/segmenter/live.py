@@ -52,10 +52,11 @@ class LiveIndex:
         self,
         db: Database,
         artifacts: ArtifactStore,
-        store_root: Path,
+        store_root: Path | str,
         embed: Embedder,
         workers: int = 0,
         ef: int = 128,
+        scheduler: str | None = None,
     ) -> None:
         self.db = db
         self.artifacts = artifacts
@@ -64,6 +65,7 @@ class LiveIndex:
         self.journal = Journal(db)
         self._embed = embed
         self.workers = workers
+        self.scheduler = scheduler
         self.ef = ef
         self._index: JourneyIndex | None = None
         # Guards _index and _building, and orders writes: journal order = apply order.
@@ -164,6 +166,7 @@ class LiveIndex:
                 params,
                 self.workers,
                 progress,
+                self.scheduler,
             )
             with self._swap:  # writes wait: none may land between replay and swap
                 replayed = self._replay(index, self.journal.entries(dataset))

@@ -27,12 +27,12 @@ def build_servicer(
 ) -> tuple[TrainerServicer, Callable[[], Awaitable[None]]]:
     """Wire the domain; returns the servicer and the start-up recovery hook."""
     db = Database(settings.resolved_database_url)
-    store = EventStore(settings.data_dir / "events", shards=settings.shards)
+    store = EventStore(settings.events_location, shards=settings.shards)
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     settings.import_root.mkdir(parents=True, exist_ok=True)
     ingestor = Ingestor(db, store, settings.import_root)
-    models = ModelTrainer(db, store, artifacts, settings.workers)
-    encoders = EncoderTrainer(db, settings.data_dir / "events", artifacts)
+    models = ModelTrainer(db, store, artifacts, settings.workers, settings.dask_scheduler)
+    encoders = EncoderTrainer(db, settings.events_location, artifacts)
     servicer = TrainerServicer(ingestor, Instances(db), models, encoders)
 
     async def recover() -> None:

@@ -64,6 +64,7 @@ from services.trainer.export import (
     write_bundle,
 )
 from services.trainer.registry import OWNER, ModelRegistry, ModelVersionInfo, bundle_path
+from services.trainer.sampling import DEFAULT_SAMPLE_ROWS, sample_training_rows
 from services.trainer.shards import LeakageDetected, ShardJob, shard_features, shard_labels
 
 __all__ = [
@@ -360,13 +361,16 @@ class ModelTrainer:
         event_store: EventStore,
         artifacts: ArtifactStore,
         workers: int = 0,
+        scheduler: str | None = None,
+        sample_rows: int = DEFAULT_SAMPLE_ROWS,
     ) -> None:
         self.db = db
+        self.sample_rows = sample_rows
         self.store = event_store
         self.artifacts = artifacts
         self.workers = workers if workers > 0 else (os.cpu_count() or 1)
         self.registry = ModelRegistry(db, artifacts)
-        self.runner = ShardRunner(self.workers, keep_alive=True)
+        self.runner = ShardRunner(self.workers, keep_alive=True, scheduler=scheduler)
 
     def close(self) -> None:
         """Release the worker processes (call at shutdown)."""
@@ -415,7 +419,7 @@ class ModelTrainer:
         for part in parts:
             by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)
         jobs = [
-            ShardJob(str(self.store.root), self.store.shards, dataset, shard, tuple(paths))
+            ShardJob(self.store.url, self.store.shards, dataset, shard, tuple(paths))
             for shard, paths in sorted(by_shard.items())
         ]
         return _Plan(config, dataset, jobs, cutoffs, start, end)
@@ -535,6 +539,11 @@ class ModelTrainer:
         )
         labels = pl.concat(label_frames)
         self._gate(config, labels, cutoffs)
+        del labels
+        # Features only for a bounded stratified sample of the training cutoffs (sampling.py).
+        label_frames, sample = sample_training_rows(
+            label_frames, len(cutoffs) - 1, self.sample_rows
+        )
         lap("labels")
         # -- feature spec and features
         report("features", 0.14, "fitting the feature vocabulary")
@@ -641,6 +650,7 @@ class ModelTrainer:
                 ],
                 "training": {
                     "train_rows": len(y_train),
+                    "train_rows_before_sample": sample.training_rows,
                     "train_positives": train_pos,
                     "tuning_rows": len(tune_rows),
                     "evaluation_rows": len(eval_rows),
