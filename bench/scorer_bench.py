@@ -2,7 +2,10 @@
 
 - batch_score_1m_s: RunScoring of every eligible profile of the 1M-profile data
   set, top-5 factors included (featurize, ONNX, TreeSHAP, Parquet copy, bulk
-  load into profile_scores).
+  load into profile_scores); batch_score_{featurize,predict,explain}_s are
+  summed over the shards (worker processes run them side by side),
+  batch_score_{write,snapshot}_s are wall time, batch_score_shards_s the wall
+  time of all shards.
 - scorer_rss_mb_1m: RSS of a fresh `foresight-scorer` process serving two
   instances' snapshots (1M profiles × 5 factors each).
 - lookup_rps_ratio_vs_empty: h2load throughput of GetProfileScores divided by
@@ -221,6 +224,14 @@ def batch_scoring(var: Path, results: dict[str, Any]) -> None:
             len(model.explainer.fast.trees) if model.explainer.fast else None
         )
         results[f"batch_score_{name}_fast_treeshap"] = model.explainer.fast is not None
+        # Where the time went: featurize (read included), predict and explain are summed
+        # over shards (they run side by side in the workers); write and snapshot are wall time.
+        stages = dict(scorer.engine.stage_seconds)
+        stages["featurize"] = stages.get("featurize", 0.0) + stages.pop("read", 0.0)
+        prefix = "batch_score" if name == "churn" else f"batch_score_{name}"
+        for stage in ("featurize", "predict", "explain", "write", "snapshot", "shards"):
+            results[f"{prefix}_{stage}_s"] = round(stages.get(stage, 0.0), 2)
+        print(f"  stages (s): {', '.join(f'{k} {v:.1f}' for k, v in stages.items())}", flush=True)
         print(
             f"RunScoring {name}: {run.profiles:,} eligible profiles in {seconds:.1f} s", flush=True
         )
@@ -366,23 +377,17 @@ def serving(var: Path, results: dict[str, Any]) -> None:
                 (1, "lookup_p99_ms_at_1k_rps"),
                 (10, "lookup_p99_ms_at_1k_rps_10_connections"),
             ):
-                log = Path(tmp) / f"latency-{clients}.tsv"
                 paced = [
                     "--requests=15000",
                     f"--clients={clients}",
                     f"--rps={1000 // clients}",
                     "--threads=1",
                 ]
-                rps, _ = _h2load(port, lookup, body, paced, log)
-                micros = sorted(
-                    int(line.split("\t")[2])
-                    for line in log.read_text().splitlines()
-                    if line.count("\t") >= 2
-                )
-                p99 = micros[int(0.99 * (len(micros) - 1))] / 1000
+                p50, p99 = _paced(port, lookup, body, Path(tmp) / f"lat-{clients}.tsv", paced)
                 results[key] = round(p99, 3)
-                results[key.replace("p99", "p50")] = round(micros[len(micros) // 2] / 1000, 3)
-                print(f"{clients} connection(s) at {rps:.0f} req/s: p99 {p99:.2f} ms", flush=True)
+                results[key.replace("p99", "p50")] = round(p50, 3)
+                print(f"{clients} connection(s) at 1k req/s: p99 {p99:.2f} ms", flush=True)
+            _real_time(var, port, Path(tmp), results)
             _, peak = _rss_mb(server.pid)
             results["scorer_peak_rss_mb_1m"] = round(peak)
             print(f"peak RSS {peak:.0f} MB", flush=True)
@@ -392,6 +397,58 @@ def serving(var: Path, results: dict[str, Any]) -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def _paced(port: int, path: str, body: Path, log: Path, args: list[str]) -> tuple[float, float]:
+    """p50 and p99 (ms) of a paced h2load run, from its per-request log."""
+    _h2load(port, path, body, args, log)
+    micros = sorted(
+        int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2
+    )
+    return micros[len(micros) // 2] / 1000, micros[int(0.99 * (len(micros) - 1))] / 1000
+
+
+def _journey(var: Path, stored: int = 200) -> tuple[str, int]:
+    """The profile whose stored history is closest to `stored` events, and its size."""
+    store = EventStore(var / "events", SHARDS)
+    with Database(f"sqlite:///{var / 'foresight.db'}").session() as s:
+        parts = [p.path for p in s.query(DatasetPartRow).all()]
+    counts = store.read_shard(DATASET, 0, parts).group_by("profile_id").len()
+    row = counts.sort((pl.col("len").cast(pl.Int64) - stored).abs(), "profile_id").row(0)
+    return str(row[0]), int(row[1])
+
+
+def _real_time(var: Path, port: int, tmp: Path, results: dict[str, Any]) -> None:
+    """score_profile_rps and score_profile_p99_ms: a stored journey plus 5 fresh events."""
+    from foresight.api.common.v1 import common_pb2
+    from foresight.api.scorer.v1 import scorer_pb2
+
+    profile, stored = _journey(var)
+    request = scorer_pb2.ScoreProfileRequest(instance="churn", profile_id=profile)
+    now = datetime.now(UTC)
+    for i, kind in enumerate(["commerce.productViews"] * 3 + ["commerce.productListAdds"] * 2):
+        event = request.events.add(event_type=kind, channel="web", product_category="tools")
+        event.timestamp.FromDatetime(now - timedelta(minutes=5 * (i + 1)))
+    assert isinstance(event, common_pb2.Event)
+    body = tmp / "score.bin"
+    body.write_bytes(_frame(request.SerializeToString()))
+    path = "/foresight.scorer.v1.ScorerService/ScoreProfile"
+    _h2load(port, path, body, ["--requests=300", "--clients=2", "--threads=1"])  # warm up
+    rps, _ = _h2load(
+        port, path, body, ["--requests=3000", "--clients=4", "--max-concurrent-streams=4"]
+    )
+    p50, p99 = _paced(
+        port, path, body, tmp / "score.tsv", ["--requests=2000", "--clients=1", "--rps=100"]
+    )
+    results["score_profile_stored_events"] = stored
+    results["score_profile_rps"] = round(rps)
+    results["score_profile_p50_ms"] = round(p50, 2)
+    results["score_profile_p99_ms"] = round(p99, 2)
+    print(
+        f"ScoreProfile ({stored} stored + 5 fresh events): {rps:.0f} req/s; "
+        f"at 100 req/s p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+        flush=True,
+    )
 
 
 def _a_profile(var: Path) -> str:
@@ -458,9 +515,70 @@ def onnx_vs_lightgbm(var: Path, results: dict[str, Any]) -> None:
     )
 
 
+def _start_workers(var: Path, workers: int, port: int, port_file: Path) -> subprocess.Popen[bytes]:
+    """`foresight-scorer` with FORESIGHT_SCORER_WORKERS processes on a fixed port."""
+    env = {
+        **os.environ,
+        "OPENBLAS_NUM_THREADS": "1",
+        "FORESIGHT_DATA_DIR": str(var),
+        "FORESIGHT_SCORER_PORT": str(port),
+        "FORESIGHT_SCORER_METRICS_PORT": "0",
+        "FORESIGHT_SCORER_WORKERS": str(workers),
+        "FORESIGHT_PORT_FILE": str(port_file),
+        "FORESIGHT_LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "services.scorer.main"], env=env)
+    deadline = time.time() + 300
+    while not port_file.exists():
+        if server.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the scorer with {workers} workers did not start")
+        time.sleep(0.2)
+    time.sleep(2.0 if workers > 1 else 0.0)  # the other workers load their snapshots too
+    return server
+
+
+def workers_ratio(var: Path, results: dict[str, Any]) -> None:
+    """lookup_rps_2_workers_ratio: lookups/s with FORESIGHT_SCORER_WORKERS=2 ÷ with 1, same load.
+
+    Eight connections, so SO_REUSEPORT has enough of them to spread over both
+    workers (with two, the kernel can hash both onto one worker).
+    """
+    from foresight.api.scorer.v1 import scorer_pb2
+
+    base = int(os.environ.get("FORESIGHT_BENCH_PORT", "50952"))
+    load = ["--requests=40000", "--clients=8", "--max-concurrent-streams=16", "--threads=1"]
+    path = "/foresight.scorer.v1.ScorerService/GetProfileScores"
+    with tempfile.TemporaryDirectory(prefix="scorer-workers-") as tmp:
+        body = Path(tmp) / "body.bin"
+        request = scorer_pb2.GetProfileScoresRequest(profile_id=_a_profile(var))
+        body.write_bytes(_frame(request.SerializeToString()))
+        rps: dict[int, list[float]] = {1: [], 2: []}
+        servers = {n: _start_workers(var, n, base + n, Path(tmp) / f"port-{n}") for n in (1, 2)}
+        try:
+            for n in (1, 2):
+                _h2load(base + n, path, body, ["--requests=5000", "--clients=8"])  # warm up
+            for _ in range(3):  # alternate, so drift on a shared machine hits both alike
+                for n in (1, 2):
+                    rps[n].append(_h2load(base + n, path, body, load)[0])
+        finally:
+            for server in servers.values():
+                server.send_signal(signal.SIGTERM)
+            for server in servers.values():
+                try:
+                    server.wait(30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+    one, two = statistics.median(rps[1]), statistics.median(rps[2])
+    results["lookup_rps_1_worker"] = round(one)
+    results["lookup_rps_2_workers"] = round(two)
+    results["lookup_rps_2_workers_ratio"] = round(two / one, 3)
+    print(f"lookups 1 worker {rps[1]}, 2 workers {rps[2]} req/s → ×{two / one:.2f}", flush=True)
+
+
 def run(results: dict[str, Any], workdir: Path) -> None:
     """The scorer stage of `make bench`."""
     var = prepare(workdir)
     batch_scoring(var, results)
     onnx_vs_lightgbm(var, results)
     serving(var, results)
+    workers_ratio(var, results)

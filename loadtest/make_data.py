@@ -49,6 +49,8 @@ BATCH_REQUESTS = 20
 BATCH_SIZE = 100
 SCORE_REQUESTS = 50
 EXPAND_REQUESTS = 50
+SIMILAR_REQUESTS = 50
+SIMILAR_K = 20
 SEED_SIZE = 10
 # Categories a fresh product view is drawn from (those of `foresight generate`).
 CATEGORIES = ("appliances", "tools", "flooring", "paint", "garden", "lighting")
@@ -125,11 +127,16 @@ def build_requests(facts: RunFacts, seed: int = 7) -> dict[str, list[dict[str, A
                     target_size=100,
                 )
             )
+    similar = [
+        segmenter_pb2.FindSimilarRequest(profile_id=pid, k=SIMILAR_K)
+        for pid in pick(SIMILAR_REQUESTS)
+    ]
     return {
         "get_profile_scores": [_to_json(m) for m in get],
         "batch_get_profile_scores": [_to_json(m) for m in batch],
         "score_profile": [_to_json(m) for m in score],
         "expand_segment": [_to_json(m) for m in expand],
+        "find_similar": [_to_json(m) for m in similar],
     }
 
 

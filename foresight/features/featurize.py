@@ -42,6 +42,9 @@ __all__ = [
     "Featurizer",
     "check_no_leakage",
     "featurize",
+    "fill_attributes",
+    "initial_matrix",
+    "prepare",
     "profile_index",
     "vocab_index",
 ]
@@ -107,21 +110,13 @@ def featurize(
     index = profile_index(visible, profile_ids)
     n = index.height
     col = spec.column_index()
-    X = np.full((n, len(spec.features)), np.nan, dtype=np.float32)
-    # Counts are real zeros for every profile, not missing values.
-    for f in spec.features:
-        if (
-            f.unit in (Unit.COUNT, Unit.COUNT_CHANGE, Unit.MONEY_CHANGE)
-            or f.code.startswith("sum_value_")
-            or f.code == "lifetime_value"
-        ):
-            X[:, col[f.code]] = 0.0
+    X = initial_matrix(n, spec)
     if spec.exclusions is not None and not spec.exclusions.is_empty:
         visible = visible.filter(~to_polars(spec.exclusions))
     if n == 0:
         return FeatureMatrix(np.array([], dtype=object), X, spec.codes)
 
-    prepared = _prepare(visible, index, as_of_us, spec).cache()
+    prepared = prepare(visible, index, as_of_us, spec).cache()
     per_profile, per_type, active, channels, categories = pl.collect_all(
         [
             _per_profile(prepared, spec),
@@ -145,11 +140,25 @@ def featurize(
         [f"share_category__{c}" for c in (*spec.categories, OTHER)],
     )
     if spec.attributes:
-        _fill_attributes(X, col, index, profiles, spec.attributes, as_of)
+        fill_attributes(X, col, index, profiles, spec.attributes, as_of)
     # Attribute passthrough can carry inf from the source data; trees want NaN.
     X[np.isinf(X)] = np.nan
     ids = index.get_column("profile_id").to_numpy()
     return FeatureMatrix(ids, X, spec.codes)
+
+
+def initial_matrix(n: int, spec: FeatureSpec) -> np.ndarray:
+    """The matrix of n profiles without events: counts and sums 0, everything else NaN."""
+    X = np.full((n, len(spec.features)), np.nan, dtype=np.float32)
+    # Counts are real zeros for every profile, not missing values.
+    for i, f in enumerate(spec.features):
+        if (
+            f.unit in (Unit.COUNT, Unit.COUNT_CHANGE, Unit.MONEY_CHANGE)
+            or f.code.startswith("sum_value_")
+            or f.code == "lifetime_value"
+        ):
+            X[:, i] = 0.0
+    return X
 
 
 Featurizer = Callable[
@@ -190,9 +199,10 @@ def check_no_leakage(
 # --- per-row preparation ----------------------------------------------------------
 
 
-def _prepare(
+def prepare(
     visible: pl.LazyFrame, index: pl.DataFrame, as_of_us: int, spec: FeatureSpec
 ) -> pl.LazyFrame:
+    """Per-row inputs of the aggregations: pidx, age (days), vocabulary indices, money, custom flags."""
     age = (pl.lit(as_of_us, dtype=pl.Int64) - pl.col("timestamp").dt.epoch("us")) / _US_PER_DAY
     if spec.monetary_event_type is None:
         is_money = pl.col("value").is_not_null()
@@ -347,7 +357,7 @@ def _fill_mix(
     X[rows, cols[kinds]] = counts / totals[rows]
 
 
-def _fill_attributes(
+def fill_attributes(
     X: np.ndarray,
     col: dict[str, int],
     index: pl.DataFrame,
@@ -355,6 +365,7 @@ def _fill_attributes(
     encodings: tuple[AttributeEncoding, ...],
     as_of: datetime,
 ) -> None:
+    """Write the profile-attribute features of the profiles in `index` into X."""
     if profiles is None:
         return  # every attribute feature stays NaN (unknown)
     names = [e.name for e in encodings if e.name in profiles.columns]

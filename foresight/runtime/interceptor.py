@@ -59,6 +59,24 @@ OPEN_SERVICES = (
 )
 
 
+class _MethodMetrics:
+    """The metric children of one method, bound once per status code (not per call)."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self._labels = {"service": service, "method": method}
+        self._children: dict[str, tuple[Any, Any]] = {}
+
+    def observe(self, code: str, seconds: float) -> None:
+        """Count one call and record its duration."""
+        children = self._children.get(code)
+        if children is None:
+            labels = {**self._labels, "code": code}
+            children = (REQUESTS.labels(**labels), LATENCY.labels(**labels))
+            self._children[code] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
 class _Outcome:
     """Records the status code an RPC ended with."""
 
@@ -108,6 +126,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, token: str | None) -> None:
         self._token = f"Bearer {token}".encode() if token else None
+        self._metrics: dict[str, _MethodMetrics] = {}
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
         if self._token is None or details.method.lstrip("/").startswith(OPEN_SERVICES):
@@ -126,7 +145,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        call = _Call(details, handler, self._authorized(details))
+        metrics = self._metrics.get(details.method)
+        if metrics is None:
+            service, _, method = details.method.lstrip("/").partition("/")
+            metrics = self._metrics.setdefault(details.method, _MethodMetrics(service, method))
+        call = _Call(details, handler, self._authorized(details), metrics)
 
         if handler.unary_unary or handler.stream_unary:
             inner: Any = handler.unary_unary or handler.stream_unary
@@ -184,13 +207,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _Call:
-    """What the wrappers of one RPC share: auth outcome, request checks, metrics labels."""
+    """What the wrappers of one RPC share: auth outcome, request checks, bound metrics."""
 
     def __init__(
-        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, authorized: bool
+        self,
+        details: grpc.HandlerCallDetails,
+        handler: grpc.RpcMethodHandler,
+        authorized: bool,
+        metrics: _MethodMetrics,
     ) -> None:
         self.rpc = details.method
-        self.service, _, self.method = details.method.lstrip("/").partition("/")
+        self.metrics = metrics
         self.authorized = authorized
         self.streaming_request = bool(handler.stream_unary or handler.stream_stream)
         # Unauthenticated bodies are never decoded; authenticated ones decode tolerantly.
@@ -212,9 +239,7 @@ class _Call:
         """Record metrics and log slow or failed calls."""
         code = _code_of(context, outcome)
         elapsed = time.perf_counter() - start
-        labels = {"service": self.service, "method": self.method, "code": code}
-        REQUESTS.labels(**labels).inc()
-        LATENCY.labels(**labels).observe(elapsed)
+        self.metrics.observe(code, elapsed)
         if code != "OK" or elapsed > 1.0:
             log.info("rpc", extra={"rpc": self.rpc, "code": code, "ms": elapsed * 1e3})
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 from sqlalchemy import func, select
 
 from foresight.errors import FailedPrecondition, NotFound
-from foresight.events.store import EventStore
+from foresight.events.store import EventStore, shard_for_profile
 from foresight.storage.db import Database
 from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow, ProfileRow
 from foresight.storage.profiles import profile_attributes
+from services.scorer.history import ProfileHistory
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,12 @@ class DatasetParts:
 class Catalog:
     """Events and profiles as the scorer reads them."""
 
-    def __init__(self, db: Database, events: EventStore) -> None:
+    def __init__(self, db: Database, events: EventStore, cache_dir: Path | None = None) -> None:
         self.db = db
         self.events = events
+        # Indexed local copies of the parts for one-profile reads (None: filter the parts).
+        local = cache_dir is not None and not events.remote
+        self.history = ProfileHistory(events, cache_dir) if local and cache_dir else None
 
     def dataset_of(self, instance: str) -> str:
         """The dataset an instance trains and scores on."""
@@ -75,8 +80,15 @@ class Catalog:
         return self.events.scan(parts.dataset, parts.paths)
 
     def profile_events(self, parts: DatasetParts, profile_id: str) -> pl.DataFrame:
-        """The stored events of one profile (row-group statistics skip the rest: parts are sorted by id)."""
-        return self.scan(parts).filter(pl.col("profile_id") == profile_id).collect()
+        """The stored events of one profile, through the indexed copies when there is a cache."""
+        if self.history is not None:
+            return self.history.events(parts.dataset, list(parts.paths), profile_id)
+        shard = shard_for_profile(profile_id, self.events.shards)
+        return (
+            self.events.scan(parts.dataset, parts.paths_of(shard))
+            .filter(pl.col("profile_id") == profile_id)
+            .collect()
+        )
 
     def has_profiles(self) -> bool:
         """Whether a profile table was imported."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import struct
+import weakref
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,6 +14,8 @@ from foresight.api.scorer.v1 import scorer_pb2
 from foresight.convert import status_to_pb
 from foresight.convert import to_timestamp as timestamp
 from foresight.errors import InvalidArgument
+from foresight.features.spec import format_factor_value
+from services.scorer.factors import NO_FACTOR, importance_code
 from services.scorer.records import (
     Bucket,
     FactorWeight,
@@ -26,6 +30,7 @@ from services.scorer.records import (
     Segment,
     SegmentFilter,
 )
+from services.scorer.snapshot import RunScores, ScoreRow
 
 BUCKET_TO_PB = {
     Bucket.LOW: common_pb2.BUCKET_LOW,
@@ -38,6 +43,7 @@ IMPORTANCE_TO_PB = {
     Importance.MEDIUM: common_pb2.IMPORTANCE_MEDIUM,
     Importance.HIGH: common_pb2.IMPORTANCE_HIGH,
 }
+assert all(int(k) == v for k, v in (*BUCKET_TO_PB.items(), *IMPORTANCE_TO_PB.items()))
 
 # --- scores -------------------------------------------------------------------------
 
@@ -68,20 +74,109 @@ def instance_score(score: InstanceScore) -> scorer_pb2.InstanceScore:
     return msg
 
 
+# Lookups are the scorer's hot path. A response is written straight in the protobuf
+# wire format from pieces cached per served run (the shared fields, each factor's
+# code and text per distinct value) and parsed once by upb: a few microseconds,
+# where building the messages field by field and rendering texts cost ~35.
+_DOUBLE = struct.Struct("<d")
+MAX_CACHED_FACTORS = 50_000  # rendered (code, value) pieces per run: ≤ ~8 MB
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf varint of a non-negative int."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL = [_varint(i) for i in range(128)]
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field (string, bytes or message)."""
+    size = len(payload)
+    return tag + (_SMALL[size] if size < 128 else _varint(size)) + payload
+
+
+class _RunEncoder:
+    """Wire pieces of one run's InstanceScore messages, built once per served run."""
+
+    def __init__(self, run: RunScores) -> None:
+        self.features = run.features
+        self.head = _field(b"\x0a", run.instance.encode())  # instance = 1
+        # model_version = 7, scored_at = 8, run_id = 9
+        self.tail = (
+            (b"\x38" + _varint(run.model_version) if run.model_version else b"")
+            + _field(b"\x42", _scored_at(run.as_of).SerializeToString())
+            + (_field(b"\x4a", run.run_id.encode()) if run.run_id else b"")
+        )
+        self.codes = [_field(b"\x0a", f.code.encode()) for f in run.features]
+        self.factor_heads: dict[tuple[int, float], bytes] = {}
+
+    def factor_head(self, code: int, value: float) -> bytes:
+        """Factor fields code = 1 and text = 2 for a feature value (cached; NaN never is)."""
+        key = (code, value)
+        head = self.factor_heads.get(key)
+        if head is None:
+            text = format_factor_value(self.features[code], value)
+            head = self.codes[code] + _field(b"\x12", text.encode())
+            if value == value and len(self.factor_heads) < MAX_CACHED_FACTORS:
+                self.factor_heads[key] = head
+        return head
+
+    def encode(self, row: ScoreRow) -> bytes:
+        """One profile's InstanceScore, fields in number order as upb writes them."""
+        parts = [self.head]
+        if row.probability:
+            parts.append(b"\x11" + _DOUBLE.pack(row.probability))
+        if row.score:
+            parts.append(b"\x18" + _SMALL[row.score])
+        if row.percentile:
+            parts.append(b"\x20" + _SMALL[row.percentile])
+        parts.append(b"\x28" + _SMALL[row.bucket])  # domain bucket codes = enum numbers
+        for code, impact, value in zip(row.codes, row.impacts, row.values, strict=True):
+            if code == NO_FACTOR:
+                break
+            body = self.factor_head(code, value)
+            if impact:
+                body += b"\x19" + _DOUBLE.pack(impact)
+            parts.append(_field(b"\x32", body + b"\x20" + _SMALL[importance_code(impact)]))
+        parts.append(self.tail)
+        return b"".join(parts)
+
+
+_encoders: weakref.WeakKeyDictionary[RunScores, _RunEncoder] = weakref.WeakKeyDictionary()
+
+
+def _encoder(run: RunScores) -> _RunEncoder:
+    encoder = _encoders.get(run)
+    if encoder is None:
+        encoder = _encoders.setdefault(run, _RunEncoder(run))
+    return encoder
+
+
+def _profile_scores_bytes(scores: ProfileScores) -> bytes:
+    # profile_id = 1, scores = 2
+    return _field(b"\x0a", scores.profile_id.encode()) + b"".join(
+        [_field(b"\x12", _encoder(row.run).encode(row)) for row in scores.scores]
+    )
+
+
 def profile_scores(scores: ProfileScores) -> scorer_pb2.ProfileScores:
     """Domain profile scores → protobuf."""
-    return scorer_pb2.ProfileScores(
-        profile_id=scores.profile_id, scores=[instance_score(s) for s in scores.scores]
-    )
+    return scorer_pb2.ProfileScores.FromString(_profile_scores_bytes(scores))
 
 
 def batch_response(
     found: list[ProfileScores], missing: list[str]
 ) -> scorer_pb2.BatchGetProfileScoresResponse:
-    """Batch lookup result → protobuf."""
-    return scorer_pb2.BatchGetProfileScoresResponse(
-        profiles=[profile_scores(p) for p in found], not_found=missing
-    )
+    """Batch lookup result → protobuf (profiles = 1, not_found = 2)."""
+    raw = b"".join([_field(b"\x0a", _profile_scores_bytes(p)) for p in found])
+    raw += b"".join([_field(b"\x12", pid.encode()) for pid in missing])
+    return scorer_pb2.BatchGetProfileScoresResponse.FromString(raw)
 
 
 def scoring_run(run: ScoringRun) -> scorer_pb2.ScoringRun:

@@ -136,22 +136,34 @@ def top_factors(contributions: np.ndarray, X: np.ndarray, k: int) -> TopFactors:
     return TopFactors(codes, impacts, values)
 
 
+_IMPORTANCE = (Importance.LOW, Importance.MEDIUM, Importance.HIGH)
+
+
+def importance_code(impact: float) -> int:
+    """Importance code (1 LOW, 2 MEDIUM, 3 HIGH) of one signed impact."""
+    magnitude = impact if impact >= 0 else -impact
+    return 3 if magnitude >= HIGH_IMPACT else 2 if magnitude >= MEDIUM_IMPACT else 1
+
+
 def render_factors(
-    codes: np.ndarray, impacts: np.ndarray, values: np.ndarray, features: Sequence[FeatureDef]
+    codes: Sequence[int] | np.ndarray,
+    impacts: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    features: Sequence[FeatureDef],
 ) -> tuple[Factor, ...]:
     """Human factors of one profile from its row of codes, impacts and values."""
     out: list[Factor] = []
-    for code, impact, value in zip(codes.tolist(), impacts.tolist(), values.tolist(), strict=True):
+    rows = (a.tolist() if isinstance(a, np.ndarray) else a for a in (codes, impacts, values))
+    for code, impact, value in zip(*rows, strict=True):
         if code == NO_FACTOR:
             break  # slots are filled strongest first; the rest are empty
         feature = features[code]
-        magnitude = impact if impact >= 0 else -impact
-        importance = (
-            Importance.HIGH
-            if magnitude >= HIGH_IMPACT
-            else Importance.MEDIUM
-            if magnitude >= MEDIUM_IMPACT
-            else Importance.LOW
+        out.append(
+            Factor(
+                feature.code,
+                format_factor_value(feature, value),
+                impact,
+                _IMPORTANCE[importance_code(impact) - 1],
+            )
         )
-        out.append(Factor(feature.code, format_factor_value(feature, value), impact, importance))
     return tuple(out)

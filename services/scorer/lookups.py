@@ -30,7 +30,7 @@ def _scores_of(profile_id: str, runs: list[RunScores]) -> ProfileScores:
     for scores in runs:
         row = scores.find(profile_id)
         if row >= 0:
-            found.append(scores.instance_score(row))
+            found.append(scores.row(row))
     return ProfileScores(profile_id, found)
 
 

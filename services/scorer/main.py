@@ -44,6 +44,8 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
         events_dir=settings.events_location,
         scoring_threads=settings.resolved_scoring_threads,
         top_factors=settings.top_factors,
+        cache_dir=settings.data_dir / "cache" / "scorer",
+        shards=settings.shards,
     )
     return Scorer(db, config)
 

@@ -72,6 +72,7 @@ class LoadedModel:
     calibrator: Calibrator = field(default_factory=Calibrator)
     # Near-identical features whose reasons are merged (factor_groups.json).
     factor_groups: FactorGroups = field(default_factory=FactorGroups)
+    folder: Path | None = None  # the bundle it was loaded from (shard workers load it too)
 
     @property
     def features(self) -> tuple[FeatureDef, ...]:
@@ -104,6 +105,10 @@ class LoadedModel:
         Each factor group's total sits on its leader, so reasons do not repeat.
         """
         return self.factor_groups.merge(self.explainer.contributions(X, threads))
+
+    def contributions_one(self, x: np.ndarray) -> np.ndarray:
+        """The contributions [1, F] of one row (real-time scoring), factor groups merged."""
+        return self.factor_groups.merge(self.explainer.contributions_one(x)[None, :])
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -153,6 +158,7 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         loaded_at=utcnow(),
         calibrator=calibrator,
         factor_groups=factor_groups,
+        folder=folder,
     )
     _check_parity(model, n_features)
     return model

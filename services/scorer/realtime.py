@@ -15,8 +15,8 @@ import polars as pl
 from foresight.errors import InvalidArgument, NotFound
 from foresight.events.schema import EVENT_COLUMNS, EVENT_SCHEMA
 from foresight.events.validation import validate
-from foresight.features.featurize import featurize
 from foresight.features.labels import as_utc, staleness_warning
+from foresight.features.single import featurize_one
 from foresight.storage.models import utcnow
 from services.scorer.catalog import Catalog
 from services.scorer.factors import bucket_of, render_factors, score_of, top_factors
@@ -104,10 +104,11 @@ def score_profile(
     if isinstance(latest, datetime):
         newest = max(newest, as_utc(latest) + timedelta(microseconds=1))
     as_of = newest if as_of is None else as_utc(as_of)
-    profiles = catalog.profiles([a.name for a in model.spec.attributes], ids=[profile_id])
-    matrix = featurize(combined, profiles, as_of, model.spec, profile_ids=pl.Series([profile_id]))
+    names = [a.name for a in model.spec.attributes]
+    profiles = catalog.profiles(names, ids=[profile_id]) if names else None
+    matrix = featurize_one(combined, profiles, as_of, model.spec, profile_id)
     probability = float(model.predict(matrix.X)[0])
-    factors = top_factors(model.contributions(matrix.X, 1), matrix.X, k)
+    factors = top_factors(model.contributions_one(matrix.X[0]), matrix.X, k)
     score = score_of(probability)
     window = model.config.goal.window_days
     warning = staleness_warning(as_of, newest, window, now)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from foresight.storage.lifecycle import Status
+
+if TYPE_CHECKING:
+    from services.scorer.snapshot import ScoreRow
 
 
 class Bucket(IntEnum):
@@ -55,10 +58,10 @@ class InstanceScore(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ProfileScores:
-    """Every requested instance's latest score of one profile."""
+    """Every requested instance's latest score of one profile (rows of the served runs)."""
 
     profile_id: str
-    scores: list[InstanceScore]
+    scores: list[ScoreRow]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,51 +2,48 @@
 
 A shard (all events of its profiles) goes through the same pure functions as
 training: eligibility at the as-of time, `featurize`, ONNX probabilities and
-TreeSHAP reason codes (see explain.py). Shards run on a thread pool: Polars,
-onnxruntime and NumPy release the GIL in their heavy loops, so threads use
-every core without copying events between processes. Percentiles need the whole population, so they are
-computed once all shards are in. The run is stored as a Parquet copy (the
-snapshot's source), bulk loaded into `profile_scores` (COPY on PostgreSQL),
-and only then swapped into the lookup snapshot and marked SUCCEEDED.
+TreeSHAP reason codes (see explain.py). `score_job` is a pure function of a
+picklable `ShardJob`, run through the shared `ShardRunner`: worker processes
+on this machine (each loads the model bundle once) or Dask tasks at scale.
+Percentiles need the whole population, so they are computed once all shards
+are in. The run is stored as a Parquet copy (the snapshot's source) while it is
+bulk loaded into `profile_scores` (COPY on PostgreSQL), and only then swapped
+into the lookup snapshot and marked SUCCEEDED. `stage_seconds` records where
+the time went (featurize, predict, explain summed over shards; write, snapshot).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 from prometheus_client import Counter, Histogram
 from sqlalchemy import delete, select, update
 
 from foresight.errors import FailedPrecondition, NotFound
-from foresight.features.featurize import featurize
-from foresight.features.labels import as_utc, eligible_profiles, staleness_warning
-from foresight.features.spec import format_factor_value
+from foresight.features.labels import as_utc, staleness_warning
+from foresight.shards import ShardRunner
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status, ending_of
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
 from foresight.storage.paths import confined
+from services.scorer.batch import ShardJob, factor_json, profiles_of, score_job
 from services.scorer.catalog import Catalog, DatasetParts
 from services.scorer.factors import (
-    NO_FACTOR,
     TopFactors,
-    importance_of,
     percentiles_of,
     scores_of,
-    top_factors,
 )
 from services.scorer.models import LoadedModel, ModelRegistry
-from services.scorer.records import Bucket, Importance, Progress, ScoringRun
+from services.scorer.records import Bucket, Progress, ScoringRun
 from services.scorer.recovery import end_runs
 from services.scorer.snapshot import RunScores, SnapshotStore, sidecar_of
 
@@ -61,37 +58,7 @@ RUN_SECONDS = Histogram(
 
 ProgressFn = Callable[[Progress], None]
 _DB_CHUNK = 50_000
-_IMPORTANCE_NAMES = {int(i): i.name for i in Importance}
 _BUCKET_NAMES = {int(b): b.name for b in Bucket}
-
-
-@dataclass(frozen=True)
-class ShardScores:
-    """Scores of one shard's eligible profiles."""
-
-    profile_ids: np.ndarray
-    probability: np.ndarray
-    factors: TopFactors
-
-
-def score_shard(
-    events: pl.DataFrame,
-    profiles: pl.DataFrame | None,
-    as_of: datetime,
-    model: LoadedModel,
-    k: int,
-    threads: int = 1,
-) -> ShardScores:
-    """Score the eligible profiles of one shard as of `as_of` (pure: no I/O)."""
-    eligible = eligible_profiles(events, model.config.population, as_of)
-    if eligible.len() == 0:
-        return ShardScores(
-            np.array([], dtype=object), np.zeros(0, dtype=np.float32), TopFactors.empty(k)
-        )
-    matrix = featurize(events, profiles, as_of, model.spec, profile_ids=eligible)
-    probability = model.predict(matrix.X)
-    contributions = model.contributions(matrix.X, threads)
-    return ShardScores(matrix.profile_ids, probability, top_factors(contributions, matrix.X, k))
 
 
 def run_from_row(row: ScoringRunRow) -> ScoringRun:
@@ -107,35 +74,6 @@ def run_from_row(row: ScoringRunRow) -> ScoringRun:
         profiles=row.profiles,
         error=row.error or "",
     )
-
-
-def factor_json(scores: RunScores, start: int, stop: int) -> Iterator[str]:
-    """The `profile_scores.factors` JSON of rows [start, stop): code, text, impact, importance."""
-    features = scores.features
-    codes = scores.factors.codes[start:stop].tolist()
-    impacts = scores.factors.impacts[start:stop].astype(np.float64).round(6).tolist()
-    values = scores.factors.values[start:stop].tolist()
-    importance = importance_of(scores.factors.impacts[start:stop]).tolist()
-    dumps = json.dumps
-    for row_codes, row_impacts, row_values, row_importance in zip(
-        codes, impacts, values, importance, strict=True
-    ):
-        items = []
-        for code, impact, value, imp in zip(
-            row_codes, row_impacts, row_values, row_importance, strict=True
-        ):
-            if code == NO_FACTOR:
-                break
-            feature = features[code]
-            items.append(
-                {
-                    "code": feature.code,
-                    "text": format_factor_value(feature, value),
-                    "impact": impact,
-                    "importance": _IMPORTANCE_NAMES[imp],
-                }
-            )
-        yield dumps(items, separators=(",", ":"))
 
 
 class ScoringEngine:
@@ -162,6 +100,9 @@ class ScoringEngine:
         self.keep_runs = keep_runs
         self._running: set[str] = set()
         self._lock = threading.Lock()
+        # Shards run in worker processes that end with the run (or as Dask tasks).
+        self.runner = ShardRunner(self.threads)
+        self.stage_seconds: dict[str, float] = {}  # of the last run, for logs and the benchmark
 
     # --- runs ---------------------------------------------------------------------
 
@@ -247,29 +188,38 @@ class ScoringEngine:
         shards = sorted(set(parts.shards))
         notify(Progress("features", 0.0, f"scoring {len(shards)} shards as of {as_of.isoformat()}"))
         profiles = self.catalog.profiles([a.name for a in model.spec.attributes])
-        # Several shards in flight keep every core busy through the single-threaded
-        # phases; each TreeSHAP call gets its share of the remaining threads.
-        concurrent = max(1, min(len(shards), self.threads))
-        per_call = max(1, self.threads // concurrent)
+        store = self.catalog.events
+        if model.folder is None:
+            raise FailedPrecondition(f"model of instance '{model.instance}' has no bundle folder")
+        jobs = [
+            (
+                ShardJob(
+                    store.url,
+                    store.shards,
+                    parts.dataset,
+                    shard,
+                    tuple(parts.paths_of(shard)),
+                    str(model.folder),
+                    model.instance,
+                    model.version,
+                    as_of,
+                    self.top_k,
+                ),
+                profiles_of(profiles, shard, store.shards),
+            )
+            for shard in shards
+        ]
 
-        def one(shard: int) -> ShardScores:
-            events = self.catalog.read_shard(parts, shard)
-            return score_shard(events, profiles, as_of, model, self.top_k, per_call)
+        def done(count: int, total: int) -> None:
+            notify(Progress("score", 0.8 * count / total, f"{count}/{total} shards scored"))
 
-        results: list[ShardScores] = []
-        with ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="score-shard") as pool:
-            futures = [pool.submit(one, shard) for shard in shards]
-            try:
-                for done, future in enumerate(as_completed(futures), start=1):
-                    results.append(future.result())
-                    notify(
-                        Progress(
-                            "score", 0.8 * done / len(shards), f"{done}/{len(shards)} shards scored"
-                        )
-                    )
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)  # a cancelled run stops now
-                raise
+        t0 = time.perf_counter()
+        results = self.runner.map(score_job, jobs, done)  # the job's cancel token ends it
+        self.stage_seconds = {"shards": time.perf_counter() - t0}
+        for r in results:
+            for stage, seconds in r.seconds.items():
+                self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+        t1 = time.perf_counter()
         ids = (
             np.concatenate([r.profile_ids for r in results])
             if results
@@ -281,8 +231,7 @@ class ScoringEngine:
             else np.zeros(0, dtype=np.float32)
         )
         factors = TopFactors.concat([r.factors for r in results], self.top_k)
-        score = scores_of(probability)
-        return RunScores(
+        scores = RunScores(
             run_id=run_id,
             instance=model.instance,
             model_version=model.version,
@@ -290,15 +239,28 @@ class ScoringEngine:
             features=model.features,
             ids=pa.array(ids, type=pa.large_string()),
             probability=probability.astype(np.float32),
-            score=score,
+            score=scores_of(probability),
             percentile=percentiles_of(probability),
             factors=factors,
         )
+        self.stage_seconds["snapshot"] = time.perf_counter() - t1
+        return scores
 
     def _store(self, scores: RunScores, notify: ProgressFn) -> str:
         relative = f"{scores.instance}/{scores.run_id}.parquet"
-        scores.write(confined(self.scores_root, relative))
+        t0 = time.perf_counter()
         notify(Progress("store", 0.85, f"storing {len(scores):,} scores"))
+        # The files (Parquet copy, sidecar) are written while the rows load: both
+        # mostly wait on I/O or run outside the GIL.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-files") as pool:
+            files = pool.submit(scores.write, confined(self.scores_root, relative))
+            self._load_rows(scores, notify)
+            files.result()
+        self.stage_seconds["write"] = time.perf_counter() - t0
+        return f"scores/{relative}"
+
+    def _load_rows(self, scores: RunScores, notify: ProgressFn) -> None:
+        """Bulk load the run into `profile_scores`, in chunks."""
         columns = (
             "run_id",
             "profile_id",
@@ -314,6 +276,7 @@ class ScoringEngine:
         score = scores.score.tolist()
         percentile = scores.percentile.tolist()
         bucket = [_BUCKET_NAMES[b] for b in scores.bucket.tolist()]
+        heads: dict[tuple[int, float], str] = {}
         n = len(scores)
         for start in range(0, n, _DB_CHUNK):
             stop = min(n, start + _DB_CHUNK)
@@ -325,7 +288,7 @@ class ScoringEngine:
                     score[start:stop],
                     percentile[start:stop],
                     bucket[start:stop],
-                    factor_json(scores, start, stop),
+                    factor_json(scores, start, stop, heads),
                     strict=True,
                 )
             )
@@ -333,7 +296,6 @@ class ScoringEngine:
             notify(
                 Progress("store", 0.85 + 0.15 * stop / max(n, 1), f"{stop:,}/{n:,} scores stored")
             )
-        return f"scores/{relative}"
 
     def _fail(self, run_id: str, instance: str, exc: BaseException) -> Status:
         """End a run FAILED or CANCELLED: its stored scores and score files are removed."""

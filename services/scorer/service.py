@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from foresight import instance as instance_config
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
-from foresight.events.store import EventStore
+from foresight.events.store import DEFAULT_SHARDS, EventStore
 from foresight.instance import Goal
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.bundles import read_model_documents
@@ -62,6 +62,8 @@ class ScorerConfig:
     scoring_threads: int
     top_factors: int = 5
     keep_runs: int = 3
+    cache_dir: Path | None = None  # derived data (indexed event copies for real-time scoring)
+    shards: int = DEFAULT_SHARDS  # event-store shards (profiles hash into them)
 
 
 class Scorer:
@@ -71,7 +73,7 @@ class Scorer:
         self.db = db
         self.config = config
         self.artifacts = ArtifactStore(config.artifacts_dir)
-        self.catalog = Catalog(db, EventStore(config.events_dir))
+        self.catalog = Catalog(db, EventStore(config.events_dir, config.shards), config.cache_dir)
         self.registry = ModelRegistry(db, self.artifacts)
         self.snapshots = SnapshotStore()
         self.engine = ScoringEngine(

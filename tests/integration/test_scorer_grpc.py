@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 import lightgbm as lgb
+import numpy as np
 import polars as pl
 import psycopg
 import pyarrow.parquet as pq
@@ -41,7 +42,7 @@ from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles, goal_labels
-from foresight.features.spec import fit_feature_spec
+from foresight.features.spec import fit_feature_spec, format_factor_value
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
@@ -52,8 +53,11 @@ from foresight.storage.models import (
     utcnow,
 )
 from foresight.tools.generate import generate
+from services.scorer.batch import factor_json, score_shard
+from services.scorer.factors import NO_FACTOR, importance_of
 from services.scorer.main import RunningScorer, build_scorer, start_scorer
 from services.scorer.settings import ScorerSettings
+from services.scorer.snapshot import RunScores
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +95,7 @@ def _settings(data_dir: Path) -> ScorerSettings:
         schedule_seconds=3600,
         scoring_threads=2,
         log_json=False,
+        shards=4,  # as the events were written (_load_events)
     )
 
 
@@ -845,3 +850,60 @@ async def test_export_scores_errors(client: Client) -> None:
         )
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "format" in (err.details() or "")
+
+
+def _reference_factor_json(scores: RunScores, row: int) -> str:
+    """The stored reason JSON as the scorer wrote it before (json.dumps of dicts)."""
+    items: list[dict[str, object]] = []
+    for code, impact, value in zip(
+        scores.factors.codes[row].tolist(),
+        scores.factors.impacts[row].astype(np.float64).round(6).tolist(),
+        scores.factors.values[row].tolist(),
+        strict=True,
+    ):
+        if code == NO_FACTOR:
+            break
+        feature = scores.features[code]
+        level = int(importance_of(scores.factors.impacts[row][len(items)]))
+        items.append(
+            {
+                "code": feature.code,
+                "text": format_factor_value(feature, value),
+                "impact": impact,
+                "importance": ["", "LOW", "MEDIUM", "HIGH"][level],
+            }
+        )
+    return json.dumps(items, separators=(",", ":"))
+
+
+def test_batch_scoring_in_worker_processes_equals_scoring_each_shard_inline(
+    world: World,
+) -> None:
+    scorer = build_scorer(_settings(world.data_dir), world.db)
+    run = scorer.run_scoring("churn", None)  # shards in 2 worker processes
+    assert {"read", "featurize", "predict", "explain", "snapshot", "write"} <= set(
+        scorer.engine.stage_seconds
+    )
+    served = scorer.snapshots.get("churn")
+    assert served is not None and served.run_id == run.run_id
+    model = scorer.registry.get("churn")
+    parts = scorer.catalog.parts(DATASET)
+    inline = [
+        score_shard(scorer.catalog.read_shard(parts, shard), None, served.as_of, model, 5)
+        for shard in sorted(set(parts.shards))
+    ]
+    ids = np.concatenate([r.profile_ids for r in inline]).astype(str)
+    order = np.argsort(ids)
+    served_ids = np.array(served.ids.to_pylist())
+    served_order = np.argsort(served_ids)
+    assert (served_ids[served_order] == ids[order]).all()
+    # Bit for bit: probabilities and every reason (code, impact, value).
+    probability = np.concatenate([r.probability for r in inline])[order]
+    np.testing.assert_array_equal(served.probability[served_order], probability)
+    for name in ("codes", "impacts", "values"):
+        expected = np.concatenate([getattr(r.factors, name) for r in inline])[order]
+        np.testing.assert_array_equal(getattr(served.factors, name)[served_order], expected)
+    # The stored reason JSON is the text json.dumps wrote before, row for row.
+    fast = list(factor_json(served, 0, len(served)))
+    assert fast == [_reference_factor_json(served, row) for row in range(len(served))]
+    assert any('"importance":"HIGH"' in text or "MEDIUM" in text for text in fast)

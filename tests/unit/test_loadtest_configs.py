@@ -21,6 +21,7 @@ EXPECTED_CALLS = {
     "foresight.scorer.v1.ScorerService.BatchGetProfileScores",
     "foresight.scorer.v1.ScorerService.ScoreProfile",
     "foresight.segmenter.v1.SegmenterService.ExpandSegment",
+    "foresight.segmenter.v1.SegmenterService.FindSimilar",
 }
 
 

@@ -53,7 +53,11 @@ def test_fast_contributions_equal_lightgbm(params: dict[str, object]) -> None:
         probe[: len(glob[:50]), f] = glob[:50].astype(np.float32)
     probe[-5:, 0] = [K_ZERO, -K_ZERO, 0.0, -0.0, np.nan]
     native = np.asarray(booster.predict(probe, pred_contrib=True))[:, :-1]
-    np.testing.assert_allclose(fast.contributions(probe), native, atol=1e-5)
+    batch = fast.contributions(probe)
+    np.testing.assert_allclose(batch, native, atol=1e-5)
+    # The one-row pass of real-time scoring: the same tables, all trees at once.
+    one = np.stack([fast.flat.contributions(row, fast.n_features) for row in probe])
+    np.testing.assert_allclose(one, batch, rtol=1e-6, atol=1e-6)
 
 
 def test_explainer_without_lightgbm_rebuilds_the_probability() -> None:
@@ -74,6 +78,11 @@ def test_explainer_without_lightgbm_rebuilds_the_probability() -> None:
         explainer.probability(X[:50]), np.asarray(booster.predict(X[:50])), atol=1e-6
     )
     assert explainer.contributions(X[:0]).shape == (0, 5)
+    row = X[3].copy()
+    row[0] = np.inf  # treated as missing, as in the batch path
+    np.testing.assert_allclose(
+        explainer.contributions_one(row), explainer.contributions(row[None, :])[0], atol=1e-6
+    )
 
 
 def test_categorical_models_fall_back_to_lightgbm() -> None:

@@ -9,9 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from foresight.api.scorer.v1 import scorer_pb2
 from foresight.features.spec import FeatureDef, Unit
+from services.scorer import converters, lookups
 from services.scorer.factors import NO_FACTOR, TopFactors, percentiles_of, scores_of
-from services.scorer.records import Bucket
+from services.scorer.records import Bucket, ProfileScores
 from services.scorer.snapshot import RunScores, SnapshotStore, sidecar_of
 
 pytestmark = pytest.mark.unit
@@ -134,3 +136,47 @@ def test_sidecar_round_trips_and_is_preferred(tmp_path: Path) -> None:
     empty = make_scores(0)
     empty.write(tmp_path / "empty.parquet")
     assert len(RunScores.load(tmp_path / "empty.parquet")) == 0
+
+
+def _reference(scores: ProfileScores) -> scorer_pb2.ProfileScores:
+    """The response built field by field from rendered domain records (the old converter)."""
+    out = scorer_pb2.ProfileScores(profile_id=scores.profile_id)
+    for row in scores.scores:
+        out.scores.append(converters.instance_score(row.instance_score()))
+    return out
+
+
+def test_lookup_wire_bytes_equal_the_field_by_field_message() -> None:
+    features = (*FEATURES, FeatureDef("days_since_x", "Days since x", Unit.DAYS))
+    scores = make_scores(2000)
+    scores = RunScores(
+        run_id="run-1",
+        instance="churn",
+        model_version=0,  # default values are left out of the wire format, as upb does
+        as_of=AS_OF,
+        features=features,
+        ids=scores.ids,
+        probability=np.where(np.arange(2000) % 7 == 0, 0.0, scores.probability).astype(np.float32),
+        score=scores.score,
+        percentile=scores.percentile,
+        factors=TopFactors(
+            np.where(scores.factors.codes == 3, 20, scores.factors.codes).astype(np.int16),
+            np.where(np.arange(5) == 4, 0.0, scores.factors.impacts).astype(np.float32),
+            np.where(np.arange(5) == 1, np.nan, scores.factors.values).astype(np.float32),
+        ),
+    )
+    other = make_scores(2000, instance="purchase", run_id="", seed=1)
+    store = SnapshotStore()
+    store.swap(scores, AS_OF)
+    store.swap(other, AS_OF)
+    for i in range(0, 2000, 3):
+        result = lookups.get_profile_scores(store, f"profile-{i:07d}", [])
+        fast = converters.profile_scores(result)
+        # Bit for bit what upb writes for the message built field by field.
+        assert fast.SerializeToString() == _reference(result).SerializeToString()
+        assert converters._profile_scores_bytes(result) == fast.SerializeToString()
+    found, missing = lookups.batch_get_profile_scores(store, ["profile-0000001", "nope"], [])
+    batch = converters.batch_response(found, missing)
+    assert list(batch.not_found) == ["nope"]
+    assert batch.profiles[0] == _reference(found[0])
+    assert batch.profiles[0].scores[0].factors[1].text.endswith(": unknown")

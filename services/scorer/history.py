@@ -1,0 +1,117 @@
+"""One profile's stored events in about a millisecond: an indexed copy of each event part.
+
+Real-time scoring needs the history of one profile. Filtering the Parquet event
+store decodes whole row groups (hundreds of thousands of rows) of the profile's
+shard on every call. Parts are immutable files sorted by profile id, so the
+first time a part is needed here it is copied once into the scorer's cache as
+an Arrow IPC file of small record batches (zstd), and only each batch's first
+and last profile id is kept in memory (a few KB a part). A lookup bisects
+those ids, reads the one or two batches that can hold the profile straight from
+the memory-mapped file and keeps the profile's rows.
+
+The copy is derived data: written atomically, named after its part, and
+removed when the catalog no longer lists the part (after a compaction).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from foresight.errors import FailedPrecondition
+from foresight.events.schema import EVENT_SCHEMA
+from foresight.events.store import EventStore, shard_for_profile
+from foresight.storage.artifacts import atomic_write_bytes
+
+log = logging.getLogger("foresight.scorer.history")
+
+BATCH_ROWS = 4096  # rows per record batch: one batch decodes in well under a millisecond
+_SUFFIX = ".arrow"
+
+
+@dataclass(frozen=True)
+class _PartIndex:
+    """The cached copy of one part: its reader and each batch's id range."""
+
+    reader: pa.ipc.RecordBatchFileReader
+    first_ids: list[str]
+    last_ids: list[str]
+
+    def rows_of(self, profile_id: str) -> list[pa.RecordBatch]:
+        """The batches that can hold the profile (ids are sorted across batches)."""
+        start = bisect.bisect_left(self.last_ids, profile_id)
+        stop = bisect.bisect_right(self.first_ids, profile_id)
+        return [self.reader.get_batch(i) for i in range(start, stop)]
+
+
+class ProfileHistory:
+    """Stored events of one profile through per-part indexes (thread-safe)."""
+
+    def __init__(self, store: EventStore, cache_dir: Path) -> None:
+        self.store = store
+        self.cache_dir = cache_dir
+        self._parts: dict[str, _PartIndex] = {}
+        self._lock = threading.Lock()
+
+    def events(self, dataset: str, parts: list[str], profile_id: str) -> pl.DataFrame:
+        """Every stored event of `profile_id` in the catalogued `parts` of `dataset`."""
+        shards = [self.store.shard_of_part(p) for p in parts]
+        if shards and max(shards) >= self.store.shards:
+            raise FailedPrecondition(
+                f"dataset '{dataset}' has shard {max(shards)} but FORESIGHT_SHARDS is "
+                f"{self.store.shards}: set it as the trainer does"
+            )
+        shard = shard_for_profile(profile_id, self.store.shards)
+        mine = [p for p, s in zip(parts, shards, strict=True) if s == shard]
+        batches = [b for part in mine for b in self._index(dataset, part, mine).rows_of(profile_id)]
+        if not batches:
+            return pl.DataFrame(schema=EVENT_SCHEMA)
+        frame = pl.from_arrow(pa.Table.from_batches(batches))
+        assert isinstance(frame, pl.DataFrame)
+        return frame.filter(pl.col("profile_id") == profile_id).cast(EVENT_SCHEMA)
+
+    def _index(self, dataset: str, part: str, siblings: list[str]) -> _PartIndex:
+        index = self._parts.get(part)
+        if index is not None:
+            return index
+        with self._lock:
+            index = self._parts.get(part)
+            if index is None:
+                index = self._build(dataset, part, siblings)
+                self._parts = {**self._parts, part: index}
+            return index
+
+    def _build(self, dataset: str, part: str, siblings: list[str]) -> _PartIndex:
+        source = self.store.part_path(dataset, part)  # checked: <dataset>/shard=<k>/part-<uuid>
+        target = self.cache_dir / Path(part).with_suffix(_SUFFIX)
+        if not target.is_file():
+            events = pl.read_parquet(source).sort("profile_id", maintain_order=True)
+            sink = pa.BufferOutputStream()
+            table = events.to_arrow()
+            options = pa.ipc.IpcWriteOptions(compression="zstd")
+            with pa.ipc.new_file(sink, table.schema, options=options) as writer:
+                for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+                    writer.write_batch(batch)
+            atomic_write_bytes(target, sink.getvalue().to_pybytes())
+            self._remove_stale(target.parent, siblings)
+            log.info("indexed part %s for real-time scoring (%d events)", part, events.height)
+        reader = pa.ipc.open_file(pa.memory_map(str(target)))
+        first_ids, last_ids = [], []
+        for i in range(reader.num_record_batches):
+            ids = reader.get_batch(i).column("profile_id")
+            first_ids.append(ids[0].as_py())
+            last_ids.append(ids[len(ids) - 1].as_py())
+        return _PartIndex(reader, first_ids, last_ids)
+
+    def _remove_stale(self, folder: Path, siblings: list[str]) -> None:
+        """Copies of parts the catalog no longer lists for this shard (compacted away)."""
+        keep = {Path(p).with_suffix(_SUFFIX).name for p in siblings}
+        for path in folder.glob(f"part-*{_SUFFIX}"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)

@@ -1,0 +1,64 @@
+"""One profile's stored events through the indexed part copies equal a filter over the parts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from foresight.events.store import EventStore, shard_for_profile
+from foresight.events.validation import validate
+from services.scorer import history
+from services.scorer.history import ProfileHistory
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def _events(n: int, profiles: int, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    raw = pl.DataFrame(
+        {
+            "event_id": [f"e{seed}-{i}" for i in range(n)],
+            "profile_id": [f"p{i:04d}" for i in rng.integers(0, profiles, n)],
+            "timestamp": [NOW - timedelta(minutes=int(m)) for m in rng.integers(1, 10**6, n)],
+            "event_type": rng.choice(["a.b", "c.d"], n),
+            "value": rng.random(n),
+        }
+    )
+    return validate(raw, NOW).accepted
+
+
+def test_profile_events_equal_a_filter_and_follow_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "BATCH_ROWS", 64)  # many batches, profiles across their edges
+    store = EventStore(tmp_path / "events", shards=4)
+    parts = [p.path for p in store.write("ds", _events(6000, 400, 1), [])]
+    parts += [p.path for p in store.write("ds", _events(3000, 500, 2), parts)]
+    index = ProfileHistory(store, tmp_path / "cache")
+    everything = store.scan("ds", parts).collect()
+    for pid in [f"p{i:04d}" for i in range(0, 520, 3)]:
+        got = index.events("ds", parts, pid)
+        want = everything.filter(pl.col("profile_id") == pid)
+        assert got.schema == want.schema
+        assert got.sort("event_id").equals(want.sort("event_id")), pid
+    assert index.events("ds", parts, "nobody").height == 0
+    copies = sorted((tmp_path / "cache").rglob("*.arrow"))
+    assert len(copies) == len(parts)
+    # A compaction replaces a shard's parts: the new part is indexed, the old copies go.
+    shard = store.shard_of_part(parts[0])
+    merged = store.compact("ds", shard, parts)
+    assert merged is not None
+    current = [p for p in parts if store.shard_of_part(p) != shard] + [merged.path]
+    ids = everything["profile_id"].unique().to_list()
+    pid = next(p for p in ids if shard_for_profile(p, 4) == shard)
+    got = index.events("ds", current, pid)
+    assert got.sort("event_id").equals(
+        everything.filter(pl.col("profile_id") == pid).sort("event_id")
+    )
+    assert len(sorted((tmp_path / "cache").rglob("*.arrow"))) == len(current)
