@@ -178,7 +178,8 @@ def _prepare(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _l2(E: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(E, axis=1, keepdims=True)
-    return (E / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit: np.ndarray = (E / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
 
 
 @dataclass

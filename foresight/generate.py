@@ -388,7 +388,7 @@ class _Categorical:
         column = uniform.astype(np.int64)
         cell = np.asarray(rows, dtype=np.int64) * self.columns + column
         keep = (uniform - column) < self.accept[cell]
-        return np.where(keep, column, self.alias[cell])
+        return np.asarray(np.where(keep, column, self.alias[cell]), dtype=np.int64)
 
 
 def _pick(rng: np.random.Generator, table: FloatArray, rows: IntArray) -> IntArray:
@@ -402,7 +402,7 @@ def _truncated_poisson(mean: FloatArray, top: int) -> FloatArray:
     log_factorial = np.cumsum(np.log(np.maximum(k, 1)))
     pmf = np.exp(k[None, :] * np.log(mean[:, None]) - mean[:, None] - log_factorial[None, :])
     pmf[:, -1] += np.clip(1.0 - pmf.sum(axis=1), 0.0, None)
-    return pmf
+    return np.asarray(pmf, dtype=np.float64)
 
 
 def _draw_profiles(rng: np.random.Generator, count: int, days: int) -> _People:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
 import time
 import uuid
@@ -367,11 +366,6 @@ class EventStore:
             for key in [key for key in self._known if key[0] == dataset]:
                 del self._known[key]  # cached ids may come from removed files
         return removed
-
-    def delete_dataset(self, dataset: str) -> None:
-        """Remove every file of a dataset (parts and quarantine)."""
-        self.release(dataset)
-        shutil.rmtree(self.dataset_dir(dataset), ignore_errors=True)
 
 
 def _drop_known(events: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:

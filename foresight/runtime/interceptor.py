@@ -7,12 +7,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import Counter, Histogram
 
 from foresight.errors import ForesightError
+from foresight.runtime.context import Context
 from foresight.runtime.errors import status_for, trailing_metadata_for
 
 log = logging.getLogger("foresight.rpc")
@@ -57,7 +58,7 @@ class _Outcome:
         self.code = grpc.StatusCode.OK
 
 
-async def _abort(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: BaseException) -> None:
+async def _abort(context: Context, outcome: _Outcome, exc: BaseException) -> None:
     """Turn an exception into the RPC's status; never leak internals."""
     if isinstance(exc, ForesightError):
         outcome.code = status_for(exc)
@@ -73,14 +74,20 @@ async def _abort(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: Base
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
 
 
-def _code_of(context: grpc.aio.ServicerContext, outcome: _Outcome) -> str:
+def _code_of(context: Context, outcome: _Outcome) -> str:
     code = context.code() if hasattr(context, "code") else None
     if isinstance(code, grpc.StatusCode):
         return code.name
     return outcome.code.name
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # the runtime class is not subscriptable
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class ServiceInterceptor(_ServerInterceptor):
     """Wraps every handler: bearer-token check, domain-error mapping, metrics, logs."""
 
     def __init__(self, token: str | None) -> None:
@@ -97,9 +104,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -109,7 +118,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         def labels(code: str) -> dict[str, str]:
             return {"service": service, "method": method, "code": code}
 
-        def finish(start: float, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
+        def finish(start: float, context: Context, outcome: _Outcome) -> None:
             code = _code_of(context, outcome)
             elapsed = time.perf_counter() - start
             REQUESTS.labels(**labels(code)).inc()
@@ -117,7 +126,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             if code != "OK" or elapsed > 1.0:
                 log.info("rpc", extra={"rpc": details.method, "code": code, "ms": elapsed * 1e3})
 
-        async def check_auth(context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
+        async def check_auth(context: Context, outcome: _Outcome) -> None:
             if not authorized:
                 outcome.code = grpc.StatusCode.UNAUTHENTICATED
                 await context.abort(outcome.code, "missing or invalid bearer token")
@@ -125,7 +134,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary or handler.stream_unary:
             inner: Any = handler.unary_unary or handler.stream_unary
 
-            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_response(request: Any, context: Context) -> Any:
                 outcome, start = _Outcome(), time.perf_counter()
                 try:
                     await check_auth(context, outcome)
@@ -150,9 +159,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         inner_stream: Any = handler.unary_stream or handler.stream_stream
 
-        async def stream_response(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
             outcome, start = _Outcome(), time.perf_counter()
             try:
                 await check_auth(context, outcome)

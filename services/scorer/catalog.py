@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import polars as pl
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.events.store import EventStore
 from foresight.storage.db import Database
-from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow, ProfileRow
+from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow
 from foresight.storage.profiles import profile_attributes
 
 
@@ -77,11 +77,6 @@ class Catalog:
     def profile_events(self, parts: DatasetParts, profile_id: str) -> pl.DataFrame:
         """The stored events of one profile (row-group statistics skip the rest: parts are sorted by id)."""
         return self.scan(parts).filter(pl.col("profile_id") == profile_id).collect()
-
-    def has_profiles(self) -> bool:
-        """Whether a profile table was imported."""
-        with self.db.session() as session:
-            return bool(session.scalar(select(func.count()).select_from(ProfileRow).limit(1)))
 
     def profiles(
         self, names: Sequence[str], ids: Sequence[str] | None = None

@@ -101,7 +101,8 @@ def leaf_tables(values: np.ndarray, zero_fractions: np.ndarray) -> np.ndarray:
     within = (subsets[None, :] & ~subsets[:, None]) == 0  # [b, s]: s ⊆ b
     sums = np.einsum("bs,lis->lbi", within.astype(np.float64), g)
     satisfied = bits.astype(np.float64)  # [b, i]: o_i in pattern b
-    return values[:, None, None] * (satisfied[None] - zero_fractions[:, None, :]) * sums
+    phi: np.ndarray = values[:, None, None] * (satisfied[None] - zero_fractions[:, None, :]) * sums
+    return phi
 
 
 def _float32_floor(values: np.ndarray) -> np.ndarray:

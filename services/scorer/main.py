@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -81,7 +82,7 @@ async def start_scorer(
     *,
     worker: int = 0,
     follow: bool = True,
-    extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+    extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
 ) -> RunningScorer:
     """Start one server; health turns SERVING once models and snapshots are loaded.
 

@@ -31,7 +31,7 @@ def _field_of(reason: str) -> str:
     """The event field a validation reason is about ("value is negative" → "value")."""
     for word in _WORD.findall(reason.split(";")[0]):
         if word in EVENT_COLUMNS:
-            return word
+            return str(word)
     return "event"
 
 

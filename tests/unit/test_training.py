@@ -258,7 +258,7 @@ def test_features_ignore_events_at_or_after_the_cutoff(world: World) -> None:
 
 
 def test_a_leaky_featurizer_fails_training(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    honest = shards.featurize
+    honest = featurize
 
     def peeking(
         events: pl.DataFrame, profiles: Any, as_of: datetime, spec: Any, profile_ids: Any = None

@@ -1,0 +1,1 @@
+"""Tools around the services: demo, synthetic data, local runs, map and report rendering, proto generation."""
