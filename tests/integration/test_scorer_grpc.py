@@ -329,7 +329,8 @@ async def test_get_profile_scores_has_every_instance_with_factors(
     assert {s.instance for s in reply.scores} == {"churn", "purchase"}
     for s in reply.scores:
         assert 0.0 <= s.probability <= 1.0 and s.score == round(100 * s.probability)
-        assert 1 <= s.percentile <= 100 and s.model_version == 1 and s.run_id
+        # Another test may publish a newer version into this module's world.
+        assert 1 <= s.percentile <= 100 and s.model_version >= 1 and s.run_id
         expected = (
             common_pb2.BUCKET_LOW
             if s.score < 25
