@@ -80,7 +80,8 @@ def journey(world: dict, source: str, new_id: str) -> pl.DataFrame:
 
 
 def test_build_then_restart_loads_the_same_index(world: dict) -> None:
-    seg: Segmenter = world["seg"]
+    seg = fresh(world)  # other tests publish newer versions into the shared world
+    seg.build("shop")
     info = seg.info()
     assert info.count == 1_200 and info.dimensions == 12 and info.space == "cosine"
     other = fresh(world)
