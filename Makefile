@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create the virtual environment and install (first use only)
 
 proto: $(STAMP) ## Regenerate Python code (+ .pyi stubs) from protos/
-	$(BIN)/python -m foresight.protogen .
+	$(BIN)/python -m foresight.tools.protogen .
 
 lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts, dead code
 	$(BIN)/ruff check .
@@ -40,13 +40,13 @@ test-unit: $(STAMP) ## Only the fast unit tests
 	$(BIN)/pytest -q -m unit
 
 demo: $(STAMP) ## Generate data, start the services, run the whole mission over gRPC
-	$(BIN)/python -m foresight.demo --data $(DATA)/demo
+	$(BIN)/python -m foresight.tools.demo --data $(DATA)/demo
 
 up: $(STAMP) ## Start trainer, scorer and segmenter as local processes (SQLite)
-	$(BIN)/python -m foresight.localrun up --data $(DATA)
+	$(BIN)/python -m foresight.tools.localrun up --data $(DATA)
 
 down: ## Stop the local processes started by `make up`
-	@test -x $(BIN)/python && $(BIN)/python -m foresight.localrun down --data $(DATA) || true
+	@test -x $(BIN)/python && $(BIN)/python -m foresight.tools.localrun down --data $(DATA) || true
 
 bench: $(STAMP) ## Benchmarks: prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run

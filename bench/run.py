@@ -21,10 +21,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from foresight import localrun
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ForesightClient
-from foresight.generate import generate
+from foresight.tools import localrun
+from foresight.tools.generate import generate
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data"

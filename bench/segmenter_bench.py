@@ -62,7 +62,7 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
 
     source = _source_dir(workdir) / "events.parquet"
     if not source.exists():
-        from foresight.generate import generate
+        from foresight.tools.generate import generate
 
         profiles = int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000"))
         generate(source.parent, profiles=profiles, seed=11)

@@ -22,7 +22,6 @@ from typing import Any
 
 import polars as pl
 
-from foresight import localrun
 from foresight.api.common.v1 import common_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ForesightClient
@@ -30,8 +29,9 @@ from foresight.conditions import parse
 from foresight.events.store import shard_of
 from foresight.features.featurize import featurize
 from foresight.features.spec import FeatureSpec, fit_feature_spec
-from foresight.generate import generate
 from foresight.instance import Goal, InstanceConfig, InstanceType
+from foresight.tools import localrun
+from foresight.tools.generate import generate
 
 SHARDS = 16
 PURCHASE = 'event_type = "commerce.purchases"'

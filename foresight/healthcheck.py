@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# Same defaults as the services' settings and foresight.localrun.
+# Same defaults as the services' settings and foresight.tools.localrun.
 DEFAULT_PORTS: Mapping[str, int] = {"trainer": 50051, "scorer": 50052, "segmenter": 50053}
 
 

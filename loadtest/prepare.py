@@ -21,14 +21,14 @@ from pathlib import Path
 
 import grpc
 
-from foresight import localrun
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ForesightClient
-from foresight.demo import INSTANCES
-from foresight.generate import generate
+from foresight.tools import localrun
+from foresight.tools.demo import INSTANCES
+from foresight.tools.generate import generate
 
 DATASET = "shop"
 SEGMENT = "loadtest-high-churn"

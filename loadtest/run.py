@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from foresight import localrun
 from foresight.client import ForesightClient
+from foresight.tools import localrun
 from loadtest import ghz, h2load
 from loadtest.calls import LoadConfig, client_config, load_configs
 from loadtest.make_data import build_requests, facts_from_services, write_requests

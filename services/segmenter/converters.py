@@ -8,7 +8,7 @@ from typing import Literal
 from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.convert import events_to_frame, to_timestamp
-from foresight.mapview import ClusterMap
+from foresight.tools.mapview import ClusterMap
 from services.segmenter.discover import ClusterInfo, DiscoveryInfo, Trait
 from services.segmenter.domain import ProfileEvents, UpsertResult
 from services.segmenter.index import IndexInfo

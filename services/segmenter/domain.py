@@ -31,11 +31,11 @@ from foresight.errors import (
 )
 from foresight.events.store import EventStore, shard_for_profile
 from foresight.events.validation import validate
-from foresight.mapview import ClusterMap
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import SegmentMemberRow, SegmentRow, utcnow
+from foresight.tools.mapview import ClusterMap
 from services.segmenter import discover as disc
 from services.segmenter import queries, visualize
 from services.segmenter.embedding import EmbeddedShard, cached_encoder, embed_events

@@ -17,7 +17,7 @@ from typing import Final
 import numpy as np
 
 from foresight.errors import InvalidArgument
-from foresight.mapview import ClusterMap, MapPoint
+from foresight.tools.mapview import ClusterMap, MapPoint
 from services.segmenter.discover import ClusterInfo, Members
 from services.segmenter.index import JourneyIndex
 

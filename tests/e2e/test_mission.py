@@ -1,7 +1,7 @@
 """The whole mission against the three services as separate processes on PostgreSQL.
 
 Trainer, scorer and segmenter run as `python -m services.<name>.main` on free
-ports (foresight.localrun, port 0), sharing one data folder and a fresh
+ports (foresight.tools.localrun, port 0), sharing one data folder and a fresh
 PostgreSQL database, with ~3,000 synthetic profiles. Everything goes through
 the typed gRPC client, in the order a person would go:
 
@@ -32,13 +32,13 @@ import polars as pl
 import psycopg
 import pytest
 
-from foresight import localrun
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ClientConfig, ForesightClient
-from foresight.generate import generate
+from foresight.tools import localrun
+from foresight.tools.generate import generate
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = 3000

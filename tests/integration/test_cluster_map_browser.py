@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from foresight.mapview import ClusterMap, MapPoint, write_html
+from foresight.tools.mapview import ClusterMap, MapPoint, write_html
 from services.segmenter.discover import ClusterInfo, Trait
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]

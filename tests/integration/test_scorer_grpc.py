@@ -42,7 +42,6 @@ from foresight.events.validation import validate
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles, goal_labels
 from foresight.features.spec import fit_feature_spec
-from foresight.generate import generate
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
@@ -52,6 +51,7 @@ from foresight.storage.models import (
     ModelVersionRow,
     utcnow,
 )
+from foresight.tools.generate import generate
 from services.scorer.main import RunningScorer, build_scorer, start_scorer
 from services.scorer.settings import ScorerSettings
 

@@ -25,10 +25,10 @@ from foresight.api.segmenter.v1 import segmenter_pb2_grpc
 from foresight.encoder import EncoderTrainer
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
-from foresight.generate import generate
 from foresight.runtime import ServiceRuntime
 from foresight.storage import ArtifactStore, Database
 from foresight.storage.catalog import CataloguedPart, record_import
+from foresight.tools.generate import generate
 from services.segmenter.main import SERVICE_NAME, make_setup
 from services.segmenter.settings import SegmenterSettings
 

@@ -11,7 +11,7 @@ import pytest
 
 from foresight.api.common.v1 import common_pb2
 from foresight.api.trainer.v1 import trainer_pb2 as pb
-from foresight.generate import generate
+from foresight.tools.generate import generate
 from tests.fixtures.trainer import Trainer, start_trainer
 
 pytestmark = pytest.mark.integration

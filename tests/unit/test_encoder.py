@@ -24,9 +24,9 @@ from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.features.journey import behaviour_vectors, fit_behaviour_spec
-from foresight.generate import generate
 from foresight.storage import ArtifactStore, Database
 from foresight.storage.catalog import CataloguedPart, record_import
+from foresight.tools.generate import generate
 
 pytestmark = pytest.mark.unit
 

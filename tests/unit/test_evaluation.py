@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from foresight.features.spec import FeatureDef, Unit
-from foresight.reports import write_report
+from foresight.tools.reports import write_report
 from services.trainer.evaluation import (
     POOR_AUC,
     EvaluationContext,

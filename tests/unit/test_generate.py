@@ -13,7 +13,7 @@ from foresight.errors import InvalidArgument
 from foresight.events.readers import read_batches
 from foresight.events.schema import EVENT_SCHEMA, KNOWN_EVENT_TYPES
 from foresight.events.validation import validate
-from foresight.generate import PERSONAS, GenerateSummary, generate
+from foresight.tools.generate import PERSONAS, GenerateSummary, generate
 
 pytestmark = pytest.mark.unit
 

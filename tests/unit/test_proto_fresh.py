@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from foresight.protogen import REPO, generate
+from foresight.tools.protogen import REPO, generate
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.api.trainer.v1 import trainer_pb2 as tpb
 from foresight.encoder import EncoderVersionInfo
 from foresight.errors import InvalidArgument
-from foresight.mapview import ClusterMap, MapPoint
+from foresight.tools.mapview import ClusterMap, MapPoint
 from services.segmenter import converters as conv
 from services.segmenter.discover import ClusterInfo, DiscoveryInfo, Trait
 from services.segmenter.index import IndexInfo

@@ -14,10 +14,10 @@ from foresight.encoder import EncoderTrainer
 from foresight.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
-from foresight.generate import generate
-from foresight.mapview import render_html, write_html, write_png
 from foresight.storage import ArtifactStore, Database
 from foresight.storage.catalog import CataloguedPart, record_import
+from foresight.tools.generate import generate
+from foresight.tools.mapview import render_html, write_html, write_png
 from services.segmenter.domain import ProfileEvents, Segmenter
 from services.segmenter.index import INDEX_FILE
 

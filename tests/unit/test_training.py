@@ -20,11 +20,11 @@ from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import label_counts
 from foresight.features.spec import FeatureSpec, fit_feature_spec
-from foresight.generate import generate
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import InstanceRow, ProfileRow
+from foresight.tools.generate import generate
 from services.trainer import shards
 from services.trainer.registry import VersionStatus
 from services.trainer.shards import LeakageDetected, ShardJob, audit_leakage, shard_labels

@@ -129,7 +129,7 @@ def _down(data_dir: Path) -> None:
 
 
 def main() -> None:
-    """`python -m foresight.localrun up|down --data DIR`."""
+    """`python -m foresight.tools.localrun up|down --data DIR`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--data", type=Path, default=Path("var"))

@@ -1,6 +1,6 @@
 """Generate the Python code of `protos/` (messages, gRPC stubs, .pyi stubs).
 
-`make proto` runs `python -m foresight.protogen .`; the staleness test runs it
+`make proto` runs `python -m foresight.tools.protogen .`; the staleness test runs it
 into a temporary folder and compares with the committed files.
 """
 
@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROTOS = REPO / "protos"
 PACKAGES = (
     "foresight/api",

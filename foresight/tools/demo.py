@@ -20,15 +20,15 @@ import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rich.console import Console
 
-from foresight import localrun
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
-from foresight.cli import evaluation_dict, print_description
+from foresight.cli.trainer import evaluation_dict, print_description
 from foresight.client import ForesightClient
-from foresight.generate import generate
-from foresight.reports import write_report
+from foresight.tools import localrun
+from foresight.tools.generate import generate
+from foresight.tools.reports import write_report
 
 console = Console()
 
@@ -306,7 +306,7 @@ def segment_ai(client: ForesightClient, data: Path, summary: list[str]) -> None:
 
     step("14. Cluster map")
     vis = client.segmenter.GetVisualization(segmenter_pb2.GetVisualizationRequest(sample_size=3000))
-    from foresight.mapview import write_map
+    from foresight.tools.mapview import write_map
 
     html_path, png_path = write_map(vis, data / "reports" / "cluster-map")
     console.print(f"map: {html_path} and {png_path} ({len(vis.points):,} points)")
@@ -316,7 +316,7 @@ def segment_ai(client: ForesightClient, data: Path, summary: list[str]) -> None:
 
 
 def main() -> None:
-    """`python -m foresight.demo --data DIR`."""
+    """`python -m foresight.tools.demo --data DIR`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("var/demo"))
     parser.add_argument("--profiles", type=int, default=50_000)
