@@ -9,7 +9,7 @@ DATA ?= var
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv proto lint test test-unit test-integration test-e2e demo up down bench loadtest clean
+.PHONY: help venv proto lint test test-unit test-integration test-e2e demo up down bench faults loadtest clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ down: ## Stop the local processes started by `make up`
 
 bench: $(STAMP) ## Benchmarks: prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run
+
+faults: $(STAMP) ## kill -9 / SIGTERM fault suite; its figures merge into bench/results.json
+	$(BIN)/python -m bench.run --only faults
 
 loadtest: $(STAMP) ## ghz (or h2load) against a running scorer and segmenter
 	$(BIN)/python -m loadtest.run

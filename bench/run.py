@@ -2,7 +2,7 @@
 
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
-Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter).
+Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, faults).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ TARGETS: dict[str, tuple[str, str]] = {
     "segmenter_rss_mb_1m": ("≤ 1,500", "MB"),
     "persona_ari": ("≥ 0.7", ""),
     "lookalike_conversion_lift": ("≥ 2", "×"),
+    "lost_acknowledged_writes": ("0", ""),
+    "kill9_cases": ("≥ 8", "kill points"),
+    "orphan_processes_after_kill": ("0", ""),
 }
 
 
@@ -108,12 +111,20 @@ def _optional(module: str) -> Callable[[dict[str, Any]], None]:
     return run
 
 
+def stage_faults(results: dict[str, Any]) -> None:
+    """The kill -9 / SIGTERM fault suite on its own small data (no 1M data set needed)."""
+    from bench import faults_bench
+
+    faults_bench.run(results)
+
+
 STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "generate": stage_generate,
     "ingest": stage_ingest,
     "trainer": _optional("bench.trainer_bench"),
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
+    "faults": stage_faults,
 }
 
 

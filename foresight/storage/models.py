@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -240,6 +241,30 @@ class IndexVersionRow(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IndexJournalRow(Base):
+    """An acknowledged upsert or removal of the served index, written before the OK.
+
+    Owned by services/segmenter/journal.py. One row per write request (or one
+    compacted row standing for many): replayed over the last snapshot at
+    start and over every rebuild from the event store.
+    """
+
+    __tablename__ = "index_journal"
+    __table_args__ = (
+        Index("ix_index_journal_dataset_seq", "dataset", "seq"),
+        {"sqlite_autoincrement": True},
+    )
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    dataset: Mapped[str] = mapped_column(String(64))
+    removed: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Profile ids removed."""
+    stored: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Profile ids upserted from their events in the event store."""
+    events: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    """Parquet of the validated request events of the profiles upserted from the request."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

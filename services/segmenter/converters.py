@@ -11,7 +11,7 @@ from foresight.convert import events_to_frame, to_timestamp
 from foresight.tools.mapview import ClusterMap
 from services.segmenter.discover import ClusterInfo, DiscoveryInfo, Trait
 from services.segmenter.domain import ProfileEvents, UpsertResult
-from services.segmenter.index import IndexInfo
+from services.segmenter.index_types import IndexInfo
 from services.segmenter.queries import Expansion, Neighbor, Placement
 
 ProgressFn = Callable[[str, float, str], None]

@@ -38,7 +38,7 @@ from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import ClusterRow, DiscoveryRow, utcnow
-from services.segmenter.index import IndexSnapshot
+from services.segmenter.index_types import IndexSnapshot
 from services.segmenter.traits import TraitCatalog
 
 __all__ = [

@@ -1,16 +1,14 @@
 """The segmenter's domain facade: one object the servicer calls for every RPC.
 
-It owns the index currently served and swaps in a rebuilt one whole
-(build-and-swap): queries keep using the old index until the new one is
-complete, and upserts or removals made during a build are journaled and
-replayed onto the new index before the swap, so none is lost.
+The index served, its journaled writes, builds and snapshots are
+`live.LiveIndex`'s; this facade validates requests, embeds profiles and
+answers queries, discoveries and the map.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,7 +37,9 @@ from foresight.tools.mapview import ClusterMap
 from services.segmenter import discover as disc
 from services.segmenter import queries, visualize
 from services.segmenter.embedding import EmbeddedShard, cached_encoder, embed_events
-from services.segmenter.index import IndexInfo, IndexParams, IndexStore, JourneyIndex, build_index
+from services.segmenter.index import JourneyIndex
+from services.segmenter.index_types import IndexInfo, IndexParams
+from services.segmenter.live import LiveIndex
 from services.segmenter.traits import trait_catalog
 
 __all__ = ["ProfileEvents", "Segmenter", "UpsertResult"]
@@ -95,62 +95,26 @@ class Segmenter:
         self.workers = workers
         self.ef = ef
         self.rebuild_corrupt = rebuild_corrupt
-        self.indexes = IndexStore(db, artifacts)
+        self.live = LiveIndex(db, artifacts, event_store_root, self._embed, workers, ef)
+        self.indexes = self.live.store
         self.discoveries = disc.DiscoveryStore(db, artifacts)
-        self._index: JourneyIndex | None = None
-        self._swap = threading.Lock()  # guards _index, _journal and the building flag
-        self._building = False
-        self._journal: list[tuple[str, object]] | None = None
-        self._snapshotting = threading.Lock()
 
     # ---------------------------------------------------------------- index lifecycle
 
     @property
     def index(self) -> JourneyIndex:
         """The index served now, or FailedPrecondition."""
-        index = self._index
-        if index is None:
-            raise FailedPrecondition("no journey index yet; call BuildIndex")
-        return index
+        return self.live.index
 
     def load(self) -> IndexInfo | None:
-        """Load the newest READY index at start; a corrupt one is rebuilt or refused, never fatal."""
-        row = self.indexes.latest_ready()
-        if row is None:
-            log.info("no index to load; BuildIndex will create one")
-            return None
-        try:
-            index = self.indexes.load(row)
-        except Exception as exc:  # any failure to read must not stop the service
-            reason = exc.message if isinstance(exc, FailedPrecondition) else repr(exc)
-            log.error(
-                "index v%s is corrupt or mismatched: %s",
-                row.version,
-                reason,
-                extra={"version": row.version},
-            )
-            self.indexes.mark(row.version, "CORRUPT", reason)
-            if not self.rebuild_corrupt:
-                log.error("serving without an index (rebuild of corrupt indexes is off)")
-                return None
-            params = row.params or {}
-            try:
-                info = self.build(
-                    row.dataset,
-                    0,
-                    int(params.get("M", 16)),
-                    int(params.get("ef_construction", 100)),
-                )
-            except Exception:
-                log.exception("rebuilding the corrupt index failed; serving without an index")
-                return None
-            log.info("rebuilt the corrupt index", extra={"version": info.version})
-            return info
-        index.set_ef(self.ef)
-        with self._swap:
-            self._index = index
-        log.info("index loaded", extra={"version": row.version, "count": index.count})
-        return index.info
+        """Start-up: fail interrupted builds, load the newest READY index and replay the journal.
+
+        A corrupt index is rebuilt or refused, never fatal.
+        """
+        interrupted = self.indexes.recover_interrupted()
+        if interrupted:
+            log.warning("index builds interrupted by a restart", extra={"versions": interrupted})
+        return self.live.load(self.rebuild_corrupt)
 
     def build(
         self,
@@ -160,48 +124,13 @@ class Segmenter:
         ef_construction: int = 0,
         progress: Progress | None = None,
     ) -> IndexInfo:
-        """Build a new index and swap it in; journaled writes are replayed first."""
+        """Build a new index and swap it in; the journal is replayed onto it first."""
         if not dataset:
             raise InvalidArgument("dataset", "is required")
         if encoder_version < 0:
             raise InvalidArgument("encoder_version", "must not be negative")
         params = IndexParams(m=m, ef_construction=ef_construction, ef=self.ef).check()
-        with self._swap:
-            if self._building:
-                raise FailedPrecondition("an index build is already running")
-            self._building = True
-            self._journal = []
-        try:
-            index = build_index(
-                self.db,
-                self.store_root,
-                self.artifacts,
-                dataset,
-                encoder_version,
-                params,
-                self.workers,
-                progress,
-            )
-            with self._swap:
-                journal, self._journal = self._journal or [], None
-                for op, arg in journal:
-                    if op == "upsert":
-                        assert isinstance(arg, EmbeddedShard)
-                        if arg.embeddings.shape[1] == index.dimensions:
-                            index.upsert(arg)
-                    else:
-                        assert isinstance(arg, list)
-                        index.remove(arg)
-                old, self._index = self._index, index
-            if journal:
-                log.info("replayed writes made during the build", extra={"writes": len(journal)})
-            if old is not None:
-                self.indexes.retire_older(index.info.version)
-            return index.info
-        finally:
-            with self._swap:
-                self._building = False
-                self._journal = None
+        return self.live.build(dataset, encoder_version, params, progress)
 
     def info(self) -> IndexInfo:
         """The served index's parameters and size."""
@@ -247,7 +176,7 @@ class Segmenter:
             raise InvalidArgument("profiles", "is empty")
         if len(profiles) > MAX_UPSERT:
             raise ResourceExhausted(f"profiles: at most {MAX_UPSERT:,} per request")
-        index = self.index
+        _ = self.index  # FailedPrecondition before any work when there is no index
         sent: list[pl.DataFrame] = []
         stored_ids: list[str] = []
         for i, p in enumerate(profiles):
@@ -257,30 +186,29 @@ class Segmenter:
                 sent.append(self._validated(p.events, f"profiles[{i}].events", p.profile_id))
             else:
                 stored_ids.append(p.profile_id)
-        frames = [*sent]
+        sent_events = pl.concat(sent) if sent else None
+        embedded, upserted, count = self.live.upsert(sent_events, stored_ids)
+        wanted = list(dict.fromkeys(p.profile_id for p in profiles))
+        got = {str(pid) for pid in embedded.profile_ids}
+        skipped = [pid for pid in wanted if pid not in got]
+        return UpsertResult(upserted=upserted, count=count, skipped=skipped)
+
+    def _embed(
+        self, index: JourneyIndex, sent: pl.DataFrame | None, stored_ids: Sequence[str]
+    ) -> EmbeddedShard:
+        """Embed request events plus the stored events of `stored_ids` for `index`."""
+        frames = [] if sent is None else [sent]
         if stored_ids:
-            frames.append(self._stored_events(index.info.dataset, stored_ids))
-        events = pl.concat(frames) if frames else pl.DataFrame()
-        encoder = self._encoder(index)
-        embedded = (
-            embed_events(encoder, events, self._as_of(index, events))
-            if events.height
-            else EmbeddedShard(
+            frames.append(self._stored_events(index.info.dataset, list(stored_ids)))
+        events = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        if not events.height:
+            return EmbeddedShard(
                 np.array([], dtype=object),
                 np.zeros((0, index.dimensions), np.float32),
                 np.zeros((0, 1), np.uint8),
                 np.zeros((0, 1), np.float32),
             )
-        )
-        wanted = list(dict.fromkeys(p.profile_id for p in profiles))
-        got = {str(pid) for pid in embedded.profile_ids}
-        skipped = [pid for pid in wanted if pid not in got]
-        with self._swap:
-            current = self.index
-            upserted = current.upsert(embedded)
-            if self._journal is not None:
-                self._journal.append(("upsert", embedded))
-        return UpsertResult(upserted=upserted, count=current.count, skipped=skipped)
+        return embed_events(self._encoder(index), events, self._as_of(index, events))
 
     def _stored_events(self, dataset: str, profile_ids: list[str]) -> pl.DataFrame:
         parts = catalog.catalogued_parts(self.db, dataset)
@@ -304,28 +232,11 @@ class Segmenter:
             raise InvalidArgument("profile_ids", "is empty")
         if len(profile_ids) > MAX_REMOVE:
             raise ResourceExhausted(f"profile_ids: at most {MAX_REMOVE:,} per request")
-        with self._swap:
-            current = self.index
-            removed, missing = current.remove(list(profile_ids))
-            if self._journal is not None:
-                self._journal.append(("remove", list(profile_ids)))
-        return removed, missing
+        return self.live.remove(list(profile_ids))
 
     def snapshot_if_dirty(self) -> IndexInfo | None:
         """Save upserts and removals as a new index version (None when nothing changed)."""
-        index = self._index
-        if index is None or not index.dirty or self._building:
-            return None
-        with self._snapshotting:
-            version = self.indexes.allocate(index.info.dataset, index.info.encoder_version)
-            try:
-                saved = self.indexes.publish(index, version)
-            except BaseException as exc:
-                self.indexes.mark(version, "FAILED", str(exc))
-                raise
-            self.indexes.retire_older(version)
-            log.info("index snapshot saved", extra={"version": version, "count": saved.count})
-            return saved
+        return self.live.snapshot()
 
     # ---------------------------------------------------------------- discovery
 

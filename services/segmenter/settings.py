@@ -28,7 +28,10 @@ class SegmenterSettings(ServiceSettings):
         60.0,
         ge=0,
         le=86_400,
-        description="Save upserts/removals as a new index version at most this often (0 = never).",
+        description=(
+            "Fold journaled upserts/removals into a new index version this often "
+            "(0 = only at shutdown); they are durable in the journal either way."
+        ),
     )
     rebuild_corrupt_index: bool = Field(
         True,

@@ -194,12 +194,23 @@ class Ingestor:
         return self.ingest(dataset, (batch for f in files for batch in read_batches(f)))
 
     def cleanup(self) -> int:
-        """Remove part files no catalog entry points at (left by a killed import)."""
+        """Remove part files no catalog entry points at (left by a killed import).
+
+        Dataset folders on disk count too: the first import of a dataset that
+        was killed before it was catalogued leaves a folder nothing names.
+        """
         removed = 0
-        for name in catalog.dataset_names(self.db):
-            removed += len(
-                self.store.cleanup_orphans(name, catalog.catalogued_parts(self.db, name))
-            )
+        on_disk = (
+            [p.name for p in self.store.root.iterdir() if p.is_dir()]
+            if self.store.root.is_dir()
+            else []
+        )
+        for name in sorted({*catalog.dataset_names(self.db), *on_disk}):
+            try:
+                known = catalog.catalogued_parts(self.db, name)
+                removed += len(self.store.cleanup_orphans(name, known))
+            except InvalidArgument:  # a folder that is no dataset of ours: leave it
+                continue
         return removed
 
     # ------------------------------------------------------------ profiles

@@ -396,7 +396,8 @@ def test_sigterm_stops_each_service_cleanly(mission: Mission) -> None:
         proc = mission.services.procs[name]
         assert proc.poll() is None, f"{name} is not running"
         proc.terminate()
-        # The grace bounds the drain; the wait's margin is wide so a loaded machine
-        # cannot fail the test (durations are measured in `make bench`, not asserted).
-        code = proc.wait(timeout=GRACE_SECONDS + 30)
+        # The grace bounds the drain; a stop that hangs ends in a timeout here.
+        # How fast it stops is not asserted (a loaded machine is slow; timings
+        # belong to `make bench`).
+        code = proc.wait(timeout=GRACE_SECONDS + 60)
         assert code == 0, f"{name} exited {code}"

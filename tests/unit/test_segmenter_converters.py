@@ -15,7 +15,7 @@ from foresight.errors import InvalidArgument
 from foresight.tools.mapview import ClusterMap, MapPoint
 from services.segmenter import converters as conv
 from services.segmenter.discover import ClusterInfo, DiscoveryInfo, Trait
-from services.segmenter.index import IndexInfo
+from services.segmenter.index_types import IndexInfo
 from services.segmenter.queries import Expansion, Neighbor, Placement, ReachPoint
 from services.trainer import encoder_converters as econv
 

@@ -11,7 +11,7 @@ from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.features.journey import BehaviourSpec
 from foresight.storage import ArtifactStore, Database
 from services.segmenter.discover import DiscoveryStore, discover
-from services.segmenter.index import IndexSnapshot
+from services.segmenter.index_types import IndexSnapshot
 from services.segmenter.traits import trait_catalog
 
 pytestmark = pytest.mark.unit

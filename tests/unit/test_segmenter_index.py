@@ -9,18 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from foresight.errors import FailedPrecondition
 from foresight.storage import ArtifactStore, Database
+from foresight.storage.models import IndexVersionRow
 from services.segmenter.embedding import EmbeddedShard
-from services.segmenter.index import (
-    INDEX_FILE,
-    IndexInfo,
-    IndexParams,
-    IndexStore,
-    JourneyIndex,
-    RWLock,
-)
+from services.segmenter.index import INDEX_FILE, JourneyIndex
+from services.segmenter.index_store import IndexStore
+from services.segmenter.index_types import IndexInfo, IndexParams
+from services.segmenter.locking import RWLock
 
 pytestmark = pytest.mark.unit
 
@@ -184,3 +182,25 @@ def test_queries_during_upserts_never_fail() -> None:
         t.join()
     assert failures == []
     assert index.count == 200 + 30 * 49
+
+
+def test_builds_left_building_by_a_kill_are_failed_at_start(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    db.migrate()
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    store = IndexStore(db, artifacts)
+    ready = store.allocate("shop", 1)
+    store.publish(make(40), ready)
+    killed = store.allocate("shop", 1)
+    half = artifacts.path("indexes") / f".tmp-0123abcd-v{killed}"
+    half.mkdir()
+    (half / INDEX_FILE).write_bytes(b"half an index")
+    others = artifacts.path("models") / ".tmp-4567-v1"  # another service's write in flight
+    others.mkdir(parents=True)
+    assert store.recover_interrupted() == [killed]
+    assert not half.exists() and others.exists()
+    with db.session() as s:
+        rows = {r.version: r for r in s.scalars(select(IndexVersionRow))}
+    assert rows[killed].status == "FAILED" and "interrupted" in rows[killed].params["error"]
+    assert rows[ready].status == "READY"
+    assert store.recover_interrupted() == []

@@ -10,7 +10,8 @@ import pytest
 from foresight.errors import InvalidArgument
 from services.segmenter.discover import Members
 from services.segmenter.embedding import EmbeddedShard
-from services.segmenter.index import IndexInfo, IndexParams, JourneyIndex
+from services.segmenter.index import JourneyIndex
+from services.segmenter.index_types import IndexInfo, IndexParams
 from services.segmenter.queries import expand, place, query_points, reach_curve
 
 pytestmark = pytest.mark.unit

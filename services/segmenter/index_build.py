@@ -1,0 +1,116 @@
+"""Build a journey index from the event store: embed every shard on all cores, publish."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from foresight.encoder import behaviour_as_of, get_encoder_version
+from foresight.errors import FailedPrecondition
+from foresight.shards import ShardRunner
+from foresight.storage import catalog
+from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.db import Database
+from services.segmenter.embedding import embed_shard
+from services.segmenter.index import JourneyIndex
+from services.segmenter.index_store import IndexStore
+from services.segmenter.index_types import SPACE, IndexInfo, IndexParams, Progress, no_progress
+
+__all__ = ["build_index"]
+
+log = logging.getLogger("foresight.segmenter.index")
+
+
+def build_index(
+    db: Database,
+    store_root: Path,
+    artifacts: ArtifactStore,
+    dataset: str,
+    encoder_version: int,
+    params: IndexParams,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> JourneyIndex:
+    """Embed every profile of `dataset` shard by shard on all cores, build and publish the index."""
+    report = progress or no_progress
+    params = params.check()
+    catalog.get_dataset(db, dataset)
+    encoder = get_encoder_version(db, encoder_version)
+    if encoder.status != "READY" or not encoder.artifact_path:
+        raise FailedPrecondition(f"encoder v{encoder.version} is {encoder.status}, not READY")
+    parts = catalog.catalogued_parts(db, dataset)
+    span = catalog.time_range(db, dataset)
+    if not parts or span is None:
+        raise FailedPrecondition(f"dataset {dataset!r} has no events")
+    as_of = behaviour_as_of(span[1])
+    store = IndexStore(db, artifacts)
+    version = store.allocate(dataset, encoder.version)
+    began = time.perf_counter()
+    try:
+        shards = sorted(catalog.shards_of(parts))
+        encoder_dir = str(artifacts.path(encoder.artifact_path))
+        pool = ShardRunner(workers or os.cpu_count() or 1)
+        # Each worker runs onnxruntime single-threaded: the parallelism is across shards.
+        threads = 1 if pool.workers > 1 and len(shards) > 1 else 0
+        tasks = [
+            (
+                str(store_root),
+                dataset,
+                shard,
+                [p for p in parts if f"/shard={shard}/" in p],
+                as_of,
+                encoder_dir,
+                threads,
+            )
+            for shard in shards
+        ]
+        report("embed", 0.0, f"embedding {len(shards)} shards with {pool.workers} workers")
+        embedded = pool.map(
+            embed_shard,
+            tasks,
+            lambda done, total: report(
+                "embed", 0.6 * done / total, f"embedded {done} of {total} shards"
+            ),
+        )
+        total = sum(e.count for e in embedded)
+        if total == 0:
+            raise FailedPrecondition(f"dataset {dataset!r} has no profiles with recent events")
+        info = IndexInfo(
+            version=version,
+            dataset=dataset,
+            space=SPACE,
+            dimensions=encoder.dimensions,
+            m=params.m,
+            ef_construction=params.ef_construction,
+            ef=params.ef,
+            encoder_version=encoder.version,
+            count=total,
+            checksum="",
+            built_at=datetime.now(UTC),
+            as_of=as_of,
+        )
+        index = JourneyIndex.create(
+            info,
+            embedded,
+            params,
+            lambda stage, f, msg: report(stage, 0.6 + 0.3 * f, msg),
+        )
+        del embedded
+        report("save", 0.92, f"saving index v{version}")
+        store.publish(index, version)
+        log.info(
+            "index built",
+            extra={
+                "version": version,
+                "count": index.count,
+                "seconds": round(time.perf_counter() - began, 1),
+            },
+        )
+        report("done", 1.0, f"index v{version}: {index.count:,} profiles")
+        return index
+    except BaseException as exc:
+        store.mark(version, "FAILED", str(exc) or type(exc).__name__)
+        raise
