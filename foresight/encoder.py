@@ -44,7 +44,7 @@ import polars as pl
 from sqlalchemy import func, select
 
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
-from foresight.events.store import EventStore
+from foresight.events.store import EventStore, parts_by_shard
 from foresight.features.journey import BehaviourSpec, behaviour_vectors, fit_behaviour_spec
 from foresight.storage import catalog
 from foresight.storage.artifacts import MANIFEST, ArtifactStore, sha256_file
@@ -711,7 +711,7 @@ def read_sample(
     span = catalog.time_range(db, dataset)
     if not parts or span is None:
         raise FailedPrecondition(f"dataset {dataset!r} has no events")
-    shards = sorted(catalog.shards_of(parts))
+    shards = list(parts_by_shard(parts))
     rng = np.random.default_rng(seed)
     frames: list[pl.DataFrame] = []
     profiles = 0

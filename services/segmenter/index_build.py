@@ -10,6 +10,7 @@ from pathlib import Path
 
 from foresight.encoder import behaviour_as_of, get_encoder_version
 from foresight.errors import FailedPrecondition
+from foresight.events.store import parts_by_shard
 from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
@@ -50,7 +51,8 @@ def build_index(
     version = store.allocate(dataset, encoder.version)
     began = time.perf_counter()
     try:
-        shards = sorted(catalog.shards_of(parts))
+        parts_of = parts_by_shard(parts)
+        shards = list(parts_of)
         encoder_dir = str(artifacts.path(encoder.artifact_path))
         pool = ShardRunner(workers or os.cpu_count() or 1)
         # Each worker runs onnxruntime single-threaded: the parallelism is across shards.
@@ -60,7 +62,7 @@ def build_index(
                 str(store_root),
                 dataset,
                 shard,
-                [p for p in parts if f"/shard={shard}/" in p],
+                parts_of[shard],
                 as_of,
                 encoder_dir,
                 threads,

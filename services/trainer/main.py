@@ -31,7 +31,7 @@ def build_servicer(
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     settings.import_root.mkdir(parents=True, exist_ok=True)
     ingestor = Ingestor(db, store, settings.import_root)
-    models = ModelTrainer(db, store, artifacts, settings.workers)
+    models = ModelTrainer(db, store, artifacts, settings.shard_processes)
     encoders = EncoderTrainer(db, settings.data_dir / "events", artifacts)
     servicer = TrainerServicer(ingestor, Instances(db), models, encoders)
 

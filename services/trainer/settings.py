@@ -6,7 +6,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from foresight.settings import ServiceSettings, metrics_port_field, port_field
+from foresight.settings import (
+    ServiceSettings,
+    metrics_port_field,
+    port_field,
+    shard_processes_field,
+)
 
 
 class TrainerSettings(ServiceSettings):
@@ -18,4 +23,4 @@ class TrainerSettings(ServiceSettings):
         Path("var/imports"),
         description="Only files under this folder can be imported by ImportDataset/ImportProfiles.",
     )
-    workers: int = Field(0, ge=0, le=256, description="Processes for featurizing; 0 = all cores.")
+    shard_processes: int = shard_processes_field("featurizing")

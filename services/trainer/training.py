@@ -41,7 +41,7 @@ from sqlalchemy import select
 
 from foresight import instance as inst
 from foresight.errors import FailedPrecondition, ForesightError, InvalidArgument, NotFound
-from foresight.events.store import EventStore, shard_of
+from foresight.events.store import EventStore, parts_by_shard, shard_of
 from foresight.features.labels import (
     LabelCounts,
     choose_cutoffs,
@@ -412,9 +412,7 @@ class ModelTrainer:
         end = latest + timedelta(microseconds=1)
         window = config.goal.window_days
         cutoffs = choose_cutoffs(end, window, n=N_CUTOFFS, data_start=start)
-        by_shard: dict[int, list[str]] = {}
-        for part in parts:
-            by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)
+        by_shard = parts_by_shard(parts)
         jobs = [
             ShardJob(str(self.store.root), self.store.shards, dataset, shard, tuple(paths))
             for shard, paths in sorted(by_shard.items())
