@@ -32,7 +32,8 @@ from foresight.tools.generate import generate
 from services.segmenter.main import SERVICE_NAME, make_setup
 from services.segmenter.settings import SegmenterSettings
 
-pytestmark = pytest.mark.integration
+# Steps over one journaled index: upserts and rebuilds carry over between tests.
+pytestmark = [pytest.mark.integration, pytest.mark.in_file_order]
 
 DATASET = "shop"
 SHARDS = 4
