@@ -87,6 +87,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if item.get_closest_marker("in_file_order"):
             slots.setdefault(str(item.path), []).append(n)
     for positions in slots.values():
-        steps = sorted((items[n] for n in positions), key=lambda item: item.location[1])
+        steps = sorted((items[n] for n in positions), key=lambda item: item.location[1] or 0)
         for n, step in zip(positions, steps, strict=True):
             items[n] = step
