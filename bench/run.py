@@ -2,7 +2,7 @@
 
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
-Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, faults).
+Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter, faults, dask).
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ TARGETS: dict[str, tuple[str, str]] = {
     "segmenter_rss_mb_1m": ("≤ 1,500", "MB"),
     "persona_ari": ("≥ 0.7", ""),
     "lookalike_conversion_lift": ("≥ 2", "×"),
+    "dask_featurize_events_per_s": ("report", "events/s"),
+    "dask_batch_score_1m_s": ("report", "s"),
+    "dask_vs_local_throughput_ratio": ("≥ 0.8", "ratio"),
+    "train_peak_rss_mb_1m": ("report", "MB"),
+    "train_peak_rss_mb_2m": ("≤ 1.2 × train_peak_rss_mb_1m", "MB"),
     "lost_acknowledged_writes": ("0", ""),
     "kill9_cases": ("≥ 8", "kill points"),
     "orphan_processes_after_kill": ("0", ""),
@@ -111,6 +116,13 @@ def _optional(module: str) -> Callable[[dict[str, Any]], None]:
     return run
 
 
+def _dask_stage(results: dict[str, Any]) -> None:
+    """Dask figures on their own generated data (bench/dask_bench.py)."""
+    from bench import dask_bench
+
+    dask_bench.run(results, DATA)
+
+
 def stage_faults(results: dict[str, Any]) -> None:
     """The kill -9 / SIGTERM fault suite on its own small data (no 1M data set needed)."""
     from bench import faults_bench
@@ -124,6 +136,7 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "trainer": _optional("bench.trainer_bench"),
     "scorer": _optional("bench.scorer_bench"),
     "segmenter": _optional("bench.segmenter_bench"),
+    "dask": lambda results: _dask_stage(results),
     "faults": stage_faults,
 }
 

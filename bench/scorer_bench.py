@@ -171,7 +171,7 @@ def _publish(var: Path, db: Database, name: str, events: pl.DataFrame, cutoff: d
         zipmap=False,
     )
     relative = f"models/{name}/v1"
-    with ArtifactStore(var / "artifacts").publish(relative) as folder:
+    with ArtifactStore(var / "artifacts").publish(relative, owner="trainer") as folder:
         (folder / "model.onnx").write_bytes(onnx.SerializeToString())
         (folder / "model.txt").write_text(booster.model_to_string())
         (folder / "feature_spec.json").write_text(json.dumps(spec.to_dict()))

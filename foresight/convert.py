@@ -27,6 +27,19 @@ from foresight.conditions import (
 )
 from foresight.errors import InvalidArgument
 from foresight.instance import CustomEvent, Goal, InstanceConfig, Population
+from foresight.storage.lifecycle import Status
+
+
+def status_to_pb(status: Status | str) -> common_pb2.JobStatus.ValueType:
+    """The proto word for a job or version status (the one converter both ways use)."""
+    return common_pb2.JobStatus.Value(f"JOB_STATUS_{Status(status).value}")
+
+
+def status_from_pb(value: common_pb2.JobStatus.ValueType) -> Status:
+    """The domain status of a proto JobStatus (UNSPECIFIED is not a status)."""
+    if value == common_pb2.JOB_STATUS_UNSPECIFIED or value not in common_pb2.JobStatus.values():
+        raise InvalidArgument("status", f"unknown job status {value}")
+    return Status(common_pb2.JobStatus.Name(value).removeprefix("JOB_STATUS_"))
 
 
 @overload

@@ -28,28 +28,34 @@ The ONNX model has input ``behaviour`` float32 [N, B] and output
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 import onnxruntime as ort
 import polars as pl
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.events.store import EventStore, parts_by_shard
 from foresight.features.journey import BehaviourSpec, behaviour_vectors, fit_behaviour_spec
 from foresight.storage import catalog
-from foresight.storage.artifacts import MANIFEST, ArtifactStore, sha256_file
+from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.bundles import (
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    encoder_metadata,
+    read_encoder_bundle,
+    write_encoder_bundle,
+)
 from foresight.storage.db import Database
-from foresight.storage.models import EncoderVersionRow, utcnow
+from foresight.storage.lifecycle import Lifecycle, Status
+from foresight.storage.models import EncoderVersionRow
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -60,11 +66,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DIMENSIONS",
-    "ENCODER_FILE",
-    "INPUT_NAME",
     "KINDS",
-    "OUTPUT_NAME",
-    "SPEC_FILE",
+    "OWNER",
     "Encoder",
     "EncoderBundle",
     "EncoderKind",
@@ -89,11 +92,8 @@ KINDS: Final[tuple[EncoderKind, ...]] = ("pca", "autoencoder")
 DEFAULT_DIMENSIONS: Final[int] = 32
 DEFAULT_SAMPLE_SIZE: Final[int] = 200_000
 
-ENCODER_FILE: Final[str] = "encoder.onnx"
-SPEC_FILE: Final[str] = "behaviour_spec.json"
-METRICS_FILE: Final[str] = "metrics.json"
-INPUT_NAME: Final[str] = "behaviour"
-OUTPUT_NAME: Final[str] = "embedding"
+OWNER: Final[str] = "trainer"
+"""The service that writes encoders/ (its temporary folders carry this name)."""
 
 # Fitting budgets: the encoder is a compression of ~30 numbers, so a few tens
 # of thousands of rows already pin it down; more only costs time.
@@ -136,7 +136,7 @@ class EncoderVersionInfo:
     """An encoder version as the API shows it."""
 
     version: int
-    status: str
+    status: Status
     dataset: str
     dimensions: int
     kind: str | None
@@ -381,16 +381,22 @@ def _to_onnx(cand: _Candidate, mask: np.ndarray, dims: int) -> bytes:
     graph.initializer.append(
         numpy_helper.from_array(np.array([-1, dims], dtype=np.int64), "embedding_shape")
     )
-    graph.node.append(helper.make_node("Reshape", [old_output, "embedding_shape"], [OUTPUT_NAME]))
+    graph.node.append(
+        helper.make_node("Reshape", [old_output, "embedding_shape"], [ENCODER_OUTPUT])
+    )
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, dims]))
+    graph.output.append(
+        helper.make_tensor_value_info(ENCODER_OUTPUT, TensorProto.FLOAT, [None, dims])
+    )
     # Prelude: prepared = where(share column, sqrt(max(x, 0)), x).
     zero = numpy_helper.from_array(np.zeros(1, dtype=np.float32), "prelude_zero")
     mask_t = numpy_helper.from_array(mask.reshape(1, -1), "prelude_share_mask")
     prelude = [
-        helper.make_node("Max", [INPUT_NAME, "prelude_zero"], ["prelude_clipped"]),
+        helper.make_node("Max", [ENCODER_INPUT, "prelude_zero"], ["prelude_clipped"]),
         helper.make_node("Sqrt", ["prelude_clipped"], ["prelude_sqrt"]),
-        helper.make_node("Where", ["prelude_share_mask", "prelude_sqrt", INPUT_NAME], ["prepared"]),
+        helper.make_node(
+            "Where", ["prelude_share_mask", "prelude_sqrt", ENCODER_INPUT], ["prepared"]
+        ),
     ]
     nodes = list(graph.node)
     del graph.node[:]
@@ -398,7 +404,7 @@ def _to_onnx(cand: _Candidate, mask: np.ndarray, dims: int) -> bytes:
     graph.initializer.extend([zero, mask_t])
     del graph.input[:]
     graph.input.append(
-        helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, n_features])
+        helper.make_tensor_value_info(ENCODER_INPUT, TensorProto.FLOAT, [None, n_features])
     )
     onnx.checker.check_model(core)
     return bytes(core.SerializeToString())
@@ -543,7 +549,7 @@ class Encoder:
             )
         if len(X) == 0:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: X})[0]
+        out = self.session.run([ENCODER_OUTPUT], {ENCODER_INPUT: X})[0]
         return np.asarray(out, dtype=np.float32)
 
     def embed(self, vectors: np.ndarray) -> np.ndarray:
@@ -558,25 +564,13 @@ class Encoder:
 
 def load_encoder(path: Path, threads: int = 0, verify: bool = True) -> Encoder:
     """Load an encoder bundle folder (checksums verified against its manifest by default)."""
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise FailedPrecondition(f"encoder bundle {path} has no manifest")
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
     if verify:
-        for name, digest in manifest["files"].items():
-            f = path / name
-            if not f.is_file() or sha256_file(f) != digest:
-                raise FailedPrecondition(f"encoder bundle {path}: {name} is missing or corrupt")
-    spec = BehaviourSpec.from_json((path / SPEC_FILE).read_text())
-    session = _session(path / ENCODER_FILE, threads)
-    dims = int(manifest.get("dimensions") or session.get_outputs()[0].shape[1])
-    return Encoder(
-        session,
-        spec,
-        str(manifest.get("kind", "")),
-        dims,
-        int(manifest.get("version", 0)),
-    )
+        ArtifactStore(path.parent).verify(path.name)
+    files = read_encoder_bundle(path)
+    spec = BehaviourSpec.from_json(files.behaviour_spec_json)
+    session = _session(files.onnx_path, threads)
+    dims = files.dimensions or int(session.get_outputs()[0].shape[1])
+    return Encoder(session, spec, files.kind, dims, files.version)
 
 
 # ---------------------------------------------------------------- registry
@@ -585,7 +579,7 @@ def load_encoder(path: Path, threads: int = 0, verify: bool = True) -> Encoder:
 def _info(row: EncoderVersionRow) -> EncoderVersionInfo:
     return EncoderVersionInfo(
         version=row.version,
-        status=row.status,
+        status=Status(row.status),
         dataset=row.dataset,
         dimensions=row.dimensions,
         kind=row.kind,
@@ -596,28 +590,9 @@ def _info(row: EncoderVersionRow) -> EncoderVersionInfo:
     )
 
 
-def _allocate_version(db: Database, artifacts: ArtifactStore, dataset: str, dims: int) -> int:
-    """A TRAINING row with the next free version (rows and folders on disk both count)."""
-    folder = artifacts.path("encoders")
-    on_disk = (
-        [int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()]
-        if folder.is_dir()
-        else []
-    )
-    with db.session() as s:
-        highest = s.scalar(select(func.max(EncoderVersionRow.version))) or 0
-        version = max(int(highest), *on_disk, 0) + 1
-        s.add(
-            EncoderVersionRow(
-                version=version,
-                status="TRAINING",
-                dataset=dataset,
-                dimensions=dims,
-                metrics={},
-                created_at=utcnow(),
-            )
-        )
-    return version
+def encoder_lifecycle(db: Database, artifacts: ArtifactStore) -> Lifecycle[EncoderVersionRow]:
+    """The versioned-artifact lifecycle of encoders (rows in encoder_versions, folders in encoders/)."""
+    return Lifecycle(db, artifacts, EncoderVersionRow, root="encoders", owner=OWNER, noun="encoder")
 
 
 def publish_encoder(
@@ -629,49 +604,25 @@ def publish_encoder(
 ) -> EncoderVersionInfo:
     """Write `encoders/v<N>/` atomically, then mark the version READY.
 
-    `version` is a TRAINING row made earlier (the facade makes one so a failure
+    `version` is a RUNNING row made earlier (the facade makes one so a failure
     can be recorded against it); None allocates one now.
     """
+    lifecycle = encoder_lifecycle(db, artifacts)
     if version is None:
-        version = _allocate_version(db, artifacts, dataset, bundle.dimensions)
-    relative = encoder_bundle_path(version)
-    metadata = {
-        "version": version,
-        "kind": bundle.kind,
-        "dimensions": bundle.dimensions,
-        "dataset": dataset,
-        "input": INPUT_NAME,
-        "output": OUTPUT_NAME,
-        "chosen_by": bundle.chosen_by,
-    }
-    with artifacts.publish(relative, metadata) as folder:
-        (folder / ENCODER_FILE).write_bytes(bundle.onnx_model)
-        (folder / SPEC_FILE).write_text(bundle.spec.to_json())
-        (folder / METRICS_FILE).write_text(
-            json.dumps({"metrics": bundle.metrics, "chosen_by": bundle.chosen_by}, indent=2)
+        version = lifecycle.allocate(dataset=dataset, dimensions=bundle.dimensions, metrics={})
+    metadata = encoder_metadata(version, bundle.kind, bundle.dimensions, dataset, bundle.chosen_by)
+    with lifecycle.writing(version, metadata=metadata) as folder:
+        write_encoder_bundle(
+            folder,
+            onnx_model=bundle.onnx_model,
+            behaviour_spec_json=bundle.spec.to_json(),
+            metrics=bundle.metrics,
+            chosen_by=bundle.chosen_by,
         )
-    artifacts.verify(relative)
-    with db.session() as s:
-        row = s.scalar(select(EncoderVersionRow).where(EncoderVersionRow.version == version))
-        if row is None:
-            raise NotFound(f"encoder version {version} does not exist")
-        row.status = "READY"
-        row.kind = bundle.kind
-        row.dimensions = bundle.dimensions
-        row.metrics = dict(bundle.metrics)
-        row.artifact_path = relative
-        row.error = None
-        return _info(row)
-
-
-def _fail(db: Database, version: int, error: str) -> EncoderVersionInfo:
-    with db.session() as s:
-        row = s.scalar(select(EncoderVersionRow).where(EncoderVersionRow.version == version))
-        if row is None:
-            raise NotFound(f"encoder version {version} does not exist")
-        row.status = "FAILED"
-        row.error = error
-        return _info(row)
+    row = lifecycle.mark_ready(
+        version, kind=bundle.kind, dimensions=bundle.dimensions, metrics=dict(bundle.metrics)
+    )
+    return _info(row)
 
 
 def list_encoder_versions(db: Database) -> list[EncoderVersionInfo]:
@@ -688,7 +639,7 @@ def get_encoder_version(db: Database, version: int = 0) -> EncoderVersionInfo:
         if version:
             query = query.where(EncoderVersionRow.version == version)
         else:
-            query = query.where(EncoderVersionRow.status == "READY").order_by(
+            query = query.where(EncoderVersionRow.status == Status.READY.value).order_by(
                 EncoderVersionRow.version.desc()
             )
         row = s.scalars(query.limit(1)).first()
@@ -731,10 +682,13 @@ def read_sample(
 class EncoderTrainer:
     """The facade the trainer's servicer calls for TrainEncoder / ListEncoderVersions."""
 
-    def __init__(self, db: Database, event_store_root: Path, artifacts: ArtifactStore) -> None:
+    def __init__(
+        self, db: Database, event_store_root: Path | str, artifacts: ArtifactStore
+    ) -> None:
         self.db = db
         self.store = EventStore(event_store_root)
         self.artifacts = artifacts
+        self.lifecycle = encoder_lifecycle(db, artifacts)
 
     def train(
         self,
@@ -747,7 +701,8 @@ class EncoderTrainer:
         """Fit, export and publish an encoder; returns the READY (or FAILED) version.
 
         Bad arguments and a missing dataset raise before any version exists;
-        a failure while fitting is recorded as a FAILED version and returned.
+        a failure while fitting is recorded as a FAILED version and returned;
+        a cancelled job ends CANCELLED and raises `Cancelled`.
         """
         report = progress or _no_progress
         dims = dims or DEFAULT_DIMENSIONS
@@ -759,7 +714,7 @@ class EncoderTrainer:
         if kind != "auto" and kind not in KINDS:
             raise InvalidArgument("kind", f"unknown encoder kind {kind!r}")
         catalog.get_dataset(self.db, dataset)  # NotFound before a version is made
-        version = _allocate_version(self.db, self.artifacts, dataset, dims)
+        version = self.lifecycle.allocate(dataset=dataset, dimensions=dims, metrics={})
         try:
             report("sample", 0.02, f"reading up to {sample_size} profiles of {dataset}")
             events, as_of = read_sample(self.db, self.store, dataset, sample_size)
@@ -775,34 +730,20 @@ class EncoderTrainer:
             report("done", 1.0, bundle.chosen_by)
             log.info("encoder ready", extra={"version": version, "chosen_by": bundle.chosen_by})
             return info
-        except Exception as exc:
+        except BaseException as exc:
+            if self.lifecycle.end_with(version, exc) is not Status.FAILED or not isinstance(
+                exc, Exception
+            ):
+                raise
             log.exception("encoder training failed", extra={"version": version})
-            message = (
-                exc.message if isinstance(exc, FailedPrecondition | InvalidArgument) else str(exc)
-            )
-            return _fail(self.db, version, message or type(exc).__name__)
+            return get_encoder_version(self.db, version)
 
     def list_versions(self) -> list[EncoderVersionInfo]:
         """Every encoder version, newest first."""
         return list_encoder_versions(self.db)
 
     def recover_interrupted(self) -> list[int]:
-        """At trainer start: TRAINING versions belong to a killed job; mark them FAILED.
-
-        Their bundle, if the job got as far as publishing it, is removed so a
-        version number never points at files its row does not vouch for.
-        """
-        failed: list[int] = []
-        with self.db.session() as s:
-            rows = s.scalars(
-                select(EncoderVersionRow).where(EncoderVersionRow.status == "TRAINING")
-            )
-            for row in rows:
-                row.status = "FAILED"
-                row.error = "interrupted: trainer restarted"
-                row.artifact_path = None
-                folder = self.artifacts.path(encoder_bundle_path(row.version))
-                if folder.is_dir():
-                    shutil.rmtree(folder, ignore_errors=True)
-                failed.append(row.version)
-        return failed
+        """At trainer start: RUNNING versions belong to a killed job; they become FAILED
+        "interrupted", with any bundle they published and the trainer's temporary folders
+        under encoders/ removed (see `Lifecycle.recover`)."""
+        return [version for _scope, version in self.lifecycle.recover()]

@@ -46,3 +46,11 @@ class ResourceExhausted(ForesightError):
 
 class Unauthenticated(ForesightError):
     """Missing or wrong credentials."""
+
+
+class Cancelled(ForesightError):
+    """The caller cancelled the job (or its deadline passed); nothing was published."""
+
+
+class Unavailable(ForesightError):
+    """A backing system (e.g. the Dask scheduler) cannot be reached; retrying later may work."""

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foresight.storage.db import default_database_url
@@ -59,6 +66,27 @@ class ServiceSettings(BaseSettings):
         description="Event-store shards; the same for every service (profiles hash into them).",
     )
 
+    events_dir: str | None = Field(
+        None,
+        description=(
+            "Event store root: a folder or an fsspec URL such as s3://bucket/events "
+            "(endpoint and credentials from the AWS_* variables); default <data_dir>/events."
+        ),
+    )
+    dask_scheduler: str | None = Field(
+        None,
+        pattern=r"^(tcp|tls|ucx|inproc)://\S+$",
+        description=(
+            "Dask scheduler address (tcp://host:8786): shard work runs on that cluster; "
+            "unset = the local process pool."
+        ),
+    )
+
+    @field_validator("dask_scheduler", "events_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _tls_pair(self) -> ServiceSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -67,6 +95,11 @@ class ServiceSettings(BaseSettings):
             if f is not None and not f.is_file():
                 raise ValueError(f"TLS file {f} does not exist")
         return self
+
+    @property
+    def events_location(self) -> str:
+        """The event store root (folder or URL) every service and shard task uses."""
+        return self.events_dir or str(self.data_dir / "events")
 
     @property
     def resolved_database_url(self) -> str:

@@ -81,7 +81,7 @@ def prepare(client: ForesightClient, log: Callable[[str], None] = print) -> None
         runs = client.scorer.ListScoringRuns(
             scorer_pb2.ListScoringRunsRequest(instance=instance.name)
         ).runs
-        if not any(r.status == scorer_pb2.RUN_STATUS_SUCCEEDED for r in runs):
+        if not any(r.status == common_pb2.JOB_STATUS_READY for r in runs):
             run = client.follow(
                 client.scorer.RunScoring(scorer_pb2.RunScoringRequest(instance=instance.name))
             )
@@ -98,7 +98,7 @@ def prepare(client: ForesightClient, log: Callable[[str], None] = print) -> None
         if not _exists(exc):
             raise
     encoders = client.trainer.ListEncoderVersions(trainer_pb2.ListEncoderVersionsRequest()).versions
-    if not any(e.status == trainer_pb2.VERSION_STATUS_READY for e in encoders):
+    if not any(e.status == common_pb2.JOB_STATUS_READY for e in encoders):
         encoder = client.follow(
             client.trainer.TrainEncoder(trainer_pb2.TrainEncoderRequest(dataset=DATASET))
         )

@@ -10,6 +10,7 @@ import typer
 from google.protobuf import json_format
 from rich.table import Table
 
+from foresight.api.common.v1 import common_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.cli.app import app, client, console, follow, instance_app, show
 from foresight.convert import event_from_row
@@ -197,7 +198,7 @@ def versions(name: str) -> None:
         resp = c.trainer.ListModelVersions(trainer_pb2.ListModelVersionsRequest(instance=name))
     table = Table("version", "status", "current", "AUC", "features", "error")
     for v in resp.versions:
-        status = trainer_pb2.VersionStatus.Name(v.status).removeprefix("VERSION_STATUS_")
+        status = common_pb2.JobStatus.Name(v.status).removeprefix("JOB_STATUS_")
         table.add_row(
             str(v.version),
             status,

@@ -4,6 +4,10 @@ Layout: ``<root>/<dataset>/shard=<k>/part-<uuid>.parquet``, where ``k`` is a
 stable hash of ``profile_id`` modulo the shard count, so all events of one
 profile live in one shard and featurization can run shard by shard.
 
+The root is a local folder or an fsspec URL (``s3://bucket/events``, see
+:mod:`foresight.storage.fs`): on an object store the same layout holds, and a
+shard task reads only its shard's objects.
+
 The SQL catalog (owned by the caller) is the source of truth for which parts
 exist: every read takes the list of catalogued parts, and a file on disk that
 the catalog does not know (a crash between writing and cataloguing) stays
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -34,6 +39,7 @@ import pyarrow as pa
 from foresight.errors import InvalidArgument
 from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.validation import REJECTED_SCHEMA
+from foresight.storage import fs
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -170,13 +176,19 @@ class EventStore:
     writes because files only ever appear whole.
     """
 
-    def __init__(self, root: Path, shards: int = DEFAULT_SHARDS) -> None:
-        """Open (and create) a store under ``root`` with ``shards`` shards per dataset."""
+    def __init__(self, root: Path | str, shards: int = DEFAULT_SHARDS) -> None:
+        """Open (and create) a store under ``root`` (a folder or a URL) with ``shards`` shards."""
         if shards <= 0:
             raise InvalidArgument("shards", "must be positive")
-        self.root = root
+        self.url = str(root)
+        self.remote = fs.is_remote(self.url)
+        self.root = Path(root) if not self.remote else Path(".")  # local stores only
         self.shards = shards
-        root.mkdir(parents=True, exist_ok=True)
+        if self.remote:
+            filesystem, path = fs.filesystem(self.url)
+            filesystem.makedirs(path, exist_ok=True)
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
         self._known: dict[tuple[str, int], _KnownIds] = {}
         self._lock = threading.Lock()
 
@@ -197,6 +209,21 @@ class EventStore:
         if not part.startswith(prefix) or not _PART_NAME.match(part[len(prefix) :]):
             raise InvalidArgument("part", f"{part!r} is not a part of dataset {dataset!r}")
         return self.dataset_dir(dataset) / part[len(prefix) :]
+
+    def location(self, dataset: str, relative: str = "") -> str:
+        """Where a file of a dataset lives: a local path or a URL (names checked as above)."""
+        if not self.remote:
+            folder = self.dataset_dir(dataset)
+            return str(folder / relative) if relative else str(folder)
+        self.dataset_dir(dataset)  # the same name check
+        return fs.join(self.url, dataset, relative)
+
+    shard_of_part = staticmethod(shard_of_part)  # the module function, for existing callers
+
+    def part_location(self, dataset: str, part: str) -> str:
+        """Where a catalogued part lives (checked to belong to the dataset)."""
+        local = self.part_path(dataset, part)
+        return str(local) if not self.remote else fs.join(self.url, part)
 
     # -- writes --------------------------------------------------------------
 
@@ -248,13 +275,16 @@ class EventStore:
         # and the min/max statistics per row group become useful.
         events = events.sort("profile_id", "timestamp")
         relative = part_name(shard)
-        target = dataset_dir / relative
-        _atomic_write(
-            target,
-            lambda handle: events.write_parquet(
-                handle, compression="zstd", compression_level=1, statistics=True
-            ),
-        )
+
+        def write(handle: BinaryIO) -> None:
+            events.write_parquet(handle, compression="zstd", compression_level=1, statistics=True)
+
+        if self.remote:
+            size = fs.put_object(self.location(dataset, relative), write)
+        else:
+            target = dataset_dir / relative
+            _atomic_write(target, write)
+            size = target.stat().st_size
         summary = events.select(
             pl.col("profile_id").n_unique().alias("profiles"),
             pl.col("timestamp").min().alias("min_ts"),
@@ -270,7 +300,7 @@ class EventStore:
             min_timestamp=summary["min_ts"],
             max_timestamp=summary["max_ts"],
             event_types=tuple(summary["types"]),
-            size_bytes=target.stat().st_size,
+            size_bytes=size,
         )
 
     def _known_ids(self, dataset: str, shard: int, catalogued: set[str]) -> _KnownIds:
@@ -290,7 +320,7 @@ class EventStore:
             self._known[key] = cached
         missing = sorted(catalogued - cached.parts)
         if missing:
-            ids = pl.scan_parquet([self.part_path(dataset, part) for part in missing]).select(
+            ids = self.scan(dataset, missing).select(
                 pl.col("event_id").hash(_ID_HASH_SEED).alias("h"), "event_id"
             )
             cached.ids = pl.concat([cached.ids, ids.collect()], rechunk=True)
@@ -312,8 +342,14 @@ class EventStore:
         if rejected.schema != REJECTED_SCHEMA:
             raise InvalidArgument("rejected", "expected the rejected-row schema of validation")
         name = f"rejected-{uuid.uuid4().hex}.parquet"
-        target = self.dataset_dir(dataset) / QUARANTINE_DIR / name
-        _atomic_write(target, lambda handle: rejected.write_parquet(handle, compression="zstd"))
+
+        def write(handle: BinaryIO) -> None:
+            rejected.write_parquet(handle, compression="zstd")
+
+        if self.remote:
+            fs.put_object(self.location(dataset, f"{QUARANTINE_DIR}/{name}"), write)
+        else:
+            _atomic_write(self.dataset_dir(dataset) / QUARANTINE_DIR / name, write)
         return f"{dataset}/{QUARANTINE_DIR}/{name}"
 
     def read_quarantine(self, path: str) -> pl.DataFrame:
@@ -321,6 +357,8 @@ class EventStore:
         dataset, _, rest = path.partition("/")
         if not re.fullmatch(rf"{QUARANTINE_DIR}/rejected-[0-9a-f]{{32}}\.parquet", rest):
             raise InvalidArgument("path", f"{path!r} is not a quarantine file")
+        if self.remote:
+            return fs.read_parquet(self.location(dataset, rest))
         return pl.read_parquet(self.dataset_dir(dataset) / rest)
 
     def compact(self, dataset: str, shard: int, parts: Iterable[str]) -> PartInfo | None:
@@ -341,9 +379,11 @@ class EventStore:
 
     def scan(self, dataset: str, parts: Iterable[str]) -> pl.LazyFrame:
         """Lazy frame over the given catalogued parts (an empty frame if none)."""
-        paths = [self.part_path(dataset, part) for part in parts]
+        paths = [self.part_location(dataset, part) for part in parts]
         if not paths:
             return pl.LazyFrame(schema=EVENT_SCHEMA)
+        if self.remote:
+            return fs.scan_parquet(paths, EVENT_SCHEMA)
         return pl.scan_parquet(paths, schema=EVENT_SCHEMA)
 
     def read_shard(self, dataset: str, shard: int, parts: Iterable[str]) -> pl.DataFrame:
@@ -362,6 +402,8 @@ class EventStore:
         to be catalogued by a concurrent import survives. Returns the removed
         paths (relative to the root).
         """
+        if self.remote:
+            return self._cleanup_remote(dataset, set(known_parts), min_age_seconds)
         dataset_dir = self.dataset_dir(dataset)
         known = set(known_parts)
         deadline = time.time() - min_age_seconds
@@ -383,6 +425,29 @@ class EventStore:
             for key in [key for key in self._known if key[0] == dataset]:
                 del self._known[key]  # cached ids may come from removed files
         return removed
+
+    def _cleanup_remote(self, dataset: str, known: set[str], min_age_seconds: float) -> list[str]:
+        """cleanup_orphans on an object store (no temp files there: uploads appear whole)."""
+        deadline = time.time() - min_age_seconds
+        removed: list[str] = []
+        for relative, modified in fs.listing(self.location(dataset)):
+            part = f"{dataset}/{relative}"
+            if not _PART_NAME.match(relative) or part in known:
+                continue
+            if modified is not None and modified.timestamp() > deadline:
+                continue
+            fs.remove(self.location(dataset, relative))
+            removed.append(part)
+        self.release(dataset)  # cached ids may come from removed files
+        return removed
+
+    def delete_dataset(self, dataset: str) -> None:
+        """Remove every file of a dataset (parts and quarantine)."""
+        self.release(dataset)
+        if self.remote:
+            fs.remove_tree(self.location(dataset))
+            return
+        shutil.rmtree(self.dataset_dir(dataset), ignore_errors=True)
 
 
 def _drop_known(events: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:

@@ -4,7 +4,9 @@ A bundle is written into a hidden temporary sibling folder, every file is
 fsynced and checksummed into `manifest.json`, and the folder is renamed into
 place in one `os.replace`. A reader therefore sees either no bundle or a
 complete one; a killed writer leaves only a temporary folder that
-`sweep_temporary` removes at the next start.
+`sweep_temporary` removes at the next start. Temporary names carry the
+writing service (``.tmp-trainer-…``) so each service sweeps only its own and
+never another's write in flight.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ class ArtifactStore:
         return self.root / relative
 
     @contextmanager
-    def publish(self, relative: str, metadata: dict[str, Any] | None = None) -> Iterator[Path]:
+    def publish(
+        self, relative: str, metadata: dict[str, Any] | None = None, *, owner: str
+    ) -> Iterator[Path]:
         """Yield a temporary folder to fill; on success it becomes `relative`, atomically.
 
         The manifest records each file's SHA-256 so a loader can verify the bundle.
@@ -76,7 +80,7 @@ class ArtifactStore:
         if final.exists():
             raise FailedPrecondition(f"artifact {relative} already exists")
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{final.name}"
+        tmp = final.parent / f"{_TMP_PREFIX}{owner}-{uuid.uuid4().hex}-{final.name}"
         tmp.mkdir()
         try:
             yield tmp
@@ -108,10 +112,17 @@ class ArtifactStore:
                 raise FailedPrecondition(f"artifact {relative}: {name} is missing or corrupt")
         return manifest
 
-    def sweep_temporary(self) -> int:
-        """Remove temporary folders left by killed writers; returns how many."""
+    def sweep_temporary(self, owner: str, under: str = "") -> int:
+        """Remove `owner`'s temporary folders left by killed writers; returns how many.
+
+        Call at the owner's start, before it writes: another service's
+        temporary folders (a write in flight) are left alone.
+        """
         removed = 0
-        for tmp in self.root.rglob(f"{_TMP_PREFIX}*"):
+        folder = self.root / under
+        if not folder.is_dir():
+            return 0
+        for tmp in list(folder.rglob(f"{_TMP_PREFIX}{owner}-*")):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:

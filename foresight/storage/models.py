@@ -125,7 +125,7 @@ class InstanceRow(Base):
 
 
 class ModelVersionRow(Base):
-    """A trained model version of an instance (TRAINING → READY | FAILED)."""
+    """A trained model version of an instance (RUNNING → READY | FAILED | CANCELLED)."""
 
     __tablename__ = "model_versions"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -241,6 +241,7 @@ class IndexVersionRow(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -279,6 +280,7 @@ class DiscoveryRow(Base):
     chosen_by: Mapped[str] = mapped_column(Text, default="")
     # Parquet of (profile_id, cluster_id, distance) plus centroids, under artifacts/discoveries.
     artifact_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

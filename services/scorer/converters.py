@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
+from foresight.convert import status_to_pb
 from foresight.convert import to_timestamp as timestamp
 from foresight.errors import InvalidArgument
 from services.scorer.records import (
@@ -21,7 +22,6 @@ from services.scorer.records import (
     ModelStatus,
     ProfileScores,
     Progress,
-    RunStatus,
     ScoringRun,
     Segment,
     SegmentFilter,
@@ -37,11 +37,6 @@ IMPORTANCE_TO_PB = {
     Importance.LOW: common_pb2.IMPORTANCE_LOW,
     Importance.MEDIUM: common_pb2.IMPORTANCE_MEDIUM,
     Importance.HIGH: common_pb2.IMPORTANCE_HIGH,
-}
-STATUS_TO_PB = {
-    RunStatus.RUNNING: scorer_pb2.RUN_STATUS_RUNNING,
-    RunStatus.SUCCEEDED: scorer_pb2.RUN_STATUS_SUCCEEDED,
-    RunStatus.FAILED: scorer_pb2.RUN_STATUS_FAILED,
 }
 
 # --- scores -------------------------------------------------------------------------
@@ -95,7 +90,7 @@ def scoring_run(run: ScoringRun) -> scorer_pb2.ScoringRun:
         run_id=run.run_id,
         instance=run.instance,
         model_version=run.model_version,
-        status=STATUS_TO_PB[run.status],
+        status=status_to_pb(run.status),
         as_of=timestamp(run.as_of),
         started_at=timestamp(run.started_at),
         finished_at=timestamp(run.finished_at),

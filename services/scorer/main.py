@@ -28,6 +28,7 @@ from foresight.runtime.server import ServiceRuntime, run_service
 from foresight.settings import load_settings
 from foresight.storage.db import Database
 from services.scorer.explain import configure_native_threads
+from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
 from services.scorer.service import Scorer, ScorerConfig
 from services.scorer.servicer import SERVICE_NAME, ScorerServicer
 from services.scorer.settings import ScorerSettings
@@ -40,7 +41,7 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
     configure_native_threads()
     config = ScorerConfig(
         artifacts_dir=settings.artifacts_dir,
-        events_dir=settings.resolved_events_dir,
+        events_dir=settings.events_location,
         scoring_threads=settings.resolved_scoring_threads,
         top_factors=settings.top_factors,
     )
@@ -148,6 +149,10 @@ def main() -> None:
     configure_logging("scorer", settings.log_level, settings.log_json)
     db = Database(settings.resolved_database_url)
     db.migrate()
+    # Before any worker serves: the runs a killed scorer left RUNNING become
+    # FAILED "interrupted" and score files no READY run points at are removed.
+    interrupted, removed = recover_interrupted(db, settings.artifacts_dir / SCORES_FOLDER)
+    log.info("recovered", extra={"interrupted_runs": interrupted, "files_removed": removed})
     db.dispose()
     if settings.server_processes == 1:
         _serve_process(settings, 0)

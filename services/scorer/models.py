@@ -11,7 +11,6 @@ previous one serving, with the failure in `status()` and a metric.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -23,15 +22,22 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from prometheus_client import Counter, Gauge
-from sqlalchemy import select
 
 from foresight import instance as instance_config
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.features.spec import FeatureDef, FeatureSpec
 from foresight.instance import InstanceConfig
 from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.bundles import (
+    MODEL_INPUT,
+    MODEL_ONNX,
+    MODEL_OUTPUT,
+    MODEL_TEXT,
+    read_model_bundle,
+    serving_versions,
+)
 from foresight.storage.db import Database
-from foresight.storage.models import InstanceRow, ModelVersionRow, utcnow
+from foresight.storage.models import utcnow
 from services.scorer.explain import TreeExplainer
 
 log = logging.getLogger("foresight.scorer.models")
@@ -41,9 +47,6 @@ LOAD_FAILURES = Counter(
 )
 SERVING_VERSION = Gauge("foresight_scorer_model_version", "Model version serving", ["instance"])
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "probabilities"
-READY = "READY"
 # ONNX (scores) and model.txt (reasons) must be the same model: a mismatched
 # pair of files would give scores whose reasons explain another model.
 PARITY_TOLERANCE = 1e-3
@@ -74,10 +77,10 @@ class LoadedModel:
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.shape[0] <= _INFER_CHUNK:
             return np.asarray(
-                self.session.run([OUTPUT_NAME], {INPUT_NAME: X})[0][:, 1], dtype=np.float32
+                self.session.run([MODEL_OUTPUT], {MODEL_INPUT: X})[0][:, 1], dtype=np.float32
             )
         parts = [
-            self.session.run([OUTPUT_NAME], {INPUT_NAME: X[i : i + _INFER_CHUNK]})[0][:, 1]
+            self.session.run([MODEL_OUTPUT], {MODEL_INPUT: X[i : i + _INFER_CHUNK]})[0][:, 1]
             for i in range(0, X.shape[0], _INFER_CHUNK)
         ]
         return np.concatenate(parts).astype(np.float32)
@@ -99,27 +102,27 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
-    """Load and check one model bundle folder (see docs/dev-notes.md for its layout)."""
-    spec = FeatureSpec.from_dict(json.loads((folder / "feature_spec.json").read_text()))
-    config = instance_config.from_dict(json.loads((folder / "instance.json").read_text()))
-    evaluation_file = folder / "evaluation.json"
-    evaluation = json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else {}
-    session = _session(folder / "model.onnx")
+    """Load and check one model bundle folder (layout: `foresight.storage.bundles`)."""
+    files = read_model_bundle(folder)
+    spec = FeatureSpec.from_dict(files.feature_spec)
+    config = instance_config.from_dict(files.instance)
+    evaluation = files.evaluation
+    session = _session(files.onnx_path)
     inputs = {i.name: i for i in session.get_inputs()}
-    if INPUT_NAME not in inputs or OUTPUT_NAME not in {o.name for o in session.get_outputs()}:
+    if MODEL_INPUT not in inputs or MODEL_OUTPUT not in {o.name for o in session.get_outputs()}:
         raise FailedPrecondition(
-            f"model.onnx must have input '{INPUT_NAME}' and output '{OUTPUT_NAME}'"
+            f"{MODEL_ONNX} must have input '{MODEL_INPUT}' and output '{MODEL_OUTPUT}'"
         )
-    width = inputs[INPUT_NAME].shape[1]
+    width = inputs[MODEL_INPUT].shape[1]
     n_features = len(spec.features)
     if isinstance(width, int) and width != n_features:
         raise FailedPrecondition(
-            f"model.onnx takes {width} features, the feature spec has {n_features}"
+            f"{MODEL_ONNX} takes {width} features, the feature spec has {n_features}"
         )
-    explainer = TreeExplainer((folder / "model.txt").read_text())
+    explainer = TreeExplainer(files.model_text)
     if explainer.n_features != n_features:
         raise FailedPrecondition(
-            f"model.txt takes {explainer.n_features} features, the feature spec has {n_features}"
+            f"{MODEL_TEXT} takes {explainer.n_features} features, the feature spec has {n_features}"
         )
     model = LoadedModel(
         instance=instance,
@@ -151,7 +154,7 @@ def _check_parity(model: LoadedModel, n_features: int) -> None:
     gap = float(np.max(np.abs(onnx - rebuilt)))
     if gap > PARITY_TOLERANCE:
         raise FailedPrecondition(
-            f"model.onnx and model.txt disagree (max probability gap {gap:.2g})"
+            f"{MODEL_ONNX} and {MODEL_TEXT} disagree (max probability gap {gap:.2g})"
         )
 
 
@@ -209,8 +212,8 @@ class ModelRegistry:
     def refresh(self) -> list[str]:
         """Load the wanted version of every instance; returns instances that changed.
 
-        The wanted version is the instance's `current_version` when that is
-        READY, else its newest READY version. A version that failed once is not
+        The wanted version is the registry's rule (`serving_versions`: the
+        instance's current version when READY, else its newest READY one). A version that failed once is not
         retried until a newer one appears (loading is not free and the error
         would only repeat).
         """
@@ -257,26 +260,5 @@ class ModelRegistry:
 
     def _wanted_versions(self) -> dict[str, tuple[int, str, datetime | None]]:
         with self._db.session() as session:
-            current = dict(
-                session.execute(select(InstanceRow.name, InstanceRow.current_version)).all()
-            )
-            rows = session.execute(
-                select(
-                    ModelVersionRow.instance_name,
-                    ModelVersionRow.version,
-                    ModelVersionRow.artifact_path,
-                    ModelVersionRow.finished_at,
-                ).where(ModelVersionRow.status == READY, ModelVersionRow.artifact_path.is_not(None))
-            )
-            ready: dict[str, dict[int, tuple[str, datetime | None]]] = {}
-            for name, version, path, finished in rows:
-                if name in current and path is not None:
-                    ready.setdefault(name, {})[version] = (path, finished)
-        wanted: dict[str, tuple[int, str, datetime | None]] = {}
-        for name, versions in ready.items():
-            pinned = current.get(name)
-            version = pinned if pinned in versions else max(versions)
-            assert version is not None
-            path, finished = versions[version]
-            wanted[name] = (version, path, finished)
-        return wanted
+            served = serving_versions(session)
+        return {name: (v.version, v.artifact_path, v.finished_at) for name, v in served.items()}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum, IntEnum
+from enum import IntEnum
 from typing import NamedTuple
+
+from foresight.storage.lifecycle import Status
 
 
 class Bucket(IntEnum):
@@ -22,14 +24,6 @@ class Importance(IntEnum):
     LOW = 1
     MEDIUM = 2
     HIGH = 3
-
-
-class RunStatus(Enum):
-    """Lifecycle of a scoring run (stored as the name in `scoring_runs.status`)."""
-
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
 
 
 class Factor(NamedTuple):
@@ -74,7 +68,7 @@ class ScoringRun:
     run_id: str
     instance: str
     model_version: int
-    status: RunStatus
+    status: Status
     as_of: datetime
     started_at: datetime
     finished_at: datetime | None

@@ -33,6 +33,7 @@ from foresight.features.featurize import featurize
 from foresight.features.labels import as_utc, eligible_profiles
 from foresight.features.spec import format_factor_value
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status, ending_of
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
 from services.scorer.catalog import Catalog, DatasetParts
 from services.scorer.factors import (
@@ -44,7 +45,8 @@ from services.scorer.factors import (
     top_factors,
 )
 from services.scorer.models import LoadedModel, ModelRegistry
-from services.scorer.records import Bucket, Importance, Progress, RunStatus, ScoringRun
+from services.scorer.records import Bucket, Importance, Progress, ScoringRun
+from services.scorer.recovery import end_runs
 from services.scorer.snapshot import RunScores, SnapshotStore, sidecar_of
 
 log = logging.getLogger("foresight.scorer.scoring")
@@ -97,7 +99,7 @@ def run_from_row(row: ScoringRunRow) -> ScoringRun:
         run_id=row.run_id,
         instance=row.instance_name,
         model_version=row.model_version,
-        status=RunStatus(row.status),
+        status=Status(row.status),
         as_of=row.as_of,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -185,7 +187,7 @@ class ScoringEngine:
                         run_id=run_id,
                         instance_name=instance,
                         model_version=model.version,
-                        status=RunStatus.RUNNING.value,
+                        status=Status.RUNNING.value,
                         as_of=as_of,
                         started_at=started,
                     )
@@ -199,8 +201,8 @@ class ScoringEngine:
                     scores = self._score(run_id, model, parts, as_of, notify)
                     relative = self._store(scores, notify)
             except BaseException as exc:
-                self._fail(run_id, exc)
-                RUNS.labels(instance=instance, status=RunStatus.FAILED.value).inc()
+                status = self._fail(run_id, instance, exc)
+                RUNS.labels(instance=instance, status=status.value).inc()
                 raise
             finished = utcnow()
             with self.db.session() as session:
@@ -208,7 +210,7 @@ class ScoringEngine:
                     update(ScoringRunRow)
                     .where(ScoringRunRow.run_id == run_id)
                     .values(
-                        status=RunStatus.SUCCEEDED.value,
+                        status=Status.READY.value,
                         finished_at=finished,
                         profiles=len(scores),
                         scores_path=relative,
@@ -216,7 +218,7 @@ class ScoringEngine:
                 )
                 result = run_from_row(session.get_one(ScoringRunRow, run_id))
             self.snapshots.swap(scores, finished)
-            RUNS.labels(instance=instance, status=RunStatus.SUCCEEDED.value).inc()
+            RUNS.labels(instance=instance, status=Status.READY.value).inc()
             notify(Progress("done", 1.0, f"{len(scores):,} profiles scored"))
             log.info(
                 "scoring run succeeded",
@@ -251,13 +253,17 @@ class ScoringEngine:
         results: list[ShardScores] = []
         with ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="score-shard") as pool:
             futures = [pool.submit(one, shard) for shard in shards]
-            for done, future in enumerate(as_completed(futures), start=1):
-                results.append(future.result())
-                notify(
-                    Progress(
-                        "score", 0.8 * done / len(shards), f"{done}/{len(shards)} shards scored"
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    results.append(future.result())
+                    notify(
+                        Progress(
+                            "score", 0.8 * done / len(shards), f"{done}/{len(shards)} shards scored"
+                        )
                     )
-                )
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # a cancelled run stops now
+                raise
         ids = (
             np.concatenate([r.profile_ids for r in results])
             if results
@@ -323,21 +329,17 @@ class ScoringEngine:
             )
         return f"scores/{relative}"
 
-    def _fail(self, run_id: str, exc: BaseException) -> None:
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-        log.error("scoring run failed", extra={"run_id": run_id, "error": message})
+    def _fail(self, run_id: str, instance: str, exc: BaseException) -> Status:
+        """End a run FAILED or CANCELLED: its stored scores and score files are removed."""
+        status, message = ending_of(exc)
+        log.error("scoring run ended", extra={"run_id": run_id, "status": status.value})
+        if status is Status.FAILED and not hasattr(exc, "message"):
+            log.error("scoring run failed", exc_info=exc)
         try:
-            with self.db.session() as session:
-                session.execute(delete(ProfileScoreRow).where(ProfileScoreRow.run_id == run_id))
-                session.execute(
-                    update(ScoringRunRow)
-                    .where(ScoringRunRow.run_id == run_id)
-                    .values(
-                        status=RunStatus.FAILED.value, finished_at=utcnow(), error=message[:4000]
-                    )
-                )
+            end_runs(self.db, self.scores_root, {run_id: instance}, status, message)
         except Exception:
-            log.exception("could not record the failed run", extra={"run_id": run_id})
+            log.exception("could not record the ended run", extra={"run_id": run_id})
+        return status
 
     def _prune(self, instance: str) -> None:
         """Keep the scores of the newest `keep_runs` succeeded runs; the run history stays."""
@@ -346,7 +348,7 @@ class ScoringEngine:
                 select(ScoringRunRow.run_id, ScoringRunRow.scores_path)
                 .where(
                     ScoringRunRow.instance_name == instance,
-                    ScoringRunRow.status == RunStatus.SUCCEEDED.value,
+                    ScoringRunRow.status == Status.READY.value,
                     ScoringRunRow.scores_path.is_not(None),
                 )
                 .order_by(ScoringRunRow.finished_at.desc())
@@ -390,7 +392,7 @@ class ScoringEngine:
             rows = session.scalars(
                 select(ScoringRunRow)
                 .where(
-                    ScoringRunRow.status == RunStatus.SUCCEEDED.value,
+                    ScoringRunRow.status == Status.READY.value,
                     ScoringRunRow.scores_path.is_not(None),
                 )
                 .order_by(ScoringRunRow.finished_at)
@@ -412,7 +414,7 @@ class ScoringEngine:
         row = self.get_run(run_id)
         if row.instance_name != instance:
             raise NotFound(f"scoring run '{run_id}' is not a run of instance '{instance}'")
-        if row.status != RunStatus.SUCCEEDED.value:
+        if row.status != Status.READY.value:
             raise FailedPrecondition(f"scoring run '{run_id}' is {row.status}, not SUCCEEDED")
         if not row.scores_path:
             raise FailedPrecondition(

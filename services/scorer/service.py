@@ -8,7 +8,6 @@ loop (snapshot lookups: microseconds) and what goes to a thread (I/O, scoring).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,7 @@ from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.events.store import EventStore
 from foresight.instance import Goal
 from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.bundles import read_model_documents
 from foresight.storage.db import Database
 from foresight.storage.models import InstanceRow, ModelVersionRow, ScoringRunRow
 from services.scorer import insights as insight_math
@@ -43,6 +43,7 @@ from services.scorer.records import (
     Segment,
     SegmentFilter,
 )
+from services.scorer.recovery import SCORES_FOLDER
 from services.scorer.schedule import is_due
 from services.scorer.scoring import ProgressFn, ScoringEngine, run_from_row
 from services.scorer.segments import SegmentStore
@@ -56,7 +57,7 @@ class ScorerConfig:
     """Where the stores are and how hard to work."""
 
     artifacts_dir: Path
-    events_dir: Path
+    events_dir: Path | str
     scoring_threads: int
     top_factors: int = 5
     keep_runs: int = 3
@@ -77,7 +78,7 @@ class Scorer:
             self.catalog,
             self.registry,
             self.snapshots,
-            config.artifacts_dir / "scores",
+            config.artifacts_dir / SCORES_FOLDER,
             config.scoring_threads,
             config.top_factors,
             config.keep_runs,
@@ -307,11 +308,7 @@ class Scorer:
             )
         if not path:
             return {}, None
-        folder = self.artifacts.path(path)
-        evaluation_file, config_file = folder / "evaluation.json", folder / "instance.json"
-        evaluation = json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else {}
-        config = json.loads(config_file.read_text()) if config_file.is_file() else None
-        return evaluation, config
+        return read_model_documents(self.artifacts.path(path))
 
     def status(self) -> list[ModelStatus]:
         """Serving model version, load errors and snapshot of every instance."""

@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator
 from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from foresight.convert import events_to_frame, from_timestamp
 from foresight.runtime import Context
+from foresight.runtime.jobs import ProgressFn, progress_stream
 from services.scorer import converters
 from services.scorer.records import Progress, ScoringRun
 from services.scorer.service import Scorer
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
-
-_END = object()
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
@@ -33,23 +32,21 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         self, request: scorer_pb2.RunScoringRequest, context: Context
     ) -> AsyncIterator[scorer_pb2.RunScoringEvent]:
         as_of = from_timestamp(request.as_of, request.HasField("as_of"))
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
 
-        def report(progress: Progress) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, progress)
+        def job(report: ProgressFn) -> ScoringRun:
+            return self.scorer.run_scoring(
+                request.instance, as_of, lambda p: report(p.stage, p.fraction, p.message)
+            )
 
-        def work() -> ScoringRun:
-            try:
-                return self.scorer.run_scoring(request.instance, as_of, report)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-        task = asyncio.ensure_future(asyncio.to_thread(work))
-        while (item := await queue.get()) is not _END:
-            assert isinstance(item, Progress)
-            yield converters.progress_event(item)
-        yield converters.run_event(await task)
+        async for event in progress_stream(
+            job,
+            lambda stage, fraction, message: converters.progress_event(
+                Progress(stage, fraction, message)
+            ),
+            converters.run_event,
+            context=context,
+        ):
+            yield event
 
     async def ListScoringRuns(
         self, request: scorer_pb2.ListScoringRunsRequest, context: Context

@@ -53,11 +53,6 @@ class ScorerSettings(ServiceSettings):
         validation_alias=AliasChoices("FORESIGHT_SCORER_SCHEDULE_SECONDS"),
         description="How often instance scoring schedules are checked (first server process only).",
     )
-    events_dir: Path | None = Field(
-        None,
-        validation_alias=AliasChoices("FORESIGHT_EVENTS_DIR"),
-        description="Root of the event store; default <data_dir>/events.",
-    )
 
     @model_validator(mode="after")
     def _server_processes_need_fixed_port(self) -> ScorerSettings:
@@ -67,11 +62,6 @@ class ScorerSettings(ServiceSettings):
                 "(the processes share one port with SO_REUSEPORT)"
             )
         return self
-
-    @property
-    def resolved_events_dir(self) -> Path:
-        """The event store root."""
-        return self.events_dir or self.data_dir / "events"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -32,12 +32,15 @@ from typing import Any, Final
 
 import numpy as np
 import polars as pl
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
-from foresight.storage.models import ClusterRow, DiscoveryRow, utcnow
+from foresight.storage.lifecycle import Lifecycle, Status
+from foresight.storage.models import ClusterRow, DiscoveryRow
+from services.segmenter.index_store import OWNER
 from services.segmenter.index_types import IndexSnapshot
 from services.segmenter.traits import TraitCatalog
 
@@ -394,36 +397,29 @@ class Members:
         return self.profile_ids[self.offsets[cluster_id] : self.offsets[cluster_id + 1]]
 
 
-def discovery_bundle_path(version: int) -> str:
-    """Relative artifact path of a discovery bundle."""
-    return f"discoveries/v{version}"
-
-
 class DiscoveryStore:
     """Discoveries: rows in the registry, members in the artifact store (cached in memory)."""
 
     def __init__(self, db: Database, artifacts: ArtifactStore, cache: int = 2) -> None:
         self.db = db
         self.artifacts = artifacts
+        self.lifecycle = Lifecycle(
+            db, artifacts, DiscoveryRow, root="discoveries", owner=OWNER, noun="discovery"
+        )
         self._cache: OrderedDict[int, Members] = OrderedDict()
         self._cache_size = cache
         self._lock = threading.Lock()
 
-    def _next_version(self) -> int:
-        folder = self.artifacts.path("discoveries")
-        on_disk = (
-            [int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()]
-            if folder.is_dir()
-            else []
-        )
-        with self.db.session() as s:
-            highest = s.scalar(select(func.max(DiscoveryRow.version))) or 0
-        return max(int(highest), *on_disk, 0) + 1
+    def run(self, index_version: int, compute: Callable[[], DiscoveryResult]) -> DiscoveryInfo:
+        """A RUNNING discovery row while `compute()` clusters; then publish it (READY),
+        or end it FAILED / CANCELLED with nothing published."""
+        version = self.lifecycle.allocate(index_version=index_version)
+        with self.lifecycle.guard(version):
+            self._publish(compute(), version, index_version)
+        return self.get(version)
 
-    def publish(self, result: DiscoveryResult, index_version: int) -> DiscoveryInfo:
-        """Store a discovery: members bundle first, then the rows (READY)."""
-        version = self._next_version()
-        relative = discovery_bundle_path(version)
+    def _publish(self, result: DiscoveryResult, version: int, index_version: int) -> None:
+        """Members bundle first, then the rows (READY, with the clusters) in one commit."""
         order = np.lexsort((result.distances, result.labels))
         members = pl.DataFrame(
             {
@@ -438,22 +434,13 @@ class DiscoveryStore:
             "chosen_by": result.chosen_by,
             "silhouette_by_k": {str(k): v for k, v in result.scores.items()},
         }
-        with self.artifacts.publish(relative, {"kind": "discovery", "version": version}) as folder:
+        metadata = {"kind": "discovery", "version": version}
+        with self.lifecycle.writing(version, metadata=metadata) as folder:
             members.write_parquet(folder / MEMBERS_FILE)
             np.save(folder / CENTROIDS_FILE, result.centroids)
             (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-        created = utcnow()
-        with self.db.session() as s:
-            s.add(
-                DiscoveryRow(
-                    version=version,
-                    index_version=index_version,
-                    status="READY",
-                    chosen_by=result.chosen_by,
-                    artifact_path=relative,
-                    created_at=created,
-                )
-            )
+
+        def add_clusters(s: Session, row: DiscoveryRow) -> None:
             for c in result.clusters:
                 s.add(
                     ClusterRow(
@@ -468,15 +455,12 @@ class DiscoveryStore:
                         },
                     )
                 )
-        return self.get(version)
+
+        self.lifecycle.mark_ready(version, None, add_clusters, chosen_by=result.chosen_by)
 
     def latest_version(self) -> int | None:
         """Newest READY discovery, or None."""
-        with self.db.session() as s:
-            v = s.scalar(
-                select(func.max(DiscoveryRow.version)).where(DiscoveryRow.status == "READY")
-            )
-            return int(v) if v is not None else None
+        return self.lifecycle.latest_ready()
 
     def resolve(self, version: int) -> int:
         """`version`, or the latest when 0; NotFound / FailedPrecondition otherwise."""
@@ -489,7 +473,7 @@ class DiscoveryStore:
             return latest
         with self.db.session() as s:
             row = s.scalar(select(DiscoveryRow).where(DiscoveryRow.version == version))
-            if row is None or row.status != "READY":
+            if row is None or row.status != Status.READY.value:
                 raise NotFound(f"discovery v{version} does not exist")
         return version
 
@@ -534,7 +518,7 @@ class DiscoveryStore:
             if cached is not None:
                 self._cache.move_to_end(version)
                 return cached
-        relative = discovery_bundle_path(version)
+        relative = self.lifecycle.bundle_path(version)
         self.artifacts.verify(relative)
         folder = self.artifacts.path(relative)
         frame = pl.read_parquet(folder / MEMBERS_FILE)

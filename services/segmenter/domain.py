@@ -29,6 +29,7 @@ from foresight.events.store import EventStore, parts_by_shard, shard_for_profile
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status
 from foresight.storage.segments import SegmentSource, SegmentTables, check_segment_name
 from foresight.tools.mapview import ClusterMap
 from services.segmenter import discover as disc
@@ -77,9 +78,10 @@ class Segmenter:
         self,
         db: Database,
         artifacts: ArtifactStore,
-        event_store_root: Path,
+        event_store_root: Path | str,
         shards: int = 16,
         workers: int = 0,
+        scheduler: str | None = None,
         ef: int = 128,
         rebuild_corrupt: bool = True,
     ) -> None:
@@ -90,7 +92,9 @@ class Segmenter:
         self.workers = workers
         self.ef = ef
         self.rebuild_corrupt = rebuild_corrupt
-        self.live = LiveIndex(db, artifacts, event_store_root, self._embed, workers, ef)
+        self.live = LiveIndex(
+            db, artifacts, self.events.url, self._embed, workers, ef, scheduler=scheduler
+        )
         self.indexes = self.live.store
         self.discoveries = disc.DiscoveryStore(db, artifacts)
         self.segments = SegmentTables(db)
@@ -102,14 +106,22 @@ class Segmenter:
         """The index served now, or FailedPrecondition."""
         return self.live.index
 
+    def recover_interrupted(self) -> dict[str, list[int]]:
+        """At segmenter start: index builds and discoveries a killed segmenter left RUNNING
+        become FAILED "interrupted"; their files and its temporary folders are removed."""
+        return {
+            "indexes": self.indexes.recover_interrupted(),
+            "discoveries": [v for _scope, v in self.discoveries.lifecycle.recover()],
+        }
+
     def load(self) -> IndexInfo | None:
         """Start-up: fail interrupted builds, load the newest READY index and replay the journal.
 
         A corrupt index is rebuilt or refused, never fatal.
         """
-        interrupted = self.indexes.recover_interrupted()
-        if interrupted:
-            log.warning("index builds interrupted by a restart", extra={"versions": interrupted})
+        interrupted = self.recover_interrupted()
+        if any(interrupted.values()):
+            log.warning("work interrupted by a restart", extra={"versions": interrupted})
         return self.live.load(self.rebuild_corrupt)
 
     def build(
@@ -135,7 +147,7 @@ class Segmenter:
 
     def _encoder(self, index: JourneyIndex) -> Encoder:
         version = get_encoder_version(self.db, index.info.encoder_version)
-        if version.status != "READY" or not version.artifact_path:
+        if version.status is not Status.READY or not version.artifact_path:
             raise FailedPrecondition(f"encoder v{version.version} of the index is not READY")
         return cached_encoder(str(self.artifacts.path(version.artifact_path)), threads=0)
 
@@ -231,8 +243,9 @@ class Segmenter:
             raise InvalidArgument("clusters", "must not be negative")
         snapshot = index.snapshot()
         catalog_ = trait_catalog(self._encoder(index).spec)
-        result = disc.discover(snapshot, catalog_, clusters, progress)
-        return self.discoveries.publish(result, index.info.version)
+        return self.discoveries.run(
+            index.info.version, lambda: disc.discover(snapshot, catalog_, clusters, progress)
+        )
 
     def list_clusters(self, version: int = 0) -> disc.DiscoveryInfo:
         """A discovery with its clusters."""

@@ -79,6 +79,6 @@ def embed_shard(
     threads: int = 1,
 ) -> EmbeddedShard:
     """Read one shard of a dataset and embed its profiles."""
-    store = EventStore(Path(store_root))
+    store = EventStore(store_root)
     events = store.read_shard(dataset, shard, parts)
     return embed_events(cached_encoder(encoder_path, threads), events, as_of)

@@ -15,6 +15,7 @@ from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status
 from services.segmenter.embedding import embed_shard
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_store import IndexStore
@@ -27,20 +28,21 @@ log = logging.getLogger("foresight.segmenter.index")
 
 def build_index(
     db: Database,
-    store_root: Path,
+    store_root: Path | str,
     artifacts: ArtifactStore,
     dataset: str,
     encoder_version: int,
     params: IndexParams,
     workers: int = 0,
     progress: Progress | None = None,
+    scheduler: str | None = None,
 ) -> JourneyIndex:
     """Embed every profile of `dataset` shard by shard on all cores, build and publish the index."""
     report = progress or no_progress
     params = params.check()
     catalog.get_dataset(db, dataset)
     encoder = get_encoder_version(db, encoder_version)
-    if encoder.status != "READY" or not encoder.artifact_path:
+    if encoder.status is not Status.READY or not encoder.artifact_path:
         raise FailedPrecondition(f"encoder v{encoder.version} is {encoder.status}, not READY")
     parts = catalog.catalogued_parts(db, dataset)
     span = catalog.time_range(db, dataset)
@@ -54,7 +56,7 @@ def build_index(
         parts_of = parts_by_shard(parts)
         shards = list(parts_of)
         encoder_dir = str(artifacts.path(encoder.artifact_path))
-        pool = ShardRunner(workers or os.cpu_count() or 1)
+        pool = ShardRunner(workers or os.cpu_count() or 1, scheduler=scheduler)
         # Each worker runs onnxruntime single-threaded: the parallelism is across shards.
         threads = 1 if pool.workers > 1 and len(shards) > 1 else 0
         tasks = [
@@ -114,5 +116,5 @@ def build_index(
         report("done", 1.0, f"index v{version}: {index.count:,} profiles")
         return index
     except BaseException as exc:
-        store.mark(version, "FAILED", str(exc) or type(exc).__name__)
+        store.lifecycle.end_with(version, exc)
         raise

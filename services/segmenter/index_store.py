@@ -17,12 +17,13 @@ from typing import Final
 import hnswlib
 import numpy as np
 import polars as pl
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from foresight.errors import FailedPrecondition, NotFound
+from foresight.errors import FailedPrecondition
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
-from foresight.storage.models import IndexVersionRow, utcnow
+from foresight.storage.lifecycle import INTERRUPTED, Lifecycle, Status
+from foresight.storage.models import IndexVersionRow
 from services.segmenter.index import (
     INDEX_FILE,
     LABELS_FILE,
@@ -32,11 +33,11 @@ from services.segmenter.index import (
 )
 from services.segmenter.index_types import SPACE, IndexInfo
 
-__all__ = ["INTERRUPTED", "IndexStore", "index_bundle_path", "read_bundle"]
+__all__ = ["INTERRUPTED", "OWNER", "IndexStore", "index_bundle_path", "read_bundle"]
 
-INTERRUPTED: Final[str] = "interrupted: segmenter restarted"
+OWNER: Final[str] = "segmenter"
+"""The service that writes indexes/ and discoveries/ (its temporary folders carry this name)."""
 _LOAD_CHUNK: Final[int] = 50_000
-_TMP_PREFIX: Final[str] = ".tmp-"  # ArtifactStore.publish's temporary folders
 
 
 def read_bundle(folder: Path) -> JourneyIndex:
@@ -81,71 +82,35 @@ def index_bundle_path(version: int) -> str:
 
 
 class IndexStore:
-    """Index bundles in the artifact store and their rows in the registry."""
+    """Index bundles in the artifact store and their rows in the registry (a `Lifecycle`)."""
 
     def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
         self.db = db
         self.artifacts = artifacts
+        self.lifecycle = Lifecycle(
+            db, artifacts, IndexVersionRow, root="indexes", owner=OWNER, noun="index"
+        )
 
     def allocate(self, dataset: str, encoder_version: int) -> int:
-        """A BUILDING row with the next free version."""
-        folder = self.artifacts.path("indexes")
-        on_disk = (
-            [int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()]
-            if folder.is_dir()
-            else []
-        )
-        with self.db.session() as s:
-            highest = s.scalar(select(func.max(IndexVersionRow.version))) or 0
-            version = max(int(highest), *on_disk, 0) + 1
-            s.add(
-                IndexVersionRow(
-                    version=version,
-                    dataset=dataset,
-                    encoder_version=encoder_version,
-                    status="BUILDING",
-                    params={},
-                    created_at=utcnow(),
-                )
-            )
-        return version
+        """A RUNNING row with the next free version."""
+        return self.lifecycle.allocate(dataset=dataset, encoder_version=encoder_version, params={})
 
     def recover_interrupted(self) -> list[int]:
-        """At start: fail the builds a killed segmenter left BUILDING; returns their versions.
-
-        Also removes the temporary bundle folders of index versions (only
-        those: other services publish under other folders).
-        """
-        with self.db.session() as s:
-            rows = list(
-                s.scalars(select(IndexVersionRow).where(IndexVersionRow.status == "BUILDING"))
-            )
-            for row in rows:
-                row.status = "FAILED"
-                row.params = {**(row.params or {}), "error": INTERRUPTED}
-            versions = [row.version for row in rows]
-        folder = self.artifacts.path("indexes")
-        if folder.is_dir():
-            for tmp in folder.glob(f"{_TMP_PREFIX}*"):
-                shutil.rmtree(tmp, ignore_errors=True)
-        return versions
+        """At start: fail the builds a killed segmenter left RUNNING ("interrupted"); returns
+        their versions. Also removes their files and the segmenter's own temporary folders
+        under indexes/ (see `Lifecycle.recover`)."""
+        return [version for _scope, version in self.lifecycle.recover()]
 
     def publish(self, index: JourneyIndex, version: int) -> IndexInfo:
         """Save `index` as version `version` (atomically), then mark the row READY."""
-        relative = index_bundle_path(version)
-        with self.artifacts.publish(relative, {"kind": "index", "version": version}) as folder:
+        metadata = {"kind": "index", "version": version}
+        with self.lifecycle.writing(version, metadata=metadata) as folder:
             saved = index.save(folder, version)
-        self.artifacts.verify(relative)
-        index.adopt(saved)
-        with self.db.session() as s:
-            row = s.scalar(select(IndexVersionRow).where(IndexVersionRow.version == version))
-            if row is None:
-                raise NotFound(f"index version {version} does not exist")
-            row.status = "READY"
-            row.artifact_path = relative
-            row.count = saved.count
-            row.checksum = saved.checksum
-            row.params = {
+        self.lifecycle.mark_ready(
+            version,
+            count=saved.count,
+            checksum=saved.checksum,
+            params={
                 "space": saved.space,
                 "dim": saved.dimensions,
                 "M": saved.m,
@@ -153,24 +118,25 @@ class IndexStore:
                 "ef": saved.ef,
                 "as_of": saved.as_of.isoformat(),
                 "journal_seq": saved.journal_seq,
-            }
+            },
+        )
+        index.adopt(saved)
         return saved
 
-    def mark(self, version: int, status: str, error: str | None = None) -> None:
-        """Set a row's status (FAILED, CORRUPT, RETIRED), keeping the reason in params."""
+    def mark(self, version: int, status: Status, reason: str) -> None:
+        """Set a row's status with the reason, READY ones included (a corrupt index fails)."""
         with self.db.session() as s:
             row = s.scalar(select(IndexVersionRow).where(IndexVersionRow.version == version))
             if row is not None:
-                row.status = status
-                if error:
-                    row.params = {**(row.params or {}), "error": error}
+                row.status = status.value
+                row.error = reason[:4000]
 
     def latest_ready(self) -> IndexVersionRow | None:
         """The newest READY row."""
         with self.db.session() as s:
             return s.scalars(
                 select(IndexVersionRow)
-                .where(IndexVersionRow.status == "READY")
+                .where(IndexVersionRow.status == Status.READY.value)
                 .order_by(IndexVersionRow.version.desc())
                 .limit(1)
             ).first()
@@ -198,12 +164,15 @@ class IndexStore:
             rows = list(
                 s.scalars(
                     select(IndexVersionRow)
-                    .where(IndexVersionRow.status == "READY", IndexVersionRow.version <= keep_from)
+                    .where(
+                        IndexVersionRow.status == Status.READY.value,
+                        IndexVersionRow.version <= keep_from,
+                    )
                     .order_by(IndexVersionRow.version.desc())
                 )
             )
             for row in rows[keep:]:
                 if row.artifact_path:
                     shutil.rmtree(self.artifacts.path(row.artifact_path), ignore_errors=True)
-                row.status = "RETIRED"
+                row.status = Status.RETIRED.value
                 row.artifact_path = None

@@ -29,6 +29,7 @@ import polars as pl
 from foresight.errors import FailedPrecondition
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status
 from services.segmenter.embedding import EmbeddedShard
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_build import build_index
@@ -51,10 +52,11 @@ class LiveIndex:
         self,
         db: Database,
         artifacts: ArtifactStore,
-        store_root: Path,
+        store_root: Path | str,
         embed: Embedder,
         workers: int = 0,
         ef: int = 128,
+        scheduler: str | None = None,
     ) -> None:
         self.db = db
         self.artifacts = artifacts
@@ -63,6 +65,7 @@ class LiveIndex:
         self.journal = Journal(db)
         self._embed = embed
         self.workers = workers
+        self.scheduler = scheduler
         self.ef = ef
         self._index: JourneyIndex | None = None
         # Guards _index and _building, and orders writes: journal order = apply order.
@@ -91,7 +94,7 @@ class LiveIndex:
         except Exception as exc:  # any failure to read must not stop the service
             reason = exc.message if isinstance(exc, FailedPrecondition) else repr(exc)
             log.error("index v%s is corrupt or mismatched: %s", row.version, reason)
-            self.store.mark(row.version, "CORRUPT", reason)
+            self.store.mark(row.version, Status.FAILED, f"corrupt: {reason}")
             if not rebuild_corrupt:
                 log.error("serving without an index (rebuild of corrupt indexes is off)")
                 return None
@@ -158,6 +161,7 @@ class LiveIndex:
                 params,
                 self.workers,
                 progress,
+                self.scheduler,
             )
             with self._swap:  # writes wait: none may land between replay and swap
                 replayed = self._replay(index, self.journal.entries(dataset))
@@ -208,7 +212,7 @@ class LiveIndex:
             try:
                 saved = self.store.publish(index, version)
             except BaseException as exc:
-                self.store.mark(version, "FAILED", str(exc) or "snapshot failed")
+                self.store.lifecycle.end_with(version, exc)
                 raise
             self.store.retire_older(version)
             folded = self.journal.compact(saved.dataset, saved.journal_seq)

@@ -24,9 +24,10 @@ def build_segmenter(settings: SegmenterSettings) -> Segmenter:
     return Segmenter(
         Database(settings.resolved_database_url),
         ArtifactStore(settings.data_dir / "artifacts"),
-        settings.data_dir / "events",
+        settings.events_location,
         shards=settings.shards,
         workers=settings.shard_processes,
+        scheduler=settings.dask_scheduler,
         ef=settings.hnsw_ef,
         rebuild_corrupt=settings.rebuild_corrupt_index,
     )

@@ -38,6 +38,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServiceServicer):
             job,
             conv.build_event,
             lambda info: pb.BuildIndexEvent(index=conv.index_info_to_pb(info)),
+            context=context,
         ):
             yield event
 
@@ -66,6 +67,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServiceServicer):
             lambda report: self.segmenter.discover(request.clusters, report),
             conv.discover_event,
             lambda d: pb.DiscoverSegmentsEvent(discovery=conv.discovery_to_pb(d)),
+            context=context,
         ):
             yield event
 

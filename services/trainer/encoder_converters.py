@@ -10,7 +10,7 @@ from typing import Literal
 
 from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.trainer.v1 import trainer_pb2 as pb
-from foresight.convert import to_timestamp
+from foresight.convert import status_to_pb, to_timestamp
 from foresight.encoder import EncoderVersionInfo
 from foresight.errors import InvalidArgument
 
@@ -22,11 +22,6 @@ __all__ = [
     "kind_from_pb",
 ]
 
-_STATUS = {
-    "TRAINING": pb.VERSION_STATUS_TRAINING,
-    "READY": pb.VERSION_STATUS_READY,
-    "FAILED": pb.VERSION_STATUS_FAILED,
-}
 _KIND = {"pca": pb.ENCODER_KIND_PCA, "autoencoder": pb.ENCODER_KIND_AUTOENCODER}
 
 
@@ -45,7 +40,7 @@ def encoder_version_to_pb(info: EncoderVersionInfo) -> pb.EncoderVersion:
     """EncoderVersion message."""
     return pb.EncoderVersion(
         version=info.version,
-        status=_STATUS.get(info.status, pb.VERSION_STATUS_UNSPECIFIED),
+        status=status_to_pb(info.status),
         dataset=info.dataset,
         dimensions=info.dimensions,
         kind=_KIND.get(info.kind or "", pb.ENCODER_KIND_UNSPECIFIED),

@@ -11,14 +11,14 @@ predictions on float32 features do not change, and the ONNX copy agrees.
 (and next to) every split threshold, and on rows with missing values; a
 difference above 1e-5 fails the export.
 
-The bundle (model.onnx, model.txt, feature_spec.json, instance.json,
-evaluation.json, manifest.json with SHA-256 checksums) is written through
-`ArtifactStore.publish`: a temporary folder renamed into place in one step.
+The bundle's layout and tensor names are the contract in
+`foresight.storage.bundles` (the scorer reads through the same module); it is
+written through `ArtifactStore.publish`: a temporary folder owned by the
+trainer, renamed into place in one step with SHA-256 checksums.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,9 @@ from onnx import ModelProto
 
 from foresight.errors import ForesightError
 from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.bundles import MODEL_INPUT, MODEL_OUTPUT, write_model_bundle
 
 __all__ = [
-    "MODEL_FILES",
     "PARITY_TOLERANCE",
     "ExportError",
     "ParityReport",
@@ -46,15 +46,6 @@ __all__ = [
 ]
 
 PARITY_TOLERANCE = 1e-5
-INPUT_NAME = "features"
-OUTPUT_NAME = "probabilities"
-MODEL_FILES = (
-    "model.onnx",
-    "model.txt",
-    "feature_spec.json",
-    "instance.json",
-    "evaluation.json",
-)
 # LightGBM reads |x| <= 1e-35f as zero and splits zero from the rest at ±1e-35f
 # (a float32 constant: 1.0000000180025095e-35).
 _LGBM_ZERO = float(np.float32(1e-35))
@@ -143,13 +134,13 @@ def to_onnx(booster: lgb.Booster, n_features: int) -> ModelProto:
     model: ModelProto = convert_lightgbm(
         booster,
         name="foresight_propensity",
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        initial_types=[(MODEL_INPUT, FloatTensorType([None, n_features]))],
         zipmap=False,
         target_opset=_TARGET_OPSET,
     )
     outputs = {o.name: o for o in model.graph.output}
-    if OUTPUT_NAME not in outputs:
-        raise ExportError(f"the ONNX converter produced no '{OUTPUT_NAME}' output")
+    if MODEL_OUTPUT not in outputs:
+        raise ExportError(f"the ONNX converter produced no '{MODEL_OUTPUT}' output")
     # The converter declares the label output as [1]; it is one label per row.
     label = outputs.get("label")
     if label is not None:
@@ -171,7 +162,9 @@ def _session(model: ModelProto | bytes) -> ort.InferenceSession:
 def onnx_probabilities(model: ModelProto | bytes, X: np.ndarray) -> np.ndarray:
     """Positive-class probabilities from the ONNX model."""
     session = _session(model)
-    (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(X, np.float32)})
+    (probabilities,) = session.run(
+        [MODEL_OUTPUT], {MODEL_INPUT: np.ascontiguousarray(X, np.float32)}
+    )
     return np.asarray(probabilities)[:, 1].astype(np.float64)
 
 
@@ -272,14 +265,11 @@ def check_parity(
 # ------------------------------------------------------------------ bundle
 
 
-def _json_bytes(data: Any) -> bytes:
-    return json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False).encode()
-
-
 def write_bundle(
     artifacts: ArtifactStore,
     relative: str,
     *,
+    owner: str,
     onnx_model: ModelProto | bytes,
     booster: lgb.Booster,
     feature_spec: dict[str, Any],
@@ -287,12 +277,15 @@ def write_bundle(
     evaluation: dict[str, Any],
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the model bundle atomically (temp folder, checksums, rename); returns its path."""
+    """Write the model bundle atomically (owner's temp folder, checksums, rename); returns its path."""
     data = onnx_model if isinstance(onnx_model, bytes) else onnx_model.SerializeToString()
-    with artifacts.publish(relative, metadata=metadata) as folder:
-        (folder / "model.onnx").write_bytes(data)
-        (folder / "model.txt").write_text(booster.model_to_string())
-        (folder / "feature_spec.json").write_bytes(_json_bytes(feature_spec))
-        (folder / "instance.json").write_bytes(_json_bytes(instance))
-        (folder / "evaluation.json").write_bytes(_json_bytes(evaluation))
+    with artifacts.publish(relative, metadata=metadata, owner=owner) as folder:
+        write_model_bundle(
+            folder,
+            onnx_model=data,
+            model_text=booster.model_to_string(),
+            feature_spec=feature_spec,
+            instance=instance,
+            evaluation=evaluation,
+        )
     return artifacts.path(relative)

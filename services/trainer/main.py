@@ -27,26 +27,25 @@ def build_servicer(
 ) -> tuple[TrainerServicer, Callable[[], Awaitable[None]]]:
     """Wire the domain; returns the servicer and the start-up recovery hook."""
     db = Database(settings.resolved_database_url)
-    store = EventStore(settings.data_dir / "events", shards=settings.shards)
+    store = EventStore(settings.events_location, shards=settings.shards)
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     settings.import_root.mkdir(parents=True, exist_ok=True)
     ingestor = Ingestor(db, store, settings.import_root)
-    models = ModelTrainer(db, store, artifacts, settings.shard_processes)
-    encoders = EncoderTrainer(db, settings.data_dir / "events", artifacts)
+    models = ModelTrainer(db, store, artifacts, settings.shard_processes, settings.dask_scheduler)
+    encoders = EncoderTrainer(db, settings.events_location, artifacts)
     servicer = TrainerServicer(ingestor, Instances(db), models, encoders)
 
     async def recover() -> None:
-        # Leave the stores consistent after a kill: schema current, temp folders
-        # and uncatalogued parts gone.
+        # Leave the stores consistent after a kill: schema current, the trainer's
+        # interrupted jobs FAILED, its own temporary folders and uncatalogued
+        # parts gone (other services' temporary folders are theirs to sweep).
         await asyncio.to_thread(db.migrate)
-        swept = await asyncio.to_thread(artifacts.sweep_temporary)
         orphans = await asyncio.to_thread(ingestor.cleanup)
         interrupted = await asyncio.to_thread(models.recover_interrupted)
         interrupted_encoders = await asyncio.to_thread(encoders.recover_interrupted)
         log.info(
             "recovered",
             extra={
-                "temporary_swept": swept,
                 "orphan_parts": orphans,
                 "interrupted": interrupted,
                 "interrupted_encoders": interrupted_encoders,

@@ -14,7 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.trainer.v1 import trainer_pb2 as pb
-from services.trainer.registry import ModelVersionInfo, VersionStatus
+from foresight.convert import status_to_pb
+from services.trainer.registry import ModelVersionInfo
 from services.trainer.training import GoalCheck
 
 __all__ = [
@@ -26,11 +27,6 @@ __all__ = [
     "versions_to_pb",
 ]
 
-_STATUS = {
-    VersionStatus.TRAINING: pb.VERSION_STATUS_TRAINING,
-    VersionStatus.READY: pb.VERSION_STATUS_READY,
-    VersionStatus.FAILED: pb.VERSION_STATUS_FAILED,
-}
 _QUALITY = {"GOOD": pb.QUALITY_GOOD, "POOR": pb.QUALITY_POOR}
 _BUCKET = {"LOW": cpb.BUCKET_LOW, "MEDIUM": cpb.BUCKET_MEDIUM, "HIGH": cpb.BUCKET_HIGH}
 
@@ -48,7 +44,7 @@ def model_version_to_pb(info: ModelVersionInfo) -> pb.ModelVersion:
     message = pb.ModelVersion(
         instance=info.instance,
         version=info.version,
-        status=_STATUS[info.status],
+        status=status_to_pb(info.status),
         current=info.current,
         error=info.error or "",
         artifact_path=info.artifact_path or "",

@@ -1,55 +1,43 @@
 """Model registry: the lifecycle of an instance's model versions.
 
-A version row is created TRAINING (with the pid of the process that owns the
+A version row is created RUNNING (with the pid of the process that owns the
 job), and ends READY (only after its artifact bundle was published and
-verified) or FAILED (with the reason). One READY version per instance is
-current. A trainer killed mid-job leaves a TRAINING row behind;
-`recover_interrupted` at the next start turns it into FAILED, removes any
-bundle it may have left, and unpoints READY rows whose files are gone, so the
-registry never points at missing files.
+verified), FAILED or CANCELLED (with the reason): the steps are the shared
+`Lifecycle`. One READY version per instance is current. A trainer killed
+mid-job leaves a RUNNING row behind; `recover_interrupted` at the next start
+turns it into FAILED "interrupted", removes any bundle it may have left and
+the trainer's own temporary folders, and unpoints READY rows whose files are
+gone, so the registry never points at missing files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.storage.artifacts import MANIFEST, ArtifactStore
+from foresight.storage.bundles import EVALUATION_FILE, serving_versions
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import INTERRUPTED, Lifecycle, Status
 from foresight.storage.models import InstanceRow, ModelVersionRow, utcnow
 
 __all__ = [
-    "EVALUATION_FILE",
     "INTERRUPTED",
+    "OWNER",
     "ModelRegistry",
     "ModelVersionInfo",
-    "VersionStatus",
     "bundle_path",
 ]
 
-EVALUATION_FILE = "evaluation.json"
-INTERRUPTED = "interrupted: trainer restarted"
-_TMP_PREFIX = ".tmp-"
-_VERSION_DIR = re.compile(r"v(\d+)\Z")
-
-
-class VersionStatus(Enum):
-    """Lifecycle of a model version."""
-
-    TRAINING = "TRAINING"
-    READY = "READY"
-    FAILED = "FAILED"
+OWNER = "trainer"
+"""The service that writes models/ (its temporary folders carry this name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +46,7 @@ class ModelVersionInfo:
 
     instance: str
     version: int
-    status: VersionStatus
+    status: Status
     current: bool
     error: str | None
     artifact_path: str | None
@@ -70,16 +58,20 @@ class ModelVersionInfo:
     finished_at: datetime | None
 
 
+MODELS_ROOT = "models/{scope}"
+"""Where an instance's model bundles live (``{scope}`` is the instance name)."""
+
+
 def bundle_path(instance: str, version: int) -> str:
     """Relative artifact path of a model bundle."""
-    return f"models/{instance}/v{version}"
+    return f"{MODELS_ROOT.format(scope=instance)}/v{version}"
 
 
 def _info(row: ModelVersionRow, current: int | None) -> ModelVersionInfo:
     return ModelVersionInfo(
         instance=row.instance_name,
         version=row.version,
-        status=VersionStatus(row.status),
+        status=Status(row.status),
         current=current is not None and row.version == current,
         error=row.error,
         artifact_path=row.artifact_path,
@@ -97,6 +89,15 @@ class ModelRegistry:
     def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
         self.db = db
         self.artifacts = artifacts
+        self.lifecycle = Lifecycle(
+            db,
+            artifacts,
+            ModelVersionRow,
+            root=MODELS_ROOT,
+            owner=OWNER,
+            noun="model version",
+            scope_column="instance_name",
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -118,68 +119,29 @@ class ModelRegistry:
             raise NotFound(f"instance {instance!r} has no model version {version}")
         return row
 
-    def _highest_on_disk(self, instance: str) -> int:
-        """Highest version folder under models/<instance> (a deleted and re-created
-        instance keeps its old bundles, and versions are never overwritten)."""
-        folder = self.artifacts.path(f"models/{instance}")
-        if not folder.is_dir():
-            return 0
-        found = [
-            int(m.group(1))
-            for p in folder.iterdir()
-            if (m := _VERSION_DIR.match(p.name)) is not None
-        ]
-        return max(found, default=0)
-
     # ------------------------------------------------------------ lifecycle
 
     def create_training(self, instance: str, owner_pid: int | None = None) -> int:
-        """Add a TRAINING row with the next version number; returns the version.
+        """Add a RUNNING row with the next version number; returns the version.
 
         Refuses a second concurrent job for the same instance.
         """
-        pid = os.getpid() if owner_pid is None else owner_pid
-        for _attempt in range(3):
-            try:
-                with self.db.session() as s:
-                    self._instance_row(s, instance)
-                    running = s.scalar(
-                        select(ModelVersionRow.version).where(
-                            ModelVersionRow.instance_name == instance,
-                            ModelVersionRow.status == VersionStatus.TRAINING.value,
-                        )
-                    )
-                    if running is not None:
-                        raise FailedPrecondition(
-                            f"instance {instance!r} is already training version {running}; "
-                            "wait for it to finish"
-                        )
-                    highest = s.scalar(
-                        select(func.max(ModelVersionRow.version)).where(
-                            ModelVersionRow.instance_name == instance
-                        )
-                    )
-                    version = max(int(highest or 0), self._highest_on_disk(instance)) + 1
-                    s.add(
-                        ModelVersionRow(
-                            instance_name=instance,
-                            version=version,
-                            status=VersionStatus.TRAINING.value,
-                            owner_pid=pid,
-                            created_at=utcnow(),
-                        )
-                    )
-                return version
-            except IntegrityError:
-                continue  # another writer took the number; pick the next one
-        raise FailedPrecondition(f"could not allocate a model version for {instance!r}")
+
+        def instance_exists(s: Session) -> None:
+            self._instance_row(s, instance)
+
+        return self.lifecycle.allocate(
+            instance,
+            exclusive=True,
+            check=instance_exists,
+            owner_pid=os.getpid() if owner_pid is None else owner_pid,
+        )
 
     def mark_ready(
         self,
         instance: str,
         version: int,
         *,
-        artifact_path: str,
         auc: float,
         feature_count: int,
         validation_cutoff: datetime,
@@ -190,45 +152,39 @@ class ModelRegistry:
         Raises FailedPrecondition (and changes nothing) when the bundle is missing
         or does not match its checksums: a READY row always has its files.
         """
-        self.artifacts.verify(artifact_path)
-        with self.db.session() as s:
-            row = self._version_row(s, instance, version)
-            if row.status != VersionStatus.TRAINING.value:
-                raise FailedPrecondition(
-                    f"model version {instance} v{version} is {row.status}, not TRAINING"
-                )
-            row.status = VersionStatus.READY.value
-            row.artifact_path = artifact_path
-            row.auc = float(auc)
-            row.feature_count = int(feature_count)
-            row.validation_cutoff = validation_cutoff
-            row.error = None
-            row.finished_at = utcnow()
+        current: list[int | None] = [None]
+
+        def point(s: Session, row: ModelVersionRow) -> None:
             inst = self._instance_row(s, instance)
             if make_current:
                 inst.current_version = version
                 inst.updated_at = utcnow()
-            s.flush()
-            return _info(row, inst.current_version)
+            current[0] = inst.current_version
+
+        row = self.lifecycle.mark_ready(
+            version,
+            instance,
+            point,
+            auc=float(auc),
+            feature_count=int(feature_count),
+            validation_cutoff=validation_cutoff,
+        )
+        return _info(row, current[0])
+
+    def end(self, instance: str, version: int, exc: BaseException) -> Status:
+        """End a RUNNING version as FAILED or CANCELLED, as `exc` says (READY is kept)."""
+        return self.lifecycle.end_with(version, exc, instance)
 
     def mark_failed(self, instance: str, version: int, error: str) -> ModelVersionInfo:
         """Set FAILED with the reason (a READY version is left alone)."""
-        with self.db.session() as s:
-            row = self._version_row(s, instance, version)
-            if row.status != VersionStatus.READY.value:
-                row.status = VersionStatus.FAILED.value
-                row.error = error[:4000]
-                row.artifact_path = None
-                row.finished_at = utcnow()
-            inst = s.scalar(select(InstanceRow).where(InstanceRow.name == instance))
-            s.flush()
-            return _info(row, None if inst is None else inst.current_version)
+        self.lifecycle.end(version, Status.FAILED, error, instance)
+        return self.get(instance, version)
 
     def set_current(self, instance: str, version: int) -> ModelVersionInfo:
         """Make a READY version the instance's current one."""
         with self.db.session() as s:
             row = self._version_row(s, instance, version)
-            if row.status != VersionStatus.READY.value:
+            if row.status != Status.READY.value:
                 raise FailedPrecondition(
                     f"model version {instance} v{version} is {row.status}; only READY versions can be current"
                 )
@@ -238,62 +194,43 @@ class ModelRegistry:
             return _info(row, version)
 
     def recover_interrupted(self) -> list[tuple[str, int]]:
-        """Fail every TRAINING row left by a killed trainer; returns (instance, version) pairs.
+        """Fail every RUNNING row left by a killed trainer; returns (instance, version) pairs.
 
         Call once at trainer start, before serving. One trainer owns a registry,
-        so every TRAINING row found then belongs to a dead job. Bundles such a
-        job may have published are removed (the row never became READY),
-        temporary bundle folders are swept, and a READY row whose bundle
-        vanished is failed and unset as current.
+        so every RUNNING row found then belongs to a dead job (see
+        `Lifecycle.recover`). A READY row whose bundle vanished is failed and
+        unset as current.
         """
-        recovered: list[tuple[str, int]] = []
+        recovered = [(str(i), v) for i, v in self.lifecycle.recover()]
         with self.db.session() as s:
-            rows = s.scalars(
-                select(ModelVersionRow).where(
-                    ModelVersionRow.status == VersionStatus.TRAINING.value
-                )
-            ).all()
-            for row in rows:
-                row.status = VersionStatus.FAILED.value
-                row.error = INTERRUPTED
-                row.artifact_path = None
-                row.finished_at = utcnow()
-                recovered.append((row.instance_name, row.version))
             ready = s.scalars(
-                select(ModelVersionRow).where(ModelVersionRow.status == VersionStatus.READY.value)
+                select(ModelVersionRow).where(ModelVersionRow.status == Status.READY.value)
             ).all()
             for row in ready:
                 path = row.artifact_path
                 if path and (self.artifacts.path(path) / MANIFEST).is_file():
                     continue
-                row.status = VersionStatus.FAILED.value
+                row.status = Status.FAILED.value
                 row.error = f"artifact bundle {path} is missing"
                 row.artifact_path = None
                 inst = s.scalar(select(InstanceRow).where(InstanceRow.name == row.instance_name))
                 if inst is not None and inst.current_version == row.version:
                     inst.current_version = None
-        for instance, version in recovered:
-            shutil.rmtree(self.artifacts.path(bundle_path(instance, version)), ignore_errors=True)
-        models = self.artifacts.path("models")
-        if models.is_dir():
-            # Only the trainer writes under models/, so these are a dead writer's leftovers.
-            for tmp in models.rglob(f"{_TMP_PREFIX}*"):
-                if tmp.is_dir():
-                    shutil.rmtree(tmp, ignore_errors=True)
         return recovered
 
     # ------------------------------------------------------------ reads
 
     def get(self, instance: str, version: int = 0) -> ModelVersionInfo:
-        """One version; 0 means the current one. NotFound when absent."""
+        """One version; 0 means the one served (see `serving_versions`). NotFound when absent."""
         if version < 0:
             raise InvalidArgument("version", "must be 0 (current) or a version number")
         with self.db.session() as s:
             inst = self._instance_row(s, instance)
             if version == 0:
-                if inst.current_version is None:
+                served = serving_versions(s, instance).get(instance)
+                if served is None:
                     raise NotFound(f"instance {instance!r} has no trained model yet")
-                version = inst.current_version
+                version = served.version
             return _info(self._version_row(s, instance, version), inst.current_version)
 
     def list(self, instance: str) -> list[ModelVersionInfo]:
@@ -310,7 +247,7 @@ class ModelRegistry:
     def read_evaluation(self, instance: str, version: int = 0) -> dict[str, Any]:
         """The stored evaluation.json of a READY version (0 = current)."""
         info = self.get(instance, version)
-        if info.status is not VersionStatus.READY or not info.artifact_path:
+        if info.status is not Status.READY or not info.artifact_path:
             raise FailedPrecondition(
                 f"model version {instance} v{info.version} is {info.status.value}; "
                 "only READY versions have an evaluation"

@@ -155,7 +155,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise InvalidArgument("instance", "must not be empty")
         job = partial(self.models.train, request.instance, request.max_trials)
         async for event in progress_stream(
-            lambda report: job(progress=report), mconv.progress_event, mconv.version_event
+            lambda report: job(progress=report),
+            mconv.progress_event,
+            mconv.version_event,
+            context=context,
         ):
             yield event
 
@@ -195,6 +198,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             lambda report: job(progress=report),
             econv.encoder_progress_event,
             econv.encoder_version_event,
+            context=context,
         ):
             yield event
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,7 +55,7 @@ class ShardJob:
 
     def read(self) -> pl.DataFrame:
         """All events of the shard."""
-        return EventStore(Path(self.store_root), self.shards).read_shard(
+        return EventStore(self.store_root, self.shards).read_shard(
             self.dataset, self.shard, self.parts
         )
 

@@ -63,7 +63,8 @@ from services.trainer.export import (
     to_onnx,
     write_bundle,
 )
-from services.trainer.registry import ModelRegistry, ModelVersionInfo, VersionStatus, bundle_path
+from services.trainer.registry import OWNER, ModelRegistry, ModelVersionInfo, bundle_path
+from services.trainer.sampling import DEFAULT_SAMPLE_ROWS, sample_training_rows
 from services.trainer.shards import LeakageDetected, ShardJob, shard_features, shard_labels
 
 __all__ = [
@@ -75,7 +76,6 @@ __all__ = [
     "Progress",
     "ShardJob",
     "TrialResult",
-    "VersionStatus",
     "search_space",
     "shard_features",
     "shard_labels",
@@ -361,13 +361,16 @@ class ModelTrainer:
         event_store: EventStore,
         artifacts: ArtifactStore,
         workers: int = 0,
+        scheduler: str | None = None,
+        sample_rows: int = DEFAULT_SAMPLE_ROWS,
     ) -> None:
         self.db = db
+        self.sample_rows = sample_rows
         self.store = event_store
         self.artifacts = artifacts
         self.workers = workers if workers > 0 else (os.cpu_count() or 1)
         self.registry = ModelRegistry(db, artifacts)
-        self.runner = ShardRunner(self.workers, keep_alive=True)
+        self.runner = ShardRunner(self.workers, keep_alive=True, scheduler=scheduler)
 
     def close(self) -> None:
         """Release the worker processes (call at shutdown)."""
@@ -414,7 +417,7 @@ class ModelTrainer:
         cutoffs = choose_cutoffs(end, window, n=N_CUTOFFS, data_start=start)
         by_shard = parts_by_shard(parts)
         jobs = [
-            ShardJob(str(self.store.root), self.store.shards, dataset, shard, tuple(paths))
+            ShardJob(self.store.url, self.store.shards, dataset, shard, tuple(paths))
             for shard, paths in sorted(by_shard.items())
         ]
         return _Plan(config, dataset, jobs, cutoffs, start, end)
@@ -491,19 +494,16 @@ class ModelTrainer:
         report = progress or _noop_progress
         config, dataset = self._instance(instance_name)
         version = self.registry.create_training(instance_name)
-        report("prepare", 0.01, f"training {instance_name} v{version}")
         try:
+            report("prepare", 0.01, f"training {instance_name} v{version}")
             return self._train(config, dataset, version, trials, report)
         except BaseException as exc:
-            reason = (
-                exc.message if isinstance(exc, ForesightError) else f"{type(exc).__name__}: {exc}"
-            )
             if not isinstance(exc, ForesightError):
                 log.exception("training %s v%d failed", instance_name, version)
             try:
-                self.registry.mark_failed(instance_name, version, reason)
+                self.registry.end(instance_name, version, exc)
             except Exception:  # the original error matters more
-                log.exception("could not mark %s v%d FAILED", instance_name, version)
+                log.exception("could not end %s v%d", instance_name, version)
             raise
 
     def _train(
@@ -537,6 +537,11 @@ class ModelTrainer:
         )
         labels = pl.concat(label_frames)
         self._gate(config, labels, cutoffs)
+        del labels
+        # Features only for a bounded stratified sample of the training cutoffs (sampling.py).
+        label_frames, sample = sample_training_rows(
+            label_frames, len(cutoffs) - 1, self.sample_rows
+        )
         lap("labels")
         # -- feature spec and features
         report("features", 0.14, "fitting the feature vocabulary")
@@ -643,6 +648,7 @@ class ModelTrainer:
                 ],
                 "training": {
                     "train_rows": len(y_train),
+                    "train_rows_before_sample": sample.training_rows,
                     "train_positives": train_pos,
                     "tuning_rows": len(tune_rows),
                     "evaluation_rows": len(eval_rows),
@@ -663,6 +669,7 @@ class ModelTrainer:
         write_bundle(
             self.artifacts,
             relative,
+            owner=OWNER,
             onnx_model=onnx_model,
             booster=booster,
             feature_spec=spec_dict,
@@ -681,7 +688,6 @@ class ModelTrainer:
         info = self.registry.mark_ready(
             name,
             version,
-            artifact_path=relative,
             auc=float(evaluation["auc"] or 0.0),
             feature_count=X.shape[1],
             validation_cutoff=cutoffs[-1],

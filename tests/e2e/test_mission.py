@@ -195,7 +195,7 @@ def test_mission(mission: Mission) -> None:
         version, progress = _follow(
             c.trainer.TrainModel(trainer_pb2.TrainModelRequest(instance=name, max_trials=2))
         )
-        assert version.status == trainer_pb2.VERSION_STATUS_READY, version.error
+        assert version.status == common_pb2.JOB_STATUS_READY, version.error
         assert version.current and version.feature_count > 0
         assert 0.5 < version.auc <= 1.0
         assert progress, "TrainModel streamed no progress"
@@ -209,7 +209,7 @@ def test_mission(mission: Mission) -> None:
     runs = {}
     for name in INSTANCES:
         run, _ = _follow(c.scorer.RunScoring(scorer_pb2.RunScoringRequest(instance=name)))
-        assert run.status == scorer_pb2.RUN_STATUS_SUCCEEDED, run.error
+        assert run.status == common_pb2.JOB_STATUS_READY, run.error
         assert run.model_version == mission.versions[name]
         assert 0 < run.profiles <= PROFILES
         runs[name] = run
@@ -260,7 +260,7 @@ def test_mission(mission: Mission) -> None:
             trainer_pb2.TrainEncoderRequest(dataset=DATASET, dimensions=16, sample_size=PROFILES)
         )
     )
-    assert encoder.status == trainer_pb2.VERSION_STATUS_READY, encoder.error
+    assert encoder.status == common_pb2.JOB_STATUS_READY, encoder.error
     index, _ = _follow(c.segmenter.BuildIndex(segmenter_pb2.BuildIndexRequest(dataset=DATASET)))
     assert index.encoder_version == encoder.version
     assert index.dimensions == 16 and index.space == "cosine"
@@ -369,19 +369,19 @@ def test_trainer_killed_mid_training(mission: Mission) -> None:
         ).versions
         interrupted = versions[0]  # newest first
         assert interrupted.version > previous
-        assert interrupted.status == trainer_pb2.VERSION_STATUS_FAILED
+        assert interrupted.status == common_pb2.JOB_STATUS_FAILED
         assert interrupted.error and not interrupted.current
         again = c.trainer.GetModelVersion(
             trainer_pb2.GetModelVersionRequest(instance="churn", version=interrupted.version)
         )
-        assert again.status == trainer_pb2.VERSION_STATUS_FAILED
+        assert again.status == common_pb2.JOB_STATUS_FAILED
         current = c.trainer.GetModelVersion(trainer_pb2.GetModelVersionRequest(instance="churn"))
-        assert current.version == previous and current.status == trainer_pb2.VERSION_STATUS_READY
+        assert current.version == previous and current.status == common_pb2.JOB_STATUS_READY
 
         retrained, _ = _follow(
             c.trainer.TrainModel(trainer_pb2.TrainModelRequest(instance="churn", max_trials=1))
         )
-        assert retrained.status == trainer_pb2.VERSION_STATUS_READY, retrained.error
+        assert retrained.status == common_pb2.JOB_STATUS_READY, retrained.error
         assert retrained.version > interrupted.version and retrained.current
     finally:
         poller.stop.set()

@@ -56,7 +56,7 @@ from foresight.tools.generate import generate
 PROFILES = 1_500
 DATASET = "shop"
 INSTANCE = "churn"
-RUNNING_STATES = {"TRAINING", "RUNNING", "BUILDING"}
+RUNNING_STATES = {"RUNNING"}  # foresight.storage.lifecycle.Status.RUNNING
 ORPHAN_WAIT_S = 15.0  # how long a killed tree's workers get to notice their parent died
 
 TALLY: dict[str, Any] = {"kill_points": set(), "lost_acknowledged_writes": 0, "orphans": 0}
@@ -96,9 +96,9 @@ def _pipeline(client: ForesightClient) -> None:
         )
     )
     model = _follow(t.TrainModel(trainer_pb2.TrainModelRequest(instance=INSTANCE, max_trials=1)))
-    assert model.status == trainer_pb2.VERSION_STATUS_READY, model.error
+    assert model.status == common_pb2.JOB_STATUS_READY, model.error
     run = _follow(client.scorer.RunScoring(scorer_pb2.RunScoringRequest(instance=INSTANCE)))
-    assert run.status == scorer_pb2.RUN_STATUS_SUCCEEDED, run.error
+    assert run.status == common_pb2.JOB_STATUS_READY, run.error
     encoder = _follow(
         t.TrainEncoder(
             trainer_pb2.TrainEncoderRequest(
@@ -106,7 +106,7 @@ def _pipeline(client: ForesightClient) -> None:
             )
         )
     )
-    assert encoder.status == trainer_pb2.VERSION_STATUS_READY, encoder.error
+    assert encoder.status == common_pb2.JOB_STATUS_READY, encoder.error
     s = client.segmenter
     _follow(s.BuildIndex(segmenter_pb2.BuildIndexRequest(dataset=DATASET)))
     _follow(s.DiscoverSegments(segmenter_pb2.DiscoverSegmentsRequest(clusters=3)))

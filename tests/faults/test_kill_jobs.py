@@ -20,6 +20,7 @@ import grpc
 import polars as pl
 import pytest
 
+from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2
 from foresight.api.trainer.v1 import trainer_pb2
@@ -30,24 +31,12 @@ pytestmark = pytest.mark.faults
 
 INSTANCE = "churn"
 
-# Until ShardRunner's workers die with their parent (PR_SET_PDEATHSIG + watchdog, the
-# "jobs" helper's issue 11.4 work) a kill leaves them running: these tests expect that
-# fix and turn green with it. Remove the mark when it lands on main.
-NEEDS_WORKERS_DIE_WITH_PARENT = pytest.mark.xfail(
-    strict=True, reason="spawn workers outlive a killed service until PR_SET_PDEATHSIG lands"
-)
-# Until the scorer fails its RUNNING runs at start ("jobs", issue 11.4). Remove when it lands.
-NEEDS_SCORER_RECOVERY = pytest.mark.xfail(
-    strict=True, reason="the scorer does not yet fail interrupted runs at start"
-)
-
 
 def interrupted(error: str | None) -> bool:
     """The reason start-up recovery gives to work its service did not finish."""
     return "interrupted" in (error or "")
 
 
-@NEEDS_WORKERS_DIE_WITH_PARENT
 def test_kill9_mid_training_fails_the_version_and_the_scorer_keeps_serving(world: Any) -> None:
     world.start("trainer", "scorer")
     t = world.client.trainer
@@ -72,11 +61,11 @@ def test_kill9_mid_training_fails_the_version_and_the_scorer_keeps_serving(world
         ).versions
     newest = versions[0]
     assert newest.version > current.version
-    assert newest.status == trainer_pb2.VERSION_STATUS_FAILED and interrupted(newest.error)
+    assert newest.status == common_pb2.JOB_STATUS_FAILED and interrupted(newest.error)
     served = world.client.trainer.GetModelVersion(
         trainer_pb2.GetModelVersionRequest(instance=INSTANCE)
     )
-    assert served.version == current.version and served.status == trainer_pb2.VERSION_STATUS_READY
+    assert served.version == current.version and served.status == common_pb2.JOB_STATUS_READY
     assert poller.calls > 5 and not poller.failures, poller.failures[:3]
     world.assert_no_orphan_processes()
     world.assert_consistent()
@@ -101,7 +90,7 @@ def test_kill9_mid_encoder_training_fails_the_encoder_version(world: Any) -> Non
     ).versions
     new = [v for v in after if v.version not in {b.version for b in before}]
     assert len(new) == 1
-    assert new[0].status == trainer_pb2.VERSION_STATUS_FAILED and interrupted(new[0].error)
+    assert new[0].status == common_pb2.JOB_STATUS_FAILED and interrupted(new[0].error)
     world.assert_no_orphan_processes()
     world.assert_consistent()
 
@@ -180,7 +169,6 @@ def test_kill9_mid_import_publishes_all_or_nothing(world: Any) -> None:
     world.assert_consistent()
 
 
-@NEEDS_SCORER_RECOVERY
 def test_kill9_mid_scoring_fails_the_run_and_keeps_the_previous_scores(world: Any) -> None:
     world.start("scorer")
     s = world.client.scorer
@@ -203,7 +191,6 @@ def test_kill9_mid_scoring_fails_the_run_and_keeps_the_previous_scores(world: An
     world.assert_consistent()
 
 
-@NEEDS_WORKERS_DIE_WITH_PARENT
 def test_kill9_mid_index_build_fails_the_build_and_serves_the_old_index(world: Any) -> None:
     world.start("segmenter")
     seg = world.client.segmenter
@@ -220,7 +207,7 @@ def test_kill9_mid_index_build_fails_the_build_and_serves_the_old_index(world: A
     rows = world.rows(IndexVersionRow)
     newer = [r for r in rows if r.version > served.version]
     assert len(newer) == 1 and newer[0].status == "FAILED"
-    assert interrupted((newer[0].params or {}).get("error"))
+    assert interrupted(newer[0].error)
     world.assert_no_orphan_processes()
     world.assert_consistent()
 

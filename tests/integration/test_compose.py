@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 SERVICE_PORTS = {"trainer": 50051, "scorer": 50052, "segmenter": 50053}
+SCALE_SERVICES = ("dask-scheduler", "dask-worker-1", "dask-worker-2", "minio")
 
 
 def _docker_compose() -> str:
@@ -113,7 +114,9 @@ def test_resolved_config_keeps_what_we_rely_on() -> None:
 
 def test_services_ports_and_health_checks(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", *SERVICE_PORTS}
+    default = {name for name, svc in services.items() if "profiles" not in svc}
+    assert default == {"postgres", *SERVICE_PORTS}
+    assert set(services) - default == set(SCALE_SERVICES)
 
     pg = services["postgres"]
     # Pinned: an exact release, never "latest" or a bare major.
@@ -150,6 +153,65 @@ def test_shared_volume_for_artifacts_and_event_store(compose: dict[str, Any]) ->
         svc = compose["services"][name]
         assert "foresight-data:/data" in svc["volumes"]
         assert svc["environment"]["FORESIGHT_DATA_DIR"] == "/data"
+
+
+def _resolved(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`docker-compose [args] config` as parsed YAML."""
+    result = subprocess.run(
+        [_docker_compose(), "-f", str(COMPOSE), *args, "config"],
+        cwd=REPO,
+        env={**_compose_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "variable is not set" not in result.stderr, result.stderr
+    data = yaml.safe_load(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_scale_profile_adds_dask_and_minio_wired_by_environment() -> None:
+    exe = _docker_compose()
+    check = subprocess.run(
+        [exe, "-f", str(COMPOSE), "--profile", "scale", "config", "-q"],
+        cwd=REPO,
+        env=_compose_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stderr
+    # Without the profile's variables the services use local processes and the volume.
+    plain = _resolved()
+    assert plain["services"]["trainer"]["environment"]["FORESIGHT_DASK_SCHEDULER"] == ""
+    # With it, the scheduler address and the S3 store reach every service.
+    wired = {
+        "FORESIGHT_DASK_SCHEDULER": "tcp://dask-scheduler:8786",
+        "FORESIGHT_EVENTS_DIR": "s3://foresight/events",
+    }
+    resolved = _resolved("--profile", "scale", env=wired)
+    services = resolved["services"]
+    assert set(services) == {"postgres", *SERVICE_PORTS, *SCALE_SERVICES}
+    image = services["trainer"]["image"]
+    for name in SERVICE_PORTS:
+        env = services[name]["environment"]
+        assert {k: env[k] for k in wired} == wired
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    for name in SCALE_SERVICES:
+        assert services[name]["profiles"] == ["scale"], name  # only with --profile scale
+    assert services["dask-scheduler"]["command"][:4] == ["dask", "scheduler", "--port", "8786"]
+    for name in ("dask-worker-1", "dask-worker-2"):
+        worker = services[name]
+        assert worker["image"] == image, "workers import the same shard functions"
+        assert worker["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+        assert worker["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+        assert worker["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        # The same volume at the same path: a shard's local paths resolve on the workers too.
+        assert any(str(v).startswith("foresight-data:/data") for v in worker["volumes"])
+    assert re.fullmatch(r"minio/minio:RELEASE\.[0-9TZ-]+", services["minio"]["image"])
+    assert "minio-data" in resolved["volumes"]
 
 
 def _env_names(cls: type[ServiceSettings]) -> set[str]:

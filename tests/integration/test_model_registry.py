@@ -18,8 +18,9 @@ import pytest
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status
 from foresight.storage.models import InstanceRow
-from services.trainer.registry import INTERRUPTED, ModelRegistry, VersionStatus, bundle_path
+from services.trainer.registry import INTERRUPTED, OWNER, ModelRegistry, bundle_path
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +44,12 @@ def registry(db: Database, tmp_path: Path) -> ModelRegistry:
 
 def _publish(registry: ModelRegistry, version: int, auc: float = 0.8) -> None:
     relative = bundle_path("churn", version)
-    with registry.artifacts.publish(relative) as folder:
+    with registry.artifacts.publish(relative, owner=OWNER) as folder:
         (folder / "model.onnx").write_bytes(b"onnx")
         (folder / "evaluation.json").write_text(f'{{"auc": {auc}, "version": {version}}}')
     registry.mark_ready(
         "churn",
         version,
-        artifact_path=relative,
         auc=auc,
         feature_count=12,
         validation_cutoff=CUTOFF,
@@ -60,8 +60,8 @@ def test_versions_number_up_and_the_latest_ready_is_current(registry: ModelRegis
     v1 = registry.create_training("churn")
     assert v1 == 1
     row = registry.get("churn", 1)
-    assert row.status is VersionStatus.TRAINING and not row.current
-    with pytest.raises(FailedPrecondition, match="already training version 1"):
+    assert row.status is Status.RUNNING and not row.current
+    with pytest.raises(FailedPrecondition, match="churn v1 is still running"):
         registry.create_training("churn")
     _publish(registry, 1, auc=0.71)
     v2 = registry.create_training("churn")
@@ -88,7 +88,7 @@ def test_not_found_and_failed_versions(registry: ModelRegistry) -> None:
         registry.list("nope")
     version = registry.create_training("churn")
     failed = registry.mark_failed("churn", version, "boom")
-    assert failed.status is VersionStatus.FAILED and failed.error == "boom"
+    assert failed.status is Status.FAILED and failed.error == "boom"
     with pytest.raises(FailedPrecondition, match="only READY versions have an evaluation"):
         registry.read_evaluation("churn", version)
     with pytest.raises(FailedPrecondition, match="only READY versions can be current"):
@@ -102,12 +102,11 @@ def test_never_ready_without_a_verified_bundle(registry: ModelRegistry) -> None:
         registry.mark_ready(
             "churn",
             version,
-            artifact_path=bundle_path("churn", version),
             auc=0.9,
             feature_count=3,
             validation_cutoff=CUTOFF,
         )
-    assert registry.get("churn", version).status is VersionStatus.TRAINING
+    assert registry.get("churn", version).status is Status.RUNNING
     with pytest.raises(NotFound):
         registry.get("churn")
 
@@ -124,23 +123,27 @@ def test_recover_interrupted_fails_training_rows_and_dangling_ready_rows(
     _publish(registry, registry.create_training("churn"))
     stale = registry.create_training("churn")
     # The killed job had already renamed its bundle into place (row still TRAINING).
-    with registry.artifacts.publish(bundle_path("churn", stale)) as folder:
+    with registry.artifacts.publish(bundle_path("churn", stale), owner=OWNER) as folder:
         (folder / "model.onnx").write_bytes(b"x")
-    leftover = registry.artifacts.path("models/churn/.tmp-dead-v9")
+    leftover = registry.artifacts.path("models/churn/.tmp-trainer-dead-v9")
     leftover.mkdir()
+    # Another service's write in flight under the same root is not the trainer's to sweep.
+    in_flight = registry.artifacts.path("models/.tmp-scorer-123-x")
+    in_flight.mkdir()
     assert registry.recover_interrupted() == [("churn", stale)]
     row = registry.get("churn", stale)
-    assert row.status is VersionStatus.FAILED and row.error == INTERRUPTED
+    assert row.status is Status.FAILED and row.error == INTERRUPTED
     assert row.artifact_path is None and row.finished_at is not None
     assert not registry.artifacts.path(bundle_path("churn", stale)).exists()
     assert not leftover.exists()
+    assert in_flight.is_dir()
     assert registry.get("churn").version == 1  # the good version stays current
 
     # A READY bundle that vanished is failed and no longer current.
     shutil.rmtree(registry.artifacts.path(bundle_path("churn", 1)))
     registry.recover_interrupted()
     gone = registry.get("churn", 1)
-    assert gone.status is VersionStatus.FAILED and "missing" in (gone.error or "")
+    assert gone.status is Status.FAILED and "missing" in (gone.error or "")
     with pytest.raises(NotFound):
         registry.get("churn")
 
@@ -156,7 +159,7 @@ _KILLED_WRITER = textwrap.dedent(
     db_url, root, marker = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     registry = ModelRegistry(Database(db_url), ArtifactStore(root))
     version = registry.create_training("churn")
-    with registry.artifacts.publish(bundle_path("churn", version)) as folder:
+    with registry.artifacts.publish(bundle_path("churn", version), owner="trainer") as folder:
         (folder / "model.onnx").write_bytes(b"half a model")
         marker.write_text(str(version))
         time.sleep(60)  # killed here, mid-publish
@@ -176,7 +179,7 @@ def test_kill_9_mid_publish_leaves_no_ready_row_and_no_visible_bundle(
     )
     try:
         deadline = time.monotonic() + 60
-        while not marker.exists():
+        while not (marker.exists() and marker.read_text()):  # written, not just created
             assert process.poll() is None, "writer exited early"
             assert time.monotonic() < deadline, "writer never reached publish"
             time.sleep(0.05)
@@ -188,12 +191,12 @@ def test_kill_9_mid_publish_leaves_no_ready_row_and_no_visible_bundle(
     temporary = list(registry.artifacts.path("models/churn").glob(".tmp-*"))
     assert len(temporary) == 1  # the half-written folder is hidden, never the bundle
     row = registry.get("churn", version)
-    assert row.status is VersionStatus.TRAINING
+    assert row.status is Status.RUNNING
 
     # Trainer restart.
     assert registry.recover_interrupted() == [("churn", version)]
     row = registry.get("churn", version)
-    assert row.status is VersionStatus.FAILED and row.error == INTERRUPTED
+    assert row.status is Status.FAILED and row.error == INTERRUPTED
     assert not any(registry.artifacts.path("models/churn").iterdir())
     with pytest.raises(NotFound):
         registry.get("churn")

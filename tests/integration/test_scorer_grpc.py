@@ -143,7 +143,7 @@ def publish_model(
         zipmap=False,
     )
     relative = f"models/{name}/v{version}"
-    with ArtifactStore(data_dir / "artifacts").publish(relative) as folder:
+    with ArtifactStore(data_dir / "artifacts").publish(relative, owner="trainer") as folder:
         (folder / "model.onnx").write_bytes(onnx.SerializeToString())
         (folder / "model.txt").write_text(booster.model_to_string())
         (folder / "feature_spec.json").write_text(json.dumps(spec.to_dict()))
@@ -287,7 +287,7 @@ async def test_run_scoring_streams_progress_then_the_run(client: Client, world: 
     progress = [e.progress for e in events[:-1]]
     assert progress and all(0.0 <= p.fraction <= 1.0 for p in progress)
     run = events[-1].run
-    assert run.status == scorer_pb2.RUN_STATUS_SUCCEEDED and run.profiles > 100
+    assert run.status == common_pb2.JOB_STATUS_READY and run.profiles > 100
     assert run.as_of.ToDatetime(tzinfo=UTC) == world.end
     runs = await client.stub.ListScoringRuns(scorer_pb2.ListScoringRunsRequest(instance="purchase"))
     assert runs.runs[0].run_id == run.run_id and len(runs.runs) >= 2
@@ -704,7 +704,7 @@ async def test_a_broken_model_version_keeps_the_previous_one_serving(
     status = await client.stub.GetScorerStatus(scorer_pb2.GetScorerStatusRequest())
     serving = {m.instance: m.serving_version for m in status.models}["purchase"]
     relative = f"models/purchase/v{serving + 10}"
-    with ArtifactStore(world.data_dir / "artifacts").publish(relative) as folder:
+    with ArtifactStore(world.data_dir / "artifacts").publish(relative, owner="trainer") as folder:
         (folder / "model.onnx").write_bytes(b"not a model")
     with world.db.session() as s:
         s.add(

@@ -56,28 +56,34 @@ def test_bulk_load_and_utc_round_trip(database: Database) -> None:
 
 def test_artifact_publish_is_atomic_and_verified(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "artifacts")
-    with pytest.raises(RuntimeError), store.publish("models/churn/v1") as folder:
+    with pytest.raises(RuntimeError), store.publish("models/churn/v1", owner="trainer") as folder:
         (folder / "model.onnx").write_bytes(b"half")
         raise RuntimeError("killed mid-write")
     assert not store.path("models/churn/v1").exists()
     assert not list((tmp_path / "artifacts" / "models" / "churn").iterdir())
 
-    with store.publish("models/churn/v1", {"version": 1}) as folder:
+    with store.publish("models/churn/v1", {"version": 1}, owner="trainer") as folder:
         (folder / "model.onnx").write_bytes(b"onnx bytes")
     manifest = store.verify("models/churn/v1")
     assert manifest["version"] == 1 and "model.onnx" in manifest["files"]
-    with pytest.raises(FailedPrecondition), store.publish("models/churn/v1"):
+    with pytest.raises(FailedPrecondition), store.publish("models/churn/v1", owner="trainer"):
         pass
     store.path("models/churn/v1/model.onnx").write_bytes(b"tampered")
     with pytest.raises(FailedPrecondition, match="corrupt"):
         store.verify("models/churn/v1")
 
 
-def test_sweep_removes_leftovers_of_killed_writers(tmp_path: Path) -> None:
+def test_sweep_removes_only_its_owners_leftovers(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "a")
-    (tmp_path / "a" / "models" / ".tmp-dead-v2").mkdir(parents=True)
-    assert store.sweep_temporary() == 1
-    assert not (tmp_path / "a" / "models" / ".tmp-dead-v2").exists()
+    with pytest.raises(RuntimeError), store.publish("models/x/v1", owner="trainer"):
+        raise RuntimeError("failed")
+    (tmp_path / "a" / "models" / ".tmp-trainer-dead-v2").mkdir(parents=True)
+    (tmp_path / "a" / "indexes" / ".tmp-segmenter-live-v3").mkdir(parents=True)
+    assert store.sweep_temporary("trainer") == 1
+    assert not (tmp_path / "a" / "models" / ".tmp-trainer-dead-v2").exists()
+    # Another service's write in flight survives the trainer's start.
+    assert (tmp_path / "a" / "indexes" / ".tmp-segmenter-live-v3").is_dir()
+    assert store.sweep_temporary("segmenter", under="indexes") == 1
 
 
 def _migrate_concurrently(url: str) -> list[BaseException]:

@@ -68,7 +68,7 @@ async def test_validate_train_version_and_evaluation(trainer: Trainer) -> None:
             stages.append(event.progress.stage)
         else:
             final = event.version
-    assert final is not None and final.status == pb.VERSION_STATUS_READY and final.current
+    assert final is not None and final.status == common_pb2.JOB_STATUS_READY and final.current
     assert {"labels", "features", "train", "export"} <= set(stages)
     assert final.auc > 0.6 and final.feature_count > 10
 
@@ -92,7 +92,7 @@ async def test_data_gate_is_failed_precondition_with_counts(trainer: Trainer) ->
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert str(check.positives) in (err.value.details() or "")
     versions = await trainer.stub.ListModelVersions(pb.ListModelVersionsRequest(instance="greedy"))
-    assert [v.status for v in versions.versions] == [pb.VERSION_STATUS_FAILED]
+    assert [v.status for v in versions.versions] == [common_pb2.JOB_STATUS_FAILED]
 
 
 async def test_unknown_instance_is_not_found(trainer: Trainer) -> None:

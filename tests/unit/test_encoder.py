@@ -11,10 +11,6 @@ import polars as pl
 import pytest
 
 from foresight.encoder import (
-    ENCODER_FILE,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    SPEC_FILE,
     EncoderTrainer,
     fit_encoder,
     load_encoder,
@@ -25,7 +21,14 @@ from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.features.journey import behaviour_vectors, fit_behaviour_spec
 from foresight.storage import ArtifactStore, Database
+from foresight.storage.bundles import (
+    BEHAVIOUR_SPEC_FILE,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+)
 from foresight.storage.catalog import CataloguedPart, record_import
+from foresight.storage.lifecycle import INTERRUPTED, Status
 from foresight.tools.generate import generate
 
 pytestmark = pytest.mark.unit
@@ -67,8 +70,8 @@ def test_onnx_export_has_the_contract_names_and_matches(world: dict, kind: str) 
     events: pl.DataFrame = world["events"]
     bundle = fit_encoder(events, dims=6, kind=kind)  # type: ignore[arg-type]
     model = onnx.load_from_string(bundle.onnx_model)
-    assert [i.name for i in model.graph.input] == [INPUT_NAME]
-    assert [o.name for o in model.graph.output] == [OUTPUT_NAME]
+    assert [i.name for i in model.graph.input] == [ENCODER_INPUT]
+    assert [o.name for o in model.graph.output] == [ENCODER_OUTPUT]
     assert bundle.kind == kind
     assert f"{kind}.silhouette" in bundle.metrics
 
@@ -99,7 +102,7 @@ def test_publish_then_load_embeds_unit_vectors(world: dict, tmp_path: Path) -> N
     info = publish_encoder(db, artifacts, bundle, "shop")
     assert info.status == "READY" and info.kind == "pca" and info.dimensions == 8
     folder = artifacts.path(info.artifact_path or "")
-    assert (folder / ENCODER_FILE).is_file() and (folder / SPEC_FILE).is_file()
+    assert (folder / ENCODER_FILE).is_file() and (folder / BEHAVIOUR_SPEC_FILE).is_file()
     encoder = load_encoder(folder)
     latest = events["timestamp"].max()
     assert isinstance(latest, datetime)
@@ -120,7 +123,7 @@ def test_trainer_facade_publishes_and_lists(world: dict, tmp_path: Path) -> None
     trainer = EncoderTrainer(db, root / "events", ArtifactStore(tmp_path / "artifacts"))
     stages: list[str] = []
     info = trainer.train("shop", 8, "pca", 500, lambda stage, f, msg: stages.append(stage))
-    assert info.status == "READY", info.error
+    assert info.status is Status.READY, info.error
     assert info.metrics["fitted_rows"] > 0
     assert "publish" in stages and stages[-1] == "done"
     assert trainer.list_versions()[0].version == info.version
@@ -131,15 +134,13 @@ def test_trainer_facade_publishes_and_lists(world: dict, tmp_path: Path) -> None
 
 
 def test_interrupted_training_is_marked_failed(world: dict, tmp_path: Path) -> None:
-    from foresight.encoder import _allocate_version
-
     db: Database = world["db"]
     artifacts = ArtifactStore(tmp_path / "artifacts")
-    version = _allocate_version(db, artifacts, "shop", 8)
     trainer = EncoderTrainer(db, world["root"] / "events", artifacts)
+    version = trainer.lifecycle.allocate(dataset="shop", dimensions=8, metrics={})
     assert version in trainer.recover_interrupted()
     row = next(v for v in trainer.list_versions() if v.version == version)
-    assert row.status == "FAILED" and row.error
+    assert row.status is Status.FAILED and row.error == INTERRUPTED
 
 
 def test_choice_prefers_the_autoencoder_only_when_its_guards_pass() -> None:

@@ -13,8 +13,8 @@ from onnx import numpy_helper
 
 from foresight.errors import FailedPrecondition
 from foresight.storage.artifacts import ArtifactStore, sha256_file
+from foresight.storage.bundles import MODEL_FILES
 from services.trainer.export import (
-    MODEL_FILES,
     ExportError,
     check_parity,
     onnx_probabilities,
@@ -152,7 +152,11 @@ def test_bundle_is_checksummed_and_immutable(
     booster, X = trained
     store = ArtifactStore(tmp_path / "artifacts")
     folder = write_bundle(
-        store, "models/x/v1", **_bundle_args(booster, X.shape[1]), metadata={"version": 1}
+        store,
+        "models/x/v1",
+        owner="trainer",
+        **_bundle_args(booster, X.shape[1]),
+        metadata={"version": 1},
     )
     manifest = store.verify("models/x/v1")
     assert set(manifest["files"]) == set(MODEL_FILES) and manifest["version"] == 1
@@ -161,7 +165,7 @@ def test_bundle_is_checksummed_and_immutable(
     np.testing.assert_array_equal(reloaded.predict(X), booster.predict(X))
     assert json.loads((folder / "evaluation.json").read_text()) == {"auc": 0.8}
     with pytest.raises(FailedPrecondition, match="already exists"):
-        write_bundle(store, "models/x/v1", **_bundle_args(booster, X.shape[1]))
+        write_bundle(store, "models/x/v1", owner="trainer", **_bundle_args(booster, X.shape[1]))
     (folder / "model.onnx").write_bytes(b"tampered")
     with pytest.raises(FailedPrecondition, match=r"model\.onnx is missing or corrupt"):
         store.verify("models/x/v1")
@@ -175,6 +179,6 @@ def test_a_failed_write_leaves_no_bundle(
     args = _bundle_args(booster, X.shape[1])
     args["evaluation"] = {"auc": float("nan")}  # not valid JSON: the write fails midway
     with pytest.raises(ValueError):
-        write_bundle(store, "models/x/v1", **args)
+        write_bundle(store, "models/x/v1", owner="trainer", **args)
     assert not store.path("models/x/v1").exists()
     assert list(store.path("models/x").iterdir()) == []

@@ -12,6 +12,7 @@ from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.api.trainer.v1 import trainer_pb2 as tpb
 from foresight.encoder import EncoderVersionInfo
 from foresight.errors import InvalidArgument
+from foresight.storage.lifecycle import Status
 from foresight.tools.mapview import ClusterMap, MapPoint
 from services.segmenter import converters as conv
 from services.segmenter.discover import ClusterInfo, DiscoveryInfo, Trait
@@ -74,10 +75,10 @@ def test_upsert_request_keeps_events_or_asks_for_stored_ones() -> None:
 
 def test_encoder_version_messages() -> None:
     info = EncoderVersionInfo(
-        4, "READY", "shop", 32, "pca", {"pca.silhouette": 0.4}, "encoders/v4", None, NOW
+        4, Status.READY, "shop", 32, "pca", {"pca.silhouette": 0.4}, "encoders/v4", None, NOW
     )
     msg = econv.encoder_version_to_pb(info)
-    assert msg.status == tpb.VERSION_STATUS_READY and msg.kind == tpb.ENCODER_KIND_PCA
+    assert msg.status == common_pb2.JOB_STATUS_READY and msg.kind == tpb.ENCODER_KIND_PCA
     assert msg.metrics["pca.silhouette"] == pytest.approx(0.4)
     assert econv.encoder_version_event(info).WhichOneof("event") == "version"
     assert econv.kind_from_pb(tpb.ENCODER_KIND_UNSPECIFIED) == "auto"

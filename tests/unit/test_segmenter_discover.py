@@ -116,8 +116,8 @@ def test_store_versions_clusters_and_members(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition):
         store.get(0)
     snap, _ = planted(60)
-    first = store.publish(discover(snap, trait_catalog(SPEC), clusters=4), index_version=3)
-    second = store.publish(discover(snap, trait_catalog(SPEC), clusters=2), index_version=3)
+    first = store.run(3, lambda: discover(snap, trait_catalog(SPEC), clusters=4))
+    second = store.run(3, lambda: discover(snap, trait_catalog(SPEC), clusters=2))
     assert (first.version, second.version) == (1, 2)
     assert store.get(0).version == 2 and len(store.get(1).clusters) == 4
     c = store.cluster(1, 0)

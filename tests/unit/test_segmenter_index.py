@@ -192,15 +192,15 @@ def test_builds_left_building_by_a_kill_are_failed_at_start(tmp_path: Path) -> N
     ready = store.allocate("shop", 1)
     store.publish(make(40), ready)
     killed = store.allocate("shop", 1)
-    half = artifacts.path("indexes") / f".tmp-0123abcd-v{killed}"
+    half = artifacts.path("indexes") / f".tmp-segmenter-0123abcd-v{killed}"
     half.mkdir()
     (half / INDEX_FILE).write_bytes(b"half an index")
-    others = artifacts.path("models") / ".tmp-4567-v1"  # another service's write in flight
+    others = artifacts.path("models") / ".tmp-trainer-4567-v1"  # another service's write in flight
     others.mkdir(parents=True)
     assert store.recover_interrupted() == [killed]
     assert not half.exists() and others.exists()
     with db.session() as s:
         rows = {r.version: r for r in s.scalars(select(IndexVersionRow))}
-    assert rows[killed].status == "FAILED" and "interrupted" in rows[killed].params["error"]
+    assert rows[killed].status == "FAILED" and rows[killed].error == "interrupted"
     assert rows[ready].status == "READY"
     assert store.recover_interrupted() == []

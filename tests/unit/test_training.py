@@ -23,10 +23,10 @@ from foresight.features.spec import FeatureSpec, fit_feature_spec
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
+from foresight.storage.lifecycle import Status
 from foresight.storage.models import InstanceRow, ProfileRow
 from foresight.tools.generate import generate
 from services.trainer import shards
-from services.trainer.registry import VersionStatus
 from services.trainer.shards import LeakageDetected, ShardJob, audit_leakage, shard_labels
 from services.trainer.training import (
     MAX_DEPTH,
@@ -129,7 +129,7 @@ def test_train_publishes_a_ready_verified_model(world: World) -> None:
     seen: list[tuple[str, float]] = []
     info = world.trainer.train("conv_e2e", 2, lambda stage, f, _m: seen.append((stage, f)))
 
-    assert info.status is VersionStatus.READY and info.current and info.version == 1
+    assert info.status is Status.READY and info.current and info.version == 1
     assert info.auc is not None and info.auc > 0.6
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -215,7 +215,7 @@ def test_data_gate_fails_with_counts_and_advice(world: World) -> None:
     assert "positive (need 1000000)" in message and "eligible" in message
     assert "outcome window" in message and "population" in message
     failed = world.trainer.get_version("gate", 1)
-    assert failed.status is VersionStatus.FAILED and failed.error == message
+    assert failed.status is Status.FAILED and failed.error == message
     assert not failed.current and failed.artifact_path is None
 
 
@@ -268,7 +268,7 @@ def test_a_leaky_featurizer_fails_training(world: World, monkeypatch: pytest.Mon
     with pytest.raises(LeakageDetected, match="use events at or after the cutoff"):
         world.trainer.train("leaky", 1)
     failed = world.trainer.get_version("leaky", 1)
-    assert failed.status is VersionStatus.FAILED and "leakage" in (failed.error or "")
+    assert failed.status is Status.FAILED and "leakage" in (failed.error or "")
     assert not world.artifacts.path("models/leaky/v1").exists()
 
 

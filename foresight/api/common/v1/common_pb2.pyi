@@ -21,6 +21,48 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _JobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATUS_UNSPECIFIED: _JobStatus.ValueType  # 0
+    """Not set."""
+    JOB_STATUS_RUNNING: _JobStatus.ValueType  # 1
+    """Being trained, built or scored."""
+    JOB_STATUS_READY: _JobStatus.ValueType  # 2
+    """Published and verified (a scoring run: scores stored and served)."""
+    JOB_STATUS_FAILED: _JobStatus.ValueType  # 3
+    """Ended with an error (the accompanying error field gives the reason;
+    "interrupted" when the service was killed while it ran).
+    """
+    JOB_STATUS_CANCELLED: _JobStatus.ValueType  # 4
+    """The caller cancelled the stream or its deadline passed; nothing was published."""
+    JOB_STATUS_RETIRED: _JobStatus.ValueType  # 5
+    """Superseded; its files were removed."""
+
+class JobStatus(_JobStatus, metaclass=_JobStatusEnumTypeWrapper):
+    """Status of every long job and version: model and encoder versions, scoring
+    runs, indexes and discoveries share these words.
+    """
+
+JOB_STATUS_UNSPECIFIED: JobStatus.ValueType  # 0
+"""Not set."""
+JOB_STATUS_RUNNING: JobStatus.ValueType  # 1
+"""Being trained, built or scored."""
+JOB_STATUS_READY: JobStatus.ValueType  # 2
+"""Published and verified (a scoring run: scores stored and served)."""
+JOB_STATUS_FAILED: JobStatus.ValueType  # 3
+"""Ended with an error (the accompanying error field gives the reason;
+"interrupted" when the service was killed while it ran).
+"""
+JOB_STATUS_CANCELLED: JobStatus.ValueType  # 4
+"""The caller cancelled the stream or its deadline passed; nothing was published."""
+JOB_STATUS_RETIRED: JobStatus.ValueType  # 5
+"""Superseded; its files were removed."""
+Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
 class _Operator:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

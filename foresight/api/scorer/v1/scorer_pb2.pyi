@@ -23,34 +23,6 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class _RunStatus:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    RUN_STATUS_UNSPECIFIED: _RunStatus.ValueType  # 0
-    """Not set."""
-    RUN_STATUS_RUNNING: _RunStatus.ValueType  # 1
-    """In progress."""
-    RUN_STATUS_SUCCEEDED: _RunStatus.ValueType  # 2
-    """Scores stored and served."""
-    RUN_STATUS_FAILED: _RunStatus.ValueType  # 3
-    """Failed (see error)."""
-
-class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
-    """Lifecycle of a scoring run."""
-
-RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
-"""Not set."""
-RUN_STATUS_RUNNING: RunStatus.ValueType  # 1
-"""In progress."""
-RUN_STATUS_SUCCEEDED: RunStatus.ValueType  # 2
-"""Scores stored and served."""
-RUN_STATUS_FAILED: RunStatus.ValueType  # 3
-"""Failed (see error)."""
-Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
-
 class _ExportFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -124,7 +96,7 @@ class ScoringRun(_message.Message):
     """Instance name."""
     model_version: _builtins.int
     """Model version used."""
-    status: Global___RunStatus.ValueType
+    status: _common_pb2.JobStatus.ValueType
     """Status."""
     profiles: _builtins.int
     """Profiles scored."""
@@ -148,7 +120,7 @@ class ScoringRun(_message.Message):
         run_id: _builtins.str = ...,
         instance: _builtins.str = ...,
         model_version: _builtins.int = ...,
-        status: Global___RunStatus.ValueType = ...,
+        status: _common_pb2.JobStatus.ValueType = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,

@@ -77,37 +77,6 @@ OCCURRENCE_WILL_NOT_OCCUR: Occurrence.ValueType  # 2
 """Positive when no matching event occurs within the window."""
 Global___Occurrence: _TypeAlias = Occurrence  # noqa: Y015
 
-class _VersionStatus:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _VersionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VersionStatus.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    VERSION_STATUS_UNSPECIFIED: _VersionStatus.ValueType  # 0
-    """Not set."""
-    VERSION_STATUS_TRAINING: _VersionStatus.ValueType  # 1
-    """Being trained."""
-    VERSION_STATUS_READY: _VersionStatus.ValueType  # 2
-    """Exported, checked and published."""
-    VERSION_STATUS_FAILED: _VersionStatus.ValueType  # 3
-    """Training or export failed (see error)."""
-
-class VersionStatus(_VersionStatus, metaclass=_VersionStatusEnumTypeWrapper):
-    """---------------------------------------------------------------- models
-
-    Lifecycle of a model or encoder version.
-    """
-
-VERSION_STATUS_UNSPECIFIED: VersionStatus.ValueType  # 0
-"""Not set."""
-VERSION_STATUS_TRAINING: VersionStatus.ValueType  # 1
-"""Being trained."""
-VERSION_STATUS_READY: VersionStatus.ValueType  # 2
-"""Exported, checked and published."""
-VERSION_STATUS_FAILED: VersionStatus.ValueType  # 3
-"""Training or export failed (see error)."""
-Global___VersionStatus: _TypeAlias = VersionStatus  # noqa: Y015
-
 class _Quality:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -981,7 +950,10 @@ Global___ValidateGoalResponse: _TypeAlias = ValidateGoalResponse  # noqa: Y015
 
 @_typing.final
 class TrainModelRequest(_message.Message):
-    """Train a model for an instance."""
+    """---------------------------------------------------------------- models
+
+    Train a model for an instance.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1058,7 +1030,7 @@ class ModelVersion(_message.Message):
     """Instance name."""
     version: _builtins.int
     """Version number, from 1."""
-    status: Global___VersionStatus.ValueType
+    status: _common_pb2.JobStatus.ValueType
     """Status."""
     current: _builtins.bool
     """Whether it is the instance's current version."""
@@ -1087,7 +1059,7 @@ class ModelVersion(_message.Message):
         *,
         instance: _builtins.str = ...,
         version: _builtins.int = ...,
-        status: Global___VersionStatus.ValueType = ...,
+        status: _common_pb2.JobStatus.ValueType = ...,
         current: _builtins.bool = ...,
         error: _builtins.str = ...,
         artifact_path: _builtins.str = ...,
@@ -1548,7 +1520,7 @@ class EncoderVersion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Version number, from 1."""
-    status: Global___VersionStatus.ValueType
+    status: _common_pb2.JobStatus.ValueType
     """Status."""
     dataset: _builtins.str
     """Dataset it was fitted on."""
@@ -1572,7 +1544,7 @@ class EncoderVersion(_message.Message):
         self,
         *,
         version: _builtins.int = ...,
-        status: Global___VersionStatus.ValueType = ...,
+        status: _common_pb2.JobStatus.ValueType = ...,
         dataset: _builtins.str = ...,
         dimensions: _builtins.int = ...,
         kind: Global___EncoderKind.ValueType = ...,

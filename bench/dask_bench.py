@@ -1,0 +1,310 @@
+"""Dask figures: the shard functions on a 2-worker LocalCluster vs the local pool, and trainer memory.
+
+- `dask_featurize_events_per_s`: labels + features of every shard (the
+  trainer's data-sized stages) as tasks on a 2-process LocalCluster; events
+  read ÷ wall seconds.
+- `local_featurize_events_per_s`: the same work through the local process
+  pool with 2 workers; `dask_vs_local_throughput_ratio` = Dask ÷ local.
+- `dask_batch_score_1m_s`: batch scoring with reason codes on Dask, when the
+  scorer's shard function is on the runner (else "not measured").
+- `train_peak_rss_mb_1m`, `train_peak_rss_mb_2m`: peak RSS of the trainer
+  process (ModelTrainer.train, 2 local workers) at N and 2N profiles, each in a
+  fresh process, with the training sample bounded at the same share of N as
+  the default bound is of 1M profiles. N is FORESIGHT_BENCH_PROFILES; the
+  figure names keep "1m"/"2m" and `dask_profiles` says what N was.
+- `shard_costs`: per shard and stage (labels, features, embed): seconds,
+  peak RSS of a fresh worker process, bytes read and bytes returned — the
+  inputs of docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from foresight import instance as inst
+from foresight.errors import NotFound
+from foresight.events.store import EventStore
+from foresight.features.labels import choose_cutoffs
+from foresight.features.spec import fit_feature_spec
+from foresight.shards import ShardRunner
+from foresight.storage import catalog
+from foresight.storage.artifacts import ArtifactStore
+from foresight.storage.db import Database
+from foresight.storage.models import InstanceRow
+from foresight.tools.generate import generate
+from services.trainer.sampling import DEFAULT_SAMPLE_ROWS
+from services.trainer.shards import ShardJob, shard_features, shard_labels
+from services.trainer.training import N_CUTOFFS, ModelTrainer
+
+SHARDS = 16
+CONFIG: dict[str, Any] = {
+    "name": "conv",
+    "type": "CONVERSION",
+    "goal": {"conditions": 'event_type = "commerce.purchases"', "window_days": 30},
+}
+
+
+def _world(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]]:
+    """Generate and store `profiles` profiles once (reused); the shard jobs and cutoffs."""
+    var = data / f"var-dask-{profiles}"
+    store = EventStore(var / "events", SHARDS)
+    db = Database(f"sqlite:///{var / 'foresight.db'}")
+    db.migrate()
+    if not _has_dataset(db) or not catalog.catalogued_parts(db, "shop"):
+        generated = generate(data / "imports" / f"dask-{profiles}", profiles=profiles, seed=11)
+        written = store.write("shop", pl.read_parquet(generated.events_path), [])
+        catalog.record_import(
+            db,
+            "shop",
+            [
+                catalog.CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
+                for p in written
+            ],
+            None,
+        )
+    parts = catalog.catalogued_parts(db, "shop")
+    span = catalog.time_range(db, "shop")
+    assert span is not None
+    db.dispose()
+    by_shard: dict[int, list[str]] = {}
+    for part in parts:
+        by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)
+    jobs = [ShardJob(store.url, SHARDS, "shop", k, tuple(v)) for k, v in sorted(by_shard.items())]
+    cutoffs = choose_cutoffs(
+        span[1] + timedelta(microseconds=1), 30, n=N_CUTOFFS, data_start=span[0]
+    )
+    return var, jobs, cutoffs
+
+
+def _has_dataset(db: Database) -> bool:
+    try:
+        catalog.get_dataset(db, "shop")
+    except NotFound:
+        return False
+    return True
+
+
+def _pipeline(
+    runner: ShardRunner, jobs: list[ShardJob], cutoffs: list[Any], spec: dict[str, Any]
+) -> float:
+    """Labels then features of every shard; wall seconds."""
+    t0 = time.perf_counter()
+    labels = runner.map(shard_labels, [(j, CONFIG, cutoffs) for j in jobs])
+    runner.map(
+        shard_features,
+        [(j, spec, cutoffs, f, None) for j, f in zip(jobs, labels, strict=True)],
+    )
+    return time.perf_counter() - t0
+
+
+def throughput(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any]) -> None:
+    """Dask on 2 workers vs the local pool on 2 workers, same shard functions."""
+    from distributed import LocalCluster
+
+    events = sum(j.read().height for j in jobs)
+    sample = pl.concat([j.read() for j in jobs[:2]])
+    spec = fit_feature_spec(sample, None, inst.from_dict(CONFIG), cutoffs[-1]).to_dict()
+    local = ShardRunner(2, keep_alive=True)
+    _pipeline(local, jobs[:2], cutoffs, spec)  # start the workers outside the clock
+    local_s = _pipeline(local, jobs, cutoffs, spec)
+    local.close()
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        remote = ShardRunner(2, scheduler=cluster.scheduler_address)
+        _pipeline(remote, jobs[:2], cutoffs, spec)
+        dask_s = _pipeline(remote, jobs, cutoffs, spec)
+        remote.close()
+    results["dask_featurize_events_per_s"] = round(events / dask_s)
+    results["local_featurize_events_per_s"] = round(events / local_s)
+    results["dask_vs_local_throughput_ratio"] = round(local_s / dask_s, 3)
+    results["dask_vs_local_basis"] = "labels + features of every shard, 2 workers each"
+    results["dask_events"] = events
+
+
+def _measured(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[float, float, int]:
+    """Run one shard task in this (fresh) process: seconds, peak RSS MB, result bytes."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return seconds, peak_mb, len(pickle.dumps(out, protocol=5))
+
+
+def _baseline() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def shard_costs(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any]) -> None:
+    """Per-shard cost of labels and features, each task in a fresh process."""
+    sample = pl.concat([j.read() for j in jobs[:2]])
+    spec = fit_feature_spec(sample, None, inst.from_dict(CONFIG), cutoffs[-1]).to_dict()
+    probe = jobs[:4]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=1) as pool:
+        base = max(pool.submit(_baseline).result() for _ in range(2))
+        labels = [shard_labels(j, CONFIG, cutoffs) for j in probe]
+        stages: dict[str, list[tuple[float, float, int]]] = {
+            "labels": list(
+                pool.map(
+                    _measured, [shard_labels] * len(probe), [(j, CONFIG, cutoffs) for j in probe]
+                )
+            ),
+            "features": list(
+                pool.map(
+                    _measured,
+                    [shard_features] * len(probe),
+                    [(j, spec, cutoffs, f, None) for j, f in zip(probe, labels, strict=True)],
+                )
+            ),
+        }
+    read_bytes = [sum(Path(j.store_root, p).stat().st_size for p in j.parts) for j in probe]
+    rows = [j.read().height for j in probe]
+    costs: dict[str, Any] = {
+        "profiles_per_shard": round(results["dask_profiles"] / SHARDS),
+        "events_per_shard": round(sum(rows) / len(rows)),
+        "parquet_bytes_per_shard": round(sum(read_bytes) / len(read_bytes)),
+        "worker_baseline_rss_mb": round(base),
+        "cutoffs": len(cutoffs),
+    }
+    for stage, measured in stages.items():
+        costs[stage] = {
+            "seconds_per_shard": round(sum(m[0] for m in measured) / len(measured), 3),
+            "peak_rss_mb_per_shard": round(max(m[1] for m in measured)),
+            "result_bytes_per_shard": round(sum(m[2] for m in measured) / len(measured)),
+        }
+    results["shard_costs"] = costs
+
+
+def _train_rss(data: Path, profiles: int, sample_rows: int) -> float:
+    """Peak RSS (MB) of a fresh process that runs ModelTrainer.train at `profiles`."""
+    _world(data, profiles)  # data ready before the measured process starts
+    script = (
+        "import json,resource,sys;from pathlib import Path;"
+        "from bench.dask_bench import train_once;"
+        f"train_once(Path({str(data)!r}), {profiles}, {sample_rows});"
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))"
+    )
+    out = (
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()
+    )
+    return float(out[-1])
+
+
+def train_once(data: Path, profiles: int, sample_rows: int) -> None:
+    """Train the conversion instance once on the stored data (run in a fresh process)."""
+    var = data / f"var-dask-{profiles}"
+    db = Database(f"sqlite:///{var / 'foresight.db'}")
+    artifacts_dir = var / "artifacts"
+    shutil.rmtree(artifacts_dir, ignore_errors=True)
+    with db.session() as s:
+        s.query(InstanceRow).filter(InstanceRow.name == "conv").delete()
+        s.add(InstanceRow(name="conv", dataset="shop", config=inst.to_dict(inst.from_dict(CONFIG))))
+    trainer = ModelTrainer(
+        db,
+        EventStore(var / "events", SHARDS),
+        ArtifactStore(artifacts_dir),
+        2,
+        sample_rows=sample_rows,
+    )
+    try:
+        info = trainer.train("conv", 1)
+        assert info.status.value == "READY", info.error
+    finally:
+        trainer.close()
+
+
+def pg_load_rate(results: dict[str, Any], rows: int = 200_000) -> None:
+    """Score rows (5 factors as JSON) bulk loaded into PostgreSQL's profile_scores per second.
+
+    The same `Database.bulk_load` (COPY) a scoring run uses, into a fresh
+    database on FORESIGHT_TEST_PG's server; skipped when none is reachable.
+    """
+    import uuid as _uuid
+
+    import psycopg
+
+    from foresight.storage.models import ProfileScoreRow, ScoringRunRow
+
+    admin = os.environ.get("FORESIGHT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"foresight_bench_{_uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError:
+        results["pg_copy_score_rows_per_s"] = "not measured (no PostgreSQL)"
+        return
+    db = Database(f"{admin.rsplit('/', 1)[0]}/{name}")
+    try:
+        db.migrate()
+        now = datetime.now(UTC)
+        with db.session() as s:
+            s.add(
+                ScoringRunRow(
+                    run_id="r", instance_name="i", model_version=1, status="RUNNING", as_of=now
+                )
+            )
+        factors = json.dumps(
+            [{"code": f"f{i}", "value": 1.5, "impact": 0.1, "importance": "HIGH"} for i in range(5)]
+        )
+        data = [("r", f"p{i:09d}", 0.5, 50, 50, "MEDIUM", factors) for i in range(rows)]
+        columns = (
+            "run_id",
+            "profile_id",
+            "probability",
+            "score",
+            "percentile",
+            "bucket",
+            "factors",
+        )
+        t0 = time.perf_counter()
+        for start in range(0, rows, 50_000):
+            db.bulk_load(ProfileScoreRow.__table__, columns, data[start : start + 50_000])  # type: ignore[arg-type]
+        results["pg_copy_score_rows_per_s"] = round(rows / (time.perf_counter() - t0))
+        results["pg_copy_rows"] = rows
+    finally:
+        db.dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def run(results: dict[str, Any], data: Path) -> None:
+    """All Dask figures at FORESIGHT_BENCH_PROFILES profiles (and twice that for memory)."""
+    profiles = int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000"))
+    results["dask_profiles"] = profiles
+    _, jobs, cutoffs = _world(data, profiles)
+    throughput(results, jobs, cutoffs)
+    shard_costs(results, jobs, cutoffs)
+    pg_load_rate(results)
+    bound = max(1_000, DEFAULT_SAMPLE_ROWS * profiles // 1_000_000)
+    results["train_sample_rows"] = bound
+    results["train_peak_rss_mb_1m"] = round(_train_rss(data, profiles, bound))
+    results["train_peak_rss_mb_2m"] = round(_train_rss(data, 2 * profiles, bound))
+    results["train_rss_2m_over_1m"] = round(
+        results["train_peak_rss_mb_2m"] / results["train_peak_rss_mb_1m"], 3
+    )
+    results["dask_measured"] = {
+        "profiles": profiles,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
+    }
+    mine = ("dask", "train_", "local_", "shard", "pg_")
+    print(json.dumps({k: v for k, v in results.items() if k.startswith(mine)}, indent=1))

@@ -1,0 +1,73 @@
+"""Start-up recovery: each service fails its own interrupted work and removes only its own leftovers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from foresight.storage.db import Database
+from foresight.storage.lifecycle import INTERRUPTED, Status
+from foresight.storage.models import ProfileScoreRow, ScoringRunRow
+from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
+
+pytestmark = pytest.mark.integration
+
+AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _run(run_id: str, status: Status, scores_path: str | None = None) -> ScoringRunRow:
+    return ScoringRunRow(
+        run_id=run_id,
+        instance_name="churn",
+        model_version=1,
+        status=status.value,
+        as_of=AS_OF,
+        started_at=AS_OF,
+        scores_path=scores_path,
+    )
+
+
+def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
+    database: Database, tmp_path: Path
+) -> None:
+    scores = tmp_path / "artifacts" / SCORES_FOLDER
+    (scores / "churn").mkdir(parents=True)
+    kept = scores / "churn" / "ready.parquet"
+    for name in ("ready.parquet", "ready.npz", "killed.parquet", "failed.parquet"):
+        (scores / "churn" / name).write_bytes(b"scores")
+    (scores / "churn" / ".tmp-0123-killed.parquet").write_bytes(b"half")
+    with database.session() as s:
+        s.add(_run("ready", Status.READY, f"{SCORES_FOLDER}/churn/ready.parquet"))
+        s.add(_run("killed", Status.RUNNING))
+        s.add(_run("failed", Status.FAILED))
+    with database.session() as s:
+        s.add(
+            ProfileScoreRow(
+                run_id="killed",
+                profile_id="p1",
+                probability=0.5,
+                score=50,
+                percentile=50,
+                bucket="MEDIUM",
+                factors="[]",
+            )
+        )
+
+    interrupted, removed = recover_interrupted(database, scores)
+
+    assert interrupted == ["killed"] and removed == 2  # the failed run's copy, the temp file
+    assert sorted(p.name for p in (scores / "churn").iterdir()) == ["ready.npz", "ready.parquet"]
+    assert kept.read_bytes() == b"scores"
+    with database.session() as s:
+        runs = {r.run_id: (r.status, r.error) for r in s.scalars(select(ScoringRunRow))}
+        partial = s.scalars(select(ProfileScoreRow).where(ProfileScoreRow.run_id == "killed"))
+        assert partial.first() is None
+    assert runs == {
+        "ready": (Status.READY.value, None),
+        "killed": (Status.FAILED.value, INTERRUPTED),
+        "failed": (Status.FAILED.value, None),
+    }
+    assert recover_interrupted(database, scores) == ([], 0)
