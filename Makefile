@@ -26,10 +26,12 @@ venv: $(STAMP) ## Create the virtual environment and install (first use only)
 proto: $(STAMP) ## Regenerate Python code (+ .pyi stubs) from protos/
 	$(BIN)/python -m foresight.tools.protogen .
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy
+lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts, dead code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy foresight services bench loadtest tests
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/vulture
 
 test: lint ## Lint, type-check and run the whole test suite
 	$(BIN)/pytest -q

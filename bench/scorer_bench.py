@@ -516,14 +516,14 @@ def onnx_vs_lightgbm(var: Path, results: dict[str, Any]) -> None:
 
 
 def _start_workers(var: Path, workers: int, port: int, port_file: Path) -> subprocess.Popen[bytes]:
-    """`foresight-scorer` with FORESIGHT_SCORER_WORKERS processes on a fixed port."""
+    """`foresight-scorer` with FORESIGHT_SCORER_SERVER_PROCESSES processes on a fixed port."""
     env = {
         **os.environ,
         "OPENBLAS_NUM_THREADS": "1",
         "FORESIGHT_DATA_DIR": str(var),
         "FORESIGHT_SCORER_PORT": str(port),
         "FORESIGHT_SCORER_METRICS_PORT": "0",
-        "FORESIGHT_SCORER_WORKERS": str(workers),
+        "FORESIGHT_SCORER_SERVER_PROCESSES": str(workers),
         "FORESIGHT_PORT_FILE": str(port_file),
         "FORESIGHT_LOG_LEVEL": "WARNING",
     }

@@ -57,11 +57,12 @@ class _CallDetails(NamedTuple):
     compression: Any
 
 
+# The stubs make these generic; the runtime classes are not subscriptable.
 class _Defaults(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
 ):
     """Adds the default deadline and the bearer token to every call."""
 
@@ -163,24 +164,7 @@ class ForesightClient:
         """Health status name ("SERVING", "NOT_SERVING", …) of one service."""
         stub = health_pb2_grpc.HealthStub(self._channels[service])
         resp = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-
-    def ingest_events(
-        self, dataset: str, events: Iterable[common_pb2.Event], batch_size: int = 5_000
-    ) -> trainer_pb2.IngestSummary:
-        """Stream events to the trainer in batches."""
-
-        def batches() -> Iterator[trainer_pb2.IngestEventsRequest]:
-            batch: list[common_pb2.Event] = []
-            for ev in events:
-                batch.append(ev)
-                if len(batch) >= batch_size:
-                    yield trainer_pb2.IngestEventsRequest(dataset=dataset, events=batch)
-                    batch = []
-            if batch:
-                yield trainer_pb2.IngestEventsRequest(dataset=dataset, events=batch)
-
-        return self.trainer.IngestEvents(batches())
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
 
     def ingest_file(
         self,

@@ -42,7 +42,7 @@ import polars as pl
 from sqlalchemy import select
 
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
-from foresight.events.store import EventStore
+from foresight.events.store import EventStore, parts_by_shard
 from foresight.features.journey import BehaviourSpec, behaviour_vectors, fit_behaviour_spec
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
@@ -178,7 +178,8 @@ def _prepare(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _l2(E: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(E, axis=1, keepdims=True)
-    return (E / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit: np.ndarray = (E / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
 
 
 @dataclass
@@ -661,7 +662,7 @@ def read_sample(
     span = catalog.time_range(db, dataset)
     if not parts or span is None:
         raise FailedPrecondition(f"dataset {dataset!r} has no events")
-    shards = sorted(catalog.shards_of(parts))
+    shards = list(parts_by_shard(parts))
     rng = np.random.default_rng(seed)
     frames: list[pl.DataFrame] = []
     profiles = 0

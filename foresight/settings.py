@@ -6,7 +6,10 @@ start: a bad value stops start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,6 +26,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from foresight.storage.db import default_database_url
+
+log = logging.getLogger("foresight.settings")
 
 
 class ServiceSettings(BaseSettings):
@@ -145,11 +150,40 @@ def metrics_port_field(service: str, note: str = "") -> Any:
     )
 
 
+def shard_processes_field(work: str) -> Any:
+    """Processes that run shard work (`work`) on this machine: FORESIGHT_SHARD_PROCESSES."""
+    return Field(
+        0,
+        ge=0,
+        le=256,
+        # FORESIGHT_WORKERS is the deprecated name (see RENAMED).
+        validation_alias=AliasChoices("FORESIGHT_SHARD_PROCESSES", "FORESIGHT_WORKERS"),
+        description=f"Processes for {work}; 0 = all cores.",
+    )
+
+
+# Deprecated variable → its new name; the old one still works, with a warning at start.
+RENAMED: dict[str, str] = {
+    "FORESIGHT_WORKERS": "FORESIGHT_SHARD_PROCESSES",
+    "FORESIGHT_SCORER_WORKERS": "FORESIGHT_SCORER_SERVER_PROCESSES",
+}
+
 S = TypeVar("S", bound=ServiceSettings)
+
+
+def warn_renamed(environ: Mapping[str, str]) -> list[str]:
+    """Warn (and return the warnings) for each deprecated variable that is set."""
+    notes = [
+        f"{old} is deprecated: set {new} instead" for old, new in RENAMED.items() if old in environ
+    ]
+    for note in notes:
+        log.warning(note)
+    return notes
 
 
 def load_settings(cls: type[S]) -> S:
     """Read settings or exit with a message naming each bad variable."""
+    warn_renamed(os.environ)
     try:
         settings = cls()
     except ValidationError as exc:

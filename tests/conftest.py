@@ -77,3 +77,19 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
     db.migrate()
     yield db
     db.dispose()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of a module marked `in_file_order` keep their file order under random order.
+
+    Only for modules whose tests are steps over one stateful world (the e2e mission,
+    the segmenter's journaled index): the module's place among the others stays random.
+    """
+    slots: dict[str, list[int]] = {}
+    for n, item in enumerate(items):
+        if item.get_closest_marker("in_file_order"):
+            slots.setdefault(str(item.path), []).append(n)
+    for positions in slots.values():
+        steps = sorted((items[n] for n in positions), key=lambda item: item.location[1] or 0)
+        for n, step in zip(positions, steps, strict=True):
+            items[n] = step

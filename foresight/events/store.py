@@ -58,6 +58,7 @@ DEFAULT_SHARDS: Final[int] = 16
 QUARANTINE_DIR: Final[str] = "_quarantine"
 
 _PART_NAME: Final[re.Pattern[str]] = re.compile(r"^shard=(\d+)/part-[0-9a-f]{32}\.parquet$")
+_SHARD_DIR: Final[re.Pattern[str]] = re.compile(r"(?:^|/)shard=(\d+)/")
 
 # FNV-1a, 64-bit: simple, documented, and the same on every machine and
 # library version. Shard placement is persisted on disk, so it must never
@@ -146,6 +147,30 @@ class _KnownIds:
     ids: pl.DataFrame  # columns: h (UInt64 hash of event_id), event_id
 
 
+_SHARD_PREFIX: Final[str] = "shard="
+
+
+def part_name(shard: int) -> str:
+    """A new part's path inside its dataset folder: ``shard=<k>/part-<uuid>.parquet``."""
+    return f"{_SHARD_PREFIX}{shard}/part-{uuid.uuid4().hex}.parquet"
+
+
+def shard_of_part(part: str) -> int:
+    """The shard a part path (``<dataset>/shard=<k>/part-…``) belongs to: the one parser."""
+    match = _SHARD_DIR.search(part)
+    if match is None:
+        raise InvalidArgument("part", f"{part!r} has no shard folder")
+    return int(match.group(1))
+
+
+def parts_by_shard(parts: Iterable[str]) -> dict[int, list[str]]:
+    """Part paths grouped by shard, shards in ascending order, parts in their given order."""
+    grouped: dict[int, list[str]] = {}
+    for part in parts:
+        grouped.setdefault(shard_of_part(part), []).append(part)
+    return dict(sorted(grouped.items()))
+
+
 class EventStore:
     """Partitioned Parquet storage of validated events.
 
@@ -191,18 +216,12 @@ class EventStore:
         self.dataset_dir(dataset)  # the same name check
         return fs.join(self.url, dataset, relative)
 
+    shard_of_part = staticmethod(shard_of_part)  # the module function, for existing callers
+
     def part_location(self, dataset: str, part: str) -> str:
         """Where a catalogued part lives (checked to belong to the dataset)."""
         local = self.part_path(dataset, part)
         return str(local) if not self.remote else fs.join(self.url, part)
-
-    @staticmethod
-    def shard_of_part(part: str) -> int:
-        """The shard a part path belongs to."""
-        match = re.search(r"/shard=(\d+)/", part)
-        if match is None:
-            raise InvalidArgument("part", f"{part!r} has no shard folder")
-        return int(match.group(1))
 
     # -- writes --------------------------------------------------------------
 
@@ -224,7 +243,7 @@ class EventStore:
         known_by_shard: dict[int, set[str]] = {}
         for part in known_parts:
             self.part_path(dataset, part)  # rejects paths from elsewhere
-            known_by_shard.setdefault(self.shard_of_part(part), set()).add(part)
+            known_by_shard.setdefault(shard_of_part(part), set()).add(part)
 
         events = accepted.unique(subset="event_id", keep="first", maintain_order=True)
         events = events.with_columns(
@@ -253,15 +272,15 @@ class EventStore:
         # Sorted by profile then time: featurization reads profiles in order
         # and the min/max statistics per row group become useful.
         events = events.sort("profile_id", "timestamp")
-        name = f"part-{uuid.uuid4().hex}.parquet"
+        relative = part_name(shard)
 
         def write(handle: BinaryIO) -> None:
             events.write_parquet(handle, compression="zstd", compression_level=1, statistics=True)
 
         if self.remote:
-            size = fs.put_object(self.location(dataset, f"shard={shard}/{name}"), write)
+            size = fs.put_object(self.location(dataset, relative), write)
         else:
-            target = dataset_dir / f"shard={shard}" / name
+            target = dataset_dir / relative
             _atomic_write(target, write)
             size = target.stat().st_size
         summary = events.select(
@@ -271,7 +290,7 @@ class EventStore:
             pl.col("event_type").unique().sort().implode().alias("types"),
         ).row(0, named=True)
         return PartInfo(
-            path=f"{dataset}/shard={shard}/{name}",
+            path=f"{dataset}/{relative}",
             dataset=dataset,
             shard=shard,
             rows=events.height,
@@ -358,7 +377,7 @@ class EventStore:
         transaction and then removes the old files with
         :meth:`cleanup_orphans`. Returns None when there is nothing to merge.
         """
-        selected = [part for part in parts if self.shard_of_part(part) == shard]
+        selected = [part for part in parts if shard_of_part(part) == shard]
         if len(selected) < 2:
             return None
         events = self.read_shard(dataset, shard, selected)
@@ -385,7 +404,7 @@ class EventStore:
 
     def read_shard(self, dataset: str, shard: int, parts: Iterable[str]) -> pl.DataFrame:
         """All events of one shard, from the catalogued parts that belong to it."""
-        selected = [part for part in parts if self.shard_of_part(part) == shard]
+        selected = [part for part in parts if shard_of_part(part) == shard]
         try:
             return self.scan(dataset, selected).collect()
         except _READ_ERRORS:
@@ -429,7 +448,7 @@ class EventStore:
         removed: list[str] = []
         if not dataset_dir.is_dir():
             return removed
-        for shard_dir in sorted(dataset_dir.glob("shard=*")):
+        for shard_dir in sorted(dataset_dir.glob(f"{_SHARD_PREFIX}*")):
             for file in sorted(shard_dir.iterdir()):
                 relative = f"{dataset}/{shard_dir.name}/{file.name}"
                 is_part = file.name.startswith("part-") and file.suffix == ".parquet"

@@ -198,7 +198,9 @@ def behaviour_vectors(
     s = offsets["scalars"]
 
     def get(name: str) -> np.ndarray:
-        return np.nan_to_num(per_profile.get_column(name).cast(pl.Float64).to_numpy())
+        column: np.ndarray = per_profile.get_column(name).cast(pl.Float64).to_numpy()
+        filled: np.ndarray = np.nan_to_num(column)
+        return filled
 
     count, purchases, money, valued = get("n"), get("purchases"), get("money"), get("valued")
     X[rows, s + 0] = np.log1p(get("last"))

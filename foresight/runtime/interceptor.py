@@ -14,13 +14,14 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import Counter, Histogram
 
 from foresight.errors import ForesightError
 from foresight.limits import STATUS_MESSAGE_MAX
+from foresight.runtime.context import Context
 from foresight.runtime.errors import status_for, trailing_metadata_for
 from foresight.runtime.requests import check_request, tolerant
 
@@ -84,7 +85,7 @@ class _Outcome:
         self.code = grpc.StatusCode.OK
 
 
-async def _abort(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: BaseException) -> None:
+async def _abort(context: Context, outcome: _Outcome, exc: BaseException) -> None:
     """Turn an exception into the RPC's status; never leak internals."""
     if isinstance(exc, ForesightError):
         outcome.code = status_for(exc)
@@ -114,14 +115,20 @@ def _bounded(message: str) -> str:
     return message[: STATUS_MESSAGE_MAX - 1] + "…"
 
 
-def _code_of(context: grpc.aio.ServicerContext, outcome: _Outcome) -> str:
+def _code_of(context: Context, outcome: _Outcome) -> str:
     code = context.code() if hasattr(context, "code") else None
     if isinstance(code, grpc.StatusCode):
         return code.name
     return outcome.code.name
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # the runtime class is not subscriptable
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class ServiceInterceptor(_ServerInterceptor):
     """Wraps every handler: bearer-token check, domain-error mapping, metrics, logs."""
 
     def __init__(self, token: str | None) -> None:
@@ -139,9 +146,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -154,7 +163,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary or handler.stream_unary:
             inner: Any = handler.unary_unary or handler.stream_unary
 
-            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_response(request: Any, context: Context) -> Any:
                 outcome, start = _Outcome(), time.perf_counter()
                 try:
                     await call.check_auth(context, outcome)
@@ -179,9 +188,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         inner_stream: Any = handler.unary_stream or handler.stream_stream
 
-        async def stream_response(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
             outcome, start = _Outcome(), time.perf_counter()
             try:
                 await call.check_auth(context, outcome)
@@ -212,7 +219,7 @@ class _Call:
     def __init__(
         self,
         details: grpc.HandlerCallDetails,
-        handler: grpc.RpcMethodHandler,
+        handler: grpc.RpcMethodHandler[Any, Any],
         authorized: bool,
         metrics: _MethodMetrics,
     ) -> None:
@@ -229,13 +236,13 @@ class _Call:
         """The request (or request stream) with every message checked."""
         return _checked_stream(request) if self.streaming_request else check_request(request)
 
-    async def check_auth(self, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
+    async def check_auth(self, context: Context, outcome: _Outcome) -> None:
         """Abort UNAUTHENTICATED unless the metadata carried the token."""
         if not self.authorized:
             outcome.code = grpc.StatusCode.UNAUTHENTICATED
             await context.abort(outcome.code, "missing or invalid bearer token")
 
-    def finish(self, start: float, context: grpc.aio.ServicerContext, outcome: _Outcome) -> None:
+    def finish(self, start: float, context: Context, outcome: _Outcome) -> None:
         """Record metrics and log slow or failed calls."""
         code = _code_of(context, outcome)
         elapsed = time.perf_counter() - start

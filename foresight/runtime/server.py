@@ -13,8 +13,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -65,6 +66,13 @@ class ServiceRuntime:
         )
         self.port = 0
         self._shutdown_hooks: list[Callable[[], None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (a loop: registry follower, snapshots) until the server stops."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def on_shutdown(self, hook: Callable[[], None]) -> None:
         """Run `hook` after the server stopped (release worker pools, close files)."""
@@ -101,6 +109,10 @@ class ServiceRuntime:
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new RPCs, let running ones finish within the grace."""
         await self.health.enter_graceful_shutdown()
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         for hook in self._shutdown_hooks:
             try:
@@ -112,13 +124,19 @@ class ServiceRuntime:
 Setup = Callable[[ServiceRuntime], Awaitable[Callable[[], Awaitable[None]] | None]]
 
 
-async def serve(settings: ServiceSettings, service_names: Sequence[str], setup: Setup) -> None:
+async def serve(
+    settings: ServiceSettings,
+    service_names: Sequence[str],
+    setup: Setup,
+    reuse_port: bool = False,
+) -> None:
     """Run a service until SIGTERM/SIGINT.
 
     `setup` registers servicers on `runtime.server` and may return an async
     `ready` hook (load models, indexes); health turns SERVING once it returns.
+    `reuse_port`: several processes serve one port (SO_REUSEPORT).
     """
-    runtime = ServiceRuntime(settings, service_names)
+    runtime = ServiceRuntime(settings, service_names, reuse_port=reuse_port)
     try:
         on_ready = await setup(runtime)
         await runtime.start()
@@ -143,12 +161,16 @@ async def serve(settings: ServiceSettings, service_names: Sequence[str], setup: 
 
 
 def run_service(
-    name: str, settings: ServiceSettings, service_names: Sequence[str], setup: Setup
+    name: str,
+    settings: ServiceSettings,
+    service_names: Sequence[str],
+    setup: Setup,
+    reuse_port: bool = False,
 ) -> None:
     """Process entry point shared by the three services."""
     configure_logging(name, settings.log_level, settings.log_json)
     with fatal_startup_errors(name):
-        asyncio.run(serve(settings, service_names, setup))
+        asyncio.run(serve(settings, service_names, setup, reuse_port))
 
 
 @contextmanager

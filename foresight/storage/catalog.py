@@ -9,7 +9,7 @@ trainer sweeps at its next start.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -201,13 +201,3 @@ def _as_utc(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def shards_of(parts: Iterable[str]) -> set[int]:
-    """Shard numbers present in part paths (`<dataset>/shard=<k>/part-…`)."""
-    out = set()
-    for p in parts:
-        for seg in p.split("/"):
-            if seg.startswith("shard="):
-                out.add(int(seg.removeprefix("shard=")))
-    return out

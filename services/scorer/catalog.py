@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.events.store import EventStore, shard_for_profile
 from foresight.storage.db import Database
-from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow, ProfileRow
+from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow
 from foresight.storage.profiles import profile_attributes
 from services.scorer.history import ProfileHistory
 
@@ -89,11 +89,6 @@ class Catalog:
             .filter(pl.col("profile_id") == profile_id)
             .collect()
         )
-
-    def has_profiles(self) -> bool:
-        """Whether a profile table was imported."""
-        with self.db.session() as session:
-            return bool(session.scalar(select(func.count()).select_from(ProfileRow).limit(1)))
 
     def profiles(
         self, names: Sequence[str], ids: Sequence[str] | None = None

@@ -101,7 +101,8 @@ def leaf_tables(values: np.ndarray, zero_fractions: np.ndarray) -> np.ndarray:
     within = (subsets[None, :] & ~subsets[:, None]) == 0  # [b, s]: s ⊆ b
     sums = np.einsum("bs,lis->lbi", within.astype(np.float64), g)
     satisfied = bits.astype(np.float64)  # [b, i]: o_i in pattern b
-    return values[:, None, None] * (satisfied[None] - zero_fractions[:, None, :]) * sums
+    phi: np.ndarray = values[:, None, None] * (satisfied[None] - zero_fractions[:, None, :]) * sums
+    return phi
 
 
 def _float32_floor(values: np.ndarray) -> np.ndarray:
@@ -588,7 +589,7 @@ class TreeExplainer:
         within float32 rounding (the tests hold it to 1e-6).
         """
         if self.fast is None:
-            return self.contributions(x[None, :])[0]
+            return np.asarray(self.contributions(x[None, :])[0])
         row = np.where(np.isinf(x), np.nan, x).astype(np.float32)
         return self.fast.flat.contributions(row, self.n_features)
 

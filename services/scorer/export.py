@@ -17,8 +17,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from services.scorer.batch import factor_json
 from services.scorer.records import Bucket
-from services.scorer.scoring import factor_json
 from services.scorer.snapshot import RunScores
 
 __all__ = ["EXPORT_COLUMNS", "export_run"]

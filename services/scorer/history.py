@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from foresight.errors import FailedPrecondition
 from foresight.events.schema import EVENT_SCHEMA
-from foresight.events.store import EventStore, shard_for_profile
+from foresight.events.store import EventStore, shard_for_profile, shard_of_part
 from foresight.storage.artifacts import atomic_write_bytes
 
 log = logging.getLogger("foresight.scorer.history")
@@ -61,7 +61,7 @@ class ProfileHistory:
 
     def events(self, dataset: str, parts: list[str], profile_id: str) -> pl.DataFrame:
         """Every stored event of `profile_id` in the catalogued `parts` of `dataset`."""
-        shards = [self.store.shard_of_part(p) for p in parts]
+        shards = [shard_of_part(p) for p in parts]
         if shards and max(shards) >= self.store.shards:
             raise FailedPrecondition(
                 f"dataset '{dataset}' has shard {max(shards)} but FORESIGHT_SHARDS is "

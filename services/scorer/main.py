@@ -1,9 +1,9 @@
 """Composition root of the scorer: settings → stores → domain → gRPC server(s).
 
-With FORESIGHT_SCORER_WORKERS=N the process forks N workers before any gRPC
-object exists (gRPC's multiprocessing pattern); each runs its own asyncio
-server on the same port with SO_REUSEPORT, so the kernel spreads connections
-and lookups scale across cores. Every worker follows the registry and loads
+With FORESIGHT_SCORER_SERVER_PROCESSES=N the process forks N server processes
+before any gRPC object exists (gRPC's multiprocessing pattern); each runs the
+shared `serve` on the same port with SO_REUSEPORT, so the kernel spreads
+connections and lookups scale across cores. Every worker follows the registry and loads
 the snapshots itself; worker 0 also runs the scoring schedule and /metrics.
 """
 
@@ -15,17 +15,17 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
 from foresight.api.scorer.v1 import scorer_pb2_grpc
 from foresight.runtime.logs import configure_logging
-from foresight.runtime.server import ServiceRuntime, fatal_startup_errors
+from foresight.runtime.server import ServiceRuntime, fatal_startup_errors, run_service
 from foresight.settings import load_settings
-from foresight.storage.artifacts import atomic_write_bytes
 from foresight.storage.db import Database
 from services.scorer.explain import configure_native_threads
 from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
@@ -50,9 +50,8 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
     return Scorer(db, config)
 
 
-async def _every(seconds: float, what: str, work: object) -> None:
+async def _every(seconds: float, what: str, work: Callable[[], object]) -> None:
     """Run `work` (a blocking callable) in a thread every `seconds`, logging failures."""
-    assert callable(work)
     while True:
         await asyncio.sleep(seconds)
         try:
@@ -61,20 +60,54 @@ async def _every(seconds: float, what: str, work: object) -> None:
             log.exception("%s failed", what)
 
 
-@dataclass
+def make_setup(
+    settings: ScorerSettings,
+    scorer: Scorer,
+    *,
+    worker: int = 0,
+    follow: bool = True,
+    extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+) -> Callable[[ServiceRuntime], Awaitable[Callable[[], Awaitable[None]]]]:
+    """The `serve` setup: register the servicer; the ready hook loads models and snapshots.
+
+    Once ready, every worker follows the registry; worker 0 also runs the scoring
+    schedule. `extra_handlers` go on the same server (the benchmark's empty handler).
+    """
+
+    async def setup(runtime: ServiceRuntime) -> Callable[[], Awaitable[None]]:
+        scorer_pb2_grpc.add_ScorerServiceServicer_to_server(ScorerServicer(scorer), runtime.server)
+        if extra_handlers:
+            runtime.server.add_generic_rpc_handlers(tuple(extra_handlers))
+
+        async def ready() -> None:
+            await asyncio.to_thread(scorer.refresh)
+            if not follow:
+                return
+            runtime.in_background(_every(settings.poll_seconds, "registry refresh", scorer.refresh))
+            if worker == 0:
+                runtime.in_background(
+                    _every(
+                        settings.schedule_seconds,
+                        "scheduled scoring",
+                        lambda: scorer.run_due(datetime.now(UTC)),
+                    )
+                )
+
+        return ready
+
+    return setup
+
+
+@dataclass(frozen=True)
 class RunningScorer:
-    """A started scorer server with its background tasks."""
+    """An in-process scorer (tests, the benchmark): started and SERVING."""
 
     runtime: ServiceRuntime
     scorer: Scorer
     port: int
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop background work, then the server (NOT_SERVING, drain within the grace)."""
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        """Stop following, then the server (NOT_SERVING, drain within the grace)."""
         await self.runtime.stop(grace)
 
 
@@ -82,62 +115,34 @@ async def start_scorer(
     settings: ScorerSettings,
     scorer: Scorer,
     *,
-    worker: int = 0,
     follow: bool = True,
-    extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+    extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
 ) -> RunningScorer:
-    """Start one server; health turns SERVING once models and snapshots are loaded.
-
-    `extra_handlers` go on the same server (the benchmark's empty baseline handler).
-    """
-    runtime = ServiceRuntime(settings, [SERVICE_NAME], reuse_port=settings.workers > 1)
-    scorer_pb2_grpc.add_ScorerServiceServicer_to_server(ScorerServicer(scorer), runtime.server)
-    if extra_handlers:
-        runtime.server.add_generic_rpc_handlers(tuple(extra_handlers))
+    """Start one in-process server the way `serve` does, without waiting for a signal."""
+    runtime = ServiceRuntime(settings, [SERVICE_NAME])
+    setup = make_setup(settings, scorer, follow=follow, extra_handlers=extra_handlers)
+    ready = await setup(runtime)
     port = await runtime.start()
-    await asyncio.to_thread(scorer.refresh)  # the ready hook: models and snapshots in memory
+    await ready()
     await runtime.set_serving(True)
-    running = RunningScorer(runtime, scorer, port)
-    if follow:
-        running.tasks.append(
-            asyncio.create_task(_every(settings.poll_seconds, "registry refresh", scorer.refresh))
-        )
-        if worker == 0:
-            running.tasks.append(
-                asyncio.create_task(
-                    _every(
-                        settings.schedule_seconds,
-                        "scheduled scoring",
-                        lambda: scorer.run_due(datetime.now(UTC)),
-                    )
-                )
-            )
-    return running
+    return RunningScorer(runtime, scorer, port)
 
 
-async def _serve(settings: ScorerSettings, worker: int) -> None:
-    db = Database(settings.resolved_database_url)
-    scorer = build_scorer(settings, db)
+def _serve_process(settings: ScorerSettings, worker: int) -> None:
+    """One server process; workers after the first keep /metrics off and write no port file."""
     if worker:
-        # One /metrics endpoint per port; the other workers keep theirs off.
-        settings = settings.model_copy(update={"metrics_port": 0})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    running = await start_scorer(settings, scorer, worker=worker)
-    if worker == 0 and settings.port_file is not None:
-        atomic_write_bytes(settings.port_file, str(running.port).encode())
-    log.info("serving", extra={"port": running.port, "worker": worker, "pid": os.getpid()})
-    await stop.wait()
-    log.info("stopping", extra={"grace_s": settings.grace_seconds, "worker": worker})
-    await running.stop()
-    db.dispose()
-
-
-def _worker(settings: ScorerSettings, worker: int) -> None:
-    configure_logging(f"scorer-{worker}", settings.log_level, settings.log_json)
-    asyncio.run(_serve(settings, worker))
+        settings = settings.model_copy(update={"metrics_port": 0, "port_file": None})
+    db = Database(settings.resolved_database_url)
+    try:
+        run_service(
+            f"scorer-{worker}" if settings.server_processes > 1 else "scorer",
+            settings,
+            [SERVICE_NAME],
+            make_setup(settings, build_scorer(settings, db), worker=worker),
+            reuse_port=settings.server_processes > 1,
+        )
+    finally:
+        db.dispose()
 
 
 def main() -> None:
@@ -152,15 +157,14 @@ def main() -> None:
         interrupted, removed = recover_interrupted(db, settings.artifacts_dir / SCORES_FOLDER)
         log.info("recovered", extra={"interrupted_runs": interrupted, "files_removed": removed})
         db.dispose()
-    if settings.workers == 1:
-        with fatal_startup_errors("scorer"):
-            asyncio.run(_serve(settings, 0))
+    if settings.server_processes == 1:
+        _serve_process(settings, 0)
         return
     # Fork before any gRPC server or thread exists, as gRPC requires.
     context = multiprocessing.get_context("fork")
     workers = [
-        context.Process(target=_worker, args=(settings, i), name=f"scorer-{i}", daemon=False)
-        for i in range(settings.workers)
+        context.Process(target=_serve_process, args=(settings, i), name=f"scorer-{i}")
+        for i in range(settings.server_processes)
     ]
     for w in workers:
         w.start()

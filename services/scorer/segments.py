@@ -20,22 +20,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import and_, delete, func, or_, select
-from sqlalchemy.exc import IntegrityError
 
-from foresight.errors import AlreadyExists, InvalidArgument, NotFound
+from foresight.errors import InvalidArgument
 from foresight.storage.db import Database
-from foresight.storage.models import SegmentMemberRow, SegmentRow, utcnow
 from foresight.storage.paths import slug
+from foresight.storage.segments import (
+    MEMBER_COLUMNS,
+    NO_PROBABILITY,
+    SegmentInfo,
+    SegmentSource,
+    SegmentTables,
+)
 from services.scorer.records import Bucket, MembersPage, Segment, SegmentFilter, SegmentMember
 from services.scorer.snapshot import RunScores
 
-SOURCE_SCORE = "score"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
 EXPORT_CHUNK_BYTES = 1 << 20
 _EXPORT_PAGE = 50_000
-_NO_PROBABILITY = -1.0  # cluster segments have no probability; they sort last
 _BUCKET_BY_NAME = {b.name: b for b in Bucket}
 
 
@@ -123,17 +125,34 @@ def filter_from_dict(d: dict[str, Any] | None) -> SegmentFilter:
     )
 
 
-def _segment_of(row: SegmentRow) -> Segment:
+def _segment_of(stored: SegmentInfo) -> Segment:
     return Segment(
-        name=row.name,
-        instance=row.instance_name or "",
-        filter=filter_from_dict(row.filter),
-        run_id=row.run_id or "",
-        size=int(row.size),
-        bucket_counts={str(k): int(v) for k, v in (row.bucket_counts or {}).items()},
-        source=row.source,
-        created_at=row.created_at,
+        name=stored.name,
+        instance=stored.instance,
+        filter=filter_from_dict(stored.filter),
+        run_id=stored.run_id,
+        size=stored.size,
+        bucket_counts=stored.bucket_counts,
+        source=stored.source.value,
+        created_at=stored.created_at,
     )
+
+
+def _member_chunks(scores: RunScores, rows: np.ndarray) -> Iterator[list[tuple[Any, ...]]]:
+    """The selected rows as member tuples (MEMBER_COLUMNS), 50,000 at a time."""
+    step = 50_000
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        yield list(
+            zip(
+                scores.ids.take(pa.array(chunk)).to_pylist(),
+                scores.probability[chunk].astype(np.float64).tolist(),
+                scores.score[chunk].tolist(),
+                scores.percentile[chunk].tolist(),
+                [Bucket(b).name for b in scores.bucket[chunk].tolist()],
+                strict=True,
+            )
+        )
 
 
 # --- paging tokens --------------------------------------------------------------------
@@ -159,10 +178,10 @@ def _decode_token(token: str) -> tuple[float, str]:
 
 
 class SegmentStore:
-    """Segments and their members in the profile store."""
+    """Score segments: selection here, the tables through `SegmentTables`."""
 
     def __init__(self, db: Database) -> None:
-        self.db = db
+        self.tables = SegmentTables(db)
 
     def create(self, name: str, segment_filter: SegmentFilter, scores: RunScores) -> Segment:
         """Select the members of `scores` and store them as segment `name`."""
@@ -171,106 +190,41 @@ class SegmentStore:
         rows = select_rows(scores, segment_filter)
         buckets = scores.bucket[rows]
         counts = {b.name: int(np.count_nonzero(buckets == b)) for b in Bucket}
-        with self.db.session() as session:
-            if session.scalar(select(SegmentRow.id).where(SegmentRow.name == name)) is not None:
-                raise AlreadyExists(f"segment '{name}' already exists")
-        segment_row = SegmentRow(
-            name=name,
-            source=SOURCE_SCORE,
-            instance_name=scores.instance,
-            run_id=scores.run_id,
-            filter=filter_to_dict(segment_filter),
+        stored = self.tables.create(
+            name,
+            SegmentSource.SCORE,
+            _member_chunks(scores, rows),
+            columns=MEMBER_COLUMNS,
             size=len(rows),
+            filter=filter_to_dict(segment_filter),
+            instance=scores.instance,
+            run_id=scores.run_id,
             bucket_counts=counts,
-            created_at=utcnow(),
         )
-        try:
-            with self.db.session() as session:
-                session.add(segment_row)
-                session.flush()
-                segment_id = segment_row.id
-        except IntegrityError:
-            raise AlreadyExists(f"segment '{name}' already exists") from None
-        try:
-            self._store_members(segment_id, scores, rows)
-        except BaseException:
-            with self.db.session() as session:
-                session.execute(
-                    delete(SegmentMemberRow).where(SegmentMemberRow.segment_id == segment_id)
-                )
-                session.execute(delete(SegmentRow).where(SegmentRow.id == segment_id))
-            raise
-        return _segment_of(segment_row)
-
-    def _store_members(self, segment_id: int, scores: RunScores, rows: np.ndarray) -> None:
-        columns = ("segment_id", "profile_id", "probability", "score", "percentile", "bucket")
-        table = SegmentMemberRow.__table__
-        step = 50_000
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            ids = scores.ids.take(pa.array(chunk)).to_pylist()
-            values = zip(
-                [segment_id] * len(chunk),
-                ids,
-                scores.probability[chunk].astype(np.float64).tolist(),
-                scores.score[chunk].tolist(),
-                scores.percentile[chunk].tolist(),
-                [Bucket(b).name for b in scores.bucket[chunk].tolist()],
-                strict=True,
-            )
-            self.db.bulk_load(table, columns, list(values))  # type: ignore[arg-type]
-
-    def _row(self, name: str) -> SegmentRow:
-        with self.db.session() as session:
-            row = session.scalar(select(SegmentRow).where(SegmentRow.name == name))
-            if row is None:
-                raise NotFound(f"segment '{name}' not found")
-            session.expunge(row)
-            return row
+        return _segment_of(stored)
 
     def get(self, name: str) -> Segment:
         """One segment."""
         if not name:
             raise InvalidArgument("name", "must not be empty")
-        return _segment_of(self._row(name))
+        return _segment_of(self.tables.get(name))
 
     def list_all(self, instance: str = "") -> list[Segment]:
         """Segments by name, optionally only one instance's."""
-        query = select(SegmentRow).order_by(SegmentRow.name)
-        if instance:
-            query = query.where(SegmentRow.instance_name == instance)
-        with self.db.session() as session:
-            return [_segment_of(r) for r in session.scalars(query).all()]
+        return [_segment_of(s) for s in self.tables.list_segments(instance)]
 
     def _page(
         self, segment_id: int, limit: int, after: tuple[float, str] | None
     ) -> list[SegmentMember]:
-        probability = func.coalesce(SegmentMemberRow.probability, _NO_PROBABILITY)
-        query = select(
-            SegmentMemberRow.profile_id,
-            SegmentMemberRow.probability,
-            SegmentMemberRow.score,
-            SegmentMemberRow.percentile,
-            SegmentMemberRow.bucket,
-        ).where(SegmentMemberRow.segment_id == segment_id)
-        if after is not None:
-            # Keyset paging: stable and as fast on page 1,000 as on page 1.
-            p, pid = after
-            query = query.where(
-                or_(probability < p, and_(probability == p, SegmentMemberRow.profile_id > pid))
-            )
-        query = query.order_by(probability.desc(), SegmentMemberRow.profile_id).limit(limit)
-        with self.db.session() as session:
-            rows = session.execute(query).all()
         return [
             SegmentMember(
-                profile_id=pid,
-                probability=prob,
-                score=score,
-                percentile=pct,
-                bucket=_BUCKET_BY_NAME.get(bucket) if bucket else None,
+                profile_id=m.profile_id,
+                probability=m.probability,
+                score=m.score,
+                percentile=m.percentile,
+                bucket=_BUCKET_BY_NAME.get(m.bucket) if m.bucket else None,
             )
-            for pid, prob, score, pct, bucket in rows
+            for m in self.tables.members(segment_id, limit, after)
         ]
 
     def members(self, name: str, page_size: int, page_token: str) -> MembersPage:
@@ -282,14 +236,14 @@ class SegmentStore:
             )
         size = page_size or DEFAULT_PAGE_SIZE
         after = _decode_token(page_token) if page_token else None
-        row = self._row(name)
+        row = self.tables.get(name)
         members = self._page(row.id, size + 1, after)
         token = ""
         if len(members) > size:
             members = members[:size]
             last = members[-1]
             token = _encode_token(
-                last.probability if last.probability is not None else _NO_PROBABILITY,
+                last.probability if last.probability is not None else NO_PROBABILITY,
                 last.profile_id,
             )
         return MembersPage(members, token, int(row.size))
@@ -303,14 +257,13 @@ class SegmentStore:
             yield page
             last = page[-1]
             after = (
-                last.probability if last.probability is not None else _NO_PROBABILITY,
+                last.probability if last.probability is not None else NO_PROBABILITY,
                 last.profile_id,
             )
 
     def export(self, name: str, parquet: bool) -> Iterator[bytes]:
         """The members as CSV (streamed page by page) or Parquet bytes, in chunks of ≤ 1 MiB."""
-        row = self._row(name)
-        pages = self._all_members(row.id)
+        pages = self._all_members(self.tables.get(name).id)
         if parquet:
             yield from _chunks(_parquet_bytes(pages))
             return

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
-
 from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from foresight.convert import events_to_frame, from_timestamp
+from foresight.runtime import Context
 from foresight.runtime.jobs import ProgressFn, progress_stream
 from services.scorer import converters
 from services.scorer.records import Progress, ScoringRun
@@ -30,7 +29,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         self.scorer = scorer
 
     async def RunScoring(
-        self, request: scorer_pb2.RunScoringRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.RunScoringRequest, context: Context
     ) -> AsyncIterator[scorer_pb2.RunScoringEvent]:
         as_of = from_timestamp(request.as_of, request.HasField("as_of"))
 
@@ -50,20 +49,20 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             yield event
 
     async def ListScoringRuns(
-        self, request: scorer_pb2.ListScoringRunsRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.ListScoringRunsRequest, context: Context
     ) -> scorer_pb2.ListScoringRunsResponse:
         runs = await asyncio.to_thread(self.scorer.list_runs, request.instance)
         return scorer_pb2.ListScoringRunsResponse(runs=[converters.scoring_run(r) for r in runs])
 
     async def GetProfileScores(
-        self, request: scorer_pb2.GetProfileScoresRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.GetProfileScoresRequest, context: Context
     ) -> scorer_pb2.ProfileScores:
         return converters.profile_scores(
             self.scorer.get_profile_scores(request.profile_id, request.instances)
         )
 
     async def BatchGetProfileScores(
-        self, request: scorer_pb2.BatchGetProfileScoresRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.BatchGetProfileScoresRequest, context: Context
     ) -> scorer_pb2.BatchGetProfileScoresResponse:
         found, missing = self.scorer.batch_get_profile_scores(
             request.profile_ids, request.instances
@@ -71,7 +70,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         return converters.batch_response(found, missing)
 
     async def ScoreProfile(
-        self, request: scorer_pb2.ScoreProfileRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.ScoreProfileRequest, context: Context
     ) -> scorer_pb2.ScoreProfileResponse:
         events = events_to_frame(request.events)
         as_of = from_timestamp(request.as_of, request.HasField("as_of"))
@@ -83,7 +82,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         )
 
     async def CreateSegment(
-        self, request: scorer_pb2.CreateSegmentRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.CreateSegmentRequest, context: Context
     ) -> scorer_pb2.Segment:
         segment_filter = converters.segment_filter(request.filter)
         segment = await asyncio.to_thread(
@@ -96,18 +95,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         return converters.segment(segment)
 
     async def GetSegment(
-        self, request: scorer_pb2.GetSegmentRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.GetSegmentRequest, context: Context
     ) -> scorer_pb2.Segment:
         return converters.segment(await asyncio.to_thread(self.scorer.get_segment, request.name))
 
     async def ListSegments(
-        self, request: scorer_pb2.ListSegmentsRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.ListSegmentsRequest, context: Context
     ) -> scorer_pb2.ListSegmentsResponse:
         segments = await asyncio.to_thread(self.scorer.list_segments, request.instance)
         return scorer_pb2.ListSegmentsResponse(segments=[converters.segment(s) for s in segments])
 
     async def ListSegmentMembers(
-        self, request: scorer_pb2.ListSegmentMembersRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.ListSegmentMembersRequest, context: Context
     ) -> scorer_pb2.ListSegmentMembersResponse:
         page = await asyncio.to_thread(
             self.scorer.list_segment_members,
@@ -118,7 +117,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         return converters.members_page(page)
 
     async def ExportScores(
-        self, request: scorer_pb2.ExportScoresRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.ExportScoresRequest, context: Context
     ) -> AsyncIterator[scorer_pb2.ExportScoresChunk]:
         parquet = converters.export_parquet(request.format)
         chunks = await asyncio.to_thread(
@@ -128,7 +127,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             yield scorer_pb2.ExportScoresChunk(data=chunk)
 
     async def ExportSegment(
-        self, request: scorer_pb2.ExportSegmentRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.ExportSegmentRequest, context: Context
     ) -> AsyncIterator[scorer_pb2.ExportSegmentChunk]:
         parquet = converters.export_parquet(request.format)
         chunks = await asyncio.to_thread(self.scorer.export_segment, request.name, parquet)
@@ -136,13 +135,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             yield scorer_pb2.ExportSegmentChunk(data=chunk)
 
     async def GetInsights(
-        self, request: scorer_pb2.GetInsightsRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.GetInsightsRequest, context: Context
     ) -> scorer_pb2.Insights:
         return converters.insights(
             await asyncio.to_thread(self.scorer.insights, request.instance, request.run_id)
         )
 
     async def GetScorerStatus(
-        self, request: scorer_pb2.GetScorerStatusRequest, context: grpc.aio.ServicerContext
+        self, request: scorer_pb2.GetScorerStatusRequest, context: Context
     ) -> scorer_pb2.ScorerStatus:
         return converters.scorer_status(self.scorer.status())

@@ -15,11 +15,14 @@ class ScorerSettings(ServiceSettings):
 
     port: int = port_field("scorer", 50052)
     metrics_port: int = metrics_port_field("scorer")
-    workers: int = Field(
+    server_processes: int = Field(
         1,
         ge=1,
         le=256,
-        validation_alias=AliasChoices("FORESIGHT_SCORER_WORKERS"),
+        # FORESIGHT_SCORER_WORKERS is the deprecated name (see foresight.settings.RENAMED).
+        validation_alias=AliasChoices(
+            "FORESIGHT_SCORER_SERVER_PROCESSES", "FORESIGHT_SCORER_WORKERS"
+        ),
         description="Server processes sharing the port with SO_REUSEPORT (lookups scale across cores).",
     )
     scoring_threads: int = Field(
@@ -48,15 +51,15 @@ class ScorerSettings(ServiceSettings):
         gt=0,
         le=3600,
         validation_alias=AliasChoices("FORESIGHT_SCORER_SCHEDULE_SECONDS"),
-        description="How often instance scoring schedules are checked (worker 0 only).",
+        description="How often instance scoring schedules are checked (first server process only).",
     )
 
     @model_validator(mode="after")
-    def _workers_need_fixed_port(self) -> ScorerSettings:
-        if self.workers > 1 and self.port == 0:
+    def _server_processes_need_fixed_port(self) -> ScorerSettings:
+        if self.server_processes > 1 and self.port == 0:
             raise ValueError(
-                "FORESIGHT_SCORER_WORKERS > 1 needs a fixed FORESIGHT_SCORER_PORT "
-                "(the workers share one port with SO_REUSEPORT)"
+                "FORESIGHT_SCORER_SERVER_PROCESSES > 1 needs a fixed FORESIGHT_SCORER_PORT "
+                "(the processes share one port with SO_REUSEPORT)"
             )
         return self
 

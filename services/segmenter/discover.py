@@ -168,7 +168,10 @@ def _single_thread() -> Any:
 
 
 def _l2(E: np.ndarray) -> np.ndarray:
-    return (E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    unit: np.ndarray = (E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)).astype(
+        np.float32
+    )
+    return unit
 
 
 def choose_k(
@@ -392,14 +395,6 @@ class Members:
         if not 0 <= cluster_id < len(self.offsets) - 1:
             raise NotFound(f"discovery v{self.version} has no cluster {cluster_id}")
         return self.profile_ids[self.offsets[cluster_id] : self.offsets[cluster_id + 1]]
-
-    def cluster_of(self) -> dict[str, int]:
-        """profile id → cluster id (built on demand; used to colour the map)."""
-        out: dict[str, int] = {}
-        for c in range(len(self.offsets) - 1):
-            for pid in self.of(c):
-                out[str(pid)] = c
-        return out
 
 
 class DiscoveryStore:

@@ -16,24 +16,22 @@ from typing import Final, Literal
 
 import numpy as np
 import polars as pl
-from sqlalchemy import select
 
 from foresight.encoder import Encoder, behaviour_as_of, get_encoder_version
 from foresight.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
 )
-from foresight.events.store import EventStore, shard_for_profile
-from foresight.events.validation import validate
+from foresight.events.profile_events import validate_profile_events
+from foresight.events.store import EventStore, parts_by_shard, shard_for_profile
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status
-from foresight.storage.models import SegmentMemberRow, SegmentRow, utcnow
 from foresight.storage.paths import slug
+from foresight.storage.segments import SegmentSource, SegmentTables
 from foresight.tools.mapview import ClusterMap
 from services.segmenter import discover as disc
 from services.segmenter import queries, visualize
@@ -50,7 +48,6 @@ log = logging.getLogger("foresight.segmenter")
 MAX_UPSERT: Final[int] = 10_000
 MAX_REMOVE: Final[int] = 100_000
 MAX_SEED: Final[int] = 1_000_000
-MAX_JOURNEY_EVENTS: Final[int] = 10_000
 DEFAULT_PAGE: Final[int] = 100
 MAX_PAGE: Final[int] = 10_000
 
@@ -101,6 +98,7 @@ class Segmenter:
         )
         self.indexes = self.live.store
         self.discoveries = disc.DiscoveryStore(db, artifacts)
+        self.segments = SegmentTables(db)
 
     # ---------------------------------------------------------------- index lifecycle
 
@@ -163,22 +161,6 @@ class Segmenter:
                 as_of = behaviour_as_of(latest)
         return as_of
 
-    def _validated(self, raw: pl.DataFrame, field: str, profile_id: str | None) -> pl.DataFrame:
-        if profile_id is not None:
-            raw = raw.with_columns(pl.col("profile_id").fill_null(profile_id))
-        result = validate(raw, datetime.now(UTC))
-        if result.rejected.height:
-            first = result.rejected.row(0, named=True)
-            raise InvalidArgument(
-                field,
-                f"{result.rejected.height} of {raw.height} events rejected "
-                f"(event {first['row_number']}: {first['reason']})",
-            )
-        events = result.accepted
-        if profile_id is not None and (events["profile_id"] != profile_id).any():
-            raise InvalidArgument(field, f"events must belong to profile {profile_id!r}")
-        return events
-
     # ---------------------------------------------------------------- writes
 
     def upsert(self, profiles: Sequence[ProfileEvents]) -> UpsertResult:
@@ -194,7 +176,10 @@ class Segmenter:
             if not p.profile_id:
                 raise InvalidArgument(f"profiles[{i}].profile_id", "is required")
             if p.events is not None and p.events.height:
-                sent.append(self._validated(p.events, f"profiles[{i}].events", p.profile_id))
+                events, _ = validate_profile_events(
+                    p.events, p.profile_id, datetime.now(UTC), f"profiles[{i}].events"
+                )
+                sent.append(events)
             else:
                 stored_ids.append(p.profile_id)
         sent_events = pl.concat(sent) if sent else None
@@ -227,8 +212,9 @@ class Segmenter:
         for pid in profile_ids:
             by_shard.setdefault(shard_for_profile(pid, self.events.shards), []).append(pid)
         frames = []
+        parts_of = parts_by_shard(parts)
         for shard, ids in by_shard.items():
-            mine = [p for p in parts if f"/shard={shard}/" in p]
+            mine = parts_of.get(shard, [])
             if mine:
                 frames.append(
                     self.events.scan(dataset, mine)
@@ -302,27 +288,14 @@ class Segmenter:
         slug("name", name)
         version = self.discoveries.resolve(version)
         ids = self.discoveries.members(version).of(cluster_id)
-        with self.db.session() as s:
-            if s.scalar(select(SegmentRow.id).where(SegmentRow.name == name)) is not None:
-                raise AlreadyExists(f"segment {name!r} already exists")
-            row = SegmentRow(
-                name=name,
-                source="cluster",
-                filter={"discovery_version": version, "cluster_id": cluster_id},
-                size=len(ids),
-                bucket_counts={},
-                created_at=utcnow(),
-            )
-            s.add(row)
-            s.flush()
-            segment_id = row.id
-        table = SegmentMemberRow.__table__
-        self.db.bulk_load(
-            table,  # type: ignore[arg-type]
-            ["segment_id", "profile_id"],
-            [(segment_id, str(pid)) for pid in ids],
+        stored = self.segments.create(
+            name,
+            SegmentSource.CLUSTER,
+            [[(str(pid),) for pid in ids]],
+            size=len(ids),
+            filter={"discovery_version": version, "cluster_id": cluster_id},
         )
-        return name, len(ids)
+        return stored.name, stored.size
 
     def _latest_members(self) -> disc.Members | None:
         if self.discoveries.latest_version() is None:
@@ -344,13 +317,9 @@ class Segmenter:
             return queries.place(index, vectors[0], k, self._latest_members(), exclude=profile_id)
         if events is None or events.is_empty():
             raise InvalidArgument("journey", "send a profile_id or at least one event")
-        if events.height > MAX_JOURNEY_EVENTS:
-            raise ResourceExhausted(f"events: at most {MAX_JOURNEY_EVENTS:,} per journey")
         # An anonymous journey may leave profile_id out; it is never stored.
         events = events.with_columns(pl.col("profile_id").fill_null("~journey"))
-        valid = self._validated(events, "events.events", None)
-        if valid["profile_id"].n_unique() != 1:
-            raise InvalidArgument("events.events", "events must belong to one profile")
+        valid, _ = validate_profile_events(events, "", datetime.now(UTC), "events.events")
         embedded = embed_events(self._encoder(index), valid, self._as_of(index, valid))
         if embedded.count == 0:
             raise InvalidArgument("events.events", "no event within the behaviour horizon")
@@ -376,25 +345,12 @@ class Segmenter:
         target_multiple: float = 0.0,
     ) -> queries.Expansion:
         """Lookalikes of explicit seed ids or of a stored segment's members."""
-        ids = self._segment_members(segment) if segment else list(seed_ids or [])
+        ids = self.segments.member_ids(segment) if segment else list(seed_ids or [])
         if not ids:
             raise InvalidArgument("seed", "is empty")
         if len(ids) > MAX_SEED:
             raise ResourceExhausted(f"seed: at most {MAX_SEED:,} profiles")
         return queries.expand(self.index, ids, target_size, min_similarity, target_multiple)
-
-    def _segment_members(self, name: str) -> list[str]:
-        with self.db.session() as s:
-            segment_id = s.scalar(select(SegmentRow.id).where(SegmentRow.name == name))
-            if segment_id is None:
-                raise NotFound(f"segment {name!r} does not exist")
-            return list(
-                s.scalars(
-                    select(SegmentMemberRow.profile_id).where(
-                        SegmentMemberRow.segment_id == segment_id
-                    )
-                )
-            )
 
     def visualization(self, version: int = 0, sample_size: int = 0) -> ClusterMap:
         """The 2-D cluster map of a discovery."""

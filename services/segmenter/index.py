@@ -252,7 +252,8 @@ class JourneyIndex:
             # Contiguous slices of the mirror (no fancy-index copies); removed
             # and excluded rows are dropped afterwards.
             for start in range(0, n, chunk):
-                sims = self._vectors[start : start + chunk] @ P
+                # The mirror has spare capacity past n: never read beyond it.
+                sims = self._vectors[start : min(start + chunk, n)] @ P
                 nearest = np.argmax(sims[:, :q], axis=1)
                 best = sims[np.arange(len(sims)), nearest]
                 if centre is not None:

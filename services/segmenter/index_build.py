@@ -11,6 +11,7 @@ from pathlib import Path
 
 from foresight.encoder import EncoderVersionInfo, behaviour_as_of, get_encoder_version
 from foresight.errors import FailedPrecondition
+from foresight.events.store import parts_by_shard
 from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
@@ -64,7 +65,8 @@ def _embed_all(
     scheduler: str | None = None,
 ) -> list[EmbeddedShard]:
     """Embed every shard of the source, in worker processes when there are several."""
-    shards = sorted(catalog.shards_of(source.parts))
+    parts_of = parts_by_shard(source.parts)
+    shards = list(parts_of)
     pool = ShardRunner(workers or os.cpu_count() or 1, scheduler=scheduler)
     # Each worker runs onnxruntime single-threaded: the parallelism is across shards.
     threads = 1 if pool.workers > 1 and len(shards) > 1 else 0
@@ -73,7 +75,7 @@ def _embed_all(
             str(store_root),
             source.dataset,
             shard,
-            [p for p in source.parts if f"/shard={shard}/" in p],
+            parts_of[shard],
             source.as_of,
             source.encoder_dir,
             threads,

@@ -81,11 +81,6 @@ class LiveIndex:
             raise FailedPrecondition("no journey index yet; call BuildIndex")
         return index
 
-    @property
-    def building(self) -> bool:
-        """Whether a build is running."""
-        return self._building
-
     # ---------------------------------------------------------------- start
 
     def load(self, rebuild_corrupt: bool = True) -> IndexInfo | None:

@@ -26,7 +26,7 @@ def build_segmenter(settings: SegmenterSettings) -> Segmenter:
         ArtifactStore(settings.data_dir / "artifacts"),
         settings.events_location,
         shards=settings.shards,
-        workers=settings.workers,
+        workers=settings.shard_processes,
         scheduler=settings.dask_scheduler,
         ef=settings.hnsw_ef,
         rebuild_corrupt=settings.rebuild_corrupt_index,
@@ -53,7 +53,6 @@ def make_setup(
         segmenter_pb2_grpc.add_SegmenterServiceServicer_to_server(
             SegmenterServicer(segmenter), runtime.server
         )
-        tasks: set[asyncio.Task[None]] = set()
 
         def snapshot_on_shutdown() -> None:
             # After the server drained its calls: every acknowledged write is in
@@ -69,9 +68,7 @@ def make_setup(
             # Health stays NOT_SERVING until the index is loaded (or rebuilt).
             await asyncio.to_thread(segmenter.load)
             if settings.snapshot_interval_s > 0:
-                task = asyncio.create_task(snapshot_loop(segmenter, settings.snapshot_interval_s))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                runtime.in_background(snapshot_loop(segmenter, settings.snapshot_interval_s))
 
         return ready
 

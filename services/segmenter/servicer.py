@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
-
 from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.api.segmenter.v1 import segmenter_pb2_grpc
 from foresight.convert import events_to_frame
+from foresight.runtime import Context
 from foresight.runtime.jobs import progress_stream
 from services.segmenter import converters as conv
 from services.segmenter.domain import Segmenter
-
-Context = grpc.aio.ServicerContext
 
 
 class SegmenterServicer(segmenter_pb2_grpc.SegmenterServiceServicer):

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from foresight.settings import ServiceSettings, metrics_port_field, port_field
+from foresight.settings import (
+    ServiceSettings,
+    metrics_port_field,
+    port_field,
+    shard_processes_field,
+)
 
 
 class SegmenterSettings(ServiceSettings):
@@ -14,9 +19,7 @@ class SegmenterSettings(ServiceSettings):
 
     port: int = port_field("segmenter", 50053)
     metrics_port: int = metrics_port_field("segmenter")
-    workers: int = Field(
-        0, ge=0, le=256, description="Processes that embed shards in BuildIndex; 0 = all cores."
-    )
+    shard_processes: int = shard_processes_field("embedding shards in BuildIndex")
     hnsw_ef: int = Field(
         128,
         ge=10,

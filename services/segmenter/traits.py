@@ -144,11 +144,6 @@ class TraitCatalog:
             TraitDef(r.code, r.description) for r in RELATIVE_TRAITS
         ]
 
-    @property
-    def fixed_count(self) -> int:
-        """Number of fixed (bit) traits."""
-        return len(self._fixed)
-
     def fixed_bits(self, X: np.ndarray) -> np.ndarray:
         """Packed bits [n, ceil(fixed/8)] of the fixed traits of behaviour vectors X."""
         held = np.zeros((len(X), len(self._fixed)), dtype=bool)

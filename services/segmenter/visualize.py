@@ -36,7 +36,7 @@ def cluster_quotas(sizes: np.ndarray, sample_size: int) -> np.ndarray:
     if total <= sample_size:
         return sizes.copy()
     exact = sizes * (sample_size / total)
-    quotas = np.minimum(
+    quotas: np.ndarray = np.minimum(
         np.maximum(np.floor(exact).astype(np.int64), (sizes > 0).astype(np.int64)), sizes
     )
     left = sample_size - int(quotas.sum())

@@ -31,7 +31,7 @@ def build_servicer(
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     settings.resolved_import_root.mkdir(parents=True, exist_ok=True)
     ingestor = Ingestor(db, store, settings.resolved_import_root)
-    models = ModelTrainer(db, store, artifacts, settings.workers, settings.dask_scheduler)
+    models = ModelTrainer(db, store, artifacts, settings.shard_processes, settings.dask_scheduler)
     encoders = EncoderTrainer(db, settings.events_location, artifacts)
     servicer = TrainerServicer(ingestor, Instances(db), models, encoders)
 

@@ -15,7 +15,7 @@ from operator import add
 import polars as pl
 
 from foresight.errors import FailedPrecondition
-from foresight.events.store import EventStore, shard_of
+from foresight.events.store import EventStore, parts_by_shard, shard_of
 from foresight.features.labels import (
     DEFAULT_MAX_CUTOFFS,
     CutoffPlan,
@@ -75,12 +75,9 @@ def make_plan(
         max_cutoffs=config.max_cutoffs or DEFAULT_MAX_CUTOFFS,
         step_days=config.cutoff_step_days,
     )
-    by_shard: dict[int, list[str]] = {}
-    for part in parts:
-        by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)
     jobs = [
         ShardJob(store.url, store.shards, dataset, shard, tuple(paths))
-        for shard, paths in sorted(by_shard.items())
+        for shard, paths in parts_by_shard(parts).items()
     ]
     return TrainingPlan(config, dataset, jobs, cutoffs, start, end)
 

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
-import grpc
 import polars as pl
 
 from foresight.api.trainer.v1 import trainer_pb2 as pb
@@ -19,6 +18,7 @@ from foresight.convert import instance_config
 from foresight.encoder import EncoderTrainer
 from foresight.errors import InvalidArgument
 from foresight.events.validation import DuplicatePolicy
+from foresight.runtime import Context
 from foresight.runtime.jobs import progress_stream
 from services.trainer import converters as conv
 from services.trainer import encoder_converters as econv
@@ -29,8 +29,6 @@ from services.trainer.training import ModelTrainer
 
 # Rows buffered from a client stream before they are validated and written.
 _STREAM_CHUNK_ROWS = 200_000
-
-Context = grpc.aio.ServicerContext
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):

@@ -6,7 +6,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from foresight.settings import ServiceSettings, metrics_port_field, port_field
+from foresight.settings import (
+    ServiceSettings,
+    metrics_port_field,
+    port_field,
+    shard_processes_field,
+)
 
 
 class TrainerSettings(ServiceSettings):
@@ -25,4 +30,4 @@ class TrainerSettings(ServiceSettings):
         """The import root, defaulting to `imports` under the data directory."""
         return self.import_root if self.import_root is not None else self.data_dir / "imports"
 
-    workers: int = Field(0, ge=0, le=256, description="Processes for featurizing; 0 = all cores.")
+    shard_processes: int = shard_processes_field("featurizing")

@@ -104,7 +104,7 @@ class ShardFeatures:
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-column equality where NaN equals NaN."""
-    return np.all((a == b) | (np.isnan(a) & np.isnan(b)), axis=0)
+    return np.asarray(np.all((a == b) | (np.isnan(a) & np.isnan(b)), axis=0))
 
 
 def audit_leakage(

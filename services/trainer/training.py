@@ -50,6 +50,7 @@ from foresight.features.labels import (
 from foresight.features.spec import FeatureSpec, fit_feature_spec
 from foresight.instance import InstanceConfig
 from foresight.shards import ShardRunner
+from foresight.storage import bundles
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import InstanceRow
@@ -362,14 +363,9 @@ class ModelTrainer:
             evaluation=evaluation.to_json_dict(),
             calibrator=fitted.calibrator.model_dump(mode="json"),
             factor_groups=fitted.factor_groups.model_dump(mode="json"),
-            metadata={
-                "kind": "propensity_model",
-                "instance": name,
-                "version": version,
-                "dataset": plan.dataset,
-                "feature_count": n_features,
-                "validation_cutoff": cutoffs.validation.isoformat(),
-            },
+            metadata=bundles.model_metadata(
+                name, version, plan.dataset, n_features, cutoffs.validation
+            ),
         )
         report("publish", 0.99, f"publishing {relative}")
         info = self.registry.mark_ready(

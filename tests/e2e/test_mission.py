@@ -61,6 +61,7 @@ _MISSING = [
 # Until every service exists there is no mission to run: skip rather than fail.
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.in_file_order,
     pytest.mark.skipif(bool(_MISSING), reason=f"services not written yet: {_MISSING}"),
 ]
 

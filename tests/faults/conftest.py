@@ -121,8 +121,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     env = {
         "FORESIGHT_IMPORT_ROOT": str(imports),
         "FORESIGHT_SHARDS": "4",
-        "FORESIGHT_WORKERS": "2",  # trainer and segmenter pools
-        "FORESIGHT_SCORER_WORKERS": "1",
+        "FORESIGHT_SHARD_PROCESSES": "2",  # trainer and segmenter pools
+        "FORESIGHT_SCORER_SERVER_PROCESSES": "1",
         "FORESIGHT_GRACE_SECONDS": "5",
         "FORESIGHT_SNAPSHOT_INTERVAL_S": "0",  # only the journal and SIGTERM persist writes
         "FORESIGHT_LOG_JSON": "true",

@@ -338,7 +338,8 @@ async def test_get_profile_scores_has_every_instance_with_factors(
     assert {s.instance for s in reply.scores} == {"churn", "purchase"}
     for s in reply.scores:
         assert 0.0 <= s.probability <= 1.0 and s.score == round(100 * s.probability)
-        assert 1 <= s.percentile <= 100 and s.model_version == 1 and s.run_id
+        # Another test may publish a newer version into this module's world.
+        assert 1 <= s.percentile <= 100 and s.model_version >= 1 and s.run_id
         expected = (
             common_pb2.BUCKET_LOW
             if s.score < 25
@@ -406,17 +407,18 @@ def _event(**fields: object) -> common_pb2.Event:
 
 
 async def test_score_profile_from_stored_and_fresh_events(client: Client, world: World) -> None:
+    # Another test may have re-scored this module's world as of another time: use the run's.
+    batch = await client.stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
+    )
     stored = await client.stub.ScoreProfile(
         scorer_pb2.ScoreProfileRequest(
-            instance="purchase", profile_id=world.profile, as_of=_ts(world.end)
+            instance="purchase", profile_id=world.profile, as_of=batch.scores[0].scored_at
         )
     )
     s = stored.score
     assert s.percentile == 0 and s.run_id == "" and 0 <= s.probability <= 1 and s.factors
     # Same as-of and events as the batch run: the same probability.
-    batch = await client.stub.GetProfileScores(
-        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
-    )
     assert s.probability == pytest.approx(batch.scores[0].probability, abs=1e-6)
     # Without as_of: the dataset's end (not the wall clock), with a staleness warning.
     default = await client.stub.ScoreProfile(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,49 +16,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from foresight.api.common.v1 import common_pb2
 from foresight.api.trainer.v1 import trainer_pb2 as pb
-from foresight.api.trainer.v1 import trainer_pb2_grpc
-from foresight.runtime import ServiceRuntime
-from services.trainer.main import SERVICE_NAME, build_servicer
-from services.trainer.settings import TrainerSettings
+from services.trainer.main import SERVICE_NAME
+from tests.fixtures.trainer import Trainer, start_trainer
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Trainer:
-    stub: trainer_pb2_grpc.TrainerServiceAsyncStub
-    channel: grpc.aio.Channel
-    runtime: ServiceRuntime
-    imports: Path
-    data: Path
-
-
-async def _start(tmp_path: Path, **extra: object) -> Trainer:
-    imports = tmp_path / "imports"
-    imports.mkdir(exist_ok=True)
-    settings = TrainerSettings(
-        data_dir=tmp_path / "var",
-        port=0,
-        import_root=imports,
-        shards=4,
-        **extra,  # type: ignore[arg-type]
-    )
-    runtime = ServiceRuntime(settings, [SERVICE_NAME])
-    servicer, recover = build_servicer(settings)
-    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, runtime.server)
-    runtime.on_shutdown(servicer.models.close)
-    port = await runtime.start()
-    await recover()
-    await runtime.set_serving(True)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    return Trainer(
-        trainer_pb2_grpc.TrainerServiceStub(channel), channel, runtime, imports, tmp_path / "var"
-    )
-
-
 @pytest.fixture
 async def trainer(tmp_path: Path) -> AsyncIterator[Trainer]:
-    t = await _start(tmp_path)
+    t = await start_trainer(tmp_path)
     yield t
     await t.channel.close(None)
     await t.runtime.stop(0)
@@ -118,7 +83,7 @@ async def test_health_serving_and_reflection_lists_the_service(trainer: Trainer)
 
 
 async def test_health_not_serving_after_shutdown(tmp_path: Path) -> None:
-    t = await _start(tmp_path)
+    t = await start_trainer(tmp_path)
     health = health_pb2_grpc.HealthStub(t.channel)
     await t.runtime.health.enter_graceful_shutdown()
     resp = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
@@ -286,7 +251,7 @@ async def test_instance_crud(trainer: Trainer) -> None:
 
 
 async def test_bearer_token_required_but_health_open(tmp_path: Path) -> None:
-    t = await _start(tmp_path, auth_token="s3cret")
+    t = await start_trainer(tmp_path, auth_token="s3cret")
     try:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await t.stub.ListDatasets(pb.ListDatasetsRequest())

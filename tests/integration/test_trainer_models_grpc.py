@@ -12,7 +12,7 @@ import pytest
 from foresight.api.common.v1 import common_pb2
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.tools.generate import generate
-from tests.integration.test_trainer_ingest_grpc import Trainer, _start
+from tests.fixtures.trainer import Trainer, start_trainer
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def trainer(tmp_path: Path, synthetic: Path) -> AsyncIterator[Trainer]:
-    t = await _start(tmp_path)
+    t = await start_trainer(tmp_path)
     try:
         shutil.copytree(synthetic, t.imports / "synthetic")  # a symlink out of the root is refused
         await t.stub.ImportDataset(

@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.segmenter.discover import Members
-from services.segmenter.index import EmbeddedShard, IndexInfo, IndexParams, JourneyIndex
+from services.segmenter.embedding import EmbeddedShard
+from services.segmenter.index import JourneyIndex
+from services.segmenter.index_types import IndexInfo, IndexParams
 from services.segmenter.visualize import cluster_quotas, project
 
 pytestmark = pytest.mark.unit

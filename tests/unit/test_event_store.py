@@ -214,3 +214,13 @@ def test_broken_rows_land_in_quarantine_and_reimport_adds_nothing(tmp_path: Path
     _, accepted_again, written_again, _ = ingest(parts)
     assert accepted_again == accepted
     assert written_again == []
+
+
+def test_part_names_parse_back_to_their_shard() -> None:
+    from foresight.events.store import part_name, parts_by_shard, shard_of_part
+
+    names = [f"shop/{part_name(k)}" for k in (3, 0, 3, 12)]
+    assert [shard_of_part(n) for n in names] == [3, 0, 3, 12]
+    assert parts_by_shard(names) == {0: [names[1]], 3: [names[0], names[2]], 12: [names[3]]}
+    with pytest.raises(InvalidArgument):
+        shard_of_part("shop/part-0.parquet")

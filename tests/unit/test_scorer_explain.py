@@ -142,3 +142,20 @@ def test_leaf_tables_are_the_shapley_values_of_the_leaf_game() -> None:
             for pattern in range(1 << d):
                 expected = _brute_force(float(values[leaf]), z[leaf], pattern)
                 assert tables[leaf, pattern].tolist() == pytest.approx(expected)
+
+
+@pytest.mark.filterwarnings("ignore:LightGBM binary classifier with TreeExplainer")
+def test_reason_codes_match_the_shap_package() -> None:
+    """An independent reference: the shap package's TreeExplainer on the same trees."""
+    shap = pytest.importorskip("shap")
+    X, y = _data(2000, 6, seed=3)
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 15, "max_depth": 5, "verbose": -1},
+        lgb.Dataset(X, y),
+        25,
+    )
+    explainer = TreeExplainer(booster.model_to_string())
+    assert explainer.fast is not None
+    theirs = shap.TreeExplainer(booster).shap_values(X[:400])
+    theirs = theirs[1] if isinstance(theirs, list) else theirs
+    np.testing.assert_allclose(explainer.contributions(X[:400]), theirs, atol=1e-5)

@@ -15,7 +15,7 @@ from services.scorer.segments import (
     select_rows,
     validate_filter,
 )
-from tests.unit.test_scorer_snapshot import FEATURES, make_scores
+from tests.fixtures.scores import FEATURES, make_scores
 
 pytestmark = pytest.mark.unit
 

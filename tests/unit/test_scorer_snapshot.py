@@ -6,47 +6,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from foresight.api.scorer.v1 import scorer_pb2
 from foresight.features.spec import FeatureDef, Unit
 from services.scorer import converters, lookups
-from services.scorer.factors import NO_FACTOR, TopFactors, percentiles_of, scores_of
+from services.scorer.factors import TopFactors
 from services.scorer.records import Bucket, ProfileScores
 from services.scorer.snapshot import RunScores, SnapshotStore, sidecar_of
+from tests.fixtures.scores import AS_OF, FEATURES, make_scores
 
 pytestmark = pytest.mark.unit
-
-AS_OF = datetime(2025, 1, 1, tzinfo=UTC)
-FEATURES = tuple(
-    FeatureDef(f"count_{i}d", f"Events in the last {i} days", Unit.COUNT) for i in range(20)
-)
-
-
-def make_scores(
-    n: int, k: int = 5, instance: str = "churn", run_id: str = "run-1", seed: int = 0
-) -> RunScores:
-    rng = np.random.default_rng(seed)
-    probability = rng.random(n).astype(np.float32)
-    codes = np.stack([rng.permutation(len(FEATURES))[:k] for _ in range(64)])
-    codes = np.resize(codes, (n, k)).astype(np.int16)
-    if n:
-        codes[0, 2:] = NO_FACTOR  # a profile with only two factors
-    impacts = rng.normal(size=(n, k)).astype(np.float32)
-    values = rng.integers(0, 50, size=(n, k)).astype(np.float32)
-    return RunScores(
-        run_id=run_id,
-        instance=instance,
-        model_version=3,
-        as_of=AS_OF,
-        features=FEATURES,
-        ids=pa.array([f"profile-{i:07d}" for i in range(n)], pa.large_string()),
-        probability=probability,
-        score=scores_of(probability),
-        percentile=percentiles_of(probability),
-        factors=TopFactors(codes, impacts, values),
-    )
 
 
 def test_find_every_id_and_miss_unknown_ones() -> None:

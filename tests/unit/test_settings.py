@@ -49,3 +49,38 @@ def test_bad_value_stops_start_up_naming_it(
     name = var.removeprefix("FORESIGHT_").removeprefix("TRAINER_")
     assert name in err or var in err
     assert "secret" not in err
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "read"),
+    [
+        ("FORESIGHT_WORKERS", "FORESIGHT_SHARD_PROCESSES", "trainer"),
+        ("FORESIGHT_SCORER_WORKERS", "FORESIGHT_SCORER_SERVER_PROCESSES", "scorer"),
+    ],
+)
+def test_renamed_process_counts_keep_their_old_names_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    old: str,
+    new: str,
+    read: str,
+) -> None:
+    from services.scorer.settings import ScorerSettings
+
+    monkeypatch.setenv("FORESIGHT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FORESIGHT_SCORER_PORT", "6002")  # several server processes need one
+    monkeypatch.setenv(old, "3")
+
+    def value() -> int:
+        if read == "trainer":
+            return load_settings(TrainerSettings).shard_processes
+        return load_settings(ScorerSettings).server_processes
+
+    with caplog.at_level("WARNING", logger="foresight.settings"):
+        assert value() == 3
+    assert f"{old} is deprecated: set {new} instead" in caplog.text
+    monkeypatch.delenv(old)
+    monkeypatch.setenv(new, "2")
+    caplog.clear()
+    assert value() == 2 and "deprecated" not in caplog.text

@@ -17,7 +17,7 @@ import pytest
 from foresight import instance as inst
 from foresight.calibration import choose_calibrator
 from foresight.errors import FailedPrecondition, NotFound
-from foresight.events.store import EventStore
+from foresight.events.store import EventStore, parts_by_shard
 from foresight.features.featurize import featurize
 from foresight.features.labels import label_counts
 from foresight.features.spec import FeatureSpec, fit_feature_spec
@@ -116,12 +116,9 @@ def _create(world: World, config: inst.InstanceConfig) -> None:
 
 def _jobs(world: World) -> list[ShardJob]:
     parts = catalog.catalogued_parts(world.db, DATASET)
-    by_shard: dict[int, list[str]] = {}
-    for part in parts:
-        by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)
     return [
         ShardJob(str(world.store.root), world.store.shards, DATASET, k, tuple(v))
-        for k, v in sorted(by_shard.items())
+        for k, v in parts_by_shard(parts).items()
     ]
 
 
@@ -275,7 +272,7 @@ def test_features_ignore_events_at_or_after_the_cutoff(world: World) -> None:
 
 
 def test_a_leaky_featurizer_fails_training(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    honest = shards.featurize
+    honest = featurize
 
     def peeking(
         events: pl.DataFrame, profiles: Any, as_of: datetime, spec: Any, profile_ids: Any = None
