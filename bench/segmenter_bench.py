@@ -54,7 +54,9 @@ def _log(message: str) -> None:
 
 def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
     """Ingest the generated events and fit the encoder once; returns (data dir, encoder metrics)."""
-    from foresight.encoder import EncoderTrainer, fit_encoder, publish_encoder, read_sample
+    from foresight.encoder.fitting import fit_encoder
+    from foresight.encoder.registry import publish_encoder
+    from foresight.encoder.trainer import EncoderTrainer, read_sample
     from foresight.events.store import EventStore
     from foresight.events.validation import validate
     from foresight.storage import ArtifactStore, Database

@@ -218,8 +218,8 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
-    """The ordered feature list a spec's vocabularies imply (the matrix columns)."""
+def _activity_defs(spec: FeatureSpec) -> list[FeatureDef]:
+    """Recency, event counts per window and type, active days."""
     d = Unit
     out: list[FeatureDef] = [
         FeatureDef("days_since_last_event", "Days since last event", d.DAYS),
@@ -240,6 +240,13 @@ def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
             )
     for w in ACTIVE_DAY_WINDOWS:
         out.append(FeatureDef(f"active_days_{w}d", f"Active days in the last {w} days", d.COUNT))
+    return out
+
+
+def _value_defs(spec: FeatureSpec) -> list[FeatureDef]:
+    """Money per window, all time, and the trend of events, purchases and value."""
+    d = Unit
+    out: list[FeatureDef] = []
     money_noun = (
         event_type_noun(spec.monetary_event_type, False) if spec.monetary_event_type else "event"
     )
@@ -286,6 +293,13 @@ def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
             d.MONEY_CHANGE,
         )
     )
+    return out
+
+
+def _mix_defs(spec: FeatureSpec) -> list[FeatureDef]:
+    """Shares of channels and product categories in the mix window."""
+    d = Unit
+    out: list[FeatureDef] = []
     for ch in (*spec.channels, OTHER):
         label = "events on other channels" if ch == OTHER else f"{ch} events"
         out.append(
@@ -300,6 +314,13 @@ def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
                 f"share_category__{cat}", f"Share of {label} in the last {MIX_WINDOW} days", d.SHARE
             )
         )
+    return out
+
+
+def _custom_event_defs(spec: FeatureSpec) -> list[FeatureDef]:
+    """Recency and counts of the instance's custom events."""
+    d = Unit
+    out: list[FeatureDef] = []
     for ce in spec.custom_events:
         out.append(
             FeatureDef(
@@ -314,6 +335,13 @@ def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
                     d.COUNT,
                 )
             )
+    return out
+
+
+def _attribute_defs(spec: FeatureSpec) -> list[FeatureDef]:
+    """Profile attributes: numbers, days since dates, one-hot levels, frequency ranks."""
+    d = Unit
+    out: list[FeatureDef] = []
     for attr in spec.attributes:
         if attr.kind is AttributeKind.NUMERIC:
             out.append(FeatureDef(f"attr__{attr.name}", attr.name, d.NUMBER))
@@ -331,7 +359,18 @@ def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
             out.append(
                 FeatureDef(f"attr_rank__{attr.name}", f"{attr.name} (frequency rank)", d.RANK)
             )
-    return tuple(out)
+    return out
+
+
+def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
+    """The ordered feature list a spec's vocabularies imply (the matrix columns)."""
+    return (
+        *_activity_defs(spec),
+        *_value_defs(spec),
+        *_mix_defs(spec),
+        *_custom_event_defs(spec),
+        *_attribute_defs(spec),
+    )
 
 
 def format_factor_value(feature: FeatureDef, value: float | None) -> str:

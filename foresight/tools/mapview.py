@@ -3,19 +3,21 @@
 The page needs no network: data, script and style are inline. A person
 selects clusters one by one or together and switches between the High
 Influence and High Popularity views. `write_map` renders a GetVisualization
-reply; the segmenter's domain builds the same `ClusterMap` from its index.
+reply; the data types (`ClusterMap`, `MapPoint`) live in `foresight.cluster_map`,
+shared with the segmenter, which builds the same map from its index.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+
+from foresight.api.segmenter.v1 import segmenter_pb2
+from foresight.cluster_map import ClusterMap, MapCluster, MapPoint
 
 PALETTE: Final[tuple[str, ...]] = (
     "#4e79a7",
@@ -36,26 +38,6 @@ PALETTE: Final[tuple[str, ...]] = (
 )
 
 
-@dataclass(frozen=True)
-class MapPoint:
-    """A profile on the map."""
-
-    profile_id: str
-    x: float
-    y: float
-    cluster_id: int
-
-
-@dataclass(frozen=True)
-class ClusterMap:
-    """What GetVisualization returns and the writers draw."""
-
-    discovery_version: int
-    points: list[MapPoint]
-    clusters: Sequence[Any]  # objects with cluster_id, name, size, share, influence, popularity
-    projection: str
-
-
 def color(cluster_id: int) -> str:
     """The colour of a cluster, the same in the PNG and the page."""
     return PALETTE[cluster_id % len(PALETTE)]
@@ -64,7 +46,7 @@ def color(cluster_id: int) -> str:
 # ---------------------------------------------------------------- PNG
 
 
-def map_title(cmap: ClusterMap) -> str:
+def map_title(cmap: ClusterMap[MapCluster]) -> str:
     """What the map shows and what its axes are."""
     method = "principal components (PCA)" if cmap.projection == "pca" else cmap.projection
     return (
@@ -73,13 +55,13 @@ def map_title(cmap: ClusterMap) -> str:
     )
 
 
-def axis_labels(cmap: ClusterMap) -> tuple[str, str]:
+def axis_labels(cmap: ClusterMap[MapCluster]) -> tuple[str, str]:
     """Labels of the two axes."""
     name = "principal component" if cmap.projection == "pca" else f"{cmap.projection} axis"
     return f"{name} 1 of the journey embeddings", f"{name} 2 of the journey embeddings"
 
 
-def write_png(cmap: ClusterMap, path: Path, title: str | None = None) -> Path:
+def write_png(cmap: ClusterMap[MapCluster], path: Path, title: str | None = None) -> Path:
     """Scatter plot of the map, one colour per cluster, legend with names."""
     import matplotlib
 
@@ -112,7 +94,7 @@ def write_png(cmap: ClusterMap, path: Path, title: str | None = None) -> Path:
 # ---------------------------------------------------------------- HTML
 
 
-def _page_data(cmap: ClusterMap) -> dict[str, Any]:
+def _page_data(cmap: ClusterMap[MapCluster]) -> dict[str, Any]:
     return {
         "version": cmap.discovery_version,
         "projection": cmap.projection,
@@ -285,7 +267,7 @@ render();
 """
 
 
-def render_html(cmap: ClusterMap, title: str | None = None) -> str:
+def render_html(cmap: ClusterMap[MapCluster], title: str | None = None) -> str:
     """The self-contained page (no external resources)."""
     data = json.dumps(_page_data(cmap), separators=(",", ":"))
     # JSON inside <script>: "</" must not close the element early.
@@ -323,16 +305,16 @@ def render_html(cmap: ClusterMap, title: str | None = None) -> str:
 """
 
 
-def write_html(cmap: ClusterMap, path: Path, title: str | None = None) -> Path:
+def write_html(cmap: ClusterMap[MapCluster], path: Path, title: str | None = None) -> Path:
     """Write the page to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(cmap, title), encoding="utf-8")
     return path
 
 
-def write_map(visualization: Any, out_dir: Path) -> tuple[Path, Path]:
+def write_map(visualization: segmenter_pb2.Visualization, out_dir: Path) -> tuple[Path, Path]:
     """Write `cluster-map.html` and `cluster-map.png` for a GetVisualization reply."""
-    cmap = ClusterMap(
+    cmap: ClusterMap[MapCluster] = ClusterMap(
         discovery_version=visualization.discovery_version,
         points=[MapPoint(p.profile_id, p.x, p.y, p.cluster_id) for p in visualization.points],
         clusters=list(visualization.clusters),

@@ -7,9 +7,9 @@ from typing import Literal
 
 from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.segmenter.v1 import segmenter_pb2 as pb
+from foresight.cluster_map import ClusterMap
 from foresight.convert import events_to_frame, to_timestamp
-from foresight.tools.mapview import ClusterMap
-from services.segmenter.discover import ClusterInfo, DiscoveryInfo, Trait
+from services.segmenter.discovery_types import ClusterInfo, DiscoveryInfo, Trait
 from services.segmenter.domain import ProfileEvents, UpsertResult
 from services.segmenter.index_types import IndexInfo
 from services.segmenter.queries import Expansion, Neighbor, Placement
@@ -158,7 +158,7 @@ def expansion_to_pb(e: Expansion) -> pb.ExpandSegmentResponse:
     )
 
 
-def visualization_to_pb(m: ClusterMap) -> pb.Visualization:
+def visualization_to_pb(m: ClusterMap[ClusterInfo]) -> pb.Visualization:
     """Visualization message."""
     return pb.Visualization(
         discovery_version=m.discovery_version,

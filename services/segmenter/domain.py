@@ -17,7 +17,9 @@ from typing import Final, Literal
 import numpy as np
 import polars as pl
 
-from foresight.encoder import Encoder, behaviour_as_of, get_encoder_version
+from foresight.cluster_map import ClusterMap
+from foresight.encoder.model import Encoder, behaviour_as_of
+from foresight.encoder.registry import get_encoder_version
 from foresight.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -32,9 +34,10 @@ from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status
 from foresight.storage.paths import slug
 from foresight.storage.segments import SegmentSource, SegmentTables
-from foresight.tools.mapview import ClusterMap
 from services.segmenter import discover as disc
 from services.segmenter import queries, visualize
+from services.segmenter.discovery_store import DiscoveryStore, Members
+from services.segmenter.discovery_types import ClusterInfo, DiscoveryInfo
 from services.segmenter.embedding import EmbeddedShard, cached_encoder, embed_events
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_types import IndexInfo, IndexParams
@@ -97,7 +100,7 @@ class Segmenter:
             db, artifacts, self.events.url, self._embed, workers, ef, scheduler=scheduler
         )
         self.indexes = self.live.store
-        self.discoveries = disc.DiscoveryStore(db, artifacts)
+        self.discoveries = DiscoveryStore(db, artifacts)
         self.segments = SegmentTables(db)
 
     # ---------------------------------------------------------------- index lifecycle
@@ -237,7 +240,7 @@ class Segmenter:
 
     # ---------------------------------------------------------------- discovery
 
-    def discover(self, clusters: int = 0, progress: Progress | None = None) -> disc.DiscoveryInfo:
+    def discover(self, clusters: int = 0, progress: Progress | None = None) -> DiscoveryInfo:
         """Cluster the served index and store the discovery."""
         index = self.index
         if clusters < 0:
@@ -248,13 +251,13 @@ class Segmenter:
             index.info.version, lambda: disc.discover(snapshot, catalog_, clusters, progress)
         )
 
-    def list_clusters(self, version: int = 0) -> disc.DiscoveryInfo:
+    def list_clusters(self, version: int = 0) -> DiscoveryInfo:
         """A discovery with its clusters."""
         return self.discoveries.get(version)
 
     def get_cluster(
         self, version: int, cluster_id: int, view: View = "both", top_n: int = 0
-    ) -> disc.ClusterInfo:
+    ) -> ClusterInfo:
         """One cluster with up to top_n traits in the chosen view(s)."""
         top_n = top_n or 10
         if not 1 <= top_n <= 100:
@@ -297,7 +300,7 @@ class Segmenter:
         )
         return stored.name, stored.size
 
-    def _latest_members(self) -> disc.Members | None:
+    def _latest_members(self) -> Members | None:
         if self.discoveries.latest_version() is None:
             return None
         return self.discoveries.members(0)
@@ -352,7 +355,7 @@ class Segmenter:
             raise ResourceExhausted(f"seed: at most {MAX_SEED:,} profiles")
         return queries.expand(self.index, ids, target_size, min_similarity, target_multiple)
 
-    def visualization(self, version: int = 0, sample_size: int = 0) -> ClusterMap:
+    def visualization(self, version: int = 0, sample_size: int = 0) -> ClusterMap[ClusterInfo]:
         """The 2-D cluster map of a discovery."""
         if sample_size < 0:
             raise InvalidArgument("sample_size", "must not be negative")

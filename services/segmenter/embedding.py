@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 import polars as pl
 
-from foresight.encoder import Encoder, load_encoder
+from foresight.encoder.model import Encoder, load_encoder
 from foresight.events.store import EventStore
 from foresight.features.journey import behaviour_vectors
 from services.segmenter.traits import trait_catalog

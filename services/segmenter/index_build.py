@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from foresight.encoder import EncoderVersionInfo, behaviour_as_of, get_encoder_version
+from foresight.encoder.model import behaviour_as_of
+from foresight.encoder.registry import EncoderVersionInfo, get_encoder_version
 from foresight.errors import FailedPrecondition
 from foresight.events.store import parts_by_shard
 from foresight.shards import ShardRunner

@@ -25,7 +25,7 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from foresight.errors import InvalidArgument
-from services.segmenter.discover import Members
+from services.segmenter.discovery_store import Members
 from services.segmenter.index import JourneyIndex
 
 __all__ = [

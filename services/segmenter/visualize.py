@@ -1,13 +1,10 @@
-"""The cluster map: a 2-D projection of a sample of profiles, and its PNG and HTML renderings.
+"""The cluster map: a 2-D projection of a sample of profiles of a discovery.
 
-`project` samples profiles of a discovery, projects their embeddings onto
-the first two principal components (fitted on the sample) and labels each
-point with its cluster. `write_png` draws it with matplotlib (Agg, no
-display needed); `write_html` writes one self-contained page (data, script
-and style inline; nothing fetched) where a person selects clusters one by
-one or together and switches between the High Influence and High Popularity
-views of their traits. The page's selection lives in the URL hash
-(``#clusters=0,2&view=popularity``) so a link reopens the same view.
+`project` samples profiles of a discovery, stratified by cluster, projects
+their embeddings onto the first two principal components (fitted on the
+sample) and labels each point with its cluster. The result is a
+`foresight.cluster_map.ClusterMap`; drawing it (PNG, self-contained HTML
+page) is the client's job (`foresight.tools.mapview`), never the service's.
 """
 
 from __future__ import annotations
@@ -16,9 +13,10 @@ from typing import Final
 
 import numpy as np
 
+from foresight.cluster_map import ClusterMap, MapPoint
 from foresight.errors import InvalidArgument
-from foresight.tools.mapview import ClusterMap, MapPoint
-from services.segmenter.discover import ClusterInfo, Members
+from services.segmenter.discovery_store import Members
+from services.segmenter.discovery_types import ClusterInfo
 from services.segmenter.index import JourneyIndex
 
 __all__ = ["cluster_quotas", "project"]
@@ -56,7 +54,7 @@ def project(
     clusters: list[ClusterInfo],
     sample_size: int = 0,
     seed: int = 0,
-) -> ClusterMap:
+) -> ClusterMap[ClusterInfo]:
     """Sample members of a discovery still in the index, stratified by cluster (every
     cluster in proportion to its size), and project them to 2-D (PCA)."""
     from sklearn.decomposition import PCA

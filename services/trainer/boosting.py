@@ -132,6 +132,83 @@ def explanation_sample(probabilities: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class _Fitter:
+    """LightGBM datasets of the training and tune rows, and one fit with early stopping."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_tune: np.ndarray
+    y_tune: np.ndarray
+    names: list[str]
+    """Positional names for the booster (see `train_lightgbm`)."""
+    base: dict[str, Any]
+    """LightGBM parameters every trial shares."""
+
+    def datasets(self, rows: np.ndarray) -> tuple[lgb.Dataset, lgb.Dataset]:
+        """(training set of `rows`, tune set binned like it)."""
+        dataset_params = {"feature_pre_filter": False, "verbosity": -1, "max_bin": 255}
+        every = len(rows) >= len(self.y_train)
+        train_set = lgb.Dataset(
+            self.X_train if every else self.X_train[rows],
+            label=self.y_train if every else self.y_train[rows],
+            feature_name=self.names,
+            params=dataset_params,
+            free_raw_data=False,
+        )
+        tune_set = lgb.Dataset(
+            self.X_tune,
+            label=self.y_tune,
+            reference=train_set,
+            feature_name=self.names,
+            params=dataset_params,
+            free_raw_data=False,
+        )
+        return train_set, tune_set
+
+    def fit(
+        self, params: dict[str, Any], sets: tuple[lgb.Dataset, lgb.Dataset]
+    ) -> tuple[lgb.Booster, float, int]:
+        """(booster, tune AUC at its best iteration, best iteration)."""
+        booster = lgb.train(
+            {**self.base, **params},
+            sets[0],
+            num_boost_round=MAX_ROUNDS,
+            valid_sets=[sets[1]],
+            valid_names=["tune"],
+            callbacks=[
+                lgb.early_stopping(EARLY_STOPPING_ROUNDS, first_metric_only=True, verbose=False)
+            ],
+        )
+        best = booster.best_iteration or booster.current_iteration()
+        score = booster.best_score.get("tune", {}).get("auc", float("nan"))
+        return booster, float(score), int(best)
+
+
+def _search(
+    fitter: _Fitter,
+    sets: tuple[lgb.Dataset, lgb.Dataset],
+    candidates: list[dict[str, Any]],
+    on_trial: Callable[[int, int, TrialResult], None] | None,
+) -> tuple[lgb.Booster, dict[str, Any], list[TrialResult]]:
+    """Fit every candidate; (best booster by tune AUC, its parameters, every trial)."""
+    trials: list[TrialResult] = []
+    best_booster: lgb.Booster | None = None
+    best_auc = -math.inf
+    best_params = candidates[0]
+    for k, params in enumerate(candidates):
+        started = time.perf_counter()
+        booster, auc, iteration = fitter.fit(params, sets)
+        result = TrialResult(dict(params), auc, iteration, time.perf_counter() - started)
+        trials.append(result)
+        if on_trial is not None:
+            on_trial(k + 1, len(candidates), result)
+        if auc > best_auc or best_booster is None:
+            best_auc, best_booster, best_params = auc, booster, params
+    assert best_booster is not None
+    return best_booster, best_params, trials
+
+
 def train_lightgbm(
     X_train: np.ndarray,
     y_train: np.ndarray,
@@ -153,71 +230,20 @@ def train_lightgbm(
     # Threads only pay off on enough rows; on small data they mostly wait on each other.
     threads = max(1, min(threads, len(y_train) // ROWS_PER_THREAD))
     base = _base_params(threads, weight)
-    names = (
-        [f"f{i}" for i in range(X_train.shape[1])] if feature_names is None else list(feature_names)
-    )
+    n_features = X_train.shape[1] if feature_names is None else len(list(feature_names))
     # LightGBM wants plain names: codes like "count_7d__commerce.purchases" are fine,
     # but some characters (e.g. JSON specials) are not, so the booster uses positions.
-    lgb_names = [f"f{i}" for i in range(len(names))]
+    fitter = _Fitter(X_train, y_train, X_tune, y_tune, [f"f{i}" for i in range(n_features)], base)
     rng = np.random.default_rng(SEED)
     search_rows = np.arange(len(y_train))
     if len(search_rows) > SEARCH_SAMPLE_ROWS and max_trials > 1:
         search_rows = np.sort(rng.choice(len(y_train), SEARCH_SAMPLE_ROWS, replace=False))
-
-    def dataset(rows: np.ndarray) -> tuple[lgb.Dataset, lgb.Dataset]:
-        dataset_params = {"feature_pre_filter": False, "verbosity": -1, "max_bin": 255}
-        train_set = lgb.Dataset(
-            X_train[rows] if len(rows) < len(y_train) else X_train,
-            label=y_train[rows] if len(rows) < len(y_train) else y_train,
-            feature_name=lgb_names,
-            params=dataset_params,
-            free_raw_data=False,
-        )
-        tune_set = lgb.Dataset(
-            X_tune,
-            label=y_tune,
-            reference=train_set,
-            feature_name=lgb_names,
-            params=dataset_params,
-            free_raw_data=False,
-        )
-        return train_set, tune_set
-
-    def fit(
-        params: dict[str, Any], sets: tuple[lgb.Dataset, lgb.Dataset]
-    ) -> tuple[lgb.Booster, float, int]:
-        booster = lgb.train(
-            {**base, **params},
-            sets[0],
-            num_boost_round=MAX_ROUNDS,
-            valid_sets=[sets[1]],
-            valid_names=["tune"],
-            callbacks=[
-                lgb.early_stopping(EARLY_STOPPING_ROUNDS, first_metric_only=True, verbose=False)
-            ],
-        )
-        best = booster.best_iteration or booster.current_iteration()
-        score = booster.best_score.get("tune", {}).get("auc", float("nan"))
-        return booster, float(score), int(best)
-
-    sets = dataset(search_rows)
     candidates = search_space(max_trials)
-    trials: list[TrialResult] = []
-    best_booster: lgb.Booster | None = None
-    best_auc = -math.inf
-    best_params = candidates[0]
-    for k, params in enumerate(candidates):
-        started = time.perf_counter()
-        booster, auc, iteration = fit(params, sets)
-        result = TrialResult(dict(params), auc, iteration, time.perf_counter() - started)
-        trials.append(result)
-        if on_trial is not None:
-            on_trial(k + 1, len(candidates), result)
-        if auc > best_auc or best_booster is None:
-            best_auc, best_booster, best_params = auc, booster, params
-    assert best_booster is not None
+    best_booster, best_params, trials = _search(
+        fitter, fitter.datasets(search_rows), candidates, on_trial
+    )
     if len(search_rows) < len(y_train):
-        best_booster, _, _ = fit(best_params, dataset(np.arange(len(y_train))))
+        best_booster, _, _ = fitter.fit(best_params, fitter.datasets(np.arange(len(y_train))))
     # Keep only the trees up to the best iteration.
     trimmed = lgb.Booster(
         model_str=best_booster.model_to_string(num_iteration=best_booster.best_iteration or -1)

@@ -11,7 +11,7 @@ from typing import Literal
 from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.convert import status_to_pb, to_timestamp
-from foresight.encoder import EncoderVersionInfo
+from foresight.encoder.registry import EncoderVersionInfo
 from foresight.errors import InvalidArgument
 
 __all__ = [

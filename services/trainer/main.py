@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from foresight.encoder import EncoderTrainer
+from foresight.encoder.trainer import EncoderTrainer
 from foresight.events.store import EventStore
 from foresight.runtime import ServiceRuntime, run_service
 from foresight.settings import load_settings

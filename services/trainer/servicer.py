@@ -15,7 +15,7 @@ import polars as pl
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.api.trainer.v1 import trainer_pb2_grpc
 from foresight.convert import instance_config
-from foresight.encoder import EncoderTrainer
+from foresight.encoder.trainer import EncoderTrainer
 from foresight.errors import InvalidArgument
 from foresight.events.validation import DuplicatePolicy
 from foresight.runtime import Context

@@ -25,7 +25,7 @@ from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from foresight.api.segmenter.v1 import segmenter_pb2, segmenter_pb2_grpc
 from foresight.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from foresight.encoder import EncoderTrainer
+from foresight.encoder.trainer import EncoderTrainer
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.runtime import ServiceRuntime

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from foresight.tools.mapview import ClusterMap, MapPoint, write_html
-from services.segmenter.discover import ClusterInfo, Trait
+from foresight.cluster_map import ClusterMap, MapPoint
+from foresight.tools.mapview import write_html
+from services.segmenter.discovery_types import ClusterInfo, Trait
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

@@ -23,7 +23,8 @@ from distributed import LocalCluster
 from pydantic import ValidationError
 
 from foresight import instance as inst
-from foresight.encoder import EncoderTrainer, behaviour_as_of
+from foresight.encoder.model import behaviour_as_of
+from foresight.encoder.trainer import EncoderTrainer
 from foresight.errors import Cancelled, Unavailable
 from foresight.events.store import EventStore
 from foresight.features.spec import fit_feature_spec

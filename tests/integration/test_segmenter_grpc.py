@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from foresight.api.common.v1 import common_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.api.segmenter.v1 import segmenter_pb2_grpc
-from foresight.encoder import EncoderTrainer
+from foresight.encoder.trainer import EncoderTrainer
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.runtime import ServiceRuntime

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.segmenter.discover import Members
+from services.segmenter.discovery_store import Members
 from services.segmenter.embedding import EmbeddedShard
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_types import IndexInfo, IndexParams

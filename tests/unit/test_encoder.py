@@ -10,12 +10,10 @@ import onnx
 import polars as pl
 import pytest
 
-from foresight.encoder import (
-    EncoderTrainer,
-    fit_encoder,
-    load_encoder,
-    publish_encoder,
-)
+from foresight.encoder.fitting import fit_encoder
+from foresight.encoder.model import load_encoder
+from foresight.encoder.registry import publish_encoder
+from foresight.encoder.trainer import EncoderTrainer
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
@@ -144,17 +142,17 @@ def test_interrupted_training_is_marked_failed(world: dict, tmp_path: Path) -> N
 
 
 def test_choice_prefers_the_autoencoder_only_when_its_guards_pass() -> None:
-    from foresight.encoder import _Candidate, _choose
+    from foresight.encoder.candidates import Candidate, choose
 
-    def cand(kind: str, silhouette: float, recall: float) -> _Candidate:
-        c = _Candidate(kind, None, lambda X: X, lambda Z: Z, 0.0)  # type: ignore[arg-type]
+    def cand(kind: str, silhouette: float, recall: float) -> Candidate:
+        c = Candidate(kind, None, lambda X: X, lambda Z: Z, 0.0)  # type: ignore[arg-type]
         c.metrics = {f"{kind}.silhouette": silhouette, f"{kind}.neighbour_recall_10": recall}
         return c
 
     pca = cand("pca", 0.21, 0.86)
-    winner, why = _choose([pca, cand("autoencoder", 0.17, 0.72)], 100_000)
+    winner, why = choose([pca, cand("autoencoder", 0.17, 0.72)], 100_000)
     assert winner.kind == "autoencoder" and "guards" in why
-    assert _choose([pca, cand("autoencoder", 0.17, 0.72)], 1_000)[0].kind == "pca"
-    assert _choose([pca, cand("autoencoder", 0.17, 0.30)], 100_000)[0].kind == "pca"
-    assert _choose([pca, cand("autoencoder", 0.05, 0.72)], 100_000)[0].kind == "pca"
-    assert _choose([pca], 100_000)[1].startswith("pca requested")
+    assert choose([pca, cand("autoencoder", 0.17, 0.72)], 1_000)[0].kind == "pca"
+    assert choose([pca, cand("autoencoder", 0.17, 0.30)], 100_000)[0].kind == "pca"
+    assert choose([pca, cand("autoencoder", 0.05, 0.72)], 100_000)[0].kind == "pca"
+    assert choose([pca], 100_000)[1].startswith("pca requested")

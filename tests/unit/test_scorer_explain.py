@@ -9,13 +9,9 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from services.scorer.explain import (
-    K_ZERO,
-    FastTreeShap,
-    TreeExplainer,
-    leaf_tables,
-    parse_model_text,
-)
+from services.scorer.explain import FastTreeShap, TreeExplainer
+from services.scorer.model_text import parse_model_text
+from services.scorer.shap_tables import K_ZERO, leaf_tables
 
 pytestmark = pytest.mark.unit
 

@@ -10,12 +10,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from foresight.api.common.v1 import common_pb2
 from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.api.trainer.v1 import trainer_pb2 as tpb
-from foresight.encoder import EncoderVersionInfo
+from foresight.cluster_map import ClusterMap, MapPoint
+from foresight.encoder.registry import EncoderVersionInfo
 from foresight.errors import InvalidArgument
 from foresight.storage.lifecycle import Status
-from foresight.tools.mapview import ClusterMap, MapPoint
 from services.segmenter import converters as conv
-from services.segmenter.discover import ClusterInfo, DiscoveryInfo, Trait
+from services.segmenter.discovery_types import ClusterInfo, DiscoveryInfo, Trait
 from services.segmenter.index_types import IndexInfo
 from services.segmenter.queries import Expansion, Neighbor, Placement, ReachPoint
 from services.trainer import encoder_converters as econv

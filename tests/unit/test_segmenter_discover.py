@@ -10,7 +10,8 @@ import pytest
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.features.journey import BehaviourSpec
 from foresight.storage import ArtifactStore, Database
-from services.segmenter.discover import DiscoveryStore, discover
+from services.segmenter.discover import discover
+from services.segmenter.discovery_store import DiscoveryStore
 from services.segmenter.index_types import IndexSnapshot
 from services.segmenter.traits import trait_catalog
 

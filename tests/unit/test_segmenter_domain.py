@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from foresight.encoder import EncoderTrainer
+from foresight.encoder.trainer import EncoderTrainer
 from foresight.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from foresight.events.store import EventStore
 from foresight.events.validation import validate

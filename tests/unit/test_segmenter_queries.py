@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from foresight.errors import InvalidArgument
-from services.segmenter.discover import Members
+from services.segmenter.discovery_store import Members
 from services.segmenter.embedding import EmbeddedShard
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_types import IndexInfo, IndexParams
