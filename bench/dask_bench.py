@@ -40,7 +40,7 @@ from foresight import instance as inst
 from foresight.errors import NotFound
 from foresight.events.store import EventStore
 from foresight.features.labels import choose_cutoffs
-from foresight.features.spec import fit_feature_spec
+from foresight.features.spec import FeatureSpec, fit_feature_spec
 from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
@@ -100,11 +100,14 @@ def _has_dataset(db: Database) -> bool:
 
 
 def _pipeline(
-    runner: ShardRunner, jobs: list[ShardJob], cutoffs: list[Any], spec: dict[str, Any]
+    runner: ShardRunner, jobs: list[ShardJob], cutoffs: list[Any], spec: FeatureSpec
 ) -> float:
     """Labels then features of every shard; wall seconds."""
     t0 = time.perf_counter()
-    labels = [s.labels for s in runner.map(shard_labels, [(j, CONFIG, cutoffs) for j in jobs])]
+    labels = [
+        s.labels
+        for s in runner.map(shard_labels, [(j, inst.from_dict(CONFIG), cutoffs) for j in jobs])
+    ]
     runner.map(
         shard_features,
         [(j, spec, cutoffs, f, None) for j, f in zip(jobs, labels, strict=True)],
@@ -118,7 +121,7 @@ def throughput(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any]
 
     events = sum(j.read().height for j in jobs)
     sample = pl.concat([j.read() for j in jobs[:2]])
-    spec = fit_feature_spec(sample, None, inst.from_dict(CONFIG), cutoffs[-1]).to_dict()
+    spec = fit_feature_spec(sample, None, inst.from_dict(CONFIG), cutoffs[-1])
     local = ShardRunner(2, keep_alive=True)
     _pipeline(local, jobs[:2], cutoffs, spec)  # start the workers outside the clock
     local_s = _pipeline(local, jobs, cutoffs, spec)
@@ -153,16 +156,17 @@ def _baseline() -> float:
 def shard_costs(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any]) -> None:
     """Per-shard cost of labels and features, each task in a fresh process."""
     sample = pl.concat([j.read() for j in jobs[:2]])
-    spec = fit_feature_spec(sample, None, inst.from_dict(CONFIG), cutoffs[-1]).to_dict()
+    spec = fit_feature_spec(sample, None, inst.from_dict(CONFIG), cutoffs[-1])
     probe = jobs[:4]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=1) as pool:
         base = max(pool.submit(_baseline).result() for _ in range(2))
-        labels = [shard_labels(j, CONFIG, cutoffs).labels for j in probe]
+        config = inst.from_dict(CONFIG)
+        labels = [shard_labels(j, config, cutoffs).labels for j in probe]
         stages: dict[str, list[tuple[float, float, int]]] = {
             "labels": list(
                 pool.map(
-                    _measured, [shard_labels] * len(probe), [(j, CONFIG, cutoffs) for j in probe]
+                    _measured, [shard_labels] * len(probe), [(j, config, cutoffs) for j in probe]
                 )
             ),
             "features": list(

@@ -198,3 +198,8 @@ class ModelEvaluation(_Record):
     def from_json(cls, data: Any) -> ModelEvaluation:
         """Read a stored evaluation.json (any schema version)."""
         return cls.model_validate(data)
+
+    @classmethod
+    def from_optional_json(cls, data: Any) -> ModelEvaluation | None:
+        """Like `from_json`, but None for a bundle without one (a missing or empty document)."""
+        return cls.model_validate(data) if data else None

@@ -9,12 +9,12 @@ really happened, with the same labelling function training uses.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from foresight.conditions.compile import to_polars
+from foresight.evaluation_report import ModelEvaluation
 from foresight.features.labels import goal_labels
 from foresight.instance import Goal
 from services.scorer.records import (
@@ -76,16 +76,19 @@ def bucket_insights(scores: RunScores, top: int = TOP_FACTORS_PER_BUCKET) -> lis
     return out
 
 
-def evaluation_summary(evaluation: dict[str, Any], model_version: int) -> EvaluationSummary | None:
-    """Headline numbers of the bundle's evaluation.json (None when the bundle has none)."""
-    if not evaluation:
+def evaluation_summary(
+    evaluation: ModelEvaluation | None, model_version: int
+) -> EvaluationSummary | None:
+    """Headline numbers of the bundle's evaluation (None when the bundle has none).
+
+    An evaluation that does not state its quality is judged by its AUC."""
+    if evaluation is None:
         return None
-    auc = float(evaluation.get("auc") or 0.0)
-    pr_auc = float(evaluation.get("pr_auc") or 0.0)
-    quality = str(evaluation.get("quality") or "").upper().removeprefix("QUALITY_")
-    if quality not in {"GOOD", "POOR"}:
+    auc = evaluation.auc or 0.0
+    quality: str = evaluation.quality
+    if "quality" not in evaluation.model_fields_set:
         quality = "POOR" if auc < POOR_AUC else "GOOD"
-    return EvaluationSummary(model_version, auc, pr_auc, quality)
+    return EvaluationSummary(model_version, auc, evaluation.pr_auc or 0.0, quality)
 
 
 def outcome_available(as_of: datetime, window_days: int, data_end: datetime) -> bool:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -26,6 +25,7 @@ from prometheus_client import Counter, Gauge
 from foresight import instance as instance_config
 from foresight.calibration import Calibrator
 from foresight.errors import FailedPrecondition, NotFound
+from foresight.evaluation_report import ModelEvaluation
 from foresight.factor_groups import FactorGroups
 from foresight.features.spec import FeatureDef, FeatureSpec
 from foresight.instance import InstanceConfig
@@ -65,7 +65,8 @@ class LoadedModel:
     spec: FeatureSpec
     session: ort.InferenceSession
     explainer: TreeExplainer
-    evaluation: dict[str, Any]
+    evaluation: ModelEvaluation | None
+    """evaluation.json (None in a bundle without one)."""
     loaded_at: datetime
     created_at: datetime | None = None
     # Fitted by the trainer on out-of-time rows (calibrator.json; none in older bundles).
@@ -127,7 +128,7 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
     files = read_model_bundle(folder)
     spec = FeatureSpec.from_dict(files.feature_spec)
     config = instance_config.from_dict(files.instance)
-    evaluation = files.evaluation
+    evaluation = ModelEvaluation.from_optional_json(files.evaluation)
     session = _session(files.onnx_path)
     inputs = {i.name: i for i in session.get_inputs()}
     if MODEL_INPUT not in inputs or MODEL_OUTPUT not in {o.name for o in session.get_outputs()}:

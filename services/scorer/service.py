@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -22,8 +21,9 @@ from sqlalchemy import func, select
 
 from foresight import instance as instance_config
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
+from foresight.evaluation_report import ModelEvaluation
 from foresight.events.store import DEFAULT_SHARDS, EventStore
-from foresight.instance import Goal
+from foresight.instance import Goal, InstanceConfig
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.bundles import read_model_documents
 from foresight.storage.db import Database
@@ -287,11 +287,7 @@ class Scorer:
         scores = self.engine.run_scores(instance, run_id)
         run = run_from_row(self.engine.get_run(scores.run_id))
         evaluation, config = self._bundle_documents(instance, scores.model_version)
-        goal: Goal = (
-            instance_config.from_dict(config).goal
-            if config
-            else self.registry.get(instance).config.goal
-        )
+        goal: Goal = config.goal if config else self.registry.get(instance).config.goal
         parts = self.catalog.parts(self.catalog.dataset_of(instance))
         available = insight_math.outcome_available(scores.as_of, goal.window_days, parts.end)
         expected = []
@@ -315,8 +311,8 @@ class Scorer:
 
     def _bundle_documents(
         self, instance: str, version: int
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """evaluation.json and instance.json of a model version (served one from memory)."""
+    ) -> tuple[ModelEvaluation | None, InstanceConfig | None]:
+        """The evaluation and instance config of a model version (served one from memory)."""
         try:
             model = self.registry.get(instance)
             if model.version == version:
@@ -330,8 +326,12 @@ class Scorer:
                 )
             )
         if not path:
-            return {}, None
-        return read_model_documents(self.artifacts.path(path))
+            return None, None
+        evaluation, config = read_model_documents(self.artifacts.path(path))
+        return (
+            ModelEvaluation.from_optional_json(evaluation),
+            instance_config.from_dict(config) if config else None,
+        )
 
     def status(self) -> list[ModelStatus]:
         """Serving model version, load errors and snapshot of every instance."""

@@ -16,12 +16,12 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
+from foresight.evaluation_report import ModelEvaluation
 from foresight.storage.artifacts import MANIFEST, ArtifactStore
 from foresight.storage.bundles import EVALUATION_FILE, serving_versions
 from foresight.storage.db import Database
@@ -244,7 +244,7 @@ class ModelRegistry:
             ).all()
             return [_info(r, inst.current_version) for r in rows]
 
-    def read_evaluation(self, instance: str, version: int = 0) -> dict[str, Any]:
+    def read_evaluation(self, instance: str, version: int = 0) -> ModelEvaluation:
         """The stored evaluation.json of a READY version (0 = current)."""
         info = self.get(instance, version)
         if info.status is not Status.READY or not info.artifact_path:
@@ -255,5 +255,4 @@ class ModelRegistry:
         path = self.artifacts.path(info.artifact_path) / EVALUATION_FILE
         if not path.is_file():
             raise NotFound(f"model version {instance} v{info.version} has no evaluation file")
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
+        return ModelEvaluation.from_json(json.loads(path.read_text()))

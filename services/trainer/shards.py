@@ -12,12 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 import polars as pl
 
-from foresight import instance as inst
 from foresight.errors import ForesightError
 from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
@@ -29,6 +27,7 @@ from foresight.features.labels import (
     population_funnel,
 )
 from foresight.features.spec import FeatureSpec
+from foresight.instance import InstanceConfig
 
 __all__ = [
     "AUDIT_PROFILES",
@@ -75,9 +74,8 @@ class ShardLabels:
     funnel: PopulationFunnel
 
 
-def shard_labels(job: ShardJob, config: dict[str, Any], cutoffs: Sequence[datetime]) -> ShardLabels:
+def shard_labels(job: ShardJob, cfg: InstanceConfig, cutoffs: Sequence[datetime]) -> ShardLabels:
     """(profile_id, cutoff index, label) of every eligible profile of a shard at every cutoff."""
-    cfg = inst.from_dict(config)
     events = job.read()
     frames = []
     for i, cutoff in enumerate(cutoffs):
@@ -143,14 +141,13 @@ def audit_leakage(
 
 def shard_features(
     job: ShardJob,
-    spec: dict[str, Any],
+    feature_spec: FeatureSpec,
     cutoffs: Sequence[datetime],
     labels: pl.DataFrame,
     profiles: pl.DataFrame | None,
     audit_profiles: int = AUDIT_PROFILES,
 ) -> ShardFeatures:
     """Feature rows of a shard's labelled profiles, each as of its own cutoff, plus the audit."""
-    feature_spec = FeatureSpec.from_dict(spec)
     events = job.read()
     ids: list[np.ndarray] = []
     cut: list[np.ndarray] = []

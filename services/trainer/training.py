@@ -159,7 +159,7 @@ class ModelTrainer:
 
     def get_evaluation(self, instance: str, version: int = 0) -> ModelEvaluation:
         """The stored evaluation of a version (0 = current)."""
-        return ModelEvaluation.from_json(self.registry.read_evaluation(instance, version))
+        return self.registry.read_evaluation(instance, version)
 
     # ------------------------------------------------------------ planning
 
@@ -190,7 +190,7 @@ class ModelTrainer:
         inst.validate_config(config)
         plan = make_plan(self.db, self.store, config, dataset)
         validation = plan.cutoffs.validation
-        args = [(job, inst.to_dict(config), [validation]) for job in plan.jobs]
+        args = [(job, config, [validation]) for job in plan.jobs]
         shards: list[ShardLabels] = self.runner.map(shard_labels, args)
         labels = combined_labels(shards)
         positives = int(labels.get_column("label").sum() or 0) if labels.height else 0
@@ -281,7 +281,7 @@ class ModelTrainer:
         report("labels", 0.03, f"{len(cutoffs)} cutoffs, {len(plan.jobs)} shards")
         shards: list[ShardLabels] = self.runner.map(
             shard_labels,
-            [(job, inst.to_dict(plan.config), list(cutoffs)) for job in plan.jobs],
+            [(job, plan.config, list(cutoffs)) for job in plan.jobs],
             lambda done, total: report(
                 "labels", 0.03 + 0.10 * done / total, f"shard {done}/{total}"
             ),
@@ -314,10 +314,9 @@ class ModelTrainer:
         spec = fit_feature_spec(
             spec_sample(plan.jobs), profiles, plan.config, plan.cutoffs.validation
         )
-        spec_dict = spec.to_dict()
         shard_profiles = split_profiles(profiles, self.store.shards, [j.shard for j in plan.jobs])
         feature_args = [
-            (job, spec_dict, cutoffs, labelled.labels, shard_profiles[i])
+            (job, spec, cutoffs, labelled.labels, shard_profiles[i])
             for i, (job, labelled) in enumerate(zip(plan.jobs, shards, strict=True))
         ]
         parts = self.runner.map(

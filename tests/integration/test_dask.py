@@ -129,12 +129,12 @@ def on_dask(cluster: LocalCluster) -> Iterator[ShardRunner]:
 
 
 def _label_args(world: World) -> list[tuple[Any, ...]]:
-    return [(job, CONFIG, CUTOFFS) for job in world.jobs]
+    return [(job, inst.from_dict(CONFIG), CUTOFFS) for job in world.jobs]
 
 
 def _feature_args(world: World, labels: list[pl.DataFrame]) -> list[tuple[Any, ...]]:
     sample = pl.concat([job.read() for job in world.jobs])
-    spec = fit_feature_spec(sample, None, inst.from_dict(CONFIG), CUTOFFS[-1]).to_dict()
+    spec = fit_feature_spec(sample, None, inst.from_dict(CONFIG), CUTOFFS[-1])
     return [
         (job, spec, CUTOFFS, frame, None) for job, frame in zip(world.jobs, labels, strict=True)
     ]
@@ -185,7 +185,9 @@ def test_embeddings_are_identical_on_dask(world: World, on_dask: ShardRunner) ->
         assert np.array_equal(mine.trait_values, theirs.trait_values, equal_nan=True)
 
 
-def labels_or_die(marker: str, job: ShardJob, config: dict[str, Any], cutoffs: Any) -> pl.DataFrame:
+def labels_or_die(
+    marker: str, job: ShardJob, config: inst.InstanceConfig, cutoffs: Any
+) -> pl.DataFrame:
     """shard_labels, but the first call on the cluster kills its worker process mid-task."""
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))

@@ -71,8 +71,9 @@ def test_versions_number_up_and_the_latest_ready_is_current(registry: ModelRegis
     assert current.validation_cutoff == CUTOFF and current.feature_count == 12
     assert current.finished_at is not None and current.created_at <= current.finished_at
     assert [(v.version, v.current) for v in registry.list("churn")] == [(2, True), (1, False)]
-    assert registry.read_evaluation("churn") == {"auc": 0.74, "version": 2}
-    assert registry.read_evaluation("churn", 1)["auc"] == 0.71
+    evaluation = registry.read_evaluation("churn")
+    assert (evaluation.auc, evaluation.version) == (0.74, 2)
+    assert registry.read_evaluation("churn", 1).auc == 0.71
     registry.set_current("churn", 1)
     assert registry.get("churn").version == 1
 

@@ -116,10 +116,13 @@ def test_shard_tasks_on_dask_read_their_shards_from_s3(
     local_jobs = _jobs(local, [p.path for p in local.write("shop", events, [])])
     remote_jobs = _jobs(remote, [p.path for p in remote.write("shop", events, [])])
     as_of = datetime(2024, 10, 1, tzinfo=UTC)
-    spec = fit_feature_spec(events, None, inst.from_dict(CONFIG), as_of).to_dict()
+    spec = fit_feature_spec(events, None, inst.from_dict(CONFIG), as_of)
     inline = ShardRunner(1)
     expected_labels = [
-        s.labels for s in inline.map(shard_labels, [(j, CONFIG, [as_of]) for j in local_jobs])
+        s.labels
+        for s in inline.map(
+            shard_labels, [(j, inst.from_dict(CONFIG), [as_of]) for j in local_jobs]
+        )
     ]
     expected = inline.map(
         shard_features,
@@ -137,7 +140,9 @@ def test_shard_tasks_on_dask_read_their_shards_from_s3(
         try:
             labels = [
                 s.labels
-                for s in runner.map(shard_labels, [(j, CONFIG, [as_of]) for j in remote_jobs])
+                for s in runner.map(
+                    shard_labels, [(j, inst.from_dict(CONFIG), [as_of]) for j in remote_jobs]
+                )
             ]
             got = runner.map(
                 shard_features,

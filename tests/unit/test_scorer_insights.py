@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from foresight.evaluation_report import ModelEvaluation
 from foresight.features.spec import FeatureDef, Unit
 from services.scorer.factors import NO_FACTOR, TopFactors, percentiles_of, scores_of
 from services.scorer.insights import (
@@ -89,10 +90,15 @@ def test_expected_vs_actual_per_bucket() -> None:
 
 
 def test_evaluation_summary_and_outcome_window() -> None:
-    assert evaluation_summary({}, 1) is None
-    summary = evaluation_summary({"auc": 0.6, "pr_auc": 0.3}, 4)
+    assert evaluation_summary(ModelEvaluation.from_optional_json({}), 1) is None
+    summary = evaluation_summary(ModelEvaluation.from_json({"auc": 0.6, "pr_auc": 0.3}), 4)
     assert summary is not None and (summary.model_version, summary.quality) == (4, "POOR")
-    given = evaluation_summary({"auc": 0.9, "pr_auc": None, "quality": "GOOD"}, 2)
+    # No stated quality: judged by the AUC.
+    judged = evaluation_summary(ModelEvaluation.from_json({"auc": 0.9}), 3)
+    assert judged is not None and judged.quality == "GOOD"
+    given = evaluation_summary(
+        ModelEvaluation.from_json({"auc": 0.9, "pr_auc": None, "quality": "GOOD"}), 2
+    )
     assert given is not None and given.quality == "GOOD" and given.pr_auc == 0.0
     as_of = datetime(2025, 1, 1, tzinfo=UTC)
     assert outcome_available(as_of, 30, as_of + timedelta(days=30))

@@ -213,7 +213,7 @@ def test_labels_keep_every_negative_and_match_the_dry_run(world: World) -> None:
         check.negatives,
     )
     per_shard = pl.concat(
-        [shard_labels(job, inst.to_dict(config), [check.cutoff]).labels for job in _jobs(world)]
+        [shard_labels(job, config, [check.cutoff]).labels for job in _jobs(world)]
     )
     assert per_shard.height == check.eligible
     assert per_shard.filter(pl.col("label") == 0).height == check.negatives
