@@ -11,6 +11,7 @@ written as text.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -147,19 +148,12 @@ def validate_schedule(schedule: str | None, path: str = "scoring_schedule") -> N
         )
 
 
-def validate_config(cfg: InstanceConfig) -> None:
-    """Raise InvalidArgument naming the field path of the first problem."""
-    # The name becomes folder names (model bundles, score files): a slug.
-    slug("name", cfg.name)
-    if len(cfg.description) > 4096:
-        raise InvalidArgument("description", "must be at most 4096 characters")
-    if not isinstance(cfg.type, InstanceType):
-        raise InvalidArgument("type", f"expected CHURN, CONVERSION or CUSTOM, got {cfg.type!r}")
-    goal = cfg.goal
+def _check_goal(kind: InstanceType, goal: Goal) -> None:
+    """The goal's conditions, occurrence (as the instance type requires) and window."""
     if not isinstance(goal, Goal):
         raise InvalidArgument("goal", "is required")
     validate_group(goal.conditions, "goal.conditions")
-    if goal.conditions.is_empty and cfg.type is not InstanceType.CHURN:
+    if goal.conditions.is_empty and kind is not InstanceType.CHURN:
         # Only churn has a meaningful "any event" goal (no activity at all).
         raise InvalidArgument(
             "goal.conditions", "must not be empty: state which events the goal is about"
@@ -168,22 +162,21 @@ def validate_config(cfg: InstanceConfig) -> None:
         raise InvalidArgument(
             "goal.occurrence", f"expected WILL_OCCUR or WILL_NOT_OCCUR, got {goal.occurrence!r}"
         )
-    if cfg.type is InstanceType.CHURN and goal.occurrence is not Occurrence.WILL_NOT_OCCUR:
+    if kind is InstanceType.CHURN and goal.occurrence is not Occurrence.WILL_NOT_OCCUR:
         raise InvalidArgument(
             "goal.occurrence", "a CHURN instance predicts that the goal will NOT occur"
         )
-    if cfg.type is InstanceType.CONVERSION and goal.occurrence is not Occurrence.WILL_OCCUR:
+    if kind is InstanceType.CONVERSION and goal.occurrence is not Occurrence.WILL_OCCUR:
         raise InvalidArgument(
             "goal.occurrence", "a CONVERSION instance predicts that the goal WILL occur"
         )
     _check_int(goal.window_days, "goal.window_days", 1, MAX_WINDOW_DAYS)
-    population = cfg.population
-    if population.conditions is not None:
-        validate_group(population.conditions, "population.conditions")
-    if population.lookback_days is not None:
-        _check_int(population.lookback_days, "population.lookback_days", 1, MAX_LOOKBACK_DAYS)
+
+
+def _check_custom_events(custom_events: Sequence[CustomEvent]) -> None:
+    """Names that are unique identifiers; conditions that are valid and not empty."""
     seen: set[str] = set()
-    for i, event in enumerate(cfg.custom_events):
+    for i, event in enumerate(custom_events):
         path = f"custom_events[{i}]"
         if not _CUSTOM_EVENT_NAME.match(event.name):
             raise InvalidArgument(
@@ -196,8 +189,12 @@ def validate_config(cfg: InstanceConfig) -> None:
         validate_group(event.conditions, f"{path}.conditions")
         if event.conditions.is_empty:
             raise InvalidArgument(f"{path}.conditions", "must not be empty")
+
+
+def _check_profile_attributes(profile_attributes: Sequence[str]) -> None:
+    """Non-empty, unique attribute names; never the profile key."""
     attributes: set[str] = set()
-    for i, attr in enumerate(cfg.profile_attributes):
+    for i, attr in enumerate(profile_attributes):
         path = f"profile_attributes[{i}]"
         if not isinstance(attr, str) or not attr.strip():
             raise InvalidArgument(path, "must not be empty")
@@ -206,6 +203,24 @@ def validate_config(cfg: InstanceConfig) -> None:
         if attr in attributes:
             raise InvalidArgument(path, f"duplicate profile attribute '{attr}'")
         attributes.add(attr)
+
+
+def validate_config(cfg: InstanceConfig) -> None:
+    """Raise InvalidArgument naming the field path of the first problem."""
+    # The name becomes folder names (model bundles, score files): a slug.
+    slug("name", cfg.name)
+    if len(cfg.description) > 4096:
+        raise InvalidArgument("description", "must be at most 4096 characters")
+    if not isinstance(cfg.type, InstanceType):
+        raise InvalidArgument("type", f"expected CHURN, CONVERSION or CUSTOM, got {cfg.type!r}")
+    _check_goal(cfg.type, cfg.goal)
+    population = cfg.population
+    if population.conditions is not None:
+        validate_group(population.conditions, "population.conditions")
+    if population.lookback_days is not None:
+        _check_int(population.lookback_days, "population.lookback_days", 1, MAX_LOOKBACK_DAYS)
+    _check_custom_events(cfg.custom_events)
+    _check_profile_attributes(cfg.profile_attributes)
     if cfg.exclusions is not None:
         validate_group(cfg.exclusions, "exclusions")
     validate_schedule(cfg.scoring_schedule)

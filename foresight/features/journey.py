@@ -194,8 +194,14 @@ def behaviour_vectors(
     _scatter_shares(X, types, "event_type__idx", offsets["event_type__idx"])
     _scatter_shares(X, channels, "channel__idx", offsets["channel__idx"])
     _scatter_shares(X, categories, "product_category__idx", offsets["product_category__idx"])
+    _fill_scalars(X, per_profile, offsets["scalars"])
+    return index.get_column("profile_id").to_numpy(), X
+
+
+def _fill_scalars(X: np.ndarray, per_profile: pl.DataFrame, s: int) -> None:
+    """Recency, frequency, decayed activity, money, tenure, purchase share and mean
+    purchase value of each profile, into columns s … s + 6 (log1p where they are counts)."""
     rows = per_profile.get_column("pidx").to_numpy()
-    s = offsets["scalars"]
 
     def get(name: str) -> np.ndarray:
         column: np.ndarray = per_profile.get_column(name).cast(pl.Float64).to_numpy()
@@ -210,7 +216,6 @@ def behaviour_vectors(
     X[rows, s + 4] = np.log1p(np.maximum(get("first") - get("last"), 0.0))
     X[rows, s + 5] = purchases / np.maximum(count, 1.0)
     X[rows, s + 6] = np.log1p(np.maximum(money, 0.0) / np.maximum(valued, 1.0))
-    return index.get_column("profile_id").to_numpy(), X
 
 
 def _block_offsets(spec: BehaviourSpec) -> dict[str, int]:

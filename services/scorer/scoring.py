@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 from prometheus_client import Counter, Histogram
 from sqlalchemy import delete, select, update
@@ -35,7 +36,7 @@ from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status, ending_of
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
 from foresight.storage.paths import confined
-from services.scorer.batch import ShardJob, factor_json, profiles_of, score_job
+from services.scorer.batch import ShardJob, ShardScores, factor_json, profiles_of, score_job
 from services.scorer.catalog import Catalog, DatasetParts
 from services.scorer.factors import (
     TopFactors,
@@ -117,30 +118,9 @@ class ScoringEngine:
         warning = staleness_warning(as_of, parts.end, model.config.goal.window_days, utcnow())
         if warning is not None:
             log.warning("stale data for instance %s: %s", instance, warning)
-        with self._lock:
-            if instance in self._running:
-                raise FailedPrecondition(
-                    f"a scoring run of instance '{instance}' is already in progress"
-                )
-            self._running.add(instance)
-        run_id = str(uuid.uuid4())
-        started = utcnow()
+        self._claim(instance)
         try:
-            with self.db.session() as session:
-                session.add(
-                    ScoringRunRow(
-                        run_id=run_id,
-                        instance_name=instance,
-                        model_version=model.version,
-                        status=Status.RUNNING.value,
-                        as_of=as_of,
-                        started_at=started,
-                    )
-                )
-            log.info(
-                "scoring run started",
-                extra={"instance": instance, "run_id": run_id, "as_of": str(as_of)},
-            )
+            run_id = self._begin(instance, model.version, as_of)
             try:
                 with RUN_SECONDS.time():
                     if warning is not None:  # in the stream, once the run exists
@@ -151,19 +131,7 @@ class ScoringEngine:
                 status = self._fail(run_id, instance, exc)
                 RUNS.labels(instance=instance, status=status.value).inc()
                 raise
-            finished = utcnow()
-            with self.db.session() as session:
-                session.execute(
-                    update(ScoringRunRow)
-                    .where(ScoringRunRow.run_id == run_id)
-                    .values(
-                        status=Status.READY.value,
-                        finished_at=finished,
-                        profiles=len(scores),
-                        scores_path=relative,
-                    )
-                )
-                result = run_from_row(session.get_one(ScoringRunRow, run_id))
+            result, finished = self._mark_ready(run_id, len(scores), relative)
             self.snapshots.swap(scores, finished)
             RUNS.labels(instance=instance, status=Status.READY.value).inc()
             notify(Progress("done", 1.0, f"{len(scores):,} profiles scored"))
@@ -177,6 +145,51 @@ class ScoringEngine:
             with self._lock:
                 self._running.discard(instance)
 
+    def _claim(self, instance: str) -> None:
+        """One run per instance at a time: FailedPrecondition while another is in progress."""
+        with self._lock:
+            if instance in self._running:
+                raise FailedPrecondition(
+                    f"a scoring run of instance '{instance}' is already in progress"
+                )
+            self._running.add(instance)
+
+    def _begin(self, instance: str, model_version: int, as_of: datetime) -> str:
+        """The RUNNING row of a new run; returns its id."""
+        run_id = str(uuid.uuid4())
+        with self.db.session() as session:
+            session.add(
+                ScoringRunRow(
+                    run_id=run_id,
+                    instance_name=instance,
+                    model_version=model_version,
+                    status=Status.RUNNING.value,
+                    as_of=as_of,
+                    started_at=utcnow(),
+                )
+            )
+        log.info(
+            "scoring run started",
+            extra={"instance": instance, "run_id": run_id, "as_of": str(as_of)},
+        )
+        return run_id
+
+    def _mark_ready(self, run_id: str, profiles: int, relative: str) -> tuple[ScoringRun, datetime]:
+        """The run READY with its profile count and scores file; (the run, when it finished)."""
+        finished = utcnow()
+        with self.db.session() as session:
+            session.execute(
+                update(ScoringRunRow)
+                .where(ScoringRunRow.run_id == run_id)
+                .values(
+                    status=Status.READY.value,
+                    finished_at=finished,
+                    profiles=profiles,
+                    scores_path=relative,
+                )
+            )
+            return run_from_row(session.get_one(ScoringRunRow, run_id)), finished
+
     def _score(
         self,
         run_id: str,
@@ -187,11 +200,31 @@ class ScoringEngine:
     ) -> RunScores:
         shards = sorted(set(parts.shards))
         notify(Progress("features", 0.0, f"scoring {len(shards)} shards as of {as_of.isoformat()}"))
+        jobs = self._jobs(model, parts, shards, as_of)
+
+        def done(count: int, total: int) -> None:
+            notify(Progress("score", 0.8 * count / total, f"{count}/{total} shards scored"))
+
+        t0 = time.perf_counter()
+        results = self.runner.map(score_job, jobs, done)  # the job's cancel token ends it
+        self.stage_seconds = {"shards": time.perf_counter() - t0}
+        for r in results:
+            for stage, seconds in r.seconds.items():
+                self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+        t1 = time.perf_counter()
+        scores = self._collect(run_id, model, as_of, results)
+        self.stage_seconds["snapshot"] = time.perf_counter() - t1
+        return scores
+
+    def _jobs(
+        self, model: LoadedModel, parts: DatasetParts, shards: list[int], as_of: datetime
+    ) -> list[tuple[ShardJob, pl.DataFrame | None]]:
+        """One job per shard: where its events and the model bundle are, and its profiles."""
         profiles = self.catalog.profiles([a.name for a in model.spec.attributes])
         store = self.catalog.events
         if model.folder is None:
             raise FailedPrecondition(f"model of instance '{model.instance}' has no bundle folder")
-        jobs = [
+        return [
             (
                 ShardJob(
                     store.url,
@@ -210,16 +243,10 @@ class ScoringEngine:
             for shard in shards
         ]
 
-        def done(count: int, total: int) -> None:
-            notify(Progress("score", 0.8 * count / total, f"{count}/{total} shards scored"))
-
-        t0 = time.perf_counter()
-        results = self.runner.map(score_job, jobs, done)  # the job's cancel token ends it
-        self.stage_seconds = {"shards": time.perf_counter() - t0}
-        for r in results:
-            for stage, seconds in r.seconds.items():
-                self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
-        t1 = time.perf_counter()
+    def _collect(
+        self, run_id: str, model: LoadedModel, as_of: datetime, results: list[ShardScores]
+    ) -> RunScores:
+        """The shards' scores joined into one run, with scores and percentiles."""
         ids = (
             np.concatenate([r.profile_ids for r in results])
             if results
@@ -231,7 +258,7 @@ class ScoringEngine:
             else np.zeros(0, dtype=np.float32)
         )
         factors = TopFactors.concat([r.factors for r in results], self.top_k)
-        scores = RunScores(
+        return RunScores(
             run_id=run_id,
             instance=model.instance,
             model_version=model.version,
@@ -243,8 +270,6 @@ class ScoringEngine:
             percentile=percentiles_of(probability),
             factors=factors,
         )
-        self.stage_seconds["snapshot"] = time.perf_counter() - t1
-        return scores
 
     def _store(self, scores: RunScores, notify: ProgressFn) -> str:
         relative = f"{scores.instance}/{scores.run_id}.parquet"

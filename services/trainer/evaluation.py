@@ -233,6 +233,39 @@ def calibration_summary(
     )
 
 
+def _bucket_tables(
+    y: np.ndarray,
+    p: np.ndarray,
+    scores: np.ndarray,
+    shap: np.ndarray,
+    explained_scores: np.ndarray,
+    features: Sequence[FeatureDef],
+) -> tuple[list[BucketRate], list[BucketFactors]]:
+    """Per bucket: expected vs observed rate over every row, top factors over the explained rows."""
+    buckets: list[BucketRate] = []
+    bucket_factors: list[BucketFactors] = []
+    for name, low, high in BUCKETS:
+        mask = (scores >= low) & (scores <= high)
+        rows = int(mask.sum())
+        buckets.append(
+            BucketRate(
+                bucket=name,
+                profiles=rows,
+                expected_rate=float(p[mask].mean()) if rows else None,
+                observed_rate=float(y[mask].mean()) if rows else None,
+            )
+        )
+        in_bucket = (explained_scores >= low) & (explained_scores <= high)
+        bucket_factors.append(
+            BucketFactors(
+                bucket=name,
+                profiles=rows,
+                factors=_factor_table(shap[in_bucket], features, TOP_FACTORS_PER_BUCKET),
+            )
+        )
+    return buckets, bucket_factors
+
+
 def evaluate_model(
     y_true: np.ndarray,
     probabilities: np.ndarray,
@@ -272,28 +305,7 @@ def evaluate_model(
     scores = scores_from_probabilities(p)
     poor = not (auc >= POOR_AUC)  # NaN (one class only) is POOR too
     shap = contrib[:, :-1]
-    explained_scores = scores[explained]
-    buckets: list[BucketRate] = []
-    bucket_factors: list[BucketFactors] = []
-    for name, low, high in BUCKETS:
-        mask = (scores >= low) & (scores <= high)
-        rows = int(mask.sum())
-        buckets.append(
-            BucketRate(
-                bucket=name,
-                profiles=rows,
-                expected_rate=float(p[mask].mean()) if rows else None,
-                observed_rate=float(y[mask].mean()) if rows else None,
-            )
-        )
-        in_bucket = (explained_scores >= low) & (explained_scores <= high)
-        bucket_factors.append(
-            BucketFactors(
-                bucket=name,
-                profiles=rows,
-                factors=_factor_table(shap[in_bucket], features, TOP_FACTORS_PER_BUCKET),
-            )
-        )
+    buckets, bucket_factors = _bucket_tables(y, p, scores, shap, scores[explained], features)
     return ModelEvaluation(
         auc=_finite(auc),
         pr_auc=_finite(pr_auc),
