@@ -72,12 +72,12 @@ class FastTreeShap:
     def __init__(self, model: TextModel) -> None:
         self.n_features = model.n_features
         self.thresholds = split_thresholds(model)
-        prepared = [prepare_tree(info, self.thresholds, MAX_DEPTH) for info in model.trees]
+        prepared = [prepare_tree(root, self.thresholds, MAX_DEPTH) for root in model.trees]
         fill_leaf_tables(prepared)
         # Single-leaf trees explain nothing (their value is all expected value).
         self.trees = [tree for tree, _ in prepared if len(tree.features)]
         self.flat = Flat.of(self.trees, self.n_features)
-        self.expected_value = sum(expected_value(info["tree_structure"]) for info in model.trees)
+        self.expected_value = sum(expected_value(root) for root in model.trees)
 
     def _codes(self, X: np.ndarray) -> dict[int, np.ndarray]:
         """Per split feature: position × 4 + zero × 2 + nan, for every row.

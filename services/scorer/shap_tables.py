@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from services.scorer.model_text import Unsupported, node_count
+from services.scorer.model_text import Leaf, MissingType, Node, Split, Unsupported
 
 __all__ = [
     "K_ZERO",
@@ -33,7 +32,7 @@ __all__ = [
 K_ZERO = float(np.float32(1e-35))
 MAX_DEPTH = 12  # deeper paths: tables of 2^depth rows get large, use LightGBM
 
-_MISSING = {"None": 0, "Zero": 1, "NaN": 2}
+_MISSING: dict[MissingType, int] = {"None": 0, "Zero": 1, "NaN": 2}
 
 
 @dataclass
@@ -104,38 +103,34 @@ _Path = list[tuple[int, bool]]  # (internal node, went left) from the root down
 _Pending = tuple[int, float, list[float], np.ndarray]  # leaf, value, cover fractions, patterns
 
 
-def _walk(structure: dict[str, Any]) -> tuple[list[dict[str, Any]], list[tuple[float, _Path]]]:
-    """The tree's internal nodes in depth-first order, and its leaves with their paths."""
-    nodes: list[dict[str, Any]] = []
+def _walk(root: Node) -> tuple[list[Split], list[tuple[float, _Path]]]:
+    """The tree's splits in depth-first order, and its leaves with their paths."""
+    nodes: list[Split] = []
     leaves: list[tuple[float, _Path]] = []
 
-    def walk(node: dict[str, Any], path: _Path) -> None:
-        if "split_index" not in node:
-            if "leaf_coeff" in node:
-                raise Unsupported("linear trees")
-            leaves.append((float(node["leaf_value"]), path))
+    def walk(node: Node, path: _Path) -> None:
+        if isinstance(node, Leaf):
+            leaves.append((node.value, path))
             return
-        if node.get("decision_type", "<=") != "<=":
-            raise Unsupported("categorical split")
         index = len(nodes)
         nodes.append(node)
-        walk(node["left_child"], [*path, (index, True)])
-        walk(node["right_child"], [*path, (index, False)])
+        walk(node.left, [*path, (index, True)])
+        walk(node.right, [*path, (index, False)])
 
-    walk(structure["tree_structure"], [])
+    walk(root, [])
     return nodes, leaves
 
 
 def _feature_bins(
-    features: list[int], nodes: list[dict[str, Any]], thresholds: dict[int, np.ndarray]
+    features: list[int], nodes: list[Split], thresholds: dict[int, np.ndarray]
 ) -> tuple[list[np.ndarray], list[int], int]:
     """Per tree feature: global bin code → local bin; the mixed-radix weights; the key space."""
     luts: list[np.ndarray] = []
     radices: list[int] = []
     for f in features:
-        splits = [n for n in nodes if int(n["split_feature"]) == f]
-        own = np.unique([float(n["threshold"]) for n in splits])
-        missing = {_MISSING[str(n.get("missing_type", "None"))] for n in splits}
+        splits = [n for n in nodes if n.feature == f]
+        own = np.unique([n.threshold for n in splits])
+        missing = {_MISSING[n.missing] for n in splits}
         # Global code = position × 4 + zero × 2 + nan (see FastTreeShap._codes). The local
         # bin keeps the position among this tree's thresholds, and the zero / NaN flags
         # only where a split of this tree treats them specially.
@@ -161,14 +156,14 @@ def _feature_bins(
 
 
 def _leaf_paths(
-    nodes: list[dict[str, Any]],
+    nodes: list[Split],
     leaves: list[tuple[float, _Path]],
     column: dict[int, int],
     width: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[_Pending]]:
     """Path weights [N, L], path offsets [L], the (leaf, slot) → column scatter, and per
     leaf with path features what its Shapley table needs (see `prepare_tree`)."""
-    counts = [node_count(n) for n in nodes]
+    counts = [n.count for n in nodes]
     n_leaves = len(leaves)
     path_weights = np.zeros((len(nodes), n_leaves), dtype=np.float32)
     path_offset = np.zeros(n_leaves, dtype=np.float32)
@@ -179,11 +174,11 @@ def _leaf_paths(
         fractions: list[float] = []
         path_slots: list[int] = []
         for k, (node, left) in enumerate(path):
-            f = int(nodes[node]["split_feature"])
+            f = nodes[node].feature
             child = (
                 counts[path[k + 1][0]]
                 if k + 1 < len(path)
-                else node_count(nodes[node]["left_child" if left else "right_child"])
+                else (nodes[node].left if left else nodes[node].right).count
             )
             fraction = child / counts[node] if counts[node] > 0 else 0.0
             if f not in slots:
@@ -211,12 +206,12 @@ def _leaf_paths(
 
 
 def prepare_tree(
-    structure: dict[str, Any], thresholds: dict[int, np.ndarray], max_depth: int
+    root: Node, thresholds: dict[int, np.ndarray], max_depth: int
 ) -> tuple[Tree, list[_Pending]]:
     """The tree's arrays, and per leaf (leaf, value, cover fractions, pattern of each path
     bits value) for the Shapley tables still to fill (`fill_leaf_tables`)."""
-    nodes, leaves = _walk(structure)
-    features = sorted({int(n["split_feature"]) for n in nodes})
+    nodes, leaves = _walk(root)
+    features = sorted({n.feature for n in nodes})
     column = {f: i for i, f in enumerate(features)}
     luts, multipliers, key_space = _feature_bins(features, nodes, thresholds)
     depth = max((len(p) for _, p in leaves), default=0)
@@ -229,12 +224,10 @@ def prepare_tree(
         luts=luts,
         multipliers=multipliers,
         key_space=key_space,
-        node_column=np.array([column[int(n["split_feature"])] for n in nodes], dtype=np.int64),
-        node_threshold32=_float32_floor(np.array([float(n["threshold"]) for n in nodes])),
-        node_default_left=np.array([bool(n.get("default_left", False)) for n in nodes]),
-        node_missing=np.array(
-            [_MISSING[str(n.get("missing_type", "None"))] for n in nodes], dtype=np.int64
-        ),
+        node_column=np.array([column[n.feature] for n in nodes], dtype=np.int64),
+        node_threshold32=_float32_floor(np.array([n.threshold for n in nodes])),
+        node_default_left=np.array([n.default_left for n in nodes]),
+        node_missing=np.array([_MISSING[n.missing] for n in nodes], dtype=np.int64),
         path_weights=path_weights,
         path_offset=path_offset,
         path_width=width,
