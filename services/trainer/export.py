@@ -29,7 +29,13 @@ import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto
 
+from foresight import instance as instance_config
+from foresight.calibration import Calibrator
 from foresight.errors import ForesightError
+from foresight.evaluation_report import ModelEvaluation
+from foresight.factor_groups import FactorGroups
+from foresight.features.spec import FeatureSpec
+from foresight.instance import InstanceConfig
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.bundles import MODEL_INPUT, MODEL_OUTPUT, write_model_bundle
 
@@ -272,24 +278,27 @@ def write_bundle(
     owner: str,
     onnx_model: ModelProto | bytes,
     booster: lgb.Booster,
-    feature_spec: dict[str, Any],
-    instance: dict[str, Any],
-    evaluation: dict[str, Any],
-    calibrator: dict[str, Any] | None = None,
-    factor_groups: dict[str, Any] | None = None,
+    feature_spec: FeatureSpec,
+    instance: InstanceConfig,
+    evaluation: ModelEvaluation,
+    calibrator: Calibrator | None = None,
+    factor_groups: FactorGroups | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the model bundle atomically (owner's temp folder, checksums, rename); returns its path."""
+    """Write the model bundle atomically (owner's temp folder, checksums, rename); returns its path.
+
+    Each record is written as its JSON document (layout: `foresight.storage.bundles`).
+    """
     data = onnx_model if isinstance(onnx_model, bytes) else onnx_model.SerializeToString()
     with artifacts.publish(relative, metadata=metadata, owner=owner) as folder:
         write_model_bundle(
             folder,
             onnx_model=data,
             model_text=booster.model_to_string(),
-            feature_spec=feature_spec,
-            instance=instance,
-            evaluation=evaluation,
-            calibrator=calibrator,
-            factor_groups=factor_groups,
+            feature_spec=feature_spec.to_dict(),
+            instance=instance_config.to_dict(instance),
+            evaluation=evaluation.to_json_dict(),
+            calibrator=None if calibrator is None else calibrator.model_dump(mode="json"),
+            factor_groups=None if factor_groups is None else factor_groups.model_dump(mode="json"),
         )
     return artifacts.path(relative)

@@ -357,11 +357,11 @@ class ModelTrainer:
             owner=OWNER,
             onnx_model=onnx_model,
             booster=fitted.served_model,
-            feature_spec=spec.to_dict(),
-            instance=inst.to_dict(plan.config),
-            evaluation=evaluation.to_json_dict(),
-            calibrator=fitted.calibrator.model_dump(mode="json"),
-            factor_groups=fitted.factor_groups.model_dump(mode="json"),
+            feature_spec=spec,
+            instance=plan.config,
+            evaluation=evaluation,
+            calibrator=fitted.calibrator,
+            factor_groups=fitted.factor_groups,
             metadata=bundles.model_metadata(
                 name, version, plan.dataset, n_features, cutoffs.validation
             ),

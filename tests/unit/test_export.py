@@ -11,7 +11,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from foresight import instance as inst
 from foresight.errors import FailedPrecondition
+from foresight.evaluation_report import ModelEvaluation
+from foresight.features.spec import FeatureSpec
 from foresight.storage.artifacts import ArtifactStore, sha256_file
 from foresight.storage.bundles import MODEL_FILES
 from services.trainer.export import (
@@ -140,9 +143,11 @@ def _bundle_args(booster: lgb.Booster, n_features: int) -> dict:
     return {
         "onnx_model": to_onnx(booster, n_features),
         "booster": booster,
-        "feature_spec": {"features": []},
-        "instance": {"name": "x"},
-        "evaluation": {"auc": 0.8},
+        "feature_spec": FeatureSpec(("x",), (), (), None),
+        "instance": inst.from_dict(
+            {"name": "x", "type": "CONVERSION", "goal": {"conditions": 'event_type = "x"'}}
+        ),
+        "evaluation": ModelEvaluation(auc=0.8, instance="x"),
     }
 
 
@@ -163,7 +168,8 @@ def test_bundle_is_checksummed_and_immutable(
     assert manifest["files"]["model.onnx"] == sha256_file(folder / "model.onnx")
     reloaded = lgb.Booster(model_file=str(folder / "model.txt"))
     np.testing.assert_array_equal(reloaded.predict(X), booster.predict(X))
-    assert json.loads((folder / "evaluation.json").read_text()) == {"auc": 0.8}
+    stored = ModelEvaluation.from_json(json.loads((folder / "evaluation.json").read_text()))
+    assert (stored.auc, stored.instance) == (0.8, "x")
     with pytest.raises(FailedPrecondition, match="already exists"):
         write_bundle(store, "models/x/v1", owner="trainer", **_bundle_args(booster, X.shape[1]))
     (folder / "model.onnx").write_bytes(b"tampered")
@@ -177,7 +183,7 @@ def test_a_failed_write_leaves_no_bundle(
     booster, X = trained
     store = ArtifactStore(tmp_path / "artifacts")
     args = _bundle_args(booster, X.shape[1])
-    args["evaluation"] = {"auc": float("nan")}  # not valid JSON: the write fails midway
+    args["evaluation"] = ModelEvaluation(auc=float("nan"))  # not valid JSON: fails midway
     with pytest.raises(ValueError):
         write_bundle(store, "models/x/v1", owner="trainer", **args)
     assert not store.path("models/x/v1").exists()

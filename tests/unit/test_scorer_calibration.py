@@ -11,6 +11,7 @@ import pytest
 
 from foresight import instance as inst
 from foresight.calibration import Calibrator
+from foresight.evaluation_report import ModelEvaluation
 from foresight.features.featurize import featurize
 from foresight.features.labels import data_end
 from foresight.features.spec import fit_feature_spec
@@ -40,10 +41,10 @@ def _bundle(tmp_path: Path, calibrator: Calibrator | None) -> tuple[Path, np.nda
         owner="trainer",
         onnx_model=to_onnx(booster, X.shape[1]),
         booster=booster,
-        feature_spec=spec.to_dict(),
-        instance=inst.to_dict(config),
-        evaluation={"auc": 0.5},
-        calibrator=None if calibrator is None else calibrator.model_dump(mode="json"),
+        feature_spec=spec,
+        instance=config,
+        evaluation=ModelEvaluation(auc=0.5),
+        calibrator=calibrator,
     )
     return folder, X
 
