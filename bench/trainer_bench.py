@@ -26,7 +26,7 @@ from foresight.api.common.v1 import common_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.client import ForesightClient
 from foresight.conditions import parse
-from foresight.events.store import shard_of
+from foresight.events.partitions import shard_of
 from foresight.features.featurize import featurize
 from foresight.features.spec import FeatureSpec, fit_feature_spec
 from foresight.instance import Goal, InstanceConfig, InstanceType

@@ -20,7 +20,8 @@ from foresight.encoder.registry import (
     publish_encoder,
 )
 from foresight.errors import FailedPrecondition, InvalidArgument
-from foresight.events.store import EventStore, parts_by_shard
+from foresight.events.partitions import parts_by_shard
+from foresight.events.store import EventStore
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database

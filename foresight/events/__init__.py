@@ -8,6 +8,7 @@ Typical ingestion::
         store.write_quarantine(dataset, result.rejected)             # if any
 """
 
+from foresight.events.partitions import shard_for_profile, shard_of
 from foresight.events.readers import DEFAULT_BATCH_ROWS, list_input_files, read_batches
 from foresight.events.schema import (
     EVENT_COLUMNS,
@@ -19,7 +20,7 @@ from foresight.events.schema import (
     SchemaError,
     empty_events,
 )
-from foresight.events.store import EventStore, PartInfo, shard_for_profile, shard_of
+from foresight.events.store import EventStore, PartInfo
 from foresight.events.validation import REJECTED_SCHEMA, ValidationResult, validate
 
 __all__ = [

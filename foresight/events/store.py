@@ -2,7 +2,8 @@
 
 Layout: ``<root>/<dataset>/shard=<k>/part-<uuid>.parquet``, where ``k`` is a
 stable hash of ``profile_id`` modulo the shard count, so all events of one
-profile live in one shard and featurization can run shard by shard.
+profile live in one shard and featurization can run shard by shard (the
+hash and the part names: :mod:`foresight.events.partitions`).
 
 The root is a local folder or an fsspec URL (``s3://bucket/events``, see
 :mod:`foresight.storage.fs`): on an object store the same layout holds, and a
@@ -33,94 +34,31 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Final
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from foresight.errors import DatasetDamaged, InvalidArgument
 from foresight.events.damage import READ_ERRORS as _READ_ERRORS
 from foresight.events.damage import part_file_problem
+from foresight.events.partitions import (
+    DEFAULT_SHARDS,
+    SHARD_PREFIX,
+    is_part_name,
+    part_name,
+    shard_of,
+    shard_of_part,
+)
 from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.validation import REJECTED_SCHEMA
 from foresight.storage import fs
 from foresight.storage.paths import confined, slug
 
-__all__ = [
-    "DEFAULT_SHARDS",
-    "QUARANTINE_DIR",
-    "EventStore",
-    "PartInfo",
-    "shard_for_profile",
-    "shard_of",
-]
+__all__ = ["QUARANTINE_DIR", "EventStore", "PartInfo"]
 
-DEFAULT_SHARDS: Final[int] = 16
 QUARANTINE_DIR: Final[str] = "_quarantine"
-
-_PART_NAME: Final[re.Pattern[str]] = re.compile(r"^shard=(\d+)/part-[0-9a-f]{32}\.parquet$")
-_SHARD_DIR: Final[re.Pattern[str]] = re.compile(r"(?:^|/)shard=(\d+)/")
-
-# FNV-1a, 64-bit: simple, documented, and the same on every machine and
-# library version. Shard placement is persisted on disk, so it must never
-# depend on a hash that a Polars upgrade or a different CPU could change.
-_FNV_OFFSET: Final[int] = 0xCBF29CE484222325
-_FNV_PRIME: Final[int] = 0x100000001B3
-_U64_MASK: Final[int] = 0xFFFFFFFFFFFFFFFF
 
 # Seed for the in-memory event-id hash (never persisted, so Polars' own hash
 # is fine here).
 _ID_HASH_SEED: Final[int] = 0x1D5
-
-
-def shard_for_profile(profile_id: str, shards: int = DEFAULT_SHARDS) -> int:
-    """The shard of one profile (FNV-1a 64 of its UTF-8 bytes, modulo ``shards``)."""
-    value = _FNV_OFFSET
-    for byte in profile_id.encode("utf-8"):
-        value = ((value ^ byte) * _FNV_PRIME) & _U64_MASK
-    return value % shards
-
-
-def shard_of(profile_ids: pl.Series, shards: int = DEFAULT_SHARDS) -> pl.Series:
-    """Vectorized :func:`shard_for_profile` over a string series (nulls → shard 0)."""
-    arrow = profile_ids.fill_null("").cast(pl.String).to_arrow()
-    large = arrow.cast(pa.large_string()) if not pa.types.is_large_string(arrow.type) else arrow
-    if isinstance(large, pa.ChunkedArray):
-        large = large.combine_chunks()
-    buffers = large.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int64)[
-        large.offset : large.offset + len(large) + 1
-    ]
-    data = (
-        np.frombuffer(buffers[2], dtype=np.uint8)
-        if buffers[2] is not None
-        else np.zeros(0, dtype=np.uint8)
-    )
-    starts = offsets[:-1]
-    lengths = np.diff(offsets)
-    hashes = np.full(len(lengths), _FNV_OFFSET, dtype=np.uint64)
-    prime = np.uint64(_FNV_PRIME)
-    if len(lengths) and lengths.min() == lengths.max():
-        # Common case (fixed-width ids): no reordering needed.
-        for position in range(int(lengths[0])):
-            hashes ^= data[starts + position].astype(np.uint64)
-            hashes *= prime  # wraps modulo 2**64, as FNV wants
-        return pl.Series(profile_ids.name or "shard", (hashes % np.uint64(shards)).astype(np.int32))
-    # Walk byte positions longest-first so each pass touches only the prefix
-    # of strings still that long: total work is the number of bytes.
-    order = np.argsort(-lengths, kind="stable")
-    sorted_starts = starts[order]
-    sorted_lengths = lengths[order]
-    longest = int(sorted_lengths[0]) if len(sorted_lengths) else 0
-    # Number of strings longer than each position (lengths sorted descending).
-    active_counts = np.searchsorted(-sorted_lengths, -np.arange(longest), side="left")
-    for position in range(longest):
-        active = int(active_counts[position])
-        chunk = hashes[:active]
-        chunk ^= data[sorted_starts[:active] + position].astype(np.uint64)
-        chunk *= prime
-    result = np.empty_like(hashes)
-    result[order] = hashes
-    return pl.Series(profile_ids.name or "shard", (result % np.uint64(shards)).astype(np.int32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,30 +83,6 @@ class _KnownIds:
 
     parts: set[str]
     ids: pl.DataFrame  # columns: h (UInt64 hash of event_id), event_id
-
-
-_SHARD_PREFIX: Final[str] = "shard="
-
-
-def part_name(shard: int) -> str:
-    """A new part's path inside its dataset folder: ``shard=<k>/part-<uuid>.parquet``."""
-    return f"{_SHARD_PREFIX}{shard}/part-{uuid.uuid4().hex}.parquet"
-
-
-def shard_of_part(part: str) -> int:
-    """The shard a part path (``<dataset>/shard=<k>/part-…``) belongs to: the one parser."""
-    match = _SHARD_DIR.search(part)
-    if match is None:
-        raise InvalidArgument("part", f"{part!r} has no shard folder")
-    return int(match.group(1))
-
-
-def parts_by_shard(parts: Iterable[str]) -> dict[int, list[str]]:
-    """Part paths grouped by shard, shards in ascending order, parts in their given order."""
-    grouped: dict[int, list[str]] = {}
-    for part in parts:
-        grouped.setdefault(shard_of_part(part), []).append(part)
-    return dict(sorted(grouped.items()))
 
 
 class EventStore:
@@ -204,7 +118,7 @@ class EventStore:
     def part_path(self, dataset: str, part: str) -> Path:
         """Absolute path of a catalogued part, checked to belong to the dataset."""
         prefix = f"{dataset}/"
-        if not part.startswith(prefix) or not _PART_NAME.match(part[len(prefix) :]):
+        if not part.startswith(prefix) or not is_part_name(part[len(prefix) :]):
             raise InvalidArgument("part", f"{part!r} is not a part of dataset {dataset!r}")
         return confined(self.dataset_dir(dataset), part[len(prefix) :])
 
@@ -448,7 +362,7 @@ class EventStore:
         removed: list[str] = []
         if not dataset_dir.is_dir():
             return removed
-        for shard_dir in sorted(dataset_dir.glob(f"{_SHARD_PREFIX}*")):
+        for shard_dir in sorted(dataset_dir.glob(f"{SHARD_PREFIX}*")):
             for file in sorted(shard_dir.iterdir()):
                 relative = f"{dataset}/{shard_dir.name}/{file.name}"
                 is_part = file.name.startswith("part-") and file.suffix == ".parquet"
@@ -470,7 +384,7 @@ class EventStore:
         removed: list[str] = []
         for relative, modified in fs.listing(self.location(dataset)):
             part = f"{dataset}/{relative}"
-            if not _PART_NAME.match(relative) or part in known:
+            if not is_part_name(relative) or part in known:
                 continue
             if modified is not None and modified.timestamp() > deadline:
                 continue

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from foresight.events.store import EventStore, shard_of
+from foresight.events.partitions import shard_of
+from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles
 from foresight.features.spec import format_factor_value

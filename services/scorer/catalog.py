@@ -16,7 +16,8 @@ import polars as pl
 from sqlalchemy import select
 
 from foresight.errors import FailedPrecondition, NotFound
-from foresight.events.store import EventStore, shard_for_profile
+from foresight.events.partitions import shard_for_profile
+from foresight.events.store import EventStore
 from foresight.storage.db import Database
 from foresight.storage.models import DatasetPartRow, DatasetRow, InstanceRow
 from foresight.storage.profiles import profile_attributes

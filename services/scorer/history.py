@@ -25,8 +25,9 @@ import polars as pl
 import pyarrow as pa
 
 from foresight.errors import FailedPrecondition
+from foresight.events.partitions import shard_for_profile, shard_of_part
 from foresight.events.schema import EVENT_SCHEMA
-from foresight.events.store import EventStore, shard_for_profile, shard_of_part
+from foresight.events.store import EventStore
 from foresight.storage.artifacts import atomic_write_bytes
 
 log = logging.getLogger("foresight.scorer.history")

@@ -22,7 +22,8 @@ from sqlalchemy import func, select
 from foresight import instance as instance_config
 from foresight.errors import FailedPrecondition, InvalidArgument, NotFound
 from foresight.evaluation_report import ModelEvaluation
-from foresight.events.store import DEFAULT_SHARDS, EventStore
+from foresight.events.partitions import DEFAULT_SHARDS
+from foresight.events.store import EventStore
 from foresight.instance import Goal, InstanceConfig
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.bundles import read_model_documents

@@ -26,8 +26,9 @@ from foresight.errors import (
     NotFound,
     ResourceExhausted,
 )
+from foresight.events.partitions import parts_by_shard, shard_for_profile
 from foresight.events.profile_events import validate_profile_events
-from foresight.events.store import EventStore, parts_by_shard, shard_for_profile
+from foresight.events.store import EventStore
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database

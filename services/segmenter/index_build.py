@@ -12,7 +12,7 @@ from pathlib import Path
 from foresight.encoder.model import behaviour_as_of
 from foresight.encoder.registry import EncoderVersionInfo, get_encoder_version
 from foresight.errors import FailedPrecondition
-from foresight.events.store import parts_by_shard
+from foresight.events.partitions import parts_by_shard
 from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore

@@ -15,7 +15,8 @@ from operator import add
 import polars as pl
 
 from foresight.errors import FailedPrecondition
-from foresight.events.store import EventStore, parts_by_shard, shard_of
+from foresight.events.partitions import parts_by_shard, shard_of
+from foresight.events.store import EventStore
 from foresight.features.labels import (
     DEFAULT_MAX_CUTOFFS,
     CutoffPlan,

@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 
 from foresight.errors import InvalidArgument
+from foresight.events.partitions import shard_for_profile, shard_of
 from foresight.events.readers import read_batches
 from foresight.events.schema import EVENT_SCHEMA
-from foresight.events.store import EventStore, shard_for_profile, shard_of
+from foresight.events.store import EventStore
 from foresight.events.validation import validate
 
 pytestmark = pytest.mark.unit
@@ -217,7 +218,7 @@ def test_broken_rows_land_in_quarantine_and_reimport_adds_nothing(tmp_path: Path
 
 
 def test_part_names_parse_back_to_their_shard() -> None:
-    from foresight.events.store import part_name, parts_by_shard, shard_of_part
+    from foresight.events.partitions import part_name, parts_by_shard, shard_of_part
 
     names = [f"shop/{part_name(k)}" for k in (3, 0, 3, 12)]
     assert [shard_of_part(n) for n in names] == [3, 0, 3, 12]

@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from foresight.events.store import EventStore, shard_for_profile
+from foresight.events.partitions import shard_for_profile
+from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from services.scorer import history
 from services.scorer.history import ProfileHistory

@@ -17,7 +17,8 @@ import pytest
 from foresight import instance as inst
 from foresight.calibration import choose_calibrator
 from foresight.errors import FailedPrecondition, NotFound
-from foresight.events.store import EventStore, parts_by_shard
+from foresight.events.partitions import parts_by_shard
+from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import label_counts
 from foresight.features.spec import FeatureSpec, fit_feature_spec
