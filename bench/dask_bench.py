@@ -40,7 +40,8 @@ from foresight import instance as inst
 from foresight.errors import NotFound
 from foresight.events.store import EventStore
 from foresight.features.labels import choose_cutoffs
-from foresight.features.spec import FeatureSpec, fit_feature_spec
+from foresight.features.spec import FeatureSpec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore

@@ -47,7 +47,7 @@ from foresight.events.store import EventStore, PartInfo
 from foresight.events.validation import validate
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles, goal_labels
-from foresight.features.spec import fit_feature_spec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.bundles import write_model_bundle

@@ -28,7 +28,8 @@ from foresight.client import ForesightClient
 from foresight.conditions import parse
 from foresight.events.partitions import shard_of
 from foresight.features.featurize import featurize
-from foresight.features.spec import FeatureSpec, fit_feature_spec
+from foresight.features.spec import FeatureSpec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.instance import Goal, InstanceConfig, InstanceType
 from foresight.tools import localrun
 from foresight.tools.generate import generate

@@ -23,7 +23,8 @@ import polars as pl
 from foresight.errors import FailedPrecondition
 from foresight.features.featurize import profile_index, vocab_index
 from foresight.features.labels import as_utc
-from foresight.features.spec import OTHER, PURCHASE_EVENT_TYPE, top_values
+from foresight.features.spec import OTHER, PURCHASE_EVENT_TYPE
+from foresight.features.spec_fit import top_values
 
 __all__ = ["BEHAVIOUR_SCHEMA_VERSION", "BehaviourSpec", "behaviour_vectors", "fit_behaviour_spec"]
 

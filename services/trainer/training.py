@@ -47,7 +47,8 @@ from foresight.features.labels import (
     PopulationFunnel,
     require_enough_labels,
 )
-from foresight.features.spec import FeatureSpec, fit_feature_spec
+from foresight.features.spec import FeatureSpec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.instance import InstanceConfig
 from foresight.shards import ShardRunner
 from foresight.storage import bundles

@@ -27,7 +27,7 @@ from foresight.encoder.model import behaviour_as_of
 from foresight.encoder.trainer import EncoderTrainer
 from foresight.errors import Cancelled, Unavailable
 from foresight.events.store import EventStore
-from foresight.features.spec import fit_feature_spec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.settings import ServiceSettings
 from foresight.shards import ShardRunner
 from foresight.shards_dask import DaskShards

@@ -16,7 +16,7 @@ from moto.server import ThreadedMotoServer
 from foresight import instance as inst
 from foresight.events.store import EventStore
 from foresight.events.validation import REJECTED_SCHEMA
-from foresight.features.spec import fit_feature_spec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.settings import ServiceSettings
 from foresight.shards import ShardRunner
 from foresight.storage import fs

@@ -42,7 +42,8 @@ from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles, goal_labels
-from foresight.features.spec import fit_feature_spec, format_factor_value
+from foresight.features.spec import format_factor_value
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database

@@ -18,9 +18,9 @@ from foresight.features.spec import (
     FeatureDef,
     FeatureSpec,
     Unit,
-    fit_feature_spec,
     format_factor_value,
 )
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.instance import CustomEvent, Goal, InstanceConfig
 
 pytestmark = pytest.mark.unit

@@ -11,7 +11,7 @@ import pytest
 from foresight.conditions import parse
 from foresight.features.featurize import featurize
 from foresight.features.single import featurize_one
-from foresight.features.spec import fit_feature_spec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.instance import CustomEvent, Goal, InstanceConfig
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ from foresight.calibration import Calibrator
 from foresight.evaluation_report import ModelEvaluation
 from foresight.features.featurize import featurize
 from foresight.features.labels import data_end
-from foresight.features.spec import fit_feature_spec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.storage.artifacts import ArtifactStore
 from foresight.tools.generate import generate
 from services.scorer.models import load_bundle

@@ -21,7 +21,8 @@ from foresight.events.partitions import parts_by_shard
 from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import label_counts
-from foresight.features.spec import FeatureSpec, fit_feature_spec
+from foresight.features.spec import FeatureSpec
+from foresight.features.spec_fit import fit_feature_spec
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
