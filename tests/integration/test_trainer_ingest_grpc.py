@@ -362,8 +362,8 @@ async def test_cancelled_import_stops_after_a_whole_batch(
 ) -> None:
     import time
 
+    from foresight.events.readers import read_batches
     from services.trainer import ingest
-    from services.trainer.ingest import read_batches
 
     def slow_batches(path: Path) -> Iterator[pl.DataFrame]:
         for batch in read_batches(path, batch_rows=10):
