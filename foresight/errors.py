@@ -67,3 +67,12 @@ class Cancelled(ForesightError):
 
 class Unavailable(ForesightError):
     """A backing system (e.g. the Dask scheduler) cannot be reached; retrying later may work."""
+
+
+def public_reason(exc: BaseException, fallback: str) -> str:
+    """What a caller may read about `exc`: a domain error's message, else `fallback`.
+
+    Anything else (an OSError with a path, a library's exception) stays in the
+    service log; stored reasons and status messages never carry it.
+    """
+    return exc.message if isinstance(exc, ForesightError) else fallback

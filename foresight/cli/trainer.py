@@ -57,8 +57,8 @@ def import_dataset(
 ) -> None:
     """Import a server-side file or folder (Parquet, CSV, JSON Lines) into a dataset."""
     request = trainer_pb2.ImportDatasetRequest(dataset=dataset, path=path)
-    with client() as c, waiting(f"import {path}"):
-        summary = c.trainer.ImportDataset(request, timeout=3600)
+    with client() as c:
+        summary = follow(c.trainer.ImportDatasetWithProgress(request), f"import {path}")
     _emit_ingest(summary, as_json)
 
 
@@ -84,31 +84,13 @@ def ingest(
     as_json: JsonFlag = False,
 ) -> None:
     """Stream a local file to the trainer (IngestEvents): the same checks as `import`."""
-    total = count_rows(file)
+    from foresight.events.readers import count_rows
+
+    total = count_rows(file) or None
     with client() as c, progress_bar() as bar:
         task = bar.add_task(f"ingest {file.name}", total=total)
         summary = c.ingest_file(dataset, file, on_rows=lambda n: bar.advance(task, n))
     _emit_ingest(summary, as_json)
-
-
-def count_rows(path: Path) -> int | None:
-    """Rows of a local event file or folder, for the progress bar (None when unknown)."""
-    import pyarrow.parquet as pq
-
-    from foresight.events.readers import list_input_files
-
-    total = 0
-    for f in list_input_files(path):
-        suffix = f.suffix.lower()
-        if suffix in (".parquet", ".pq"):
-            total += pq.ParquetFile(f).metadata.num_rows
-            continue
-        lines = 0
-        with f.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                lines += chunk.count(b"\n")
-        total += max(lines - 1, 0) if suffix == ".csv" else lines
-    return total or None
 
 
 @app.command()

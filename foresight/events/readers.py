@@ -27,6 +27,7 @@ from foresight.limits import JSONL_LINE_MAX_BYTES
 __all__ = [
     "DEFAULT_BATCH_ROWS",
     "SUPPORTED_SUFFIXES",
+    "count_rows",
     "list_input_files",
     "read_batches",
     "read_csv_batches",
@@ -80,6 +81,26 @@ def list_input_files(path: Path) -> list[Path]:
             f"unsupported file type {path.suffix!r}; use .parquet, .csv or .jsonl",
         )
     return [path]
+
+
+def count_rows(path: Path) -> int:
+    """Rows in an event file or folder, for progress (Parquet: from its footer; text: lines).
+
+    A text file's count is an estimate for progress only (a CSV field may hold
+    a line break); reading the batches stays the truth.
+    """
+    total = 0
+    for f in list_input_files(path):
+        suffix = f.suffix.lower()
+        if suffix in _PARQUET:
+            total += pq.ParquetFile(f).metadata.num_rows
+            continue
+        lines = 0
+        with f.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                lines += chunk.count(b"\n")
+        total += max(lines - 1, 0) if suffix in _CSV else lines
+    return total
 
 
 def read_batches(path: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pl.DataFrame]:

@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from foresight.errors import Cancelled, FailedPrecondition, ForesightError, NotFound
+from foresight.errors import Cancelled, FailedPrecondition, NotFound, public_reason
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import Base, utcnow
@@ -77,11 +77,9 @@ def ending_of(exc: BaseException) -> tuple[Status, str]:
     """
     if isinstance(exc, Cancelled):
         return Status.CANCELLED, exc.message
-    if isinstance(exc, ForesightError):
-        return Status.FAILED, exc.message
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         return Status.FAILED, INTERRUPTED
-    return Status.FAILED, "unexpected error (see the service log)"
+    return Status.FAILED, public_reason(exc, "unexpected error (see the service log)")
 
 
 class VersionedRow(Protocol):

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from foresight import instance as instance_config
 from foresight.calibration import Calibrator
-from foresight.errors import FailedPrecondition, NotFound
+from foresight.errors import FailedPrecondition, ForesightError, NotFound, public_reason
 from foresight.evaluation_report import ModelEvaluation
 from foresight.factor_groups import FactorGroups
 from foresight.features.spec import FeatureDef, FeatureSpec
@@ -263,12 +263,11 @@ class ModelRegistry:
                     self._artifacts.verify(path)
                     model = replace(self._loader(folder, name, version), created_at=created)
                 except Exception as exc:
-                    reason = (
-                        exc.message if hasattr(exc, "message") else f"{type(exc).__name__}: {exc}"
-                    )
+                    reason = public_reason(exc, "the bundle could not be loaded (see the log)")
                     LOAD_FAILURES.labels(instance=name).inc()
                     log.error(
                         "model load failed; previous version keeps serving",
+                        exc_info=not isinstance(exc, ForesightError),
                         extra={
                             "instance": name,
                             "version": version,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-from foresight.errors import FailedPrecondition
+from foresight.errors import FailedPrecondition, ForesightError, public_reason
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status
@@ -92,8 +92,13 @@ class LiveIndex:
         try:
             index = self.store.load(row)
         except Exception as exc:  # any failure to read must not stop the service
-            reason = exc.message if isinstance(exc, FailedPrecondition) else repr(exc)
-            log.error("index v%s is corrupt or mismatched: %s", row.version, reason)
+            reason = public_reason(exc, "the snapshot could not be read (see the log)")
+            log.error(
+                "index v%s is corrupt or mismatched: %s",
+                row.version,
+                reason,
+                exc_info=not isinstance(exc, ForesightError),
+            )
             self.store.mark(row.version, Status.FAILED, f"corrupt: {reason}")
             if not rebuild_corrupt:
                 log.error("serving without an index (rebuild of corrupt indexes is off)")

@@ -6,6 +6,7 @@ import io
 
 import polars as pl
 
+from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.trainer.v1 import trainer_pb2 as pb
 from foresight.convert import events_to_frame, instance_to_proto, to_timestamp
 from foresight.errors import InvalidArgument
@@ -60,6 +61,18 @@ def duplicate_policy(value: int) -> DuplicatePolicy:
     if value not in _POLICY:
         raise InvalidArgument("duplicates", f"unknown duplicate policy {value}")
     return _POLICY[value]  # type: ignore[index]
+
+
+def import_progress_event(stage: str, fraction: float, message: str) -> pb.ImportDatasetEvent:
+    """One progress message of the ImportDatasetWithProgress stream."""
+    return pb.ImportDatasetEvent(
+        progress=cpb.Progress(stage=stage, fraction=float(fraction), message=message)
+    )
+
+
+def import_summary_event(s: IngestSummary) -> pb.ImportDatasetEvent:
+    """The final message of the ImportDatasetWithProgress stream."""
+    return pb.ImportDatasetEvent(summary=ingest_summary(s))
 
 
 def ingest_summary(s: IngestSummary) -> pb.IngestSummary:

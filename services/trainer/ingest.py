@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +19,12 @@ from sqlalchemy import Table
 
 from foresight.errors import InvalidArgument, NotFound, PermissionDenied
 from foresight.events.damage import READ_ERRORS
-from foresight.events.readers import list_input_files, read_batches
+from foresight.events.readers import count_rows, list_input_files, read_batches
 from foresight.events.schema import EVENT_COLUMNS
 from foresight.events.store import EventStore
 from foresight.events.validation import DuplicatePolicy, validate
 from foresight.limits import PROFILE_ID_MAX
+from foresight.progress import Progress, no_progress
 from foresight.storage import catalog
 from foresight.storage.db import Database
 from foresight.storage.models import ProfileRow
@@ -147,11 +148,13 @@ class Ingestor:
         now: datetime | None = None,
         first_row: int = 0,
         duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID,
+        on_batch: Callable[[IngestSummary], None] | None = None,
     ) -> IngestSummary:
         """Validate and store raw batches; quarantine rejects; catalog new parts.
 
         `first_row` is the number of input rows before these batches (a stream
         ingested in chunks), so rejected rows keep their place in the input.
+        `on_batch` sees the running summary after each batch is catalogued.
         """
         check_dataset_name(dataset)
         now = now or datetime.now(UTC)
@@ -159,42 +162,49 @@ class Ingestor:
         rejected: list[pl.DataFrame] = []
         with self._lock(dataset):
             known = catalog.catalogued_parts(self.db, dataset)
-            for raw in batches:
-                result = validate(
-                    raw, now, row_offset=first_row + summary.rows_read, duplicates=duplicates
-                )
-                summary.rows_read += result.rows_read
-                summary.accepted += result.accepted.height
-                summary.rejected += result.rejected.height
-                summary.reject_reasons.update(result.reason_counts())
-                if result.rejected.height:
-                    rejected.append(result.rejected)
-                parts = self.store.write(dataset, result.accepted, known)
-                quarantine = None
-                if rejected and sum(r.height for r in rejected) >= 100_000:
+            try:
+                for raw in batches:
+                    result = validate(
+                        raw, now, row_offset=first_row + summary.rows_read, duplicates=duplicates
+                    )
+                    summary.rows_read += result.rows_read
+                    summary.accepted += result.accepted.height
+                    summary.rejected += result.rejected.height
+                    summary.reject_reasons.update(result.reason_counts())
+                    # This batch's rejects join the buffer only once the batch is stored.
+                    pending = [*rejected, result.rejected] if result.rejected.height else rejected
+                    parts = self.store.write(dataset, result.accepted, known)
+                    quarantine = None
+                    if pending and sum(r.height for r in pending) >= 100_000:
+                        quarantine, summary.quarantine_path = self._quarantine(dataset, pending)
+                        pending = []
+                    catalog.record_import(
+                        self.db,
+                        dataset,
+                        [
+                            catalog.CataloguedPart(
+                                p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp
+                            )
+                            for p in parts
+                        ],
+                        quarantine,
+                    )
+                    rejected = pending
+                    known.extend(p.path for p in parts)
+                    summary.written += sum(p.rows for p in parts)
+                    if on_batch is not None:
+                        on_batch(summary)
+            finally:
+                # Rows of stored batches were rejected: quarantine them even when the
+                # import stops early (cancelled, or a later batch failed).
+                if rejected:
                     quarantine, summary.quarantine_path = self._quarantine(dataset, rejected)
-                    rejected = []
-                catalog.record_import(
-                    self.db,
-                    dataset,
-                    [
-                        catalog.CataloguedPart(
-                            p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp
-                        )
-                        for p in parts
-                    ],
-                    quarantine,
-                )
-                known.extend(p.path for p in parts)
-                summary.written += sum(p.rows for p in parts)
-            if rejected:
-                quarantine, summary.quarantine_path = self._quarantine(dataset, rejected)
-                catalog.record_import(self.db, dataset, [], quarantine)
+                    catalog.record_import(self.db, dataset, [], quarantine)
+                self.store.release(dataset)
             if summary.rows_read and not known:
                 catalog.record_import(
                     self.db, dataset, [], None
                 )  # the dataset exists, even if empty
-            self.store.release(dataset)
         return summary
 
     def _quarantine(
@@ -212,13 +222,29 @@ class Ingestor:
         return (self.store.write_quarantine(dataset, frame), frame.height), path
 
     def import_dataset(
-        self, dataset: str, path: str, duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID
+        self,
+        dataset: str,
+        path: str,
+        duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID,
+        progress: Progress = no_progress,
     ) -> IngestSummary:
-        """Import a server-side file or folder under the import root."""
+        """Import a server-side file or folder under the import root.
+
+        Progress is the share of rows read, against the rows counted before
+        reading (Parquet footers, lines of text files). A report that raises
+        (the caller cancelled) stops the import after a whole batch.
+        """
         check_dataset_name(dataset)
         files = self.resolve_import_path(path)
+        progress("count", 0.0, f"counting rows in {len(files)} file(s)")
+        total = sum(count_rows(f) for f in files)
         batches = (batch for f in files for batch in read_batches(f))
-        return self.ingest(dataset, batches, duplicates=duplicates)
+
+        def report(summary: IngestSummary) -> None:
+            done = min(summary.rows_read / total, 1.0) if total else 0.0
+            progress("import", done, f"{summary.rows_read:,} of ~{total:,} rows")
+
+        return self.ingest(dataset, batches, duplicates=duplicates, on_batch=report)
 
     def cleanup(self) -> int:
         """Remove part files no catalog entry points at (left by a killed import).

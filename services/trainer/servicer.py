@@ -100,6 +100,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         )
         return conv.ingest_summary(summary)
 
+    async def ImportDatasetWithProgress(
+        self, request: pb.ImportDatasetRequest, context: Context
+    ) -> AsyncIterator[pb.ImportDatasetEvent]:
+        policy = conv.duplicate_policy(request.duplicates)
+        async for event in progress_stream(
+            lambda report: self.ingestor.import_dataset(
+                request.dataset, request.path, policy, report
+            ),
+            conv.import_progress_event,
+            conv.import_summary_event,
+            context=context,
+        ):
+            yield event
+
     async def ImportProfiles(
         self, request: pb.ImportProfilesRequest, context: Context
     ) -> pb.ImportProfilesResponse:

@@ -250,3 +250,58 @@ def test_sigterm_mid_index_build_drains_exits_0_and_leaves_no_running_work(world
     assert after.version == (published[-1] if published else served.version)
     world.assert_no_orphan_processes()
     world.assert_consistent()
+
+
+def _sigterm_jobs(world: Any) -> dict[str, tuple[str, Any, bool]]:
+    """Each remaining long job: (its service, a way to start its stream, has workers)."""
+    return {
+        "TrainModel": (
+            "trainer",
+            lambda: world.client.trainer.TrainModel(
+                trainer_pb2.TrainModelRequest(instance=INSTANCE, max_trials=20)
+            ),
+            True,
+        ),
+        "TrainEncoder": (
+            "trainer",
+            lambda: world.client.trainer.TrainEncoder(
+                trainer_pb2.TrainEncoderRequest(
+                    dataset="shop", dimensions=8, kind=trainer_pb2.ENCODER_KIND_AUTOENCODER
+                )
+            ),
+            False,
+        ),
+        "RunScoring": (
+            "scorer",
+            lambda: world.client.scorer.RunScoring(scorer_pb2.RunScoringRequest(instance=INSTANCE)),
+            False,
+        ),
+        "DiscoverSegments": (
+            "segmenter",
+            lambda: world.client.segmenter.DiscoverSegments(
+                segmenter_pb2.DiscoverSegmentsRequest()
+            ),
+            False,
+        ),
+    }
+
+
+@pytest.mark.parametrize("job", ["TrainModel", "TrainEncoder", "RunScoring", "DiscoverSegments"])
+def test_sigterm_mid_job_exits_0_and_leaves_no_running_work(world: Any, job: str) -> None:
+    service, start, has_workers = _sigterm_jobs(world)[job]
+    world.start(service)
+    stream = start()
+    for event in stream:
+        assert event.WhichOneof("event") == "progress", f"{job} finished before SIGTERM"
+        if has_workers:
+            assert world.wait_for_children(service), f"{job} started no worker process"
+        # The job ends within the drain (cancelled, or finished) or with the process;
+        # either way the service exits 0 and nothing stays RUNNING.
+        assert world.kill(service, f"sigterm: {job}", signal.SIGTERM) == 0
+        break
+    with contextlib.suppress(grpc.RpcError):
+        for _ in stream:  # the stream ends: cancelled, or the final message
+            pass
+    world.restart(service)
+    world.assert_no_orphan_processes()
+    world.assert_consistent()

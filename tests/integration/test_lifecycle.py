@@ -172,3 +172,7 @@ def test_status_words_and_their_proto_form() -> None:
     assert ending_of(Cancelled("stop")) == (Status.CANCELLED, "stop")
     assert ending_of(FailedPrecondition("too few"))[0] is Status.FAILED
     assert ending_of(KeyboardInterrupt()) == (Status.FAILED, INTERRUPTED)
+    # Anything but a domain error is reported without its class or text (paths, internals).
+    status, reason = ending_of(FileNotFoundError(2, "No such file", "/srv/data/models/x"))
+    assert status is Status.FAILED and reason == "unexpected error (see the service log)"
+    assert "FileNotFoundError" not in reason and "/srv" not in reason

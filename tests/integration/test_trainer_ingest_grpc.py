@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -311,3 +312,88 @@ async def test_bad_goals_are_invalid_argument_naming_the_problem(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = err.value.details() or ""
     assert details.startswith(field) and fragment in details, details
+
+
+async def _import_events(
+    trainer: Trainer, dataset: str, path: str
+) -> tuple[list[common_pb2.Progress], pb.IngestSummary | None]:
+    progress: list[common_pb2.Progress] = []
+    summary = None
+    async for event in trainer.stub.ImportDatasetWithProgress(
+        pb.ImportDatasetRequest(dataset=dataset, path=path)
+    ):
+        if event.WhichOneof("event") == "progress":
+            progress.append(event.progress)
+        else:
+            summary = event.summary
+    return progress, summary
+
+
+async def test_import_with_progress_reports_rows_read_then_the_same_summary(
+    trainer: Trainer,
+) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    folder = trainer.imports / "parts"
+    folder.mkdir()
+    rows = _good_rows(120, start)
+    for i in range(3):  # batches never span files: three batches, three reports
+        pl.DataFrame(rows[i * 40 : (i + 1) * 40]).write_csv(folder / f"part-{i}.csv")
+    progress, summary = await _import_events(trainer, "shop", "parts")
+    assert summary is not None and (summary.rows_read, summary.written) == (120, 120)
+    imported = [p for p in progress if p.stage == "import"]
+    assert [round(p.fraction, 3) for p in imported] == [0.333, 0.667, 1.0]
+    assert imported[-1].message == "120 of ~120 rows"
+    plain = await trainer.stub.ImportDataset(pb.ImportDatasetRequest(dataset="copy", path="parts"))
+    assert (plain.rows_read, plain.accepted, plain.written) == (120, 120, 120)
+
+
+async def test_import_with_progress_refuses_bad_names_like_import(trainer: Trainer) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _import_events(trainer, "Bad Name!", "x.csv")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("dataset:")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _import_events(trainer, "d", "../x.csv")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_cancelled_import_stops_after_a_whole_batch(
+    trainer: Trainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from foresight.events.readers import read_batches
+    from services.trainer import ingest
+
+    def slow_batches(path: Path) -> Iterator[pl.DataFrame]:
+        for batch in read_batches(path, batch_rows=10):
+            time.sleep(0.2)
+            yield batch
+
+    monkeypatch.setattr(ingest, "read_batches", slow_batches)
+    rows = _good_rows(200, datetime(2026, 1, 1, tzinfo=UTC))
+    rows[3]["profile_id"] = None  # one rejected row in the first batch
+    (trainer.imports / "big.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    call = trainer.stub.ImportDatasetWithProgress(
+        pb.ImportDatasetRequest(dataset="shop", path="big.jsonl")
+    )
+    async for event in call:
+        if event.WhichOneof("event") == "progress" and event.progress.stage == "import":
+            call.cancel()
+            break
+
+    async def stored() -> tuple[int, int]:
+        d = await trainer.stub.DescribeDataset(pb.DescribeDatasetRequest(dataset="shop"))
+        return d.dataset.rows, d.quarantined_rows
+
+    # The job stops at its next report: the stored batches' reject gets quarantined then.
+    for _ in range(100):
+        rows_now, quarantined = await stored()
+        if quarantined:
+            break
+        await asyncio.sleep(0.1)
+    assert quarantined == 1
+    await asyncio.sleep(1.0)  # a job still running would store 5 more batches meanwhile
+    assert await stored() == (rows_now, 1)
+    # Whole batches only (10 rows each, one of them rejected), fewer than all of them.
+    assert 0 < rows_now + 1 < 200 and (rows_now + 1) % 10 == 0

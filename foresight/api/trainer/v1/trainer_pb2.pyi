@@ -320,6 +320,38 @@ class ImportDatasetRequest(_message.Message):
 Global___ImportDatasetRequest: _TypeAlias = ImportDatasetRequest  # noqa: Y015
 
 @_typing.final
+class ImportDatasetEvent(_message.Message):
+    """One message of the ImportDatasetWithProgress stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> _common_pb2.Progress:
+        """Progress of the import (stage "import", fraction of rows read)."""
+
+    @_builtins.property
+    def summary(self) -> Global___IngestSummary:
+        """The outcome, sent last."""
+
+    def __init__(
+        self,
+        *,
+        progress: _common_pb2.Progress | None = ...,
+        summary: Global___IngestSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["progress", "summary"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___ImportDatasetEvent: _TypeAlias = ImportDatasetEvent  # noqa: Y015
+
+@_typing.final
 class ImportProfilesRequest(_message.Message):
     """Import profile attributes."""
 

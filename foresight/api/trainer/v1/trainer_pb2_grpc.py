@@ -45,6 +45,11 @@ class TrainerServiceStub:
                 request_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetRequest.SerializeToString,
                 response_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.IngestSummary.FromString,
                 _registered_method=True)
+        self.ImportDatasetWithProgress = channel.unary_stream(
+                '/foresight.trainer.v1.TrainerService/ImportDatasetWithProgress',
+                request_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetRequest.SerializeToString,
+                response_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetEvent.FromString,
+                _registered_method=True)
         self.ImportProfiles = channel.unary_unary(
                 '/foresight.trainer.v1.TrainerService/ImportProfiles',
                 request_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportProfilesRequest.SerializeToString,
@@ -145,6 +150,15 @@ class TrainerServiceServicer:
 
     def ImportDataset(self, request, context):
         """Imports a server-side file or folder under the allowed import root.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportDatasetWithProgress(self, request, context):
+        """The same import, streaming its progress (rows read of the rows counted up
+        front) and then the summary. Cancelling the stream stops the import at the
+        next batch: whole batches already stored stay (as with a cut-off IngestEvents).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -281,6 +295,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ImportDataset,
                     request_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetRequest.FromString,
                     response_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.IngestSummary.SerializeToString,
+            ),
+            'ImportDatasetWithProgress': grpc.unary_stream_rpc_method_handler(
+                    servicer.ImportDatasetWithProgress,
+                    request_deserializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetRequest.FromString,
+                    response_serializer=foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetEvent.SerializeToString,
             ),
             'ImportProfiles': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportProfiles,
@@ -423,6 +442,33 @@ class TrainerService:
             '/foresight.trainer.v1.TrainerService/ImportDataset',
             foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetRequest.SerializeToString,
             foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.IngestSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportDatasetWithProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/foresight.trainer.v1.TrainerService/ImportDatasetWithProgress',
+            foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetRequest.SerializeToString,
+            foresight_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ImportDatasetEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,11 @@ class TrainerServiceStub:
     """Streams batches of events into a dataset; answers once with the summary."""
     ImportDataset: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ImportDatasetRequest, _trainer_pb2.IngestSummary]
     """Imports a server-side file or folder under the allowed import root."""
+    ImportDatasetWithProgress: _grpc.UnaryStreamMultiCallable[_trainer_pb2.ImportDatasetRequest, _trainer_pb2.ImportDatasetEvent]
+    """The same import, streaming its progress (rows read of the rows counted up
+    front) and then the summary. Cancelling the stream stops the import at the
+    next batch: whole batches already stored stay (as with a cut-off IngestEvents).
+    """
     ImportProfiles: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ImportProfilesRequest, _trainer_pb2.ImportProfilesResponse]
     """Imports profile attributes (a table keyed by profile_id) under the allowed root."""
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListDatasetsRequest, _trainer_pb2.ListDatasetsResponse]
@@ -81,6 +86,11 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """Streams batches of events into a dataset; answers once with the summary."""
     ImportDataset: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ImportDatasetRequest, _trainer_pb2.IngestSummary]  # type: ignore[assignment]
     """Imports a server-side file or folder under the allowed import root."""
+    ImportDatasetWithProgress: _aio.UnaryStreamMultiCallable[_trainer_pb2.ImportDatasetRequest, _trainer_pb2.ImportDatasetEvent]  # type: ignore[assignment]
+    """The same import, streaming its progress (rows read of the rows counted up
+    front) and then the summary. Cancelling the stream stops the import at the
+    next batch: whole batches already stored stay (as with a cut-off IngestEvents).
+    """
     ImportProfiles: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ImportProfilesRequest, _trainer_pb2.ImportProfilesResponse]  # type: ignore[assignment]
     """Imports profile attributes (a table keyed by profile_id) under the allowed root."""
     ListDatasets: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListDatasetsRequest, _trainer_pb2.ListDatasetsResponse]  # type: ignore[assignment]
@@ -134,6 +144,17 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.IngestSummary, _abc.Awaitable[_trainer_pb2.IngestSummary]]:
         """Imports a server-side file or folder under the allowed import root."""
+
+    @_abc_1.abstractmethod
+    def ImportDatasetWithProgress(
+        self,
+        request: _trainer_pb2.ImportDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_trainer_pb2.ImportDatasetEvent], _abc.AsyncIterator[_trainer_pb2.ImportDatasetEvent]]:
+        """The same import, streaming its progress (rows read of the rows counted up
+        front) and then the summary. Cancelling the stream stops the import at the
+        next batch: whole batches already stored stay (as with a cut-off IngestEvents).
+        """
 
     @_abc_1.abstractmethod
     def ImportProfiles(
