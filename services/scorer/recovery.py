@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, update
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import INTERRUPTED, Status
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
+from services.scorer.health import HEALTH_FOLDER, summary_path
 from services.scorer.snapshot import sidecar_of
 
 SCORES_FOLDER = "scores"
@@ -38,6 +39,7 @@ def end_runs(
         path = scores_root / instance / f"{run_id}.parquet"
         path.unlink(missing_ok=True)
         sidecar_of(path).unlink(missing_ok=True)
+        summary_path(scores_root.parent / HEALTH_FOLDER, instance, run_id).unlink(missing_ok=True)
 
 
 def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from services.scorer import insights as insight_math
 from services.scorer import lookups, realtime
 from services.scorer.catalog import Catalog
 from services.scorer.export import export_run
+from services.scorer.health import HEALTH_FOLDER, ModelHealth, Thresholds
+from services.scorer.health_monitor import HealthMonitor
 from services.scorer.memory import release_unused_memory
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import (
@@ -64,6 +66,8 @@ class ScorerConfig:
     keep_runs: int = 3
     cache_dir: Path | None = None  # derived data (indexed event copies for real-time scoring)
     shards: int = DEFAULT_SHARDS  # event-store shards (profiles hash into them)
+    health_sample: int = 20_000  # profiles per run kept to measure realized quality
+    health: Thresholds = field(default_factory=Thresholds)  # when to recommend a retrain
 
 
 class Scorer:
@@ -85,6 +89,15 @@ class Scorer:
             config.scoring_threads,
             config.top_factors,
             config.keep_runs,
+            config.health_sample,
+        )
+        self.health = HealthMonitor(
+            db,
+            self.catalog,
+            config.artifacts_dir / HEALTH_FOLDER,
+            self._version_documents,
+            self._serving_version,
+            config.health,
         )
         self.segments = SegmentStore(db)
         self._outcomes: dict[tuple[str, datetime], np.ndarray] = {}
@@ -286,12 +299,7 @@ class Scorer:
             raise InvalidArgument("instance", "must not be empty")
         scores = self.engine.run_scores(instance, run_id)
         run = run_from_row(self.engine.get_run(scores.run_id))
-        evaluation, config = self._bundle_documents(instance, scores.model_version)
-        goal: Goal = (
-            instance_config.from_dict(config).goal
-            if config
-            else self.registry.get(instance).config.goal
-        )
+        evaluation, goal = self._version_documents(instance, scores.model_version)
         parts = self.catalog.parts(self.catalog.dataset_of(instance))
         available = insight_math.outcome_available(scores.as_of, goal.window_days, parts.end)
         expected = []
@@ -300,7 +308,7 @@ class Scorer:
             labels = self._outcomes.get(key)
             if labels is None:
                 labels = insight_math.observed_labels(
-                    self.catalog.scan(parts), goal, scores.as_of, scores
+                    self.catalog.scan(parts), goal, scores.as_of, scores.ids
                 )
                 self._outcomes = {key: labels}  # keep one: insights of one run are read repeatedly
             expected = insight_math.expected_vs_actual(scores, labels)
@@ -312,6 +320,24 @@ class Scorer:
             outcome_available=available,
             expected_vs_actual=expected,
         )
+
+    def model_health(self, instance: str, max_runs: int) -> ModelHealth:
+        """Realized quality, drift and retrain advice over an instance's recent runs."""
+        return self.health.report(instance, max_runs)
+
+    def _version_documents(self, instance: str, version: int) -> tuple[dict[str, Any], Goal]:
+        """evaluation.json and the goal of a model version."""
+        evaluation, config = self._bundle_documents(instance, version)
+        if config:
+            return evaluation, instance_config.from_dict(config).goal
+        return evaluation, self.registry.get(instance).config.goal
+
+    def _serving_version(self, instance: str) -> int | None:
+        """The model version serving an instance (None: none loaded)."""
+        try:
+            return self.registry.get(instance).version
+        except (NotFound, FailedPrecondition):
+            return None
 
     def _bundle_documents(
         self, instance: str, version: int
