@@ -31,14 +31,14 @@ from services.scorer.health import HEALTH_FOLDER, read_summary
 from services.scorer.main import build_scorer, start_scorer
 from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
 from services.scorer.settings import ScorerSettings
-from tests.integration.test_scorer_grpc import (
+from tests.fixtures.scorer_world import (
     DATASET,
     INSTANCES,
-    _database,
-    _load_events,
-    _parts,
-    _settings,
+    database,
+    dataset_parts,
+    load_events,
     publish_model,
+    scorer_settings,
 )
 
 pytestmark = pytest.mark.integration
@@ -60,15 +60,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HealthWorld]:
     root = tmp_path_factory.mktemp("model-health")
     data_dir = root / "var"
     data_dir.mkdir()
-    with _database("sqlite", data_dir) as db:
+    with database("sqlite", data_dir) as db:
         generate(root / "gen", profiles=500, seed=11)
-        end = _load_events(data_dir, db, root / "gen" / "events.parquet")
-        events = EventStore(data_dir / "events", 4).scan(DATASET, _parts(db)).collect()
+        end = load_events(data_dir, db, root / "gen" / "events.parquet")
+        events = EventStore(data_dir / "events", 4).scan(DATASET, dataset_parts(db)).collect()
         cutoff = (end - timedelta(days=140)).replace(hour=0, minute=0, second=0, microsecond=0)
         with db.session() as s:
             s.add(InstanceRow(name=INSTANCE, dataset=DATASET, config=INSTANCES[INSTANCE]))
         publish_model(data_dir, db, INSTANCE, 1, events, cutoff)
-        scorer = build_scorer(_settings(data_dir), db)
+        scorer = build_scorer(scorer_settings(data_dir), db)
         scorer.refresh()
         as_ofs = [end - timedelta(days=d) for d in DAYS_BEFORE_END] + [None]
         run_ids = [scorer.run_scoring(INSTANCE, a).run_id for a in as_ofs]
@@ -79,7 +79,7 @@ async def _health(
     world: HealthWorld, request: scorer_pb2.GetModelHealthRequest, **settings: float
 ) -> scorer_pb2.ModelHealth:
     """Start a server over the world (with settings overrides), call GetModelHealth."""
-    config: ScorerSettings = _settings(world.data_dir).model_copy(update=settings)
+    config: ScorerSettings = scorer_settings(world.data_dir).model_copy(update=settings)
     running = await start_scorer(config, build_scorer(config, world.db))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -98,7 +98,9 @@ async def _error(world: HealthWorld, request: scorer_pb2.GetModelHealthRequest) 
 
 def _realized_labels(world: HealthWorld, as_of: datetime, ids: list[str]) -> np.ndarray:
     """The outcomes, labelled independently with training's `goal_labels` on every event."""
-    events = EventStore(world.data_dir / "events", 4).scan(DATASET, _parts(world.db)).collect()
+    events = (
+        EventStore(world.data_dir / "events", 4).scan(DATASET, dataset_parts(world.db)).collect()
+    )
     goal = instance_config.from_dict(INSTANCES[INSTANCE]).goal
     labels = goal_labels(events, goal, as_of, pl.Series(ids))
     return labels.get_column("label").to_numpy()
