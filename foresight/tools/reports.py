@@ -117,8 +117,9 @@ def _health_chart(health: Mapping[str, Any], save: Any) -> None:
         ax1.plot(*zip(*closed, strict=True), marker="o", label="realized AUC")
     ax1.plot(when, [r["validation_auc"] or None for r in runs], "--", marker="s", color="grey")
     ax1.lines[-1].set_label("validation AUC")
-    ax1.set_ylim(0.4, 1.0)
-    ax1.set_xlabel("Run as of (runs whose outcome window has closed)")
+    lowest = min([0.5] + [auc for _, auc in closed if auc == auc])  # NaN never equals itself
+    ax1.set_ylim(max(0.0, lowest - 0.1), 1.0)
+    ax1.set_xlabel("Run as of (realized once its outcome window has closed)")
     ax1.set_ylabel("AUC")
     ax1.set_title("Realized vs validation AUC")
     ax1.legend()

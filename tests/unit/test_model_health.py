@@ -204,3 +204,43 @@ def test_run_summary_round_trip_sample_and_drift(tmp_path: Path) -> None:
     assert drift.score_psi < 0.05  # both runs' probabilities are uniform
     assert len(drift.top()) == 5 and all(f.psi > 0.25 for f in drift.top())
     assert [f.psi for f in drift.features] == sorted((f.psi for f in drift.features), reverse=True)
+
+
+# --- the evaluation page's section ----------------------------------------------------------
+
+
+def _plain_run(day: str, auc: float | None, score_psi: float | None) -> dict[str, object]:
+    return {
+        "run": {"run_id": f"run-{day}", "as_of": f"{day}T00:00:00+00:00", "model_version": 1},
+        "window_closed": auc is not None,
+        "window_end": f"{day}T00:00:00+00:00",
+        "validation_auc": 0.8,
+        "realized": {"auc": auc, "lift_top_decile": 2.5, "ece": 0.03} if auc else None,
+        "drift": {"score_psi": score_psi, "top_features": [{"code": "count_30d", "psi": 0.31}]}
+        if score_psi is not None
+        else None,
+        "note": "",
+    }
+
+
+def test_evaluation_page_has_the_model_health_section(tmp_path: Path) -> None:
+    from foresight.tools.reports import write_report
+
+    health = {
+        "runs": [
+            _plain_run("2024-12-31", None, 0.4),
+            _plain_run("2024-11-15", 0.62, 0.05),
+            _plain_run("2024-10-01", 0.79, None),
+        ],
+        "psi_threshold": 0.25,
+        "retrain_recommended": True,
+        "reasons": ["score PSI 0.400 between the runs as of 2024-12-31 and the one before"],
+    }
+    page, pngs = write_report({"auc": 0.8}, tmp_path / "with", health)
+    text = page.read_text()
+    assert [p.name for p in pngs] == ["model_health.png"]
+    assert "Model health over time" in text and "Retrain recommended" in text
+    assert "score PSI 0.400" in text and "count_30d 0.310" in text and "0.620" in text
+    assert text.index("Model health over time") < text.index('data-chart="model_health"')
+    plain, none = write_report({"auc": 0.8}, tmp_path / "without")
+    assert none == [] and "Model health" not in plain.read_text()
