@@ -88,6 +88,13 @@ def test_sketch_columns_and_empty_inputs() -> None:
     assert b.missing == 100 and len(b.quantiles) == 0 and b.present == 0
     assert psi(b, b) == pytest.approx(0.0)  # everything missing on both sides: no drift
     assert math.isnan(psi(sketch(np.zeros(0)), a))
+    # One sort of the matrix gives np.quantile's percentiles, column by column.
+    counts = RNG.poisson(2.0, size=(5_000, 6)).astype(np.float32)
+    counts[RNG.random(counts.shape) < 0.3] = np.nan
+    for j, s in enumerate(sketch_columns(counts)):
+        one = sketch(counts[:, j])
+        assert s.missing == one.missing and np.allclose(s.quantiles, one.quantiles)
+    assert [s.count for s in sketch_columns(np.zeros((0, 2)))] == [0, 0]
 
 
 # --- realized quality ---------------------------------------------------------------------
