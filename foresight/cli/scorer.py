@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -252,6 +252,13 @@ def insights(name: str, as_json: JsonFlag = False) -> None:
     emit(resp, as_json=as_json, summary=f"insights of {name}", extra=extra)
 
 
+def _last_day(window_end: str | None) -> str:
+    """The last whole day of an outcome window from its exclusive end."""
+    if not window_end:
+        return "-"
+    return (datetime.fromisoformat(window_end) - timedelta(days=1)).date().isoformat()
+
+
 def health_rows(plain: dict[str, Any]) -> Rows:
     """One row per run of a model health report (newest first)."""
     rows = []
@@ -263,7 +270,7 @@ def health_rows(plain: dict[str, Any]) -> Rows:
                 run["run_id"],
                 (run["as_of"] or "")[:10],
                 run["model_version"],
-                "closed" if r["window_closed"] else f"open to {(r['window_end'] or '')[:10]}",
+                "closed" if r["window_closed"] else f"open to {_last_day(r['window_end'])}",
                 realized.get("auc"),
                 r["validation_auc"] or None,
                 realized.get("lift_top_decile"),
