@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -250,3 +250,76 @@ def insights(name: str, as_json: JsonFlag = False) -> None:
     )
     extra = [buckets, histogram] + ([actual] if p["outcome_available"] else [])
     emit(resp, as_json=as_json, summary=f"insights of {name}", extra=extra)
+
+
+def _last_day(window_end: str | None) -> str:
+    """The last whole day of an outcome window from its exclusive end."""
+    if not window_end:
+        return "-"
+    return (datetime.fromisoformat(window_end) - timedelta(days=1)).date().isoformat()
+
+
+def health_rows(plain: dict[str, Any]) -> Rows:
+    """One row per run of a model health report (newest first)."""
+    rows = []
+    for r in plain["runs"]:
+        run, realized, drift = r["run"], r["realized"] or {}, r["drift"] or {}
+        top = (drift.get("top_features") or [{}])[0]
+        rows.append(
+            (
+                run["run_id"],
+                (run["as_of"] or "")[:10],
+                run["model_version"],
+                "closed" if r["window_closed"] else f"open to {_last_day(r['window_end'])}",
+                realized.get("auc"),
+                r["validation_auc"] or None,
+                realized.get("lift_top_decile"),
+                realized.get("brier"),
+                realized.get("ece"),
+                drift.get("score_psi"),
+                f"{top['code']} {top['psi']:.3f}" if top else None,
+                r["note"],
+            )
+        )
+    return Rows(
+        (
+            "run",
+            "as of",
+            "model v",
+            "outcome window",
+            "realized AUC",
+            "validation AUC",
+            "lift top 10%",
+            "Brier",
+            "ECE",
+            "score PSI",
+            "top feature PSI",
+            "note",
+        ),
+        rows,
+    )
+
+
+@app.command("model-health")
+def model_health(
+    name: str,
+    max_runs: Annotated[
+        int, typer.Option(min=0, max=100, help="Runs to report, newest first (0 = 12).")
+    ] = 0,
+    as_json: JsonFlag = False,
+    as_csv: CsvFlag = False,
+) -> None:
+    """Realized quality of past runs, score and feature drift, and whether to retrain."""
+    with client() as c:
+        resp = c.scorer.GetModelHealth(
+            scorer_pb2.GetModelHealthRequest(instance=name, max_runs=max_runs)
+        )
+    if resp.retrain_recommended:
+        summary = "retrain recommended: " + "; ".join(resp.reasons)
+    else:
+        summary = (
+            f"no retrain needed for {name} v{resp.serving_version} "
+            f"(realized AUC within {resp.auc_drop_threshold:g} of validation, "
+            f"PSI at most {resp.psi_threshold:g})"
+        )
+    emit(resp, as_json=as_json, as_csv=as_csv, rows=health_rows(to_plain(resp)), summary=summary)

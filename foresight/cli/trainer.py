@@ -5,14 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import grpc
 import typer
 from rich.table import Table
 
+from foresight.api.scorer.v1 import scorer_pb2
 from foresight.api.trainer.v1 import trainer_pb2
 from foresight.cli import instance_file
-from foresight.cli.app import app, client, console, follow, instance_app, progress_bar, waiting
+from foresight.cli.app import (
+    app,
+    client,
+    console,
+    error_line,
+    follow,
+    instance_app,
+    progress_bar,
+    waiting,
+)
 from foresight.cli.output import CsvFlag, JsonFlag, Rows, emit, print_json
-from foresight.client import to_plain
+from foresight.client import ForesightClient, to_plain
 from foresight.convert import instance_to_proto
 
 # ---------------------------------------------------------------- data
@@ -315,13 +326,26 @@ def evaluation(
         ev = c.trainer.GetEvaluation(
             trainer_pb2.GetEvaluationRequest(instance=name, version=version)
         )
+        health, why = _model_health(c, name)
     data = evaluation_dict(ev)
-    page, pngs = write_report(data, out / f"{name}-v{ev.version}")
+    page, pngs = write_report(data, out / f"{name}-v{ev.version}", health)
     summary = (
         f"AUC {ev.auc:.3f}  PR-AUC {ev.pr_auc:.3f}  quality {data['quality']}\n"
         f"report: {page}  charts: {', '.join(p.name for p in pngs)}"
+        + (f"\nmodel health left out: {why}" if why else "")
     )
     emit(ev, as_json=as_json, summary=summary)
+
+
+def _model_health(c: ForesightClient, name: str) -> tuple[dict[str, Any] | None, str]:
+    """The instance's model health for the page, or None and why (the scorer is optional here)."""
+    try:
+        resp = c.scorer.GetModelHealth(scorer_pb2.GetModelHealthRequest(instance=name))
+    except grpc.RpcError as exc:
+        return None, error_line(exc)[0].removeprefix("error: ")
+    if not resp.runs:
+        return None, "no scoring run yet"
+    return to_plain(resp), ""
 
 
 def evaluation_dict(ev: trainer_pb2.Evaluation) -> dict[str, Any]:

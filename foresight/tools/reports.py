@@ -10,11 +10,14 @@ from __future__ import annotations
 import html
 import io
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 
-def _charts(evaluation: Mapping[str, Any], out_dir: Path) -> list[tuple[Path, str]]:
+def _charts(
+    evaluation: Mapping[str, Any], out_dir: Path, health: Mapping[str, Any] | None = None
+) -> list[tuple[Path, str]]:
     """Draw the charts: each as a PNG file and as inline SVG markup (text kept as text,
     so a browser, a screen reader or a test can read the axes)."""
     import matplotlib
@@ -94,7 +97,93 @@ def _charts(evaluation: Mapping[str, Any], out_dir: Path) -> list[tuple[Path, st
         ax.set_xlabel("Mean |impact| on the log-odds (SHAP)")
         ax.set_title("Most influential factors")
         save(fig, "factors.png")
+    if health is not None:
+        _health_chart(health, save)
     return paths
+
+
+def _health_chart(health: Mapping[str, Any], save: Any) -> None:
+    """Realized vs validation AUC and score PSI over the runs' as-of dates (oldest left)."""
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    runs = list(reversed(health.get("runs") or []))
+    if not runs:
+        return
+    when = [datetime.fromisoformat(r["run"]["as_of"]) for r in runs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    closed = [(t, r["realized"]["auc"]) for t, r in zip(when, runs, strict=True) if r["realized"]]
+    if closed:
+        ax1.plot(*zip(*closed, strict=True), marker="o", label="realized AUC")
+    ax1.plot(when, [r["validation_auc"] or None for r in runs], "--", marker="s", color="grey")
+    ax1.lines[-1].set_label("validation AUC")
+    lowest = min([0.5] + [auc for _, auc in closed if auc == auc])  # NaN never equals itself
+    ax1.set_ylim(max(0.0, lowest - 0.1), 1.0)
+    ax1.set_xlabel("Run as of (realized once its outcome window has closed)")
+    ax1.set_ylabel("AUC")
+    ax1.set_title("Realized vs validation AUC")
+    ax1.legend()
+    drifted = [(t, r["drift"]["score_psi"]) for t, r in zip(when, runs, strict=True) if r["drift"]]
+    if drifted:
+        ax2.plot(*zip(*drifted, strict=True), marker="o", color="#8e44ad", label="score PSI")
+    threshold = float(health.get("psi_threshold") or 0.25)
+    ax2.axhline(threshold, color="#c0392b", linestyle="--", label=f"retrain above {threshold:g}")
+    ax2.set_ylim(0, max([threshold * 1.5] + [p for _, p in drifted]))
+    ax2.set_xlabel("Run as of (against the run before)")
+    ax2.set_ylabel("PSI")
+    ax2.set_title("Score drift between consecutive runs")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.set_xlim(min(when) - timedelta(days=3), max(when) + timedelta(days=3))
+        ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=6))  # type: ignore[no-untyped-call]
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))  # type: ignore[no-untyped-call]
+        ax.tick_params(axis="x", labelrotation=30)
+    save(fig, "model_health.png")
+
+
+def _health_section(health: Mapping[str, Any] | None, figure: str) -> str:
+    """The model health heading, advice and per-run table (empty without a report)."""
+    if health is None:
+        return ""
+    if health.get("retrain_recommended"):
+        advice = (
+            "<p class='poor'>Retrain recommended:</p><ul>"
+            + "".join(f"<li>{html.escape(r)}</li>" for r in health.get("reasons") or [])
+            + "</ul>"
+        )
+    else:
+        advice = "<p class='good'>No retrain needed.</p>"
+    rows = []
+    for r in health.get("runs") or []:
+        realized, drift = r["realized"] or {}, r["drift"] or {}
+        rows.append(
+            [
+                (r["run"]["as_of"] or "")[:10],
+                r["run"]["model_version"],
+                "closed" if r["window_closed"] else "open",
+                _fmt(realized.get("auc")),
+                _fmt(r["validation_auc"] or None),
+                _fmt(realized.get("lift_top_decile"), 2),
+                _fmt(realized.get("ece")),
+                _fmt(drift.get("score_psi")),
+                ", ".join(f"{f['code']} {f['psi']:.3f}" for f in drift.get("top_features") or []),
+            ]
+        )
+    table = _table(
+        [
+            "As of",
+            "Model",
+            "Outcome window",
+            "Realized AUC",
+            "Validation AUC",
+            "Lift top 10 %",
+            "ECE",
+            "Score PSI",
+            "Most drifting features (PSI)",
+        ],
+        rows,
+    )
+    return f"<h2 id='model-health'>Model health over time</h2>{advice}{figure}{table}"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -113,12 +202,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def write_report(evaluation: Mapping[str, Any], out_dir: Path | str) -> tuple[Path, list[Path]]:
+def write_report(
+    evaluation: Mapping[str, Any], out_dir: Path | str, health: Mapping[str, Any] | None = None
+) -> tuple[Path, list[Path]]:
     """Write PNG charts and a self-contained ``report.html`` (the charts inline as SVG);
-    returns (html, pngs)."""
+    returns (html, pngs). `health` (the `ModelHealth` message as plain values) adds
+    the model health section."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    charts = _charts(evaluation, out)
+    charts = _charts(evaluation, out, health)
     pngs = [png for png, _ in charts]
     title = "Model evaluation"
     if evaluation.get("instance"):
@@ -139,9 +231,12 @@ def write_report(evaluation: Mapping[str, Any], out_dir: Path | str) -> tuple[Pa
         ],
     )
     suggestions = "".join(f"<li>{html.escape(s)}</li>" for s in evaluation.get("suggestions") or [])
-    images = "".join(
-        f'<figure data-chart="{html.escape(png.stem)}">{svg}</figure>' for png, svg in charts
-    )
+    figures = {
+        png.stem: f'<figure data-chart="{html.escape(png.stem)}">{svg}</figure>'
+        for png, svg in charts
+    }
+    health_figure = figures.pop("model_health", "")
+    images = "".join(figures.values())
     deciles = _table(
         ["Decile", "Rows", "Goal rate", "Lift", "Cumulative gain"],
         [
@@ -191,6 +286,7 @@ th{{background:#f3f3f3}} figure{{display:inline-block;margin:0 1em 1em 0}}
 {factors}
 <h2>Top factors per bucket</h2>
 {buckets}
+{_health_section(health, health_figure)}
 </body></html>
 """
     path = out / "report.html"

@@ -24,6 +24,7 @@ from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles
 from foresight.features.spec import format_factor_value
+from services.scorer.drift import Sketch, sketch_columns
 from services.scorer.explain import configure_native_threads
 from services.scorer.factors import NO_FACTOR, TopFactors, importance_of, top_factors
 from services.scorer.models import LoadedModel, load_bundle
@@ -41,6 +42,7 @@ class ShardScores:
     probability: np.ndarray
     factors: TopFactors
     seconds: dict[str, float] = field(default_factory=dict)
+    features: list[Sketch] | None = None  # one per feature column, for model health (drift.py)
 
 
 def score_shard(
@@ -62,13 +64,14 @@ def score_shard(
             {"featurize": time.perf_counter() - t0},
         )
     matrix = featurize(events, profiles, as_of, model.spec, profile_ids=eligible)
+    sketches = sketch_columns(matrix.X)
     t1 = time.perf_counter()
     probability = model.predict(matrix.X)
     t2 = time.perf_counter()
     factors = top_factors(model.contributions(matrix.X, threads), matrix.X, k)
     t3 = time.perf_counter()
     seconds = {"featurize": t1 - t0, "predict": t2 - t1, "explain": t3 - t2}
-    return ShardScores(matrix.profile_ids, probability, factors, seconds)
+    return ShardScores(matrix.profile_ids, probability, factors, seconds, sketches)
 
 
 @dataclass(frozen=True)

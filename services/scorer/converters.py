@@ -16,6 +16,7 @@ from foresight.convert import to_timestamp as timestamp
 from foresight.errors import InvalidArgument
 from foresight.features.spec import format_factor_value
 from services.scorer.factors import NO_FACTOR, importance_code
+from services.scorer.health import ModelHealth, RealizedQuality, RunHealth
 from services.scorer.records import (
     Bucket,
     FactorWeight,
@@ -349,4 +350,60 @@ def scorer_status(models: list[ModelStatus]) -> scorer_pb2.ScorerStatus:
             )
             for m in models
         ]
+    )
+
+
+# --- model health ---------------------------------------------------------------------
+
+
+def _realized(r: RealizedQuality) -> scorer_pb2.RealizedQuality:
+    return scorer_pb2.RealizedQuality(
+        profiles=r.profiles,
+        positives=r.positives,
+        auc=r.auc,
+        lift_top_decile=r.lift_top_decile,
+        brier=r.brier,
+        ece=r.ece,
+        mean_probability=r.mean_probability,
+        positive_rate=r.positive_rate,
+        conclusive=r.conclusive,
+    )
+
+
+def _run_health(r: RunHealth) -> scorer_pb2.RunHealth:
+    msg = scorer_pb2.RunHealth(
+        run=scoring_run(r.run),
+        window_end=timestamp(r.window_end),
+        window_closed=r.window_closed,
+        validation_auc=r.validation_auc or 0.0,
+        note=r.note,
+    )
+    if r.realized is not None:
+        msg.realized.CopyFrom(_realized(r.realized))
+    if r.drift is not None:
+        d = r.drift
+        msg.drift.CopyFrom(
+            scorer_pb2.RunDrift(
+                previous_run_id=d.previous_run_id,
+                same_model=d.same_model,
+                score_psi=d.score_psi,
+                top_features=[
+                    scorer_pb2.FeatureDrift(code=f.code, description=f.description, psi=f.psi)
+                    for f in d.top()
+                ],
+            )
+        )
+    return msg
+
+
+def model_health(h: ModelHealth) -> scorer_pb2.ModelHealth:
+    """Domain model health → protobuf."""
+    return scorer_pb2.ModelHealth(
+        instance=h.instance,
+        serving_version=h.serving_version,
+        runs=[_run_health(r) for r in h.runs],
+        retrain_recommended=h.retrain,
+        reasons=h.reasons,
+        auc_drop_threshold=h.thresholds.auc_drop,
+        psi_threshold=h.thresholds.psi,
     )

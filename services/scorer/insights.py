@@ -8,14 +8,16 @@ really happened, with the same labelling function training uses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from foresight.conditions.compile import to_polars
 from foresight.evaluation_report import ModelEvaluation
-from foresight.features.labels import goal_labels
+from foresight.features.labels import as_utc, day_start, goal_labels, window_end
 from foresight.instance import Goal
 from services.scorer.records import (
     Bucket,
@@ -92,23 +94,34 @@ def evaluation_summary(
 
 
 def outcome_available(as_of: datetime, window_days: int, data_end: datetime) -> bool:
-    """Whether the whole outcome window after `as_of` lies within the data (end exclusive)."""
-    return as_of + timedelta(days=window_days) <= data_end
+    """Whether the whole outcome window after `as_of` lies within the data (`data_end` exclusive).
+
+    The window is whole days, both ends inclusive (`window_end`), and the day of
+    the latest event counts as complete: the rule training uses for its
+    validation cutoff (`choose_cutoffs`).
+    """
+    last_day = day_start(data_end - timedelta(microseconds=1))
+    return window_end(as_of, window_days) <= last_day + timedelta(days=1)
 
 
 def observed_labels(
-    events: pl.LazyFrame, goal: Goal, as_of: datetime, scores: RunScores
+    events: pl.LazyFrame, goal: Goal, as_of: datetime, ids: pa.Array | Sequence[str]
 ) -> np.ndarray:
-    """Per row of `scores`: 1 if the goal happened as stated in the outcome window, else 0."""
-    end = as_of + timedelta(days=goal.window_days)
+    """Per profile of `ids`: 1 if the goal happened as stated in the outcome window, else 0.
+
+    The events are narrowed to the window and the goal before they are read;
+    the label itself comes from training's `goal_labels`.
+    """
+    as_of = as_utc(as_of)
+    end = window_end(as_of, goal.window_days)
     window = (
         events.filter((pl.col("timestamp") >= as_of) & (pl.col("timestamp") < end))
         .filter(to_polars(goal.conditions))
         .collect()
     )
-    ids = pl.Series("profile_id", scores.ids, dtype=pl.String)
-    labels = goal_labels(window, goal, as_of, ids)
-    ordered = pl.DataFrame({"profile_id": ids}).join(
+    profiles = pl.Series("profile_id", ids, dtype=pl.String)
+    labels = goal_labels(window, goal, as_of, profiles)
+    ordered = pl.DataFrame({"profile_id": profiles}).join(
         labels, on="profile_id", how="left", maintain_order="left"
     )
     return ordered.get_column("label").fill_null(0).to_numpy().astype(np.int8)

@@ -28,6 +28,7 @@ from foresight.runtime.server import ServiceRuntime, fatal_startup_errors, run_s
 from foresight.settings import load_settings
 from foresight.storage.db import Database
 from services.scorer.explain import configure_native_threads
+from services.scorer.health import Thresholds
 from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
 from services.scorer.service import Scorer, ScorerConfig
 from services.scorer.servicer import SERVICE_NAME, ScorerServicer
@@ -46,6 +47,8 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
         top_factors=settings.top_factors,
         cache_dir=settings.data_dir / "cache" / "scorer",
         shards=settings.shards,
+        health_sample=settings.health_sample_profiles,
+        health=Thresholds(settings.health_auc_drop, settings.health_psi_threshold),
     )
     return Scorer(db, config)
 

@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, update
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import INTERRUPTED, Status
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
+from services.scorer.health import HEALTH_FOLDER, summary_path
 from services.scorer.snapshot import sidecar_of
 
 SCORES_FOLDER = "scores"
@@ -38,6 +39,7 @@ def end_runs(
         path = scores_root / instance / f"{run_id}.parquet"
         path.unlink(missing_ok=True)
         sidecar_of(path).unlink(missing_ok=True)
+        summary_path(scores_root.parent / HEALTH_FOLDER, instance, run_id).unlink(missing_ok=True)
 
 
 def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int]:
@@ -47,7 +49,8 @@ def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int
     run found before it serves belongs to a dead process: it becomes FAILED
     "interrupted" with its partial rows deleted. Files under the scores folder
     that no READY run points at (a failed run's copy, a temporary file of a
-    killed write) are removed. Returns (interrupted run ids, orphan files removed).
+    killed write) are removed, and so are model health files of no READY run
+    (summaries of pruned runs stay). Returns (interrupted run ids, orphan files removed).
     """
     with db.session() as session:
         running: dict[str, str] = {
@@ -77,4 +80,22 @@ def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int
             if f.is_file() and f not in keep:
                 f.unlink(missing_ok=True)
                 removed += 1
-    return list(running), removed
+    return list(running), removed + _sweep_summaries(db, scores_root.parent / HEALTH_FOLDER)
+
+
+def _sweep_summaries(db: Database, health_root: Path) -> int:
+    """Remove model health files of no succeeded run (a killed write's temporary file)."""
+    if not health_root.is_dir():
+        return 0
+    with db.session() as session:
+        ready = set(
+            session.scalars(
+                select(ScoringRunRow.run_id).where(ScoringRunRow.status == Status.READY.value)
+            )
+        )
+    removed = 0
+    for f in health_root.rglob("*"):
+        if f.is_file() and f.stem not in ready:
+            f.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -43,6 +43,7 @@ from services.scorer.factors import (
     percentiles_of,
     scores_of,
 )
+from services.scorer.health import HEALTH_FOLDER, summarize, write_summary
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import Bucket, Progress, ScoringRun
 from services.scorer.recovery import end_runs
@@ -90,6 +91,7 @@ class ScoringEngine:
         threads: int,
         top_k: int,
         keep_runs: int = 3,
+        health_sample: int = 20_000,
     ) -> None:
         self.db = db
         self.catalog = catalog
@@ -99,6 +101,7 @@ class ScoringEngine:
         self.threads = max(1, threads)
         self.top_k = top_k
         self.keep_runs = keep_runs
+        self.health_sample = health_sample  # profiles whose probability the run summary keeps
         self._running: set[str] = set()
         self._lock = threading.Lock()
         # Shards run in worker processes that end with the run (or as Dask tasks).
@@ -214,6 +217,9 @@ class ScoringEngine:
         t1 = time.perf_counter()
         scores = self._collect(run_id, model, as_of, results)
         self.stage_seconds["snapshot"] = time.perf_counter() - t1
+        # Model health: the run's distributions and outcome sample (removed if the run fails).
+        summary = summarize(scores, [r.features for r in results], self.health_sample)
+        write_summary(self.scores_root.parent / HEALTH_FOLDER, summary)
         return scores
 
     def _jobs(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from services.scorer import insights as insight_math
 from services.scorer import lookups, realtime
 from services.scorer.catalog import Catalog
 from services.scorer.export import export_run
+from services.scorer.health import HEALTH_FOLDER, ModelHealth, Thresholds
+from services.scorer.health_monitor import HealthMonitor
 from services.scorer.memory import release_unused_memory
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import (
@@ -65,6 +67,8 @@ class ScorerConfig:
     keep_runs: int = 3
     cache_dir: Path | None = None  # derived data (indexed event copies for real-time scoring)
     shards: int = DEFAULT_SHARDS  # event-store shards (profiles hash into them)
+    health_sample: int = 20_000  # profiles per run kept to measure realized quality
+    health: Thresholds = field(default_factory=Thresholds)  # when to recommend a retrain
 
 
 class Scorer:
@@ -86,6 +90,15 @@ class Scorer:
             config.scoring_threads,
             config.top_factors,
             config.keep_runs,
+            config.health_sample,
+        )
+        self.health = HealthMonitor(
+            db,
+            self.catalog,
+            config.artifacts_dir / HEALTH_FOLDER,
+            self._version_documents,
+            self._serving_version,
+            config.health,
         )
         self.segments = SegmentStore(db)
         self._outcomes: dict[tuple[str, datetime], np.ndarray] = {}
@@ -297,7 +310,7 @@ class Scorer:
             labels = self._outcomes.get(key)
             if labels is None:
                 labels = insight_math.observed_labels(
-                    self.catalog.scan(parts), goal, scores.as_of, scores
+                    self.catalog.scan(parts), goal, scores.as_of, scores.ids
                 )
                 self._outcomes = {key: labels}  # keep one: insights of one run are read repeatedly
             expected = insight_math.expected_vs_actual(scores, labels)
@@ -309,6 +322,25 @@ class Scorer:
             outcome_available=available,
             expected_vs_actual=expected,
         )
+
+    def model_health(self, instance: str, max_runs: int) -> ModelHealth:
+        """Realized quality, drift and retrain advice over an instance's recent runs."""
+        return self.health.report(instance, max_runs)
+
+    def _version_documents(
+        self, instance: str, version: int
+    ) -> tuple[ModelEvaluation | None, Goal]:
+        """The evaluation and the goal of a model version."""
+        evaluation, config = self._bundle_documents(instance, version)
+        goal = config.goal if config else self.registry.get(instance).config.goal
+        return evaluation, goal
+
+    def _serving_version(self, instance: str) -> int | None:
+        """The model version serving an instance (None: none loaded)."""
+        try:
+            return self.registry.get(instance).version
+        except (NotFound, FailedPrecondition):
+            return None
 
     def _bundle_documents(
         self, instance: str, version: int

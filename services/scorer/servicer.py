@@ -141,6 +141,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             await asyncio.to_thread(self.scorer.insights, request.instance, request.run_id)
         )
 
+    async def GetModelHealth(
+        self, request: scorer_pb2.GetModelHealthRequest, context: Context
+    ) -> scorer_pb2.ModelHealth:
+        return converters.model_health(
+            await asyncio.to_thread(self.scorer.model_health, request.instance, request.max_runs)
+        )
+
     async def GetScorerStatus(
         self, request: scorer_pb2.GetScorerStatusRequest, context: Context
     ) -> scorer_pb2.ScorerStatus:

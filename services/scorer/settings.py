@@ -53,6 +53,30 @@ class ScorerSettings(ServiceSettings):
         validation_alias=AliasChoices("FORESIGHT_SCORER_SCHEDULE_SECONDS"),
         description="How often instance scoring schedules are checked (first server process only).",
     )
+    health_sample_profiles: int = Field(
+        20_000,
+        ge=100,
+        le=1_000_000,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_HEALTH_SAMPLE_PROFILES"),
+        description="Profiles per run whose probability is kept to measure realized quality "
+        "once the outcome window closes (a uniform sample; all of them in smaller runs).",
+    )
+    health_auc_drop: float = Field(
+        0.05,
+        gt=0,
+        le=0.5,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_HEALTH_AUC_DROP"),
+        description="Recommend a retrain when a run's realized AUC is this much below the "
+        "model's validation AUC.",
+    )
+    health_psi_threshold: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        validation_alias=AliasChoices("FORESIGHT_SCORER_HEALTH_PSI_THRESHOLD"),
+        description="Recommend a retrain when the score PSI or a key feature's PSI between "
+        "consecutive runs is above this (0.25: the usual mark of a significant shift).",
+    )
 
     @model_validator(mode="after")
     def _server_processes_need_fixed_port(self) -> ScorerSettings:

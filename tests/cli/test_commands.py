@@ -230,8 +230,17 @@ def test_train_and_versions(system: System) -> None:
 
 def test_evaluation_writes_report(system: System, tmp_path: Path) -> None:
     result = ok(system.cli("evaluation", INSTANCE, "--out", str(tmp_path)))
-    assert "AUC" in result.stdout
-    assert list(tmp_path.glob(f"{INSTANCE}-v*/report.html"))
+    assert "AUC" in result.stdout and "model_health.png" in result.stdout
+    page = next(tmp_path.glob(f"{INSTANCE}-v*/report.html")).read_text()
+    # The scorer has runs of the instance: the page has the model health section.
+    assert "Model health over time" in page and 'data-chart="model_health"' in page
+    # Without a scorer the page is still written, and says what was left out.
+    down = system.env | {"FORESIGHT_SCORER_ADDR": "127.0.0.1:1"}
+    alone = CliRunner().invoke(
+        app, ["evaluation", INSTANCE, "--out", str(tmp_path / "alone")], env=down
+    )
+    assert alone.exit_code == 0 and "model health left out: UNAVAILABLE" in alone.stdout
+    assert "Model health" not in next((tmp_path / "alone").glob("*/report.html")).read_text()
 
 
 def test_scoring_right_after_training_uses_the_new_version(system: System) -> None:
@@ -286,6 +295,40 @@ def test_insights(system: System) -> None:
         "MEDIUM": True,
         "HIGH": True,
     }
+
+
+def test_model_health(system: System) -> None:
+    """The README scored churn as of 2024-11-15 (its window is in the data) and as of the end."""
+    data = json.loads(ok(system.cli("model-health", INSTANCE, "--json")).stdout)
+    runs = data["runs"]
+    assert data["instance"] == INSTANCE and len(runs) >= 2
+    as_of = [r["run"]["as_of"] for r in runs]
+    assert as_of == sorted(as_of, reverse=True)  # newest as-of first
+    latest = runs[0]
+    assert not latest["window_closed"] and latest["realized"] is None
+    early = next(r for r in runs if r["run"]["as_of"].startswith("2024-11-15"))
+    realized = early["realized"]
+    assert early["window_closed"] and realized["profiles"] == early["run"]["profiles"] > 0
+    assert 0 <= realized["auc"] <= 1 and 0 <= realized["positive_rate"] <= 1
+    assert latest["drift"]["previous_run_id"] in {r["run"]["run_id"] for r in runs[1:]}
+    assert latest["drift"]["score_psi"] >= 0 and latest["drift"]["top_features"]
+    assert data["retrain_recommended"] == bool(data["reasons"])
+    table = ok(system.cli("model-health", INSTANCE)).stdout
+    assert ("retrain recommended" in table) == data["retrain_recommended"]
+    assert "realized AUC" in table and "2024-11-15" in table
+    rows = list(
+        csv.DictReader(io.StringIO(ok(system.cli("model-health", INSTANCE, "--csv")).stdout))
+    )
+    assert [r["run"] for r in rows] == [r["run"]["run_id"] for r in runs]
+    assert float(rows[[r["run"] for r in rows].index(early["run"]["run_id"])]["realized AUC"]) == (
+        pytest.approx(realized["auc"])
+    )
+
+
+def test_model_health_errors(system: System) -> None:
+    one_line_error(system.cli("model-health", "nope"), "NOT_FOUND", 4)
+    result = system.cli("model-health", INSTANCE, "--max-runs", "101")
+    assert result.exit_code == 2  # usage: out of range
 
 
 # ---------------------------------------------------------------- segmenter

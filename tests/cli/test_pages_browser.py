@@ -12,6 +12,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_insights_page_charts_have_numeric_axes(system: System, page: Page, tmp_
     report = next(tmp_path.glob(f"{INSTANCE}-v*/report.html"))
     page.goto(report.as_uri())
     charts = page.locator("figure[data-chart] svg")
-    assert charts.count() == 4
+    assert charts.count() == 5  # gains, calibration, histogram, factors, model health
     for i in range(charts.count()):
         box = charts.nth(i).bounding_box()
         assert box is not None and box["width"] > 100 and box["height"] > 100
@@ -71,6 +72,31 @@ def test_insights_page_charts_have_numeric_axes(system: System, page: Page, tmp_
     # Counts on a numeric axis: ascending numbers from 0, not one category per value.
     assert len(y_ticks) >= 3 and y_ticks == sorted(y_ticks) and y_ticks[0] == 0
     assert x_ticks == sorted(x_ticks) and x_ticks[0] >= 0 and x_ticks[-1] <= 100
+
+
+def test_insights_page_model_health_chart_has_numeric_axes(
+    system: System, page: Page, tmp_path: Path
+) -> None:
+    """Realized vs validation AUC and score PSI over the runs' as-of dates (README: two runs)."""
+    ok(system.cli("evaluation", INSTANCE, "--out", str(tmp_path)))
+    page.goto(next(tmp_path.glob(f"{INSTANCE}-v*/report.html")).as_uri())
+    assert page.locator("#model-health").is_visible()
+    figure = page.locator("figure[data-chart=model_health]")
+    box = figure.locator("svg").bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 100
+    for axes, low, high in (("axes_1", 0.0, 1.0), ("axes_2", 0.0, None)):
+        ax = figure.locator(f"g[id={axes}]")
+        y_ticks = numbers(ax.locator("g[id^=ytick] text").all_text_contents())
+        # AUC and PSI on numeric axes: at least three ascending ticks within range.
+        assert len(y_ticks) >= 3 and y_ticks == sorted(y_ticks) and y_ticks[0] >= low
+        assert high is None or y_ticks[-1] <= high
+        days = [date.fromisoformat(t) for t in ax.locator("g[id^=xtick] text").all_text_contents()]
+        # A time axis (dates in order), not one category per run.
+        assert len(days) >= 2 and days == sorted(days)
+        assert days[0] <= date(2024, 11, 15) and days[-1] >= date(2024, 12, 15)
+    # The per-run table lists both README runs, the earlier with its realized AUC.
+    rows = page.locator("#model-health ~ table tbody tr")
+    assert rows.count() >= 2 and any("2024-11-15" in t for t in rows.all_inner_texts())
 
 
 def test_cluster_map_every_cluster_selectable_and_filters_points(

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import INTERRUPTED, Status
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow
+from services.scorer.health import HEALTH_FOLDER
 from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
 
 pytestmark = pytest.mark.integration
@@ -39,8 +40,14 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
     for name in ("ready.parquet", "ready.npz", "killed.parquet", "failed.parquet"):
         (scores / "churn" / name).write_bytes(b"scores")
     (scores / "churn" / ".tmp-0123-killed.parquet").write_bytes(b"half")
+    # Model health summaries: kept for READY runs, pruned ones included.
+    health = tmp_path / "artifacts" / HEALTH_FOLDER / "churn"
+    health.mkdir(parents=True)
+    for name in ("ready.json", "pruned.json", "killed.json", "failed.json", ".tmp-0123-ready.json"):
+        (health / name).write_bytes(b"{}")
     with database.session() as s:
         s.add(_run("ready", Status.READY, f"{SCORES_FOLDER}/churn/ready.parquet"))
+        s.add(_run("pruned", Status.READY))
         s.add(_run("killed", Status.RUNNING))
         s.add(_run("failed", Status.FAILED))
     with database.session() as s:
@@ -58,8 +65,11 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
 
     interrupted, removed = recover_interrupted(database, scores)
 
-    assert interrupted == ["killed"] and removed == 2  # the failed run's copy, the temp file
+    # The failed run's copy and the temp file; its summary and the temp summary
+    # (the interrupted run's summary goes with the run itself).
+    assert interrupted == ["killed"] and removed == 4
     assert sorted(p.name for p in (scores / "churn").iterdir()) == ["ready.npz", "ready.parquet"]
+    assert sorted(p.name for p in health.iterdir()) == ["pruned.json", "ready.json"]
     assert kept.read_bytes() == b"scores"
     with database.session() as s:
         runs = {r.run_id: (r.status, r.error) for r in s.scalars(select(ScoringRunRow))}
@@ -67,6 +77,7 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
         assert partial.first() is None
     assert runs == {
         "ready": (Status.READY.value, None),
+        "pruned": (Status.READY.value, None),
         "killed": (Status.FAILED.value, INTERRUPTED),
         "failed": (Status.FAILED.value, None),
     }

@@ -12,67 +12,48 @@ import asyncio
 import csv
 import io
 import json
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
-import lightgbm as lgb
 import numpy as np
-import polars as pl
-import psycopg
 import pyarrow.parquet as pq
 import pytest
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from onnxmltools import convert_lightgbm
-from onnxmltools.convert.common.data_types import FloatTensorType
 from sqlalchemy import update
 
-from foresight import instance as instance_config
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from foresight.events.store import EventStore
-from foresight.events.validation import validate
-from foresight.features.featurize import featurize
-from foresight.features.labels import eligible_profiles, goal_labels
 from foresight.features.spec import format_factor_value
-from foresight.features.spec_fit import fit_feature_spec
-from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import (
-    DatasetPartRow,
     InstanceRow,
     ModelVersionRow,
-    utcnow,
 )
 from foresight.tools.generate import generate
 from services.scorer.batch import factor_json, score_shard
 from services.scorer.factors import NO_FACTOR, importance_of
 from services.scorer.main import RunningScorer, build_scorer, start_scorer
-from services.scorer.settings import ScorerSettings
 from services.scorer.snapshot import RunScores
+from tests.fixtures.scorer_world import (
+    DATASET,
+    INSTANCES,
+    WINDOW,
+    publish_model,
+)
+from tests.fixtures.scorer_world import database as _database
+from tests.fixtures.scorer_world import dataset_parts as _parts
+from tests.fixtures.scorer_world import load_events as _load_events
+from tests.fixtures.scorer_world import scorer_settings as _settings
 
 pytestmark = pytest.mark.integration
-
-DATASET = "shop"
-WINDOW = 30
-INSTANCES = {
-    "churn": {"name": "churn", "type": "CHURN", "goal": {"window_days": WINDOW}},
-    "purchase": {
-        "name": "purchase",
-        "type": "CONVERSION",
-        "goal": {"conditions": 'event_type = "commerce.purchases"', "window_days": WINDOW},
-    },
-}
-
 
 # --- the world -------------------------------------------------------------------------
 
@@ -85,123 +66,6 @@ class World:
     db: Database
     end: datetime  # exclusive end of the event data
     profile: str  # a profile scored in both instances
-
-
-def _settings(data_dir: Path) -> ScorerSettings:
-    return ScorerSettings(
-        data_dir=data_dir,
-        port=0,
-        host="127.0.0.1",
-        poll_seconds=0.1,
-        schedule_seconds=3600,
-        scoring_threads=2,
-        log_json=False,
-        shards=4,  # as the events were written (_load_events)
-    )
-
-
-def _load_events(data_dir: Path, db: Database, source: Path) -> datetime:
-    raw = pl.read_parquet(source)
-    accepted = validate(raw, datetime.now(UTC)).accepted
-    store = EventStore(data_dir / "events", shards=4)
-    parts = store.write(DATASET, accepted, [])
-    catalog.record_import(
-        db,
-        DATASET,
-        [
-            catalog.CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
-            for p in parts
-        ],
-        None,
-    )
-    latest = accepted.get_column("timestamp").max()
-    assert isinstance(latest, datetime)
-    return latest + timedelta(microseconds=1)
-
-
-def publish_model(
-    data_dir: Path,
-    db: Database,
-    name: str,
-    version: int,
-    events: pl.DataFrame,
-    cutoff: datetime,
-    trees: int = 25,
-) -> None:
-    """Train a tiny LightGBM model as of `cutoff`, export it to ONNX and mark it READY."""
-    config = instance_config.from_dict(INSTANCES[name])
-    spec = fit_feature_spec(events, None, config, cutoff)
-    eligible = eligible_profiles(events, config.population, cutoff)
-    labels = goal_labels(events, config.goal, cutoff, eligible)
-    matrix = featurize(events, None, cutoff, spec, profile_ids=labels.get_column("profile_id"))
-    y = labels.get_column("label").to_numpy()
-    params = {
-        "objective": "binary",
-        "num_leaves": 7,
-        "max_depth": 4,
-        "min_data_in_leaf": 10,
-        "verbose": -1,
-    }
-    booster = lgb.train(params, lgb.Dataset(matrix.X, y), trees)
-    onnx = convert_lightgbm(
-        booster,
-        initial_types=[("features", FloatTensorType([None, matrix.X.shape[1]]))],
-        zipmap=False,
-    )
-    relative = f"models/{name}/v{version}"
-    with ArtifactStore(data_dir / "artifacts").publish(relative, owner="trainer") as folder:
-        (folder / "model.onnx").write_bytes(onnx.SerializeToString())
-        (folder / "model.txt").write_text(booster.model_to_string())
-        (folder / "feature_spec.json").write_text(json.dumps(spec.to_dict()))
-        (folder / "instance.json").write_text(json.dumps(instance_config.to_dict(config)))
-        (folder / "evaluation.json").write_text(
-            json.dumps({"auc": 0.8, "pr_auc": 0.5, "quality": "GOOD"})
-        )
-    with db.session() as s:
-        s.add(
-            ModelVersionRow(
-                instance_name=name,
-                version=version,
-                status="READY",
-                artifact_path=relative,
-                created_at=utcnow(),
-                finished_at=utcnow(),
-            )
-        )
-        s.execute(
-            update(InstanceRow).where(InstanceRow.name == name).values(current_version=version)
-        )
-
-
-PG_ADMIN_URL = os.environ.get("FORESIGHT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@contextmanager
-def _database(kind: str, data_dir: Path) -> Iterator[Database]:
-    """A migrated database of its own: SQLite in the data directory, or a fresh PostgreSQL one."""
-    if kind == "sqlite":
-        db = Database(f"sqlite:///{data_dir / 'foresight.db'}")
-        db.migrate()
-        yield db
-        db.dispose()
-        return
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI but not reachable at {PG_ADMIN_URL}")
-        pytest.skip("PostgreSQL not reachable")
-    name = f"foresight_scorer_{uuid.uuid4().hex[:10]}"
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    db = Database(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}")
-    try:
-        db.migrate()
-        yield db
-    finally:
-        db.dispose()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -228,11 +92,6 @@ def world(
         snapshot = scorer.snapshots.get("churn")
         assert snapshot is not None
         yield World(data_dir, db, end, str(snapshot.ids[0].as_py()))
-
-
-def _parts(db: Database) -> list[str]:
-    with db.session() as s:
-        return [p.path for p in s.query(DatasetPartRow).all()]
 
 
 @dataclass

@@ -101,5 +101,10 @@ def test_evaluation_summary_and_outcome_window() -> None:
     )
     assert given is not None and given.quality == "GOOD" and given.pr_auc == 0.0
     as_of = datetime(2025, 1, 1, tzinfo=UTC)
-    assert outcome_available(as_of, 30, as_of + timedelta(days=30))
+    # The window is 1-31 January, both days whole; the day of the latest event
+    # counts as complete (as for training's validation cutoff). `data_end` is
+    # exclusive: one microsecond after the latest event.
+    assert outcome_available(as_of, 30, as_of + timedelta(days=30, microseconds=1))
+    assert outcome_available(as_of, 30, as_of + timedelta(days=30, hours=12))
+    assert not outcome_available(as_of, 30, as_of + timedelta(days=30))
     assert not outcome_available(as_of, 30, as_of + timedelta(days=29, hours=23))

@@ -1110,6 +1110,265 @@ class Insights(_message.Message):
 Global___Insights: _TypeAlias = Insights  # noqa: Y015
 
 @_typing.final
+class GetModelHealthRequest(_message.Message):
+    """---------------------------------------------------------------- model health
+
+    Read an instance's model health.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """Instance name."""
+    max_runs: _builtins.int
+    """Succeeded runs to report, newest as-of time first; 0 = 12, at most 100."""
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        max_runs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "max_runs", b"max_runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelHealthRequest: _TypeAlias = GetModelHealthRequest  # noqa: Y015
+
+@_typing.final
+class RealizedQuality(_message.Message):
+    """How a run's probabilities did against what happened in its outcome window,
+    measured on a uniform sample of its profiles.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    POSITIVES_FIELD_NUMBER: _builtins.int
+    AUC_FIELD_NUMBER: _builtins.int
+    LIFT_TOP_DECILE_FIELD_NUMBER: _builtins.int
+    BRIER_FIELD_NUMBER: _builtins.int
+    ECE_FIELD_NUMBER: _builtins.int
+    MEAN_PROBABILITY_FIELD_NUMBER: _builtins.int
+    POSITIVE_RATE_FIELD_NUMBER: _builtins.int
+    CONCLUSIVE_FIELD_NUMBER: _builtins.int
+    profiles: _builtins.int
+    """Sampled profiles with a realized outcome."""
+    positives: _builtins.int
+    """Of those, profiles for which the goal happened as stated."""
+    auc: _builtins.float
+    """Realized AUC (NaN when one class is absent)."""
+    lift_top_decile: _builtins.float
+    """Goal rate of the 10 % highest probabilities over the overall goal rate."""
+    brier: _builtins.float
+    """Brier score: mean squared error of the probabilities."""
+    ece: _builtins.float
+    """Expected calibration error over 10 equal-width probability bins."""
+    mean_probability: _builtins.float
+    """Mean predicted probability."""
+    positive_rate: _builtins.float
+    """Realized goal rate."""
+    conclusive: _builtins.bool
+    """Whether there are enough outcomes of each class (30) for the AUC to count
+    towards a retrain recommendation.
+    """
+    def __init__(
+        self,
+        *,
+        profiles: _builtins.int = ...,
+        positives: _builtins.int = ...,
+        auc: _builtins.float = ...,
+        lift_top_decile: _builtins.float = ...,
+        brier: _builtins.float = ...,
+        ece: _builtins.float = ...,
+        mean_probability: _builtins.float = ...,
+        positive_rate: _builtins.float = ...,
+        conclusive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "brier", b"brier", "conclusive", b"conclusive", "ece", b"ece", "lift_top_decile", b"lift_top_decile", "mean_probability", b"mean_probability", "positive_rate", b"positive_rate", "positives", b"positives", "profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RealizedQuality: _TypeAlias = RealizedQuality  # noqa: Y015
+
+@_typing.final
+class FeatureDrift(_message.Message):
+    """Population stability index (PSI) of one feature between two runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PSI_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Feature code."""
+    description: _builtins.str
+    """Human description."""
+    psi: _builtins.float
+    """PSI against the previous run (< 0.1 stable, 0.1-0.25 moderate, > 0.25 a shift)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        description: _builtins.str = ...,
+        psi: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "description", b"description", "psi", b"psi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureDrift: _TypeAlias = FeatureDrift  # noqa: Y015
+
+@_typing.final
+class RunDrift(_message.Message):
+    """A run compared with the run before it (by as-of time)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_RUN_ID_FIELD_NUMBER: _builtins.int
+    SAME_MODEL_FIELD_NUMBER: _builtins.int
+    SCORE_PSI_FIELD_NUMBER: _builtins.int
+    TOP_FEATURES_FIELD_NUMBER: _builtins.int
+    previous_run_id: _builtins.str
+    """The previous run."""
+    same_model: _builtins.bool
+    """Whether both runs were scored by the same model version (score PSI across
+    versions reflects the model change as much as the data).
+    """
+    score_psi: _builtins.float
+    """PSI of the predicted probabilities."""
+    @_builtins.property
+    def top_features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureDrift]:
+        """The most drifting features, largest PSI first (at most 5)."""
+
+    def __init__(
+        self,
+        *,
+        previous_run_id: _builtins.str = ...,
+        same_model: _builtins.bool = ...,
+        score_psi: _builtins.float = ...,
+        top_features: _abc.Iterable[Global___FeatureDrift] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_run_id", b"previous_run_id", "same_model", b"same_model", "score_psi", b"score_psi", "top_features", b"top_features"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunDrift: _TypeAlias = RunDrift  # noqa: Y015
+
+@_typing.final
+class RunHealth(_message.Message):
+    """One run's row of the model health report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    WINDOW_CLOSED_FIELD_NUMBER: _builtins.int
+    VALIDATION_AUC_FIELD_NUMBER: _builtins.int
+    REALIZED_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    window_closed: _builtins.bool
+    """Whether the whole outcome window is in the event data."""
+    validation_auc: _builtins.float
+    """Validation AUC of the run's model version (0 when unknown)."""
+    note: _builtins.str
+    """Why something is missing (empty when nothing is)."""
+    @_builtins.property
+    def run(self) -> Global___ScoringRun:
+        """The run."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive end of the run's outcome window (whole days after the as-of time)."""
+
+    @_builtins.property
+    def realized(self) -> Global___RealizedQuality:
+        """Realized quality; unset until the window has closed."""
+
+    @_builtins.property
+    def drift(self) -> Global___RunDrift:
+        """Drift against the previous run; unset for the oldest run or without summaries."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___ScoringRun | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        window_closed: _builtins.bool = ...,
+        validation_auc: _builtins.float = ...,
+        realized: Global___RealizedQuality | None = ...,
+        drift: Global___RunDrift | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drift", b"drift", "realized", b"realized", "run", b"run", "window_end", b"window_end"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift", b"drift", "note", b"note", "realized", b"realized", "run", b"run", "validation_auc", b"validation_auc", "window_closed", b"window_closed", "window_end", b"window_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunHealth: _TypeAlias = RunHealth  # noqa: Y015
+
+@_typing.final
+class ModelHealth(_message.Message):
+    """An instance's model health."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    SERVING_VERSION_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    RETRAIN_RECOMMENDED_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    AUC_DROP_THRESHOLD_FIELD_NUMBER: _builtins.int
+    PSI_THRESHOLD_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """Instance name."""
+    serving_version: _builtins.int
+    """Model version serving now (the advice is about it)."""
+    retrain_recommended: _builtins.bool
+    """Whether retraining is recommended."""
+    auc_drop_threshold: _builtins.float
+    """Realized AUC this far below the validation AUC recommends a retrain."""
+    psi_threshold: _builtins.float
+    """Score or key-feature PSI above this recommends a retrain."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunHealth]:
+        """Runs, newest as-of time first."""
+
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why (empty when not recommended)."""
+
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        serving_version: _builtins.int = ...,
+        runs: _abc.Iterable[Global___RunHealth] | None = ...,
+        retrain_recommended: _builtins.bool = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        auc_drop_threshold: _builtins.float = ...,
+        psi_threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc_drop_threshold", b"auc_drop_threshold", "instance", b"instance", "psi_threshold", b"psi_threshold", "reasons", b"reasons", "retrain_recommended", b"retrain_recommended", "runs", b"runs", "serving_version", b"serving_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelHealth: _TypeAlias = ModelHealth  # noqa: Y015
+
+@_typing.final
 class GetScorerStatusRequest(_message.Message):
     """---------------------------------------------------------------- status
 

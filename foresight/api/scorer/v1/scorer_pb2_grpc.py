@@ -95,6 +95,11 @@ class ScorerServiceStub:
                 request_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.GetInsightsRequest.SerializeToString,
                 response_deserializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.Insights.FromString,
                 _registered_method=True)
+        self.GetModelHealth = channel.unary_unary(
+                '/foresight.scorer.v1.ScorerService/GetModelHealth',
+                request_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.GetModelHealthRequest.SerializeToString,
+                response_deserializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ModelHealth.FromString,
+                _registered_method=True)
         self.GetScorerStatus = channel.unary_unary(
                 '/foresight.scorer.v1.ScorerService/GetScorerStatus',
                 request_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.GetScorerStatusRequest.SerializeToString,
@@ -191,6 +196,15 @@ class ScorerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelHealth(self, request, context):
+        """Model health over time: realized quality of runs whose outcome window has
+        closed, score and feature drift (PSI) between consecutive runs, and whether
+        to retrain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetScorerStatus(self, request, context):
         """Which model versions are loaded and any load failures.
         """
@@ -260,6 +274,11 @@ def add_ScorerServiceServicer_to_server(servicer, server):
                     servicer.GetInsights,
                     request_deserializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.GetInsightsRequest.FromString,
                     response_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.Insights.SerializeToString,
+            ),
+            'GetModelHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelHealth,
+                    request_deserializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.GetModelHealthRequest.FromString,
+                    response_serializer=foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ModelHealth.SerializeToString,
             ),
             'GetScorerStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetScorerStatus,
@@ -592,6 +611,33 @@ class ScorerService:
             '/foresight.scorer.v1.ScorerService/GetInsights',
             foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.GetInsightsRequest.SerializeToString,
             foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.Insights.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/foresight.scorer.v1.ScorerService/GetModelHealth',
+            foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.GetModelHealthRequest.SerializeToString,
+            foresight_dot_api_dot_scorer_dot_v1_dot_scorer__pb2.ModelHealth.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,11 @@ class ScorerServiceStub:
     """
     GetInsights: _grpc.UnaryUnaryMultiCallable[_scorer_pb2.GetInsightsRequest, _scorer_pb2.Insights]
     """Score distribution, buckets, factors per bucket, evaluation, expected vs actual."""
+    GetModelHealth: _grpc.UnaryUnaryMultiCallable[_scorer_pb2.GetModelHealthRequest, _scorer_pb2.ModelHealth]
+    """Model health over time: realized quality of runs whose outcome window has
+    closed, score and feature drift (PSI) between consecutive runs, and whether
+    to retrain.
+    """
     GetScorerStatus: _grpc.UnaryUnaryMultiCallable[_scorer_pb2.GetScorerStatusRequest, _scorer_pb2.ScorerStatus]
     """Which model versions are loaded and any load failures."""
 
@@ -95,6 +100,11 @@ class ScorerServiceAsyncStub(ScorerServiceStub):
     """
     GetInsights: _aio.UnaryUnaryMultiCallable[_scorer_pb2.GetInsightsRequest, _scorer_pb2.Insights]  # type: ignore[assignment]
     """Score distribution, buckets, factors per bucket, evaluation, expected vs actual."""
+    GetModelHealth: _aio.UnaryUnaryMultiCallable[_scorer_pb2.GetModelHealthRequest, _scorer_pb2.ModelHealth]  # type: ignore[assignment]
+    """Model health over time: realized quality of runs whose outcome window has
+    closed, score and feature drift (PSI) between consecutive runs, and whether
+    to retrain.
+    """
     GetScorerStatus: _aio.UnaryUnaryMultiCallable[_scorer_pb2.GetScorerStatusRequest, _scorer_pb2.ScorerStatus]  # type: ignore[assignment]
     """Which model versions are loaded and any load failures."""
 
@@ -198,6 +208,17 @@ class ScorerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scorer_pb2.Insights, _abc.Awaitable[_scorer_pb2.Insights]]:
         """Score distribution, buckets, factors per bucket, evaluation, expected vs actual."""
+
+    @_abc_1.abstractmethod
+    def GetModelHealth(
+        self,
+        request: _scorer_pb2.GetModelHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scorer_pb2.ModelHealth, _abc.Awaitable[_scorer_pb2.ModelHealth]]:
+        """Model health over time: realized quality of runs whose outcome window has
+        closed, score and feature drift (PSI) between consecutive runs, and whether
+        to retrain.
+        """
 
     @_abc_1.abstractmethod
     def GetScorerStatus(
