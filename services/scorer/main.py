@@ -46,6 +46,7 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
         top_factors=settings.top_factors,
         cache_dir=settings.data_dir / "cache" / "scorer",
         shards=settings.shards,
+        dask_scheduler=settings.dask_scheduler,
     )
     return Scorer(db, config)
 

@@ -64,6 +64,7 @@ class ScorerConfig:
     keep_runs: int = 3
     cache_dir: Path | None = None  # derived data (indexed event copies for real-time scoring)
     shards: int = DEFAULT_SHARDS  # event-store shards (profiles hash into them)
+    dask_scheduler: str | None = None  # batch scoring's shards run as tasks on this cluster
 
 
 class Scorer:
@@ -85,6 +86,7 @@ class Scorer:
             config.scoring_threads,
             config.top_factors,
             config.keep_runs,
+            config.dask_scheduler,
         )
         self.segments = SegmentStore(db)
         self._outcomes: dict[tuple[str, datetime], np.ndarray] = {}
