@@ -8,12 +8,13 @@
 - `dask_batch_score_1m_s`: one RunScoring (every eligible profile, top-5
   reason codes, stored and served) whose shards run as tasks on a 2-process
   LocalCluster, at `dask_batch_score_profiles` profiles (the name keeps
-  "1m"); `local_batch_score_s` is the same run on the scorer's local process
-  pool with 2 workers, in the same bench run, and
-  `dask_vs_local_throughput_ratio` = local seconds ÷ Dask seconds (goal ≥ 0.8).
-  Each backend scores once untimed first (the Dask workers then hold the
-  model; the local pool starts its processes on every run, as the scorer
-  does). `*_batch_score_shards_s` is the wall time of the shard map alone.
+  "1m"). In the same bench run: `local_warm_batch_score_s`, the scorer's
+  local process pool with 2 workers kept alive between runs (its workers hold
+  the model, as the Dask workers do), and `local_batch_score_s`, that pool as
+  the scorer runs it (processes started on every run).
+  `dask_vs_local_throughput_ratio` = warm local seconds ÷ Dask seconds (goal
+  ≥ 0.8); `dask_vs_local_as_shipped_ratio` uses `local_batch_score_s`. Each
+  backend scores once untimed first; `*_shards_s` is the shard map alone.
 - `train_peak_rss_mb_1m`, `train_peak_rss_mb_2m`: peak RSS of the trainer
   process (ModelTrainer.train, 2 local workers) at N and 2N profiles, each in a
   fresh process, with the training sample bounded at the same share of N as
@@ -156,13 +157,16 @@ def _scorer(var: Path, scheduler: str | None) -> Any:
     return Scorer(Database(f"sqlite:///{var / 'foresight.db'}"), config)
 
 
-def _score_twice(scorer: Any) -> tuple[float, float, int, int]:
+def _score_twice(scorer: Any, keep_alive: bool = False) -> tuple[float, float, int, int]:
     """(seconds, shard-map seconds, profiles, result bytes) of the second of two RunScorings.
 
-    The result bytes are what the shard tasks return in all (ids, probabilities,
-    top-k factor codes, impacts and values): what crosses from workers to the scorer.
+    `keep_alive` keeps a local pool's processes (and the model they loaded)
+    between the runs, as Dask's workers are kept; the scorer itself starts
+    them on every run. The result bytes are what the shard tasks return in all
+    (ids, probabilities, top-k factor codes, impacts and values).
     """
-    scorer.run_scoring("conv", None)  # warm: the Dask workers load the model once
+    scorer.engine.runner.keep_alive = keep_alive
+    scorer.run_scoring("conv", None)  # warm-up, outside the clock
     t0 = time.perf_counter()
     run = scorer.run_scoring("conv", None)
     seconds = time.perf_counter() - t0
@@ -189,22 +193,29 @@ def batch_scoring(results: dict[str, Any], data: Path, profiles: int) -> None:
         train_once(data, profiles, max(1_000, DEFAULT_SAMPLE_ROWS * profiles // 1_000_000))
     finally:
         probe.db.dispose()
-    local_s, local_shards, scored, returned = _score_twice(_scorer(var, None))
+    local = _score_twice(_scorer(var, None))
+    warm = _score_twice(_scorer(var, None), keep_alive=True)
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
-        dask_s, dask_shards, _, _ = _score_twice(_scorer(var, cluster.scheduler_address))
-    results["dask_batch_score_result_bytes_per_shard"] = round(returned / SHARDS)
-    results["dask_batch_score_1m_s"] = round(dask_s, 2)
+        dask = _score_twice(_scorer(var, cluster.scheduler_address))
+    for name, (seconds, shards, _, _) in (
+        ("local_batch_score", local),
+        ("local_warm_batch_score", warm),
+        ("dask_batch_score", dask),
+    ):
+        results[f"{name}_s"] = round(seconds, 2)
+        results[f"{name}_shards_s"] = round(shards, 2)
+    results["dask_batch_score_1m_s"] = results.pop("dask_batch_score_s")
     results["dask_batch_score_profiles"] = profiles
-    results["dask_batch_score_scored_profiles"] = scored
-    results["dask_batch_score_shards_s"] = round(dask_shards, 2)
-    results["local_batch_score_s"] = round(local_s, 2)
-    results["local_batch_score_shards_s"] = round(local_shards, 2)
-    results["dask_vs_local_throughput_ratio"] = round(local_s / dask_s, 3)
-    results["dask_vs_local_shards_ratio"] = round(local_shards / dask_shards, 3)
+    results["dask_batch_score_scored_profiles"] = local[2]
+    results["dask_batch_score_result_bytes_per_shard"] = round(local[3] / SHARDS)
+    # Like for like (workers that hold the model on both sides), and as the scorer ships.
+    results["dask_vs_local_throughput_ratio"] = round(warm[0] / dask[0], 3)
+    results["dask_vs_local_as_shipped_ratio"] = round(local[0] / dask[0], 3)
     results["dask_vs_local_basis"] = (
-        "RunScoring with top-5 reason codes, 2 Dask worker processes vs 2 local processes"
+        "RunScoring with top-5 reason codes: local pool of 2 processes kept warm "
+        "÷ 2 Dask worker processes"
     )
     results["dask_batch_score_measured"] = {
         "profiles": profiles,
