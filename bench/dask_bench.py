@@ -5,16 +5,8 @@
   read ÷ wall seconds.
 - `local_featurize_events_per_s`: the same work through the local process
   pool with 2 workers; `dask_vs_local_featurize_ratio` = Dask ÷ local.
-- `dask_batch_score_1m_s`: one RunScoring (every eligible profile, top-5
-  reason codes, stored and served) whose shards run as tasks on a 2-process
-  LocalCluster, at `dask_batch_score_profiles` profiles (the name keeps
-  "1m"). In the same bench run: `local_warm_batch_score_s`, the scorer's
-  local process pool with 2 workers kept alive between runs (its workers hold
-  the model, as the Dask workers do), and `local_batch_score_s`, that pool as
-  the scorer runs it (processes started on every run).
-  `dask_vs_local_throughput_ratio` = warm local seconds ÷ Dask seconds (goal
-  ≥ 0.8); `dask_vs_local_as_shipped_ratio` uses `local_batch_score_s`. Each
-  backend scores once untimed first; `*_shards_s` is the shard map alone.
+- `dask_batch_score_1m_s` and the batch-scoring `dask_vs_local_throughput_ratio`:
+  bench/dask_score_bench.py (run last, on the model `train_once` leaves).
 - `train_peak_rss_mb_1m`, `train_peak_rss_mb_2m`: peak RSS of the trainer
   process (ModelTrainer.train, 2 local workers) at N and 2N profiles, each in a
   fresh process, with the training sample bounded at the same share of N as
@@ -45,7 +37,7 @@ from typing import Any
 import polars as pl
 
 from foresight import instance as inst
-from foresight.errors import FailedPrecondition, NotFound
+from foresight.errors import NotFound
 from foresight.events.store import EventStore
 from foresight.features.labels import choose_cutoffs
 from foresight.features.spec import fit_feature_spec
@@ -67,7 +59,7 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def _world(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]]:
+def world_of(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]]:
     """Generate and store `profiles` profiles once (reused); the shard jobs and cutoffs."""
     var = data / f"var-dask-{profiles}"
     store = EventStore(var / "events", SHARDS)
@@ -144,92 +136,6 @@ def throughput(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any]
     results["dask_events"] = events
 
 
-def _scorer(var: Path, scheduler: str | None) -> Any:
-    from services.scorer.service import Scorer, ScorerConfig
-
-    config = ScorerConfig(
-        artifacts_dir=var / "artifacts",
-        events_dir=var / "events",
-        scoring_threads=2,
-        shards=SHARDS,
-        dask_scheduler=scheduler,
-    )
-    return Scorer(Database(f"sqlite:///{var / 'foresight.db'}"), config)
-
-
-def _score_twice(scorer: Any, keep_alive: bool = False) -> tuple[float, float, int, int]:
-    """(seconds, shard-map seconds, profiles, result bytes) of the second of two RunScorings.
-
-    `keep_alive` keeps a local pool's processes (and the model they loaded)
-    between the runs, as Dask's workers are kept; the scorer itself starts
-    them on every run. The result bytes are what the shard tasks return in all
-    (ids, probabilities, top-k factor codes, impacts and values).
-    """
-    scorer.engine.runner.keep_alive = keep_alive
-    scorer.run_scoring("conv", None)  # warm-up, outside the clock
-    t0 = time.perf_counter()
-    run = scorer.run_scoring("conv", None)
-    seconds = time.perf_counter() - t0
-    assert run.status.value == "READY", run.error
-    shards = scorer.engine.stage_seconds["shards"]
-    scores = scorer.engine.run_scores("conv", run.run_id)
-    factors = scores.factors
-    returned = scores.ids.nbytes + scores.probability.nbytes
-    returned += factors.codes.nbytes + factors.impacts.nbytes + factors.values.nbytes
-    scorer.engine.runner.close()
-    scorer.db.dispose()
-    return seconds, shards, run.profiles, returned
-
-
-def batch_scoring(results: dict[str, Any], data: Path, profiles: int) -> None:
-    """RunScoring on a 2-worker LocalCluster vs the scorer's local pool of 2 processes."""
-    from distributed import LocalCluster
-
-    var, _, _ = _world(data, profiles)
-    probe = _scorer(var, None)
-    try:
-        probe.model("conv")
-    except (NotFound, FailedPrecondition):
-        train_once(data, profiles, max(1_000, DEFAULT_SAMPLE_ROWS * profiles // 1_000_000))
-    finally:
-        probe.db.dispose()
-    local = _score_twice(_scorer(var, None))
-    warm = _score_twice(_scorer(var, None), keep_alive=True)
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster:
-        dask = _score_twice(_scorer(var, cluster.scheduler_address))
-    for name, (seconds, shards, _, _) in (
-        ("local_batch_score", local),
-        ("local_warm_batch_score", warm),
-        ("dask_batch_score", dask),
-    ):
-        results[f"{name}_s"] = round(seconds, 2)
-        results[f"{name}_shards_s"] = round(shards, 2)
-    results["dask_batch_score_1m_s"] = results.pop("dask_batch_score_s")
-    results["dask_batch_score_profiles"] = profiles
-    results["dask_batch_score_scored_profiles"] = local[2]
-    results["dask_batch_score_result_bytes_per_shard"] = round(local[3] / SHARDS)
-    # Like for like (workers that hold the model on both sides), and as the scorer ships.
-    results["dask_vs_local_throughput_ratio"] = round(warm[0] / dask[0], 3)
-    results["dask_vs_local_as_shipped_ratio"] = round(local[0] / dask[0], 3)
-    results["dask_vs_local_basis"] = (
-        "RunScoring with top-5 reason codes: local pool of 2 processes kept warm "
-        "÷ 2 Dask worker processes"
-    )
-    results["dask_batch_score_measured"] = {
-        "profiles": profiles,
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_average_1m": round(os.getloadavg()[0], 1),
-        "cpus": os.cpu_count(),
-    }
-
-
-def run_batch_scoring(results: dict[str, Any], data: Path) -> None:
-    """Only the batch-scoring figures, at FORESIGHT_BENCH_PROFILES (stage `dask_score`)."""
-    batch_scoring(results, data, int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000")))
-
-
 def _measured(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[float, float, int]:
     """Run one shard task in this (fresh) process: seconds, peak RSS MB, result bytes."""
     t0 = time.perf_counter()
@@ -286,7 +192,7 @@ def shard_costs(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any
 
 def _train_rss(data: Path, profiles: int, sample_rows: int) -> float:
     """Peak RSS (MB) of a fresh process that runs ModelTrainer.train at `profiles`."""
-    _world(data, profiles)  # data ready before the measured process starts
+    world_of(data, profiles)  # data ready before the measured process starts
     script = (
         "import json,resource,sys;from pathlib import Path;"
         "from bench.dask_bench import train_once;"
@@ -382,7 +288,7 @@ def run(results: dict[str, Any], data: Path) -> None:
     """All Dask figures at FORESIGHT_BENCH_PROFILES profiles (and twice that for memory)."""
     profiles = int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000"))
     results["dask_profiles"] = profiles
-    _, jobs, cutoffs = _world(data, profiles)
+    _, jobs, cutoffs = world_of(data, profiles)
     throughput(results, jobs, cutoffs)
     shard_costs(results, jobs, cutoffs)
     pg_load_rate(results)
@@ -393,7 +299,9 @@ def run(results: dict[str, Any], data: Path) -> None:
     results["train_rss_2m_over_1m"] = round(
         results["train_peak_rss_mb_2m"] / results["train_peak_rss_mb_1m"], 3
     )
-    batch_scoring(results, data, profiles)  # scores the model train_once left at N
+    from bench import dask_score_bench  # after train_once: it scores the model left at N
+
+    dask_score_bench.batch_scoring(results, data, profiles)
     results["dask_measured"] = {
         "profiles": profiles,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -171,9 +171,9 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "loadtest": lambda results: importlib.import_module("bench.loadtest_bench").run(results, DATA),
     "dask": lambda results: _dask_stage(results),
     # Batch scoring on Dask vs the local pool alone (part of "dask" too).
-    "dask_score": lambda results: importlib.import_module("bench.dask_bench").run_batch_scoring(
-        results, DATA
-    ),
+    "dask_score": lambda results: importlib.import_module(
+        "bench.dask_score_bench"
+    ).run_batch_scoring(results, DATA),
     "faults": stage_faults,
     # The fuzzer needs no data set: in-process services, small seeded data.
     "fuzz": lambda results: importlib.import_module("bench.fuzz_bench").run(results),
