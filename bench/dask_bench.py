@@ -4,9 +4,9 @@
   trainer's data-sized stages) as tasks on a 2-process LocalCluster; events
   read ÷ wall seconds.
 - `local_featurize_events_per_s`: the same work through the local process
-  pool with 2 workers; `dask_vs_local_throughput_ratio` = Dask ÷ local.
-- `dask_batch_score_1m_s`: batch scoring with reason codes on Dask, when the
-  scorer's shard function is on the runner (else "not measured").
+  pool with 2 workers; `dask_vs_local_featurize_ratio` = Dask ÷ local.
+- `dask_batch_score_1m_s` and the batch-scoring `dask_vs_local_throughput_ratio`:
+  bench/dask_score_bench.py (run last, on the model `train_once` leaves).
 - `train_peak_rss_mb_1m`, `train_peak_rss_mb_2m`: peak RSS of the trainer
   process (ModelTrainer.train, 2 local workers) at N and 2N profiles, each in a
   fresh process, with the training sample bounded at the same share of N as
@@ -60,7 +60,7 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def _world(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]]:
+def world_of(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]]:
     """Generate and store `profiles` profiles once (reused); the shard jobs and cutoffs."""
     var = data / f"var-dask-{profiles}"
     store = EventStore(var / "events", SHARDS)
@@ -136,8 +136,7 @@ def throughput(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any]
         remote.close()
     results["dask_featurize_events_per_s"] = round(events / dask_s)
     results["local_featurize_events_per_s"] = round(events / local_s)
-    results["dask_vs_local_throughput_ratio"] = round(local_s / dask_s, 3)
-    results["dask_vs_local_basis"] = "labels + features of every shard, 2 workers each"
+    results["dask_vs_local_featurize_ratio"] = round(local_s / dask_s, 3)
     results["dask_events"] = events
 
 
@@ -198,7 +197,7 @@ def shard_costs(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any
 
 def _train_rss(data: Path, profiles: int, sample_rows: int) -> float:
     """Peak RSS (MB) of a fresh process that runs ModelTrainer.train at `profiles`."""
-    _world(data, profiles)  # data ready before the measured process starts
+    world_of(data, profiles)  # data ready before the measured process starts
     script = (
         "import json,resource,sys;from pathlib import Path;"
         "from bench.dask_bench import train_once;"
@@ -294,7 +293,7 @@ def run(results: dict[str, Any], data: Path) -> None:
     """All Dask figures at FORESIGHT_BENCH_PROFILES profiles (and twice that for memory)."""
     profiles = int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000"))
     results["dask_profiles"] = profiles
-    _, jobs, cutoffs = _world(data, profiles)
+    _, jobs, cutoffs = world_of(data, profiles)
     throughput(results, jobs, cutoffs)
     shard_costs(results, jobs, cutoffs)
     pg_load_rate(results)
@@ -305,6 +304,9 @@ def run(results: dict[str, Any], data: Path) -> None:
     results["train_rss_2m_over_1m"] = round(
         results["train_peak_rss_mb_2m"] / results["train_peak_rss_mb_1m"], 3
     )
+    from bench import dask_score_bench  # after train_once: it scores the model left at N
+
+    dask_score_bench.batch_scoring(results, data, profiles)
     results["dask_measured"] = {
         "profiles": profiles,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -3,7 +3,7 @@
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
 Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter,
-loadtest, faults, dask, fuzz — faults and fuzz are `make faults`).
+loadtest, faults, dask, dask_score, fuzz — faults and fuzz are `make faults`).
 """
 
 from __future__ import annotations
@@ -79,8 +79,13 @@ TARGETS: dict[str, tuple[str, str]] = {
         for figure, unit in (("rps", "req/s"), ("p50_ms", "ms"), ("p99_ms", "ms"))
     },
     "dask_featurize_events_per_s": ("report", "events/s"),
-    "dask_batch_score_1m_s": ("report", "s"),
+    "dask_vs_local_featurize_ratio": ("report", "ratio"),
+    "dask_batch_score_1m_s": ("report (at dask_batch_score_profiles)", "s"),
+    "dask_batch_score_profiles": ("report", "profiles"),
+    "local_warm_batch_score_s": ("report (same run, local pool kept warm)", "s"),
+    "local_batch_score_s": ("report (same run, local pool as the scorer runs it)", "s"),
     "dask_vs_local_throughput_ratio": ("≥ 0.8", "ratio"),
+    "dask_vs_local_as_shipped_ratio": ("report", "ratio"),
     "train_peak_rss_mb_1m": ("report", "MB"),
     "train_peak_rss_mb_2m": ("≤ 1.2 × train_peak_rss_mb_1m", "MB"),
     "lost_acknowledged_writes": ("0", ""),
@@ -165,6 +170,10 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "segmenter": _optional("bench.segmenter_bench"),
     "loadtest": lambda results: importlib.import_module("bench.loadtest_bench").run(results, DATA),
     "dask": lambda results: _dask_stage(results),
+    # Batch scoring on Dask vs the local pool alone (part of "dask" too).
+    "dask_score": lambda results: importlib.import_module(
+        "bench.dask_score_bench"
+    ).run_batch_scoring(results, DATA),
     "faults": stage_faults,
     # The fuzzer needs no data set: in-process services, small seeded data.
     "fuzz": lambda results: importlib.import_module("bench.fuzz_bench").run(results),
@@ -241,7 +250,7 @@ def main() -> None:
         t0 = time.perf_counter()
         STAGES[name](results)
         console.print(f"stage {name}: {time.perf_counter() - t0:.0f} s")
-        if name != "faults":
+        if name not in ("faults", "dask", "dask_score"):  # these keep their own record
             results["machine"] = machine()
         RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print_table(results)

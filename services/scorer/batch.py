@@ -2,7 +2,11 @@
 
 `score_job` reads one shard of a picklable `ShardJob` and scores it, so it runs
 the same in a worker process of the local `ShardRunner` or as a Dask task; each
-worker loads the model bundle once and keeps it. `score_shard` is the same on
+worker loads the model bundle once and keeps it. A task carries the bundle's
+folder, not its bytes: a Dask worker reads it from the artifact volume it
+shares with the scorer (as BuildIndex's tasks read the encoder bundle), so
+the scheduler never holds a copy of the model per shard. Its events come from
+the event store's URL (shared volume or s3://). `score_shard` is the same on
 events already in memory.
 """
 
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from foresight.errors import FailedPrecondition
 from foresight.events.partitions import shard_of
 from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
@@ -93,8 +98,17 @@ class ShardJob:
 @functools.lru_cache(maxsize=4)
 def _worker_model(bundle: str, instance: str, version: int) -> LoadedModel:
     # Loaded once per worker process and kept for the following shards and runs.
+    folder = Path(bundle)
+    if not folder.is_dir():
+        # A Dask worker that does not share the service's artifact volume (never a
+        # local worker: it runs on the service's machine). No path in the message.
+        raise FailedPrecondition(
+            f"the model bundle of instance '{instance}' v{version} is not readable where "
+            "this shard ran: Dask workers must see FORESIGHT_DATA_DIR's artifacts at the "
+            "same path as the scorer (a shared volume)"
+        )
     configure_native_threads()
-    return load_bundle(Path(bundle), instance, version)
+    return load_bundle(folder, instance, version)
 
 
 def score_job(job: ShardJob, profiles: pl.DataFrame | None) -> ShardScores:

@@ -49,6 +49,7 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
         shards=settings.shards,
         health_sample=settings.health_sample_profiles,
         health=Thresholds(settings.health_auc_drop, settings.health_psi_threshold),
+        dask_scheduler=settings.dask_scheduler,
     )
     return Scorer(db, config)
 

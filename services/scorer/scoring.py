@@ -92,6 +92,7 @@ class ScoringEngine:
         top_k: int,
         keep_runs: int = 3,
         health_sample: int = 20_000,
+        scheduler: str | None = None,
     ) -> None:
         self.db = db
         self.catalog = catalog
@@ -104,8 +105,9 @@ class ScoringEngine:
         self.health_sample = health_sample  # profiles whose probability the run summary keeps
         self._running: set[str] = set()
         self._lock = threading.Lock()
-        # Shards run in worker processes that end with the run (or as Dask tasks).
-        self.runner = ShardRunner(self.threads)
+        # Shards run in worker processes that end with the run, or as tasks on the
+        # Dask cluster at `scheduler` (FORESIGHT_DASK_SCHEDULER).
+        self.runner = ShardRunner(self.threads, scheduler=scheduler)
         self.stage_seconds: dict[str, float] = {}  # of the last run, for logs and the benchmark
 
     # --- runs ---------------------------------------------------------------------
@@ -230,15 +232,17 @@ class ScoringEngine:
         store = self.catalog.events
         if model.folder is None:
             raise FailedPrecondition(f"model of instance '{model.instance}' has no bundle folder")
+        # Absolute locations: a Dask worker's working directory is not the service's.
+        root = store.url if store.remote else str(store.root.resolve())
         return [
             (
                 ShardJob(
-                    store.url,
+                    root,
                     store.shards,
                     parts.dataset,
                     shard,
                     tuple(parts.paths_of(shard)),
-                    str(model.folder),
+                    str(model.folder.resolve()),
                     model.instance,
                     model.version,
                     as_of,

@@ -69,6 +69,7 @@ class ScorerConfig:
     shards: int = DEFAULT_SHARDS  # event-store shards (profiles hash into them)
     health_sample: int = 20_000  # profiles per run kept to measure realized quality
     health: Thresholds = field(default_factory=Thresholds)  # when to recommend a retrain
+    dask_scheduler: str | None = None  # batch scoring's shards run as tasks on this cluster
 
 
 class Scorer:
@@ -91,6 +92,7 @@ class Scorer:
             config.top_factors,
             config.keep_runs,
             config.health_sample,
+            config.dask_scheduler,
         )
         self.health = HealthMonitor(
             db,

@@ -30,7 +30,10 @@ class ScorerSettings(ServiceSettings):
         ge=0,
         le=1024,
         validation_alias=AliasChoices("FORESIGHT_SCORER_SCORING_THREADS"),
-        description="Threads for batch scoring (featurize, ONNX, TreeSHAP); 0 = all cores.",
+        description=(
+            "Worker processes for batch scoring (featurize, ONNX, TreeSHAP); 0 = all cores. "
+            "Unused with FORESIGHT_DASK_SCHEDULER: the cluster's workers score."
+        ),
     )
     top_factors: int = Field(
         5,
