@@ -281,7 +281,9 @@ def _opt_in(rng: np.random.Generator, latents: Latents) -> BoolArray:
     """Email opt-in: more likely for customers who drop out less."""
     logit_p = np.log(latents.p / (1 - latents.p))
     z = (logit_p - logit_p.mean()) / logit_p.std()
-    return rng.random(len(z)) < 1 / (1 + np.exp(-(0.2 - 0.5 * z)))
+    chance: FloatArray = 1 / (1 + np.exp(-(0.2 - 0.5 * z)))
+    opted: BoolArray = rng.random(len(z)) < chance
+    return opted
 
 
 def _email_opens(
@@ -336,11 +338,11 @@ def _event_frame(parts: list[_Part], ids: pl.Series, start: date, seed: int) -> 
                     ids.gather(part.customer),
                     pl.Series("timestamp", epoch_us + np.floor(part.time * 86_400e6), pl.Int64),
                     pl.Series(_EVENT_TYPES).gather(part.event_type).alias("event_type"),
-                    _column("channel", part.channel, rows, pl.String),
-                    _column("value", part.value, rows, pl.Float64),
-                    _column("quantity", part.quantity, rows, pl.Int64),
-                    _column("product_category", part.category, rows, pl.String),
-                    _column("campaign_id", part.campaign, rows, pl.String),
+                    _column("channel", part.channel, rows, pl.String()),
+                    _column("value", part.value, rows, pl.Float64()),
+                    _column("quantity", part.quantity, rows, pl.Int64()),
+                    _column("product_category", part.category, rows, pl.String()),
+                    _column("campaign_id", part.campaign, rows, pl.String()),
                 ]
             )
         )

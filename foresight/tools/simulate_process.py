@@ -91,7 +91,8 @@ def intensity(latents: Latents, season: FloatArray, day: int) -> FloatArray:
     age = day - latents.birth
     exposure = np.clip(1.0 + age, 0.0, 1.0)  # the share of the day after the birth moment
     drift = np.exp(latents.drift * np.maximum(age, 0.0) / 365.0)
-    return latents.lam * season[day] * drift * exposure
+    mu: FloatArray = latents.lam * season[day] * drift * exposure
+    return mu
 
 
 def purchase_day(
