@@ -224,6 +224,8 @@ def run(results: dict[str, Any], data: Path) -> None:
             window_days=WINDOW_DAYS,
         )
         preds, params = predictions(summary, root / setting.value / "var", setting)
+        # Kept for diagnosis (calibration by band, who each method misses).
+        pl.DataFrame(vars(preds)).write_parquet(root / setting.value / "predictions.parquet")
         got = {k: round(v, 4) for k, v in figures(preds).items()}
         prefix = "auc_pure_" if setting is Setting.PURE else "auc_"
         brier = "brier_pure_" if setting is Setting.PURE else "brier_"

@@ -152,3 +152,26 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         simulate(tmp_path, customers=0)
     with pytest.raises(InvalidArgument, match="window_days"):
         simulate(tmp_path, window_days=0)
+
+
+def test_pure_is_bgnbd_its_posterior_predicts_the_outcomes(tmp_path: Path) -> None:
+    """The textbook BG/NBD prediction with the generating parameters, from the purchase
+    history alone, is calibrated on the simulated outcomes and ranks between recency and
+    the oracle (which also knows who is alive)."""
+    from sklearn.metrics import roc_auc_score
+
+    from bench.simulator_bench import posterior_with_true_parameters, purchase_summary
+
+    summary = simulate(tmp_path, Setting.PURE, customers=6_000, seed=12)
+    rfm = purchase_summary(pl.read_parquet(summary.events_path), summary)
+    truth = pl.read_parquet(summary.ground_truth_path).join(rfm, on="profile_id")
+    posterior = posterior_with_true_parameters(truth, summary.outcome_days)
+    y = truth["purchased"].to_numpy()
+    assert abs(y.sum() - posterior.sum()) < 4.5 * np.sqrt((posterior * (1 - posterior)).sum())
+    for low, high in ((0.0, 0.2), (0.2, 0.5), (0.5, 1.0)):
+        inside = (posterior > low) & (posterior <= high)
+        assert inside.sum() > 300
+        assert abs(y[inside].mean() - posterior[inside].mean()) < 0.04
+    auc = roc_auc_score(y, posterior)
+    assert roc_auc_score(y, truth["recency_score"].to_numpy()) < auc
+    assert auc < roc_auc_score(y, truth["true_probability"].to_numpy())
