@@ -160,15 +160,7 @@ def simulate(
         profiles = _profiles(rng, latents, ids, opt_in, start)
     events = _event_frame(parts, ids, start, seed)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    events_path = out_dir / "events.parquet"
-    events.write_parquet(events_path, compression="zstd")
-    profiles_path = None
-    if profiles is not None:
-        profiles_path = out_dir / "profiles.parquet"
-        profiles.write_parquet(profiles_path, compression="zstd")
-    truth_path = out_dir / "ground_truth.parquet"
-    pl.DataFrame(
+    truth_frame = pl.DataFrame(
         {
             "profile_id": ids,
             "true_probability": truth,
@@ -179,7 +171,8 @@ def simulate(
             "birth_day": latents.birth,
             "drift": latents.drift,
         }
-    ).write_parquet(truth_path, compression="zstd")
+    )
+    events_path, profiles_path, truth_path = _write(out_dir, events, profiles, truth_frame)
     return SimulationSummary(
         events_path=events_path,
         profiles_path=profiles_path,
@@ -193,6 +186,22 @@ def simulate(
         mean_true_probability=float(truth.mean()),
         seconds=time.perf_counter() - began,
     )
+
+
+def _write(
+    out_dir: Path, events: pl.DataFrame, profiles: pl.DataFrame | None, truth: pl.DataFrame
+) -> tuple[Path, Path | None, Path]:
+    """The Parquet files: events, profile attributes (rich only), ground truth."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    events_path = out_dir / "events.parquet"
+    events.write_parquet(events_path, compression="zstd")
+    profiles_path = None
+    if profiles is not None:
+        profiles_path = out_dir / "profiles.parquet"
+        profiles.write_parquet(profiles_path, compression="zstd")
+    truth_path = out_dir / "ground_truth.parquet"
+    truth.write_parquet(truth_path, compression="zstd")
+    return events_path, profiles_path, truth_path
 
 
 # ------------------------------------------------------------------ events
