@@ -150,15 +150,7 @@ def simulate(
     outcome = proc.realize_window(rng, latents, season, history.alive, window)
 
     ids = pl.Series("profile_id", [f"c{i:06d}" for i in range(customers)])
-    parts = [_purchases(rng, history, customers)]
-    profiles = None
-    if rich:
-        parts += [
-            _browsing(rng, latents, season, history, history_days),
-            _email_opens(rng, latents, (opt_in := _opt_in(rng, latents)), history_days),
-        ]
-        profiles = _profiles(rng, latents, ids, opt_in, start)
-    events = _event_frame(parts, ids, start, seed)
+    events, profiles = _log(rng, setting, latents, season, history, history_days, ids, start, seed)
 
     truth_frame = pl.DataFrame(
         {
@@ -186,6 +178,29 @@ def simulate(
         mean_true_probability=float(truth.mean()),
         seconds=time.perf_counter() - began,
     )
+
+
+def _log(
+    rng: np.random.Generator,
+    setting: Setting,
+    latents: Latents,
+    season: FloatArray,
+    history: proc.History,
+    history_days: int,
+    ids: pl.Series,
+    start: date,
+    seed: int,
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """What the customers leave in the data: events, and profile attributes (rich only)."""
+    parts = [_purchases(rng, history, len(ids))]
+    if setting is Setting.PURE:
+        return _event_frame(parts, ids, start, seed), None
+    # Drawn in this order (browsing, opt-in, email opens, profiles): one seed, one log.
+    parts.append(_browsing(rng, latents, season, history, history_days))
+    opt_in = _opt_in(rng, latents)
+    parts.append(_email_opens(rng, latents, opt_in, history_days))
+    profiles = _profiles(rng, latents, ids, opt_in, start)
+    return _event_frame(parts, ids, start, seed), profiles
 
 
 def _write(
