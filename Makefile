@@ -54,7 +54,13 @@ up: $(STAMP) ## Start trainer, scorer and segmenter as local processes (SQLite)
 down: ## Stop the local processes started by `make up`
 	@test -x $(BIN)/python && $(BIN)/python -m foresight.tools.localrun down --data $(DATA) || true
 
-bench: $(STAMP) ## Benchmarks: prints a table, writes bench/results.json
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## Benchmarks: prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run
 
 faults: $(STAMP) ## kill -9 / SIGTERM fault suite, request fuzzer, path escapes; figures merge into bench/results.json

@@ -3,7 +3,7 @@
 Every figure comes from a run on this machine; nothing is copied in. Stages
 that take a long time reuse the 1M-profile data set under bench/data.
 Run one stage with `python -m bench.run --only NAME` (ingest, scorer, segmenter,
-loadtest, faults, dask, dask_score, fuzz — faults and fuzz are `make faults`).
+loadtest, faults, dask, dask_score, fuzz, simulator — faults and fuzz are `make faults`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,20 @@ TARGETS: dict[str, tuple[str, str]] = {
         )
         for figure, unit in (("rps", "req/s"), ("p50_ms", "ms"), ("p99_ms", "ms"))
     },
+    "auc_pure_foresight_minus_bgnbd": ("≥ -0.005", ""),
+    "auc_pure_oracle": ("report", ""),
+    "auc_pure_foresight": ("report", ""),
+    "auc_pure_bgnbd": ("report", ""),
+    "auc_pure_bgnbd_true_params": ("report (best from the data)", ""),
+    "auc_oracle": ("report", ""),
+    "auc_foresight": ("report", ""),
+    "auc_bgnbd": ("report", ""),
+    "auc_recency": ("report", ""),
+    "auc_oracle_minus_foresight": ("≤ 0.01", ""),
+    "auc_foresight_minus_bgnbd": ("≥ 0.01", ""),
+    "brier_oracle": ("report", ""),
+    "brier_foresight": ("report", ""),
+    "brier_bgnbd": ("report", ""),
     "dask_featurize_events_per_s": ("report", "events/s"),
     "dask_vs_local_featurize_ratio": ("report", "ratio"),
     "dask_batch_score_1m_s": ("report (at dask_batch_score_profiles)", "s"),
@@ -162,6 +176,15 @@ def stage_faults(results: dict[str, Any]) -> None:
     results["faults_machine"] = {**machine(), "profiles": results["faults_profiles"]}
 
 
+def _simulator_stage(results: dict[str, Any]) -> None:
+    """Foresight vs BG/NBD vs the truth on simulated logs (bench/simulator_bench.py)."""
+    from bench import simulator_bench
+
+    simulator_bench.run(results, DATA)
+    # Its own record of where and when, like the fault figures.
+    results["simulator_machine"] = {**machine(), "profiles": results["sim_customers"]}
+
+
 STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "generate": stage_generate,
     "ingest": stage_ingest,
@@ -177,6 +200,8 @@ STAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "faults": stage_faults,
     # The fuzzer needs no data set: in-process services, small seeded data.
     "fuzz": lambda results: importlib.import_module("bench.fuzz_bench").run(results),
+    # Simulated logs with a known truth (issue 13): their own small data, no 1M data set.
+    "simulator": lambda results: _simulator_stage(results),
 }
 
 
@@ -223,6 +248,13 @@ def update_readme(results: dict[str, Any]) -> None:
             f"Fault figures (`make faults`): measured {f.get('measured_at', '?')} at commit "
             f"{f.get('commit', '?')} on {f.get('cpus', '?')} cores, {f.get('profiles', '?')} profiles."
         )
+    if "simulator_machine" in results:
+        f = results["simulator_machine"]
+        lines.append(
+            f"Simulator figures (stage `simulator`): measured {f.get('measured_at', '?')} at commit "
+            f"{f.get('commit', '?')} on {f.get('cpus', '?')} cores, {f.get('profiles', '?')} "
+            "simulated customers per setting."
+        )
     lines += [
         "",
         "| figure | value | target |",
@@ -250,7 +282,7 @@ def main() -> None:
         t0 = time.perf_counter()
         STAGES[name](results)
         console.print(f"stage {name}: {time.perf_counter() - t0:.0f} s")
-        if name not in ("faults", "dask", "dask_score"):  # these keep their own record
+        if name not in ("faults", "dask", "dask_score", "simulator"):  # these keep their own record
             results["machine"] = machine()
         RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print_table(results)
