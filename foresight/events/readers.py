@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -92,13 +93,14 @@ def count_rows(path: Path) -> int:
     total = 0
     for f in list_input_files(path):
         suffix = f.suffix.lower()
-        if suffix in _PARQUET:
-            total += pq.ParquetFile(f).metadata.num_rows
-            continue
-        lines = 0
-        with f.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                lines += chunk.count(b"\n")
+        with _reading(f):
+            if suffix in _PARQUET:
+                total += pq.ParquetFile(f).metadata.num_rows
+                continue
+            lines = 0
+            with f.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    lines += chunk.count(b"\n")
         total += max(lines - 1, 0) if suffix in _CSV else lines
     return total
 
@@ -114,20 +116,27 @@ def read_batches(path: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[p
         raise InvalidArgument("batch_rows", "must be positive")
     for file in list_input_files(path):
         suffix = file.suffix.lower()
-        try:
+        with _reading(file):
             if suffix in _PARQUET:
                 yield from read_parquet_batches(file, batch_rows)
             elif suffix in _CSV:
                 yield from read_csv_batches(file, batch_rows)
             else:
                 yield from read_jsonl_batches(file, batch_rows)
-        except PermissionError:
-            raise FailedPrecondition(f"{file.name!r} is not readable by the service") from None
-        except (OSError, pa.ArrowException, pl.exceptions.PolarsError, UnicodeDecodeError):
-            # The library's text names server paths; the file name is enough.
-            raise InvalidArgument(
-                "path", f"{file.name!r} is not a readable {_KIND[suffix]} file"
-            ) from None
+
+
+@contextmanager
+def _reading(file: Path) -> Iterator[None]:
+    """Turn a failure to read `file` into a domain error that names the file, not its path."""
+    try:
+        yield
+    except PermissionError:
+        raise FailedPrecondition(f"{file.name!r} is not readable by the service") from None
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError, UnicodeDecodeError):
+        # The library's text names server paths; the file name is enough.
+        raise InvalidArgument(
+            "path", f"{file.name!r} is not a readable {_KIND[file.suffix.lower()]} file"
+        ) from None
 
 
 def read_parquet_batches(

@@ -285,7 +285,12 @@ async def test_score_profile_from_stored_and_fresh_events(client: Client, world:
         scorer_pb2.ScoreProfileRequest(instance="purchase", profile_id=world.profile)
     )
     assert default.score.scored_at.ToDatetime(tzinfo=UTC) == world.end
-    assert default.score.probability == pytest.approx(s.probability, abs=1e-6)
+    at_end = await client.stub.ScoreProfile(
+        scorer_pb2.ScoreProfileRequest(
+            instance="purchase", profile_id=world.profile, as_of=_ts(world.end)
+        )
+    )
+    assert default.score.probability == pytest.approx(at_end.score.probability, abs=1e-6)
     assert len(default.warnings) == 1 and "days old" in default.warnings[0]
     late = await client.stub.ScoreProfile(
         scorer_pb2.ScoreProfileRequest(
