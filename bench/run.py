@@ -239,9 +239,20 @@ def update_readme(results: dict[str, Any]) -> None:
     m = results.get("machine", {})
     lines = [
         start,
-        f"Measured {m.get('measured_at', '?')} at commit {m.get('commit', '?')} "
+        f"Last stage measured {m.get('measured_at', '?')} at commit {m.get('commit', '?')} "
         f"on {m.get('cpus', '?')} cores, {m.get('profiles', '?')} profiles.",
     ]
+    stages = results.get("stage_machine", {})
+    if stages:
+        lines.append(
+            "Stages: "
+            + "; ".join(
+                f"{name} {r.get('measured_at', '?')[:16]} at {r.get('commit', '?')} "
+                f"({r.get('profiles', '?')} profiles)"
+                for name, r in sorted(stages.items())
+            )
+            + "; figures of stages not listed come from the run in the line above or earlier."
+        )
     if "faults_machine" in results:
         f = results["faults_machine"]
         lines.append(
@@ -284,6 +295,8 @@ def main() -> None:
         console.print(f"stage {name}: {time.perf_counter() - t0:.0f} s")
         if name not in ("faults", "dask", "dask_score", "simulator"):  # these keep their own record
             results["machine"] = machine()
+            # Which stage was measured when: a partial run does not relabel the others.
+            results.setdefault("stage_machine", {})[name] = results["machine"]
         RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print_table(results)
     update_readme(results)
