@@ -294,10 +294,13 @@ def main() -> None:
         t0 = time.perf_counter()
         STAGES[name](results)
         console.print(f"stage {name}: {time.perf_counter() - t0:.0f} s")
-        if name not in ("faults", "dask", "dask_score", "simulator"):  # these keep their own record
+        if name not in ("faults", "fuzz", "dask", "dask_score", "simulator"):  # own records
             results["machine"] = machine()
             # Which stage was measured when: a partial run does not relabel the others.
-            results.setdefault("stage_machine", {})[name] = results["machine"]
+            record = dict(results["machine"])
+            if name == "loadtest":  # its own, smaller data set
+                record["profiles"] = results.get("loadtest_profiles", record["profiles"])
+            results.setdefault("stage_machine", {})[name] = record
         RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print_table(results)
     update_readme(results)
