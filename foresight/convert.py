@@ -31,6 +31,11 @@ from foresight.instance import CustomEvent, Goal, InstanceConfig, Population
 from foresight.storage.lifecycle import Status
 
 
+def progress_to_pb(stage: str, fraction: float, message: str) -> common_pb2.Progress:
+    """One progress report of a long job as the shared `Progress` message."""
+    return common_pb2.Progress(stage=stage, fraction=float(fraction), message=message)
+
+
 def status_to_pb(status: Status | str) -> common_pb2.JobStatus.ValueType:
     """The proto word for a job or version status (the one converter both ways use)."""
     return common_pb2.JobStatus.Value(f"JOB_STATUS_{Status(status).value}")

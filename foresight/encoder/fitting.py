@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
@@ -32,21 +31,15 @@ from foresight.encoder.model import (
 )
 from foresight.errors import FailedPrecondition, InvalidArgument
 from foresight.features.journey import BehaviourSpec, behaviour_vectors, fit_behaviour_spec
+from foresight.progress import Progress, no_progress
 
-__all__ = ["EncoderBundle", "Progress", "fit_encoder", "no_progress"]
+__all__ = ["EncoderBundle", "fit_encoder"]
 
 log = logging.getLogger("foresight.encoder")
 
 _EVAL_ROWS: Final[int] = 5_000
 _PARITY_ROWS: Final[int] = 256
 _PARITY_TOLERANCE: Final[float] = 1e-3
-
-Progress = Callable[[str, float, str], None]
-
-
-def no_progress(stage: str, fraction: float, message: str) -> None:
-    """A progress callback that reports nowhere."""
-    return None
 
 
 @dataclass(frozen=True)

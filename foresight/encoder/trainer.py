@@ -10,7 +10,7 @@ from typing import Final, Literal
 import numpy as np
 import polars as pl
 
-from foresight.encoder.fitting import Progress, fit_encoder, no_progress
+from foresight.encoder.fitting import fit_encoder
 from foresight.encoder.model import DEFAULT_DIMENSIONS, KINDS, EncoderKind, behaviour_as_of
 from foresight.encoder.registry import (
     EncoderVersionInfo,
@@ -22,6 +22,7 @@ from foresight.encoder.registry import (
 from foresight.errors import FailedPrecondition, InvalidArgument
 from foresight.events.partitions import parts_by_shard
 from foresight.events.store import EventStore
+from foresight.progress import Progress, no_progress
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database

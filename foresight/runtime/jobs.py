@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 import grpc
 
 from foresight.errors import Cancelled
+from foresight.progress import Progress
 from foresight.shards import JOB_CANCEL
 
 T = TypeVar("T")
 M = TypeVar("M")
 
-ProgressFn = Callable[[str, float, str], None]
+ProgressFn = Progress  # the job's side of the stream: foresight.progress
 
 STOP_GRACE_S = 10.0
 """How long a cancelled stream waits for its job to end (workers stop within seconds)."""

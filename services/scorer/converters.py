@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2
-from foresight.convert import status_to_pb
+from foresight.convert import progress_to_pb, status_to_pb
 from foresight.convert import to_timestamp as timestamp
 from foresight.errors import InvalidArgument
 from foresight.features.spec import format_factor_value
@@ -198,9 +198,7 @@ def scoring_run(run: ScoringRun) -> scorer_pb2.ScoringRun:
 def progress_event(progress: Progress) -> scorer_pb2.RunScoringEvent:
     """Progress → stream message."""
     return scorer_pb2.RunScoringEvent(
-        progress=common_pb2.Progress(
-            stage=progress.stage, fraction=progress.fraction, message=progress.message
-        )
+        progress=progress_to_pb(progress.stage, progress.fraction, progress.message)
     )
 
 

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
-from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.cluster_map import ClusterMap
-from foresight.convert import events_to_frame, to_timestamp
+from foresight.convert import events_to_frame, progress_to_pb, to_timestamp
 from services.segmenter.discovery_types import ClusterInfo, DiscoveryInfo, Trait
 from services.segmenter.domain import ProfileEvents, UpsertResult
 from services.segmenter.index_types import IndexInfo
 from services.segmenter.queries import Expansion, Neighbor, Placement
 
-ProgressFn = Callable[[str, float, str], None]
-
 __all__ = [
     "IndexInfo",
-    "ProgressFn",
     "build_event",
     "cluster_to_pb",
     "discover_event",
@@ -27,7 +22,6 @@ __all__ = [
     "index_info_to_pb",
     "neighbors_to_pb",
     "placement_to_pb",
-    "progress",
     "upsert_request",
     "upsert_to_pb",
     "view_from_pb",
@@ -35,19 +29,14 @@ __all__ = [
 ]
 
 
-def progress(stage: str, fraction: float, message: str) -> cpb.Progress:
-    """A Progress message."""
-    return cpb.Progress(stage=stage, fraction=float(fraction), message=message)
-
-
 def build_event(stage: str, fraction: float, message: str) -> pb.BuildIndexEvent:
     """A progress message of the BuildIndex stream."""
-    return pb.BuildIndexEvent(progress=progress(stage, fraction, message))
+    return pb.BuildIndexEvent(progress=progress_to_pb(stage, fraction, message))
 
 
 def discover_event(stage: str, fraction: float, message: str) -> pb.DiscoverSegmentsEvent:
     """A progress message of the DiscoverSegments stream."""
-    return pb.DiscoverSegmentsEvent(progress=progress(stage, fraction, message))
+    return pb.DiscoverSegmentsEvent(progress=progress_to_pb(stage, fraction, message))
 
 
 def index_info_to_pb(info: IndexInfo) -> pb.IndexInfo:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
 
 from foresight.errors import FailedPrecondition, InvalidArgument
+from foresight.progress import Progress, no_progress
 from services.segmenter.discovery_types import ClusterInfo, DiscoveryResult, Trait
 from services.segmenter.index_types import IndexSnapshot
 from services.segmenter.traits import TraitCatalog
@@ -48,12 +48,6 @@ _TOP_TRAITS: Final[int] = 20
 _MIN_INFLUENCE_PERCENT: Final[float] = 10.0
 _NAME_MIN_LIFT: Final[float] = 1.25
 _NAME_MIN_PERCENT: Final[float] = 30.0
-
-Progress = Callable[[str, float, str], None]
-
-
-def _no_progress(stage: str, fraction: float, message: str) -> None:
-    return None
 
 
 # ---------------------------------------------------------------- clustering
@@ -237,7 +231,7 @@ def discover(
     seed: int = 0,
 ) -> DiscoveryResult:
     """Cluster a snapshot of the index (k chosen automatically when `clusters` is 0)."""
-    report = progress or _no_progress
+    report = progress or no_progress
     n = len(snapshot.profile_ids)
     if clusters < 0 or clusters > MAX_CLUSTERS:
         raise InvalidArgument("clusters", f"must be between 0 (automatic) and {MAX_CLUSTERS}")

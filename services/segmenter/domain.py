@@ -8,7 +8,7 @@ answers queries, discoveries and the map.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from foresight.errors import (
 from foresight.events.partitions import parts_by_shard, shard_for_profile
 from foresight.events.profile_events import validate_profile_events
 from foresight.events.store import EventStore
+from foresight.progress import Progress
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
@@ -55,7 +56,6 @@ MAX_SEED: Final[int] = 1_000_000
 DEFAULT_PAGE: Final[int] = 100
 MAX_PAGE: Final[int] = 10_000
 
-Progress = Callable[[str, float, str], None]
 View = Literal["both", "influence", "popularity"]
 
 

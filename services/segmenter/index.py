@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from foresight.errors import FailedPrecondition
+from foresight.progress import Progress, no_progress
 from foresight.storage.artifacts import sha256_file
 from services.segmenter.embedding import EmbeddedShard
 from services.segmenter.index_types import (
@@ -37,8 +38,6 @@ from services.segmenter.index_types import (
     IndexInfo,
     IndexParams,
     IndexSnapshot,
-    Progress,
-    no_progress,
 )
 from services.segmenter.locking import RWLock
 

@@ -13,6 +13,7 @@ from foresight.encoder.model import behaviour_as_of
 from foresight.encoder.registry import EncoderVersionInfo, get_encoder_version
 from foresight.errors import FailedPrecondition
 from foresight.events.partitions import parts_by_shard
+from foresight.progress import Progress, no_progress
 from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
@@ -21,7 +22,7 @@ from foresight.storage.lifecycle import Status
 from services.segmenter.embedding import EmbeddedShard, embed_shard
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_store import IndexStore
-from services.segmenter.index_types import SPACE, IndexInfo, IndexParams, Progress, no_progress
+from services.segmenter.index_types import SPACE, IndexInfo, IndexParams
 
 __all__ = ["build_index"]
 

@@ -6,7 +6,6 @@ Shared by the in-memory index (`index`), its files and registry rows
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -15,16 +14,9 @@ import numpy as np
 
 from foresight.errors import InvalidArgument
 
-__all__ = ["SPACE", "IndexInfo", "IndexParams", "IndexSnapshot", "Progress", "no_progress"]
+__all__ = ["SPACE", "IndexInfo", "IndexParams", "IndexSnapshot"]
 
 SPACE: Final[str] = "cosine"
-
-Progress = Callable[[str, float, str], None]
-
-
-def no_progress(stage: str, fraction: float, message: str) -> None:
-    """A progress callback that reports nowhere."""
-    return None
 
 
 @dataclass(frozen=True)

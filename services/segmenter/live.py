@@ -27,6 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from foresight.errors import FailedPrecondition, ForesightError, public_reason
+from foresight.progress import Progress
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status
@@ -34,7 +35,7 @@ from services.segmenter.embedding import EmbeddedShard
 from services.segmenter.index import JourneyIndex
 from services.segmenter.index_build import build_index
 from services.segmenter.index_store import IndexStore
-from services.segmenter.index_types import IndexInfo, IndexParams, Progress
+from services.segmenter.index_types import IndexInfo, IndexParams
 from services.segmenter.journal import Journal, JournalEntry
 
 __all__ = ["Embedder", "LiveIndex"]

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from foresight.api.segmenter.v1 import segmenter_pb2 as pb
 from foresight.api.segmenter.v1 import segmenter_pb2_grpc
 from foresight.convert import events_to_frame
+from foresight.progress import Progress
 from foresight.runtime import Context
 from foresight.runtime.jobs import progress_stream
 from services.segmenter import converters as conv
@@ -29,7 +30,7 @@ class SegmenterServicer(segmenter_pb2_grpc.SegmenterServiceServicer):
     async def BuildIndex(
         self, request: pb.BuildIndexRequest, context: Context
     ) -> AsyncIterator[pb.BuildIndexEvent]:
-        def job(report: conv.ProgressFn) -> conv.IndexInfo:
+        def job(report: Progress) -> conv.IndexInfo:
             return self.segmenter.build(
                 request.dataset, request.encoder_version, request.m, request.ef_construction, report
             )

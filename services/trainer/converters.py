@@ -6,9 +6,8 @@ import io
 
 import polars as pl
 
-from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.trainer.v1 import trainer_pb2 as pb
-from foresight.convert import events_to_frame, instance_to_proto, to_timestamp
+from foresight.convert import events_to_frame, instance_to_proto, progress_to_pb, to_timestamp
 from foresight.errors import InvalidArgument
 from foresight.events.validation import DuplicatePolicy
 from foresight.storage.catalog import DatasetHealth
@@ -65,9 +64,7 @@ def duplicate_policy(value: int) -> DuplicatePolicy:
 
 def import_progress_event(stage: str, fraction: float, message: str) -> pb.ImportDatasetEvent:
     """One progress message of the ImportDatasetWithProgress stream."""
-    return pb.ImportDatasetEvent(
-        progress=cpb.Progress(stage=stage, fraction=float(fraction), message=message)
-    )
+    return pb.ImportDatasetEvent(progress=progress_to_pb(stage, fraction, message))
 
 
 def import_summary_event(s: IngestSummary) -> pb.ImportDatasetEvent:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.trainer.v1 import trainer_pb2 as pb
-from foresight.convert import status_to_pb, to_timestamp
+from foresight.convert import progress_to_pb, status_to_pb, to_timestamp
 from foresight.encoder.registry import EncoderVersionInfo
 from foresight.errors import InvalidArgument
 
@@ -58,9 +57,7 @@ def encoder_versions_to_pb(infos: list[EncoderVersionInfo]) -> pb.ListEncoderVer
 
 def encoder_progress_event(stage: str, fraction: float, message: str) -> pb.TrainEncoderEvent:
     """One progress message of the TrainEncoder stream."""
-    return pb.TrainEncoderEvent(
-        progress=cpb.Progress(stage=stage, fraction=float(fraction), message=message)
-    )
+    return pb.TrainEncoderEvent(progress=progress_to_pb(stage, fraction, message))
 
 
 def encoder_version_event(info: EncoderVersionInfo) -> pb.TrainEncoderEvent:

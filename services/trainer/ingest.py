@@ -24,7 +24,7 @@ from foresight.events.schema import EVENT_COLUMNS
 from foresight.events.store import EventStore
 from foresight.events.validation import DuplicatePolicy, validate
 from foresight.limits import PROFILE_ID_MAX
-from foresight.progress import Progress, no_progress
+from foresight.progress import Progress
 from foresight.storage import catalog
 from foresight.storage.db import Database
 from foresight.storage.models import ProfileRow
@@ -226,23 +226,26 @@ class Ingestor:
         dataset: str,
         path: str,
         duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID,
-        progress: Progress = no_progress,
+        progress: Progress | None = None,
     ) -> IngestSummary:
         """Import a server-side file or folder under the import root.
 
-        Progress is the share of rows read, against the rows counted before
-        reading (Parquet footers, lines of text files). A report that raises
-        (the caller cancelled) stops the import after a whole batch.
+        With `progress`, the rows are counted first (Parquet footers, lines of
+        text files) and each stored batch reports the share read; a report that
+        raises (the caller cancelled) stops the import after a whole batch.
         """
         check_dataset_name(dataset)
         files = self.resolve_import_path(path)
-        progress("count", 0.0, f"counting rows in {len(files)} file(s)")
-        total = sum(count_rows(f) for f in files)
         batches = (batch for f in files for batch in read_batches(f))
+        if progress is None:  # nobody follows: no second pass over the files
+            return self.ingest(dataset, batches, duplicates=duplicates)
+        report_progress = progress
+        report_progress("count", 0.0, f"counting rows in {len(files)} file(s)")
+        total = sum(count_rows(f) for f in files)
 
         def report(summary: IngestSummary) -> None:
             done = min(summary.rows_read / total, 1.0) if total else 0.0
-            progress("import", done, f"{summary.rows_read:,} of ~{total:,} rows")
+            report_progress("import", done, f"{summary.rows_read:,} of ~{total:,} rows")
 
         return self.ingest(dataset, batches, duplicates=duplicates, on_batch=report)
 

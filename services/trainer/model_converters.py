@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from foresight.api.common.v1 import common_pb2 as cpb
 from foresight.api.trainer.v1 import trainer_pb2 as pb
-from foresight.convert import status_to_pb
+from foresight.convert import progress_to_pb, status_to_pb
 from foresight.evaluation_report import FactorWeight, ModelEvaluation, PopulationCounts
 from services.trainer.registry import ModelVersionInfo
 from services.trainer.training import GoalCheck
@@ -83,9 +83,7 @@ def goal_check_to_pb(check: GoalCheck) -> pb.ValidateGoalResponse:
 
 def progress_event(stage: str, fraction: float, message: str) -> pb.TrainModelEvent:
     """One progress message of the TrainModel stream."""
-    return pb.TrainModelEvent(
-        progress=cpb.Progress(stage=stage, fraction=float(fraction), message=message)
-    )
+    return pb.TrainModelEvent(progress=progress_to_pb(stage, fraction, message))
 
 
 def version_event(info: ModelVersionInfo) -> pb.TrainModelEvent:

@@ -12,7 +12,6 @@ calibrated, on the evaluation half, held out from every choice.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -28,6 +27,7 @@ from foresight.evaluation_report import (
 from foresight.factor_groups import FactorGroups, fit_factor_groups
 from foresight.features.spec import FeatureSpec
 from foresight.instance import InstanceConfig
+from foresight.progress import Progress
 from services.trainer.boosting import (
     TrialResult,
     explanation_sample,
@@ -48,8 +48,6 @@ __all__ = [
     "record_run",
     "training_summary",
 ]
-
-Progress = Callable[[str, float, str], None]
 
 
 @dataclass(frozen=True, slots=True)
