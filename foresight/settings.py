@@ -92,6 +92,14 @@ class ServiceSettings(BaseSettings):
             "(endpoint and credentials from the AWS_* variables); default <data_dir>/events."
         ),
     )
+    artifacts_url: str | None = Field(
+        None,
+        description=(
+            "Mirror of the artifact store that Dask workers read bundles from "
+            "(s3://bucket/artifacts, endpoint and credentials from the AWS_* variables); "
+            "unset = workers read <data_dir>/artifacts on a shared volume."
+        ),
+    )
     dask_scheduler: str | None = Field(
         None,
         pattern=r"^(tcp|tls|ucx|inproc)://\S+$",
@@ -101,7 +109,7 @@ class ServiceSettings(BaseSettings):
         ),
     )
 
-    @field_validator("dask_scheduler", "events_dir", mode="before")
+    @field_validator("dask_scheduler", "events_dir", "artifacts_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

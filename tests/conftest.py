@@ -9,6 +9,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from moto.server import ThreadedMotoServer
+from s3fs import S3FileSystem
 
 from foresight.storage.db import Database
 
@@ -93,3 +95,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         steps = sorted((items[n] for n in positions), key=lambda item: item.location[1] or 0)
         for n, step in zip(positions, steps, strict=True):
             items[n] = step
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """An S3 endpoint on a free port; the AWS_* variables point at it while the module runs."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    wanted = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    # fsspec keeps filesystems by their arguments: one made for an earlier server would stay.
+    S3FileSystem.clear_instance_cache()
+    try:
+        yield wanted["AWS_ENDPOINT_URL"]
+    finally:
+        S3FileSystem.clear_instance_cache()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

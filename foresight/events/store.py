@@ -102,8 +102,7 @@ class EventStore:
         self.root = Path(root) if not self.remote else Path(".")  # local stores only
         self.shards = shards
         if self.remote:
-            filesystem, path = fs.filesystem(self.url)
-            filesystem.makedirs(path, exist_ok=True)
+            fs.makedirs(self.url)
         else:
             self.root.mkdir(parents=True, exist_ok=True)
         self._known: dict[tuple[str, int], _KnownIds] = {}

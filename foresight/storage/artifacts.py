@@ -7,6 +7,13 @@ complete one; a killed writer leaves only a temporary folder that
 `sweep_temporary` removes at the next start. Temporary names carry the
 writing service (``.tmp-trainer-…``) so each service sweeps only its own and
 never another's write in flight.
+
+With a mirror URL (`FORESIGHT_ARTIFACTS_URL`, e.g. `s3://bucket/artifacts`)
+each bundle is also uploaded there before it appears locally, its manifest
+last, so a mirrored bundle without a manifest is one whose upload did not
+finish and no reader takes it. Tasks then carry the bundle's URL (`ref`), and
+a Dask worker with no shared volume copies it into a local cache with
+`materialize`, checked against the manifest's checksums.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from foresight.errors import FailedPrecondition, PermissionDenied
+from foresight.storage import fs
 from foresight.storage.paths import confined
 
 MANIFEST = "manifest.json"
@@ -63,9 +72,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 class ArtifactStore:
     """Versioned bundles under `<data_dir>/artifacts`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, mirror: str | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.mirror = mirror.rstrip("/") if mirror else None
+        if self.mirror is not None:
+            fs.makedirs(self.mirror)
+
+    def ref(self, folder: Path) -> str:
+        """Where a task finds a bundle folder of this store: its mirror URL, else its absolute path."""
+        absolute = folder.resolve()
+        if self.mirror is None:
+            return str(absolute)
+        return fs.join(self.mirror, absolute.relative_to(self.root.resolve()).as_posix())
 
     def path(self, relative: str) -> Path:
         """Absolute path of a bundle given its path relative to the store root.
@@ -100,6 +119,8 @@ class ArtifactStore:
             manifest = {"files": files, **(metadata or {})}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             _fsync_dir(tmp)
+            if self.mirror is not None:
+                _upload(tmp, fs.join(self.mirror, relative), [*files, MANIFEST])
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except BaseException:
@@ -131,6 +152,8 @@ class ArtifactStore:
             log.warning("refused to delete an artifact path outside the store")
             return False
         shutil.rmtree(folder, ignore_errors=True)
+        if self.mirror is not None:
+            fs.remove_tree(fs.join(self.mirror, folder.relative_to(self.root.resolve()).as_posix()))
         return True
 
     def sweep_temporary(self, owner: str, under: str = "") -> int:
@@ -150,3 +173,59 @@ class ArtifactStore:
                 tmp.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _upload(folder: Path, url: str, names: list[str]) -> None:
+    """Upload `names` (relative to `folder`) under `url`, in order: the manifest comes last."""
+    for name in names:
+        fs.upload(folder / name, fs.join(url, name))
+
+
+def _cache_root() -> Path:
+    configured = os.environ.get("FORESIGHT_ARTIFACT_CACHE")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "foresight-artifacts"
+
+
+def materialize(ref: str, cache: Path | None = None) -> Path:
+    """A local folder holding the bundle at `ref` (see `ArtifactStore.ref`).
+
+    A local path is returned as it is. A URL is copied once into `cache`
+    (default `FORESIGHT_ARTIFACT_CACHE`, else the temp folder), under a name
+    made of the URL and its manifest, so a bundle deleted and published again
+    under the same name is fetched anew. Every file is checked against the
+    manifest and the copy appears in one rename, so a killed download leaves
+    nothing a later call would take.
+    """
+    if not fs.is_remote(ref):
+        return Path(ref)
+    try:
+        manifest_bytes = fs.read_bytes(fs.join(ref, MANIFEST))
+    except FileNotFoundError:
+        raise FailedPrecondition(
+            "an artifact is not published at its mirror URL (FORESIGHT_ARTIFACTS_URL)"
+        ) from None
+    key = hashlib.sha256(ref.encode() + b"\0" + manifest_bytes).hexdigest()[:32]
+    root = cache or _cache_root()
+    final = root / key
+    if (final / MANIFEST).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{key}"
+    tmp.mkdir()
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_bytes)
+        for name, expected in manifest["files"].items():
+            target = confined(tmp, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.download(fs.join(ref, name), target)
+            if sha256_file(target) != expected:
+                raise FailedPrecondition(f"artifact file {name} at the mirror URL is corrupt")
+        (tmp / MANIFEST).write_bytes(manifest_bytes)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process of this worker finished the same copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO
 
 import fsspec
@@ -21,16 +22,20 @@ import pyarrow.dataset as pads
 from fsspec import AbstractFileSystem
 
 __all__ = [
+    "download",
     "exists",
     "filesystem",
     "is_remote",
     "join",
     "listing",
+    "makedirs",
     "put_object",
+    "read_bytes",
     "read_parquet",
     "remove",
     "remove_tree",
     "scan_parquet",
+    "upload",
 ]
 
 
@@ -57,6 +62,30 @@ def put_object(url: str, write: Callable[[BinaryIO], None]) -> int:
     with fs.open(path, "wb") as handle:
         write(handle)
     return int(fs.size(path))
+
+
+def makedirs(url: str) -> None:
+    """Create the folder (or the bucket) at `url` if it is missing."""
+    fs, path = filesystem(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def upload(source: Path, url: str) -> None:
+    """Copy a local file to `url`."""
+    fs, path = filesystem(url)
+    fs.put_file(str(source), path)
+
+
+def download(url: str, target: Path) -> None:
+    """Copy the object at `url` into the local file `target`."""
+    fs, path = filesystem(url)
+    fs.get_file(path, str(target))
+
+
+def read_bytes(url: str) -> bytes:
+    """The whole object at `url` (FileNotFoundError when there is none)."""
+    fs, path = filesystem(url)
+    return bytes(fs.cat_file(path))
 
 
 def scan_parquet(urls: Sequence[str], schema: pl.Schema) -> pl.LazyFrame:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -29,6 +28,7 @@ from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles
 from foresight.features.spec import format_factor_value
+from foresight.storage.artifacts import materialize
 from services.scorer.drift import Sketch, sketch_columns
 from services.scorer.explain import configure_native_threads
 from services.scorer.factors import NO_FACTOR, TopFactors, importance_of, top_factors
@@ -98,14 +98,15 @@ class ShardJob:
 @functools.lru_cache(maxsize=4)
 def _worker_model(bundle: str, instance: str, version: int) -> LoadedModel:
     # Loaded once per worker process and kept for the following shards and runs.
-    folder = Path(bundle)
+    folder = materialize(bundle)
     if not folder.is_dir():
         # A Dask worker that does not share the service's artifact volume (never a
         # local worker: it runs on the service's machine). No path in the message.
         raise FailedPrecondition(
             f"the model bundle of instance '{instance}' v{version} is not readable where "
             "this shard ran: Dask workers must see FORESIGHT_DATA_DIR's artifacts at the "
-            "same path as the scorer (a shared volume)"
+            "same path as the scorer (a shared volume), or the services must mirror them "
+            "to an object store (FORESIGHT_ARTIFACTS_URL)"
         )
     configure_native_threads()
     return load_bundle(folder, instance, version)

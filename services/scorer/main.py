@@ -42,6 +42,7 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
     configure_native_threads()
     config = ScorerConfig(
         artifacts_dir=settings.artifacts_dir,
+        artifacts_url=settings.artifacts_url,
         events_dir=settings.events_location,
         scoring_threads=settings.resolved_scoring_threads,
         top_factors=settings.top_factors,

@@ -209,6 +209,10 @@ class ModelRegistry:
         self._entries: dict[str, _Entry] = {}
         self._refresh_lock = threading.Lock()
 
+    def bundle_ref(self, folder: Path) -> str:
+        """Where a scoring task finds a model's bundle folder (see `ArtifactStore.ref`)."""
+        return self._artifacts.ref(folder)
+
     def get(self, instance: str) -> LoadedModel:
         """The model serving `instance`; NotFound / FailedPrecondition when there is none."""
         entry = self._entries.get(instance)

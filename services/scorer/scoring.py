@@ -242,7 +242,7 @@ class ScoringEngine:
                     parts.dataset,
                     shard,
                     tuple(parts.paths_of(shard)),
-                    str(model.folder.resolve()),
+                    self.registry.bundle_ref(model.folder),
                     model.instance,
                     model.version,
                     as_of,

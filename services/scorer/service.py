@@ -70,6 +70,7 @@ class ScorerConfig:
     health_sample: int = 20_000  # profiles per run kept to measure realized quality
     health: Thresholds = field(default_factory=Thresholds)  # when to recommend a retrain
     dask_scheduler: str | None = None  # batch scoring's shards run as tasks on this cluster
+    artifacts_url: str | None = None  # the artifact store's mirror for Dask workers
 
 
 class Scorer:
@@ -78,7 +79,7 @@ class Scorer:
     def __init__(self, db: Database, config: ScorerConfig) -> None:
         self.db = db
         self.config = config
-        self.artifacts = ArtifactStore(config.artifacts_dir)
+        self.artifacts = ArtifactStore(config.artifacts_dir, config.artifacts_url)
         self.catalog = Catalog(db, EventStore(config.events_dir, config.shards), config.cache_dir)
         self.registry = ModelRegistry(db, self.artifacts)
         self.snapshots = SnapshotStore()

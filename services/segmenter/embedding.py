@@ -12,7 +12,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -21,6 +20,7 @@ import polars as pl
 from foresight.encoder.model import Encoder, load_encoder
 from foresight.events.store import EventStore
 from foresight.features.journey import behaviour_vectors
+from foresight.storage.artifacts import materialize
 from services.segmenter.traits import trait_catalog
 
 __all__ = ["EmbeddedShard", "embed_events", "embed_shard"]
@@ -52,7 +52,7 @@ def cached_encoder(path: str, threads: int = 1) -> Encoder:
     with _ENCODERS_LOCK:
         encoder = _ENCODERS.get(key)
         if encoder is None:
-            encoder = load_encoder(Path(path), threads=threads)
+            encoder = load_encoder(materialize(path), threads=threads)
             _ENCODERS[key] = encoder
         return encoder
 

@@ -35,7 +35,7 @@ class _Source:
 
     dataset: str
     encoder: EncoderVersionInfo
-    encoder_dir: str
+    encoder_dir: str  # where a task finds the bundle (ArtifactStore.ref)
     parts: list[str]
     as_of: datetime
 
@@ -53,7 +53,7 @@ def _source(db: Database, artifacts: ArtifactStore, dataset: str, encoder_versio
     return _Source(
         dataset,
         encoder,
-        str(artifacts.path(encoder.artifact_path)),
+        artifacts.ref(artifacts.path(encoder.artifact_path)),
         parts,
         behaviour_as_of(span[1]),
     )

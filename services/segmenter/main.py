@@ -23,7 +23,7 @@ def build_segmenter(settings: SegmenterSettings) -> Segmenter:
     """The domain facade over the shared stores."""
     return Segmenter(
         Database(settings.resolved_database_url),
-        ArtifactStore(settings.data_dir / "artifacts"),
+        ArtifactStore(settings.data_dir / "artifacts", settings.artifacts_url),
         settings.events_location,
         shards=settings.shards,
         workers=settings.shard_processes,

@@ -28,7 +28,7 @@ def build_servicer(
     """Wire the domain; returns the servicer and the start-up recovery hook."""
     db = Database(settings.resolved_database_url)
     store = EventStore(settings.events_location, shards=settings.shards)
-    artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.artifacts_url)
     settings.resolved_import_root.mkdir(parents=True, exist_ok=True)
     ingestor = Ingestor(db, store, settings.resolved_import_root)
     models = ModelTrainer(db, store, artifacts, settings.shard_processes, settings.dask_scheduler)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +9,6 @@ import numpy as np
 import polars as pl
 import pytest
 from distributed import LocalCluster
-from moto.server import ThreadedMotoServer
 
 from foresight import instance as inst
 from foresight.events.store import EventStore
@@ -35,31 +32,6 @@ CONFIG = inst.to_dict(
         }
     )
 )
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[str]:
-    """An S3 endpoint on a free port; the AWS_* variables point at it while the module runs."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    wanted = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        yield wanted["AWS_ENDPOINT_URL"]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
 
 
 @pytest.fixture(scope="module")
