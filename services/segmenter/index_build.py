@@ -85,13 +85,16 @@ def _embed_all(
         for shard in shards
     ]
     report("embed", 0.0, f"embedding {len(shards)} shards with {pool.workers} workers")
-    return pool.map(
-        embed_shard,
-        tasks,
-        lambda done, total: report(
-            "embed", 0.6 * done / total, f"embedded {done} of {total} shards"
-        ),
-    )
+    try:
+        return pool.map(
+            embed_shard,
+            tasks,
+            lambda done, total: report(
+                "embed", 0.6 * done / total, f"embedded {done} of {total} shards"
+            ),
+        )
+    finally:
+        pool.close()  # its processes, or its connection to the Dask scheduler
 
 
 def build_index(
