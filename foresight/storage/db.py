@@ -94,9 +94,10 @@ class Database:
         rows: Sequence[Sequence[Any]],
         replace: tuple[str, Sequence[Any]] | None = None,
     ) -> int:
-        """Insert many rows fast: COPY on PostgreSQL, executemany elsewhere.
+        """Insert many rows fast: COPY on PostgreSQL, the DB-API's executemany elsewhere.
 
-        `replace=(column, keys)` first deletes the rows whose `column` is in
+        Give every column: Python-side column defaults are not applied (as with
+        COPY). `replace=(column, keys)` first deletes the rows whose `column` is in
         `keys`, in the same transaction, so an upsert is all or nothing.
         """
         json_cols = {i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)}
