@@ -12,7 +12,7 @@ exported as ONNX) is mapped by a `Calibrator` stored in the model bundle:
 
 `choose_calibrator` picks the method with the lowest cross-validated Brier
 score on the rows given (the tuning half of the validation cutoff), then fits
-it on all of them. Pure numpy/scikit-learn: no grpc, no ONNX.
+it on all of them. Pure numpy/scikit-learn (imported to fit only): no grpc, no ONNX.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
-from sklearn.isotonic import IsotonicRegression
 
 __all__ = [
     "CALIBRATION_FOLDS",
@@ -119,6 +118,9 @@ def fit_platt(raw: npt.ArrayLike, y: npt.ArrayLike, prior: float = 0.0) -> tuple
 
 def fit_isotonic(p: npt.ArrayLike, y: npt.ArrayLike) -> Calibrator:
     """Centred isotonic regression: one knot per pooled block, at the block's mean p."""
+    # Only the trainer fits: the scorer, which applies a Calibrator, never imports scikit-learn.
+    from sklearn.isotonic import IsotonicRegression
+
     pp = np.asarray(p, dtype=np.float64)
     yy = np.asarray(y, dtype=np.float64)
     order = np.argsort(pp, kind="stable")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "build_feature_defs",
     "event_type_noun",
     "format_factor_value",
+    "format_factor_values",
 ]
 
 SCHEMA_VERSION = 1
@@ -367,28 +369,32 @@ def build_feature_defs(spec: FeatureSpec) -> tuple[FeatureDef, ...]:
     )
 
 
+_SHOWN: dict[Unit, Callable[[float], str]] = {
+    Unit.DAYS: "{:,.0f}".format,
+    Unit.COUNT: "{:,.0f}".format,
+    Unit.RANK: "{:,.0f}".format,
+    Unit.MONEY: "{:,.2f}".format,
+    Unit.COUNT_CHANGE: "{:+,.0f}".format,
+    Unit.MONEY_CHANGE: "{:+,.2f}".format,
+    Unit.SHARE: lambda value: f"{value * 100:.0f}%",
+    Unit.FLAG: lambda value: "yes" if value >= 0.5 else "no",
+    Unit.NUMBER: "{:.4g}".format,
+}
+
+
+def _missing_text(feature: FeatureDef) -> str:
+    never = feature.unit is Unit.DAYS and feature.code.startswith("days_since")
+    return f"{feature.description}: {'never' if never else 'unknown'}"
+
+
 def format_factor_value(feature: FeatureDef, value: float | None) -> str:
     """Reason-code text with the profile's value, e.g. 'Days since last purchase: 3'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        shown = (
-            "never"
-            if feature.unit is Unit.DAYS and feature.code.startswith("days_since")
-            else "unknown"
-        )
-        return f"{feature.description}: {shown}"
-    unit = feature.unit
-    if unit in (Unit.DAYS, Unit.COUNT, Unit.RANK):
-        shown = f"{value:,.0f}"
-    elif unit is Unit.MONEY:
-        shown = f"{value:,.2f}"
-    elif unit is Unit.COUNT_CHANGE:
-        shown = f"{value:+,.0f}"
-    elif unit is Unit.MONEY_CHANGE:
-        shown = f"{value:+,.2f}"
-    elif unit is Unit.SHARE:
-        shown = f"{value * 100:.0f}%"
-    elif unit is Unit.FLAG:
-        shown = "yes" if value >= 0.5 else "no"
-    else:
-        shown = f"{value:.4g}"
-    return f"{feature.description}: {shown}"
+        return _missing_text(feature)
+    return f"{feature.description}: {_SHOWN[feature.unit](value)}"
+
+
+def format_factor_values(feature: FeatureDef, values: list[float]) -> list[str]:
+    """`format_factor_value` of many values of one feature (batch scoring's reason JSON)."""
+    head, shown, missing = f"{feature.description}: ", _SHOWN[feature.unit], _missing_text(feature)
+    return [missing if value != value else head + shown(value) for value in values]

@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Engine, Table, create_engine, delete, event, insert, text
+from sqlalchemy import JSON, Engine, Table, create_engine, delete, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -94,9 +94,10 @@ class Database:
         rows: Sequence[Sequence[Any]],
         replace: tuple[str, Sequence[Any]] | None = None,
     ) -> int:
-        """Insert many rows fast: COPY on PostgreSQL, executemany elsewhere.
+        """Insert many rows fast: COPY on PostgreSQL, the DB-API's executemany elsewhere.
 
-        `replace=(column, keys)` first deletes the rows whose `column` is in
+        Give every column: Python-side column defaults are not applied (as with
+        COPY). `replace=(column, keys)` first deletes the rows whose `column` is in
         `keys`, in the same transaction, so an upsert is all or nothing.
         """
         json_cols = {i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)}
@@ -129,7 +130,23 @@ class Database:
                     chunk = list(keys[start : start + 5_000])
                     conn.execute(delete(table).where(table.c[column].in_(chunk)))
             if rows:
-                conn.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
+                # The DB-API's executemany on tuples, each column bound as SQLAlchemy binds it
+                # (JSON dumped, …): about half the CPU of insert() with a dict per row.
+                dialect = self.engine.dialect
+                processors = {
+                    i: p
+                    for i, c in enumerate(columns)
+                    if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect))
+                }
+                if processors:
+                    values = list(zip(*rows, strict=True))
+                    for i, process in processors.items():
+                        values[i] = tuple(map(process, values[i]))
+                    rows = list(zip(*values, strict=True))
+                marks = ", ".join("?" * len(columns))
+                conn.exec_driver_sql(
+                    f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", rows
+                )
         return len(rows)
 
     def dispose(self) -> None:

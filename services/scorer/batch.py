@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,16 +27,16 @@ from foresight.events.partitions import shard_of
 from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles
-from foresight.features.spec import format_factor_value
+from foresight.features.spec import FeatureDef, format_factor_values
 from foresight.storage.artifacts import materialize
 from services.scorer.drift import Sketch, sketch_columns
 from services.scorer.explain import configure_native_threads
 from services.scorer.factors import NO_FACTOR, TopFactors, importance_of, top_factors
 from services.scorer.models import LoadedModel, load_bundle
 from services.scorer.records import Importance
-from services.scorer.snapshot import RunScores
 
-_IMPORTANCE_NAMES = {int(i): i.name for i in Importance}
+_IMPORTANCE_TAILS = ("", *(f',"importance":"{i.name}"}}' for i in Importance))
+_json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, without its overhead
 
 
 @dataclass(frozen=True)
@@ -130,37 +130,41 @@ def profiles_of(profiles: pl.DataFrame | None, shard: int, shards: int) -> pl.Da
     return profiles.filter(shard_of(profiles.get_column("profile_id"), shards) == shard)
 
 
-def factor_json(
-    scores: RunScores, start: int, stop: int, heads: dict[tuple[int, float], str] | None = None
-) -> Iterator[str]:
-    """The `profile_scores.factors` JSON of rows [start, stop): code, text, impact, importance.
+def factor_json(features: Sequence[FeatureDef], factors: TopFactors) -> list[str]:
+    """The `profile_scores.factors` JSON of each row: code, text, impact, importance.
 
-    Written as text from pieces: each (code, value)'s `{"code":…,"text":…,` is
-    rendered once per run (`heads`), the impact with float repr as json does.
+    The text `json.dumps` of the factor dicts writes, built from pieces: the
+    `{"code":…,"text":…,"impact":` of each distinct (code, value) is rendered
+    once, feature by feature, the impact with float repr as json does, the
+    importance from three tails.
     """
-    features = scores.features
-    heads = {} if heads is None else heads
-    codes = scores.factors.codes[start:stop].tolist()
-    impacts = scores.factors.impacts[start:stop].astype(np.float64).round(6).tolist()
-    values = scores.factors.values[start:stop].tolist()
-    importance = importance_of(scores.factors.impacts[start:stop]).tolist()
-    dumps = json.dumps
-    tails = {i: f',"importance":"{name}"}}' for i, name in _IMPORTANCE_NAMES.items()}
-    for row_codes, row_impacts, row_values, row_importance in zip(
-        codes, impacts, values, importance, strict=True
-    ):
-        items = []
-        for code, impact, value, imp in zip(
-            row_codes, row_impacts, row_values, row_importance, strict=True
-        ):
-            if code == NO_FACTOR:
-                break
-            head = heads.get((code, value))
-            if head is None:
-                feature = features[code]
-                text = format_factor_value(feature, value)
-                head = f'{{"code":{dumps(feature.code)},"text":{dumps(text)},"impact":'
-                if value == value:  # NaN never equals a key: render those every time
-                    heads[(code, value)] = head
-            items.append(f"{head}{dumps(impact)}{tails[imp]}")
-        yield f"[{','.join(items)}]"
+    n, k = factors.codes.shape
+    if n == 0:
+        return []
+    codes = factors.codes.astype(np.int64)
+    # Distinct (code, value bits), sorted by code: each feature's values are one run.
+    keys = (codes << 32) | factors.values.view(np.uint32).astype(np.int64)
+    distinct, inverse = np.unique(keys.reshape(-1), return_inverse=True)
+    distinct_codes = distinct >> 32
+    distinct_values = (distinct & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+    rendered: list[str] = []
+    bounds = np.searchsorted(distinct_codes, np.arange(-1, len(features) + 1)).tolist()
+    rendered += [""] * (bounds[1] - bounds[0])  # empty slots (NO_FACTOR sorts first)
+    for code, feature in enumerate(features):
+        lo, hi = bounds[code + 1], bounds[code + 2]
+        if lo == hi:
+            continue
+        head = f'{{"code":{json.dumps(feature.code)},"text":'
+        texts = format_factor_values(feature, distinct_values[lo:hi].tolist())
+        rendered += [f'{head}{_json_string(text)},"impact":' for text in texts]
+    heads = np.array(rendered, dtype=object)[inverse].tolist()
+    impacts = factors.impacts.astype(np.float64).round(6).reshape(-1)
+    as_json = float.__repr__ if np.isfinite(impacts).all() else json.dumps  # NaN, Infinity
+    numbers = map(as_json, impacts.tolist())
+    tails = map(_IMPORTANCE_TAILS.__getitem__, importance_of(factors.impacts).reshape(-1).tolist())
+    items = list(map(str.__add__, map(str.__add__, heads, numbers), tails))
+    # Slots are filled strongest first: a row's factors end at its first empty slot.
+    empty = codes == NO_FACTOR
+    counts = np.where(empty.any(axis=1), empty.argmax(axis=1), k).tolist()
+    join = ",".join
+    return [f"[{join(items[r * k : r * k + c])}]" for r, c in enumerate(counts)]

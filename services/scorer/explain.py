@@ -105,16 +105,17 @@ class FastTreeShap:
         if n == 0:
             return out.T
         codes = self._codes(X)
+        columns = np.ascontiguousarray(X.T)  # feature-major: a tree's columns are rows here
         for tree in self.trees:
             key = np.zeros(n, dtype=np.int64)
             for j, f in enumerate(tree.features):
                 local = tree.luts[j][codes[int(f)]]
                 key += local if tree.multipliers[j] == 1 else local * np.int64(tree.multipliers[j])
             representatives, inverse = distinct(key, tree.key_space)
-            values = X[representatives[:, None], tree.features[None, :]]
+            values = columns.take(tree.features, axis=0).take(representatives, axis=1).T
             phi = np.ascontiguousarray(self._tree_phi(tree, values).T)  # [m, U]
             for j, f in enumerate(tree.features):
-                out[f] += phi[j][inverse]
+                out[f] += phi[j].take(inverse)
         return out.T
 
     @staticmethod
@@ -124,7 +125,7 @@ class FastTreeShap:
         decisions = go_left(tree, values).astype(np.float32)
         bits = (decisions @ tree.path_weights + tree.path_offset).astype(np.int64)  # [U, L]
         bits += (np.arange(bits.shape[1], dtype=np.int64) << tree.path_width)[None, :]
-        per_leaf = tree.by_path[bits]  # [U, L, D]
+        per_leaf = tree.by_path.take(bits, axis=0)  # [U, L, D]
         return np.asarray(per_leaf.reshape(u, -1) @ tree.scatter, dtype=np.float64)
 
 

@@ -37,7 +37,7 @@ def _page(scores: RunScores, start: int, stop: int) -> pl.DataFrame:
             "score": scores.score[start:stop].astype(np.int16),
             "percentile": scores.percentile[start:stop].astype(np.int16),
             "bucket": names[scores.bucket[start:stop]].tolist(),
-            "reasons": list(factor_json(scores, start, stop)),
+            "reasons": factor_json(scores.features, scores.factors.rows(start, stop)),
         },
         schema={
             "profile_id": pl.String,

@@ -94,6 +94,10 @@ class TopFactors:
             np.zeros((0, k), dtype=np.float32),
         )
 
+    def rows(self, start: int, stop: int) -> TopFactors:
+        """The factors of rows [start, stop) (views, not copies)."""
+        return TopFactors(self.codes[start:stop], self.impacts[start:stop], self.values[start:stop])
+
     @classmethod
     def concat(cls, parts: Sequence[TopFactors], k: int) -> TopFactors:
         """Stack the factors of several shards."""

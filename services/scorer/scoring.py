@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -285,17 +285,19 @@ class ScoringEngine:
         relative = f"{scores.instance}/{scores.run_id}.parquet"
         t0 = time.perf_counter()
         notify(Progress("store", 0.85, f"storing {len(scores):,} scores"))
-        # The files (Parquet copy, sidecar) are written while the rows load: both
-        # mostly wait on I/O or run outside the GIL.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-files") as pool:
+        # The files (Parquet copy, sidecar) are written while the rows load, and each chunk
+        # of rows loads while the next one is rendered: writing mostly waits on I/O or runs
+        # outside the GIL.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="score-store") as pool:
             files = pool.submit(scores.write, confined(self.scores_root, relative))
-            self._load_rows(scores, notify)
+            self._load_rows(scores, notify, pool)
             files.result()
         self.stage_seconds["write"] = time.perf_counter() - t0
         return f"scores/{relative}"
 
-    def _load_rows(self, scores: RunScores, notify: ProgressFn) -> None:
-        """Bulk load the run into `profile_scores`, in chunks."""
+    def _load_rows(self, scores: RunScores, notify: ProgressFn, pool: ThreadPoolExecutor) -> None:
+        """Bulk load the run into `profile_scores`, in chunks: chunk i loads in `pool`
+        while chunk i + 1 is rendered."""
         columns = (
             "run_id",
             "profile_id",
@@ -311,8 +313,8 @@ class ScoringEngine:
         score = scores.score.tolist()
         percentile = scores.percentile.tolist()
         bucket = [_BUCKET_NAMES[b] for b in scores.bucket.tolist()]
-        heads: dict[tuple[int, float], str] = {}
         n = len(scores)
+        loading: Future[int] | None = None
         for start in range(0, n, _DB_CHUNK):
             stop = min(n, start + _DB_CHUNK)
             rows = list(
@@ -323,14 +325,17 @@ class ScoringEngine:
                     score[start:stop],
                     percentile[start:stop],
                     bucket[start:stop],
-                    factor_json(scores, start, stop, heads),
+                    factor_json(scores.features, scores.factors.rows(start, stop)),
                     strict=True,
                 )
             )
-            self.db.bulk_load(table, columns, rows)  # type: ignore[arg-type]
-            notify(
-                Progress("store", 0.85 + 0.15 * stop / max(n, 1), f"{stop:,}/{n:,} scores stored")
-            )
+            if loading is not None:
+                loading.result()
+                notify(Progress("store", 0.85 + 0.15 * start / n, f"{start:,}/{n:,} scores stored"))
+            loading = pool.submit(self.db.bulk_load, table, columns, rows)  # type: ignore[arg-type]
+        if loading is not None:
+            loading.result()
+            notify(Progress("store", 1.0, f"{n:,}/{n:,} scores stored"))
 
     def _fail(self, run_id: str, instance: str, exc: BaseException) -> Status:
         """End a run FAILED or CANCELLED: its stored scores and score files are removed."""

@@ -771,6 +771,6 @@ def test_batch_scoring_in_worker_processes_equals_scoring_each_shard_inline(
         expected = np.concatenate([getattr(r.factors, name) for r in inline])[order]
         np.testing.assert_array_equal(getattr(served.factors, name)[served_order], expected)
     # The stored reason JSON is the text json.dumps wrote before, row for row.
-    fast = list(factor_json(served, 0, len(served)))
+    fast = factor_json(served.features, served.factors)
     assert fast == [_reference_factor_json(served, row) for row in range(len(served))]
     assert any('"importance":"HIGH"' in text or "MEDIUM" in text for text in fast)

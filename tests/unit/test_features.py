@@ -19,6 +19,7 @@ from foresight.features.spec import (
     FeatureSpec,
     Unit,
     format_factor_value,
+    format_factor_values,
 )
 from foresight.features.spec_fit import fit_feature_spec
 from foresight.instance import CustomEvent, Goal, InstanceConfig
@@ -338,6 +339,15 @@ def test_empty_shard() -> None:
 )
 def test_format_factor_value(feature: FeatureDef, value: float | None, text: str) -> None:
     assert format_factor_value(feature, value) == text
+
+
+@pytest.mark.parametrize("unit", list(Unit))
+def test_format_factor_values_is_format_factor_value_of_each(unit: Unit) -> None:
+    feature = FeatureDef(f"days_since_{unit.value}", f"A {unit.value}", unit)
+    values = [0.0, -0.0, 0.5, 0.49, -3.2, 1234567.891, 1e-40, float("nan"), 2.5, -1e12]
+    assert format_factor_values(feature, values) == [
+        format_factor_value(feature, v) for v in values
+    ]
 
 
 def test_descriptions_are_human() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from foresight.features.spec import FeatureDef, Unit
+from services.scorer.batch import factor_json
 from services.scorer.factors import (
     NO_FACTOR,
+    TopFactors,
     bucket_of,
     buckets_of,
     importance_of,
@@ -88,3 +92,51 @@ def test_rendered_factors_have_human_text_with_the_value() -> None:
         np.array([0], dtype=np.int16), np.array([0.3]), np.array([np.nan]), features
     )
     assert never[0].text == "Days since last purchase: never"
+
+
+def _reference_json(features: list[FeatureDef], factors: TopFactors, row: int) -> str:
+    """json.dumps of the factor dicts: what `profile_scores.factors` held before."""
+    items: list[dict[str, object]] = []
+    for slot, (code, impact, value) in enumerate(
+        zip(
+            factors.codes[row].tolist(),
+            factors.impacts[row].astype(np.float64).round(6).tolist(),
+            factors.values[row].tolist(),
+            strict=True,
+        )
+    ):
+        if code == NO_FACTOR:
+            break
+        level = int(importance_of(factors.impacts[row][slot]))
+        items.append(
+            {
+                "code": features[code].code,
+                "text": render_factors([code], [impact], [value], features)[0].text,
+                "impact": impact,
+                "importance": ["", "LOW", "MEDIUM", "HIGH"][level],
+            }
+        )
+    return json.dumps(items, separators=(",", ":"))
+
+
+def test_factor_json_is_the_json_of_the_factor_dicts() -> None:
+    features = [
+        FeatureDef("days_since_last", 'Days since "last" visit', Unit.DAYS),
+        FeatureDef("spend", "Spend é", Unit.MONEY),
+        FeatureDef("flag", "Is a member", Unit.FLAG),
+        FeatureDef("share", "Share", Unit.SHARE),
+    ]
+    rng = np.random.default_rng(3)
+    n, k = 400, 3
+    codes = rng.integers(0, len(features), (n, k)).astype(np.int16)
+    # Few distinct values (shared renders), NaN, -0.0, and rows ending early.
+    values = rng.choice([0.0, -0.0, 1.0, 2.5, 1234.5, np.nan], (n, k)).astype(np.float32)
+    impacts = (rng.normal(0, 0.4, (n, k)) * np.array([4, 2, 1])).astype(np.float32)
+    short = rng.random(n) < 0.3
+    codes[short, 2] = NO_FACTOR
+    codes[: n // 10] = NO_FACTOR
+    factors = TopFactors(codes, impacts, values)
+    got = factor_json(features, factors)
+    assert got == [_reference_json(features, factors, r) for r in range(n)]
+    assert got[0] == "[]" and json.loads(got[-1])[0]["importance"] in {"LOW", "MEDIUM", "HIGH"}
+    assert factor_json(features, TopFactors.empty(k)) == []
