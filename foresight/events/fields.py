@@ -8,8 +8,10 @@ the typed value, and one expression per check that yields a reason or null.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import polars as pl
@@ -27,9 +29,11 @@ from foresight.events.schema import (
 __all__ = [
     "EARLIEST_TIMESTAMP",
     "EPOCH_SECONDS_BELOW",
+    "REQUEST_SCHEMA",
     "as_text",
     "check_columns",
     "typed_fields",
+    "typed_request_rows",
 ]
 
 #: Rows before this are rejected: they are almost always epoch *seconds*
@@ -330,3 +334,124 @@ def _attributes_field(dtype: pl.DataType) -> tuple[pl.Expr, Sequence[pl.Expr]]:
         ),
     ]
     return value, reasons
+
+
+# --- the same rules, row by row, for the few events of one request -------------------------
+
+#: The raw columns `foresight.convert.events_to_frame` builds from request
+#: messages: text, epoch milliseconds, numbers. A handful of such rows is
+#: validated by `typed_request_rows` in plain Python (the expressions above
+#: cost ~25 Polars passes whatever the row count); a test checks both give the
+#: same typed values and reasons on random valid and invalid rows.
+REQUEST_SCHEMA: Final[pl.Schema] = pl.Schema(
+    {
+        name: pl.Int64()
+        if name in ("timestamp", "quantity")
+        else pl.Float64()
+        if name == "value"
+        else pl.String()
+        for name in EVENT_COLUMNS
+    }
+)
+
+# Unicode White_Space, which the Polars (Rust) regex class \s matches; Python's
+# \s would also match \x1c-\x1f.
+_WHITESPACE: Final[str] = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_FLAT_JSON_OBJECT_PY: Final[re.Pattern[str]] = re.compile(
+    _FLAT_JSON_OBJECT.replace(r"\s", f"[{re.escape(_WHITESPACE)}]").removesuffix("$") + r"\Z"
+)
+_EPOCH: Final[datetime] = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final[timedelta] = timedelta(microseconds=1)
+
+
+def _text_value(text: object) -> str | None:
+    """`_string_field`'s value: None for missing or blank text."""
+    if text is None or not str(text).strip(_WHITESPACE):
+        return None
+    return str(text)
+
+
+def _epoch_micros(millis: int | None) -> int | None:
+    """`_from_epoch` of an Int64 column: seconds below EPOCH_SECONDS_BELOW, else milliseconds."""
+    if millis is None:
+        return None
+    number = float(millis)
+    if abs(number) < EPOCH_SECONDS_BELOW:
+        number *= 1000
+    if not math.isfinite(number) or abs(number) >= _MAX_EPOCH_MS:
+        return None
+    return int(number * 1000)  # whole: the input is whole milliseconds
+
+
+def typed_request_rows(
+    columns: Mapping[str, Sequence[object]], latest: datetime
+) -> tuple[dict[str, list[object]], list[str]]:
+    """`typed_fields` for raw columns of `REQUEST_SCHEMA`, row by row.
+
+    Returns the typed columns (timestamps as epoch microseconds) and each
+    row's reasons joined by "; " ("" for a good row), in `typed_fields` order.
+    """
+    count = len(columns["timestamp"])
+    reasons: list[list[str]] = [[] for _ in range(count)]
+    typed: dict[str, list[object]] = {}
+    for name in (
+        "event_id",
+        "profile_id",
+        "event_type",
+        "channel",
+        "product_sku",
+        "product_category",
+        "page_name",
+        "campaign_id",
+    ):
+        limit = MAX_PROFILE_ID_LENGTH if name == "profile_id" else MAX_STRING_LENGTH
+        values = [_text_value(t) for t in columns[name]]
+        for value, why in zip(values, reasons, strict=True):
+            if value is None and name in REQUIRED_COLUMNS:
+                why.append(f"missing {name}")
+            if value is not None and len(value) > limit:
+                why.append(f"{name} longer than {limit} characters")
+        typed[name] = list(values)
+    latest_us = (latest - _EPOCH) // _MICROSECOND
+    earliest_us = (EARLIEST_TIMESTAMP - _EPOCH) // _MICROSECOND
+    stamps: list[object] = []
+    for millis, why in zip(columns["timestamp"], reasons, strict=True):
+        micros = _epoch_micros(millis if isinstance(millis, int) else None)
+        if millis is None:
+            why.append("missing timestamp")
+        elif micros is None:
+            why.append(
+                "unparseable timestamp (use RFC 3339, a date like 2024-03-31 or epoch s/ms)"
+            )
+        if micros is not None and micros > latest_us:
+            why.append("timestamp in the far future")
+        if micros is not None and micros < earliest_us:
+            why.append(
+                f"timestamp before {EARLIEST_TIMESTAMP.date().isoformat()} (epoch in the wrong unit?)"
+            )
+        stamps.append(micros)
+    typed["timestamp"] = stamps
+    for number, why in zip(columns["value"], reasons, strict=True):
+        if isinstance(number, float):
+            if math.isnan(number):
+                why.append("value is NaN")
+            if math.isinf(number):
+                why.append("value is infinite")
+            if number < 0:
+                why.append("value is negative")
+    typed["value"] = list(columns["value"])
+    for quantity, why in zip(columns["quantity"], reasons, strict=True):
+        if isinstance(quantity, int) and quantity < 0:
+            why.append("quantity is negative")
+    typed["quantity"] = list(columns["quantity"])
+    attributes = [_text_value(t) for t in columns["attributes"]]
+    for value, why in zip(attributes, reasons, strict=True):
+        if value is not None and len(value) > MAX_ATTRIBUTES_LENGTH:
+            why.append(f"attributes longer than {MAX_ATTRIBUTES_LENGTH} characters")
+        if value is not None and _FLAT_JSON_OBJECT_PY.match(value) is None:
+            why.append("attributes is not a JSON object of string or number values")
+    typed["attributes"] = list(attributes)
+    return typed, ["; ".join(why) for why in reasons]

@@ -37,7 +37,7 @@ def score_profile(
         raise InvalidArgument("profile_id", "give a profile_id, events, or both")
     now = utcnow()
     events, profile_id = validate_profile_events(fresh, profile_id, now)
-    parts = catalog.parts(catalog.dataset_of(model.instance))
+    parts = catalog.serving_parts(model.instance)
     stored = catalog.profile_events(parts, profile_id)
     if stored.height == 0 and events.height == 0:
         raise NotFound(
