@@ -202,6 +202,13 @@ def _validate_rows(
             for name, dtype in EVENT_SCHEMA.items()
         ]
     )
+    ids = accepted.get_column("event_id").to_list()
+    missing = [i for i, event_id in enumerate(ids) if event_id is None]
+    if missing:
+        some = accepted if len(missing) == len(ids) else accepted[missing]
+        for i, event_id in zip(missing, derive_event_ids(some, duplicates).to_list(), strict=True):
+            ids[i] = event_id
+        accepted.replace_column(0, pl.Series("event_id", ids, dtype=pl.String))
     if len(good) == raw.height:
         rejected = pl.DataFrame(schema=REJECTED_SCHEMA)
     else:
@@ -210,7 +217,7 @@ def _validate_rows(
             pl.Series(_REASON, reasons, dtype=pl.String),
         )
         rejected = _rejected(checked, pl.col(_REASON) != "", row_offset)
-    return ValidationResult(accepted=_with_event_ids(accepted, duplicates), rejected=rejected)
+    return ValidationResult(accepted=accepted, rejected=rejected)
 
 
 def _rejected(checked: pl.DataFrame, is_bad: pl.Expr, row_offset: int) -> pl.DataFrame:
@@ -231,14 +238,13 @@ def _rejected(checked: pl.DataFrame, is_bad: pl.Expr, row_offset: int) -> pl.Dat
 
 def _with_event_ids(accepted: pl.DataFrame, duplicates: DuplicatePolicy) -> pl.DataFrame:
     """Ids derived from the content for accepted rows without one."""
-    ids = accepted.get_column("event_id")
-    missing = ids.is_null()
-    if not missing.any():
-        return accepted
-    # Hash only rows without an id: most files carry their own.
-    rows = missing.arg_true()
-    derived = derive_event_ids(accepted if len(rows) == len(ids) else accepted[rows], duplicates)
-    return accepted.replace_column(0, ids.scatter(rows, derived))
+    missing_ids = accepted["event_id"].is_null()
+    if missing_ids.any():
+        # Hash only rows without an id: most files carry their own.
+        derived = derive_event_ids(accepted.filter(missing_ids), duplicates)
+        ids = accepted["event_id"].scatter(missing_ids.arg_true(), derived)
+        accepted = accepted.with_columns(ids)
+    return accepted
 
 
 def derive_event_ids(

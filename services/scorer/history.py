@@ -97,7 +97,7 @@ class ProfileHistory:
         batches = [b for part in mine for b in self._index(dataset, part, mine).rows_of(profile_id)]
         if not batches:
             return pl.DataFrame(schema=EVENT_SCHEMA)
-        frame = pl.from_arrow(pa.Table.from_batches(batches))
+        frame = pl.from_arrow(pa.concat_batches(batches))  # a batch converts faster than a table
         assert isinstance(frame, pl.DataFrame)
         return frame if frame.schema == EVENT_SCHEMA else frame.cast(EVENT_SCHEMA)
 
