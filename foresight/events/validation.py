@@ -192,16 +192,19 @@ def _validate_rows(
     raw: pl.DataFrame, latest: datetime, row_offset: int, duplicates: DuplicatePolicy
 ) -> ValidationResult:
     """`validate` for a few rows of `REQUEST_SCHEMA`: the same rules in plain Python."""
-    typed, reasons = typed_request_rows(raw.to_dict(as_series=False), latest)
+    columns = raw.to_dict(as_series=False)
+    typed, reasons = typed_request_rows(columns, latest)
     good = [i for i, why in enumerate(reasons) if not why]
-    accepted = pl.DataFrame(
-        [
-            pl.Series(name, [typed[name][i] for i in good], dtype=pl.Int64()).cast(dtype)
-            if name == "timestamp"
-            else pl.Series(name, [typed[name][i] for i in good], dtype=dtype)
-            for name, dtype in EVENT_SCHEMA.items()
-        ]
-    )
+
+    def column(name: str, dtype: pl.DataType) -> pl.Series:
+        values = typed[name]
+        if name == "timestamp":
+            return pl.Series(name, [values[i] for i in good], dtype=pl.Int64()).cast(dtype)
+        if len(good) == raw.height and values == columns[name]:
+            return raw.get_column(name)  # unchanged (same dtype): no copy from Python
+        return pl.Series(name, [values[i] for i in good], dtype=dtype)
+
+    accepted = pl.DataFrame([column(name, dtype) for name, dtype in EVENT_SCHEMA.items()])
     ids = accepted.get_column("event_id").to_list()
     missing = [i for i, event_id in enumerate(ids) if event_id is None]
     if missing:
