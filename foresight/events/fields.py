@@ -423,9 +423,7 @@ def typed_request_rows(
         if millis is None:
             why.append("missing timestamp")
         elif micros is None:
-            why.append(
-                "unparseable timestamp (use RFC 3339, a date like 2024-03-31 or epoch s/ms)"
-            )
+            why.append("unparseable timestamp (use RFC 3339, a date like 2024-03-31 or epoch s/ms)")
         if micros is not None and micros > latest_us:
             why.append("timestamp in the far future")
         if micros is not None and micros < earliest_us:

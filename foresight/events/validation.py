@@ -288,9 +288,7 @@ def derive_event_ids(
 def _occurrences(hashes: pl.DataFrame) -> pl.Series:
     """Per row, how many earlier rows have the same content hashes ("n", UInt64)."""
     if hashes.height > FEW_ROWS:
-        return hashes.select(pl.int_range(pl.len()).over("a", "b").cast(pl.UInt64).alias("n"))[
-            "n"
-        ]
+        return hashes.select(pl.int_range(pl.len()).over("a", "b").cast(pl.UInt64).alias("n"))["n"]
     # A window over a few rows costs a millisecond; counting them costs microseconds.
     seen: dict[tuple[int, int], int] = {}
     counts = []

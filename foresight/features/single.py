@@ -92,7 +92,8 @@ def _vocab_index(values: np.ndarray, vocab: tuple[str, ...]) -> np.ndarray:
 
 def _text(events: pl.DataFrame, name: str, rows: np.ndarray) -> np.ndarray:
     """A text column's values at `rows` (None for null)."""
-    return events.get_column(name).to_numpy()[rows]
+    values = events.get_column(name).to_numpy()
+    return np.asarray(values[rows])
 
 
 def _rows(events: pl.DataFrame, as_of_us: int, spec: FeatureSpec, profile_id: str) -> _Rows:
