@@ -98,6 +98,9 @@ _ID_SEEDS: Final[tuple[int, int]] = (0x5EED_F0E5, 0xC0FF_EE11)
 
 _REASON: Final[str] = "__reason"
 
+# Built once: an empty frame from a schema costs ~100 µs, a clone nothing.
+_NO_REJECTED: Final[pl.DataFrame] = pl.DataFrame(schema=REJECTED_SCHEMA)
+
 #: Batches of `REQUEST_SCHEMA` up to this many rows are checked row by row
 #: (`typed_request_rows`): the events of one request, in microseconds.
 FEW_ROWS: Final[int] = 64
@@ -213,7 +216,7 @@ def _validate_rows(
             ids[i] = event_id
         accepted.replace_column(0, pl.Series("event_id", ids, dtype=pl.String))
     if len(good) == raw.height:
-        rejected = pl.DataFrame(schema=REJECTED_SCHEMA)
+        rejected = _NO_REJECTED.clone()
     else:
         checked = raw.with_columns(
             pl.lit(None, dtype=pl.Null).alias(MALFORMED_COLUMN),
