@@ -43,6 +43,29 @@ EARLIEST_TIMESTAMP: Final[datetime] = datetime(1990, 1, 1, tzinfo=UTC)
 #: Epoch numbers below this are seconds, from it on milliseconds.
 EPOCH_SECONDS_BELOW: Final[float] = 1e11
 
+# Reasons a row is refused, shared by the column (Polars) and row (Python) forms.
+_UNPARSEABLE_TIMESTAMP: Final[str] = (
+    "unparseable timestamp (use RFC 3339, a date like 2024-03-31 or epoch s/ms)"
+)
+_FAR_FUTURE: Final[str] = "timestamp in the far future"
+_TOO_EARLY: Final[str] = (
+    f"timestamp before {EARLIEST_TIMESTAMP.date().isoformat()} (epoch in the wrong unit?)"
+)
+_VALUE_NAN: Final[str] = "value is NaN"
+_VALUE_INFINITE: Final[str] = "value is infinite"
+_VALUE_NEGATIVE: Final[str] = "value is negative"
+_QUANTITY_NEGATIVE: Final[str] = "quantity is negative"
+_NOT_FLAT_JSON: Final[str] = "attributes is not a JSON object of string or number values"
+
+
+def _missing(name: str) -> str:
+    return f"missing {name}"
+
+
+def _too_long(name: str, limit: int) -> str:
+    return f"{name} longer than {limit} characters"
+
+
 # A flat JSON object whose values are strings, numbers or null (null = the key
 # is absent). Strings follow the JSON grammar exactly (no raw control
 # characters, only valid escapes), so text that matches is valid JSON.
@@ -129,18 +152,14 @@ def _string_field(
         present = column.is_not_null()
         reasons = [pl.when(present).then(pl.lit(f"{name} is not a string"))]
         if required:
-            reasons.append(pl.when(~present).then(pl.lit(f"missing {name}")))
+            reasons.append(pl.when(~present).then(pl.lit(_missing(name))))
         return pl.lit(None, dtype=pl.String), reasons
     text = column if isinstance(dtype, pl.String) else column.cast(pl.String, strict=False)
     # Empty text means "no value": CSV cannot tell the two apart.
     value = pl.when(text.is_null() | _blank(text)).then(None).otherwise(text)
-    reasons = [
-        pl.when(value.str.len_chars() > limit).then(
-            pl.lit(f"{name} longer than {limit} characters")
-        )
-    ]
+    reasons = [pl.when(value.str.len_chars() > limit).then(pl.lit(_too_long(name, limit)))]
     if required:
-        reasons.insert(0, pl.when(value.is_null()).then(pl.lit(f"missing {name}")))
+        reasons.insert(0, pl.when(value.is_null()).then(pl.lit(_missing(name))))
     return value, reasons
 
 
@@ -168,14 +187,10 @@ def _timestamp_field(dtype: pl.DataType, latest: datetime) -> tuple[pl.Expr, Seq
         present = present & ~_blank(column.cast(pl.String))
     earliest = EARLIEST_TIMESTAMP
     reasons = [
-        pl.when(~present).then(pl.lit("missing timestamp")),
-        pl.when(present & parsed.is_null()).then(
-            pl.lit("unparseable timestamp (use RFC 3339, a date like 2024-03-31 or epoch s/ms)")
-        ),
-        pl.when(parsed > pl.lit(latest)).then(pl.lit("timestamp in the far future")),
-        pl.when(parsed < pl.lit(earliest)).then(
-            pl.lit(f"timestamp before {earliest.date().isoformat()} (epoch in the wrong unit?)")
-        ),
+        pl.when(~present).then(pl.lit(_missing("timestamp"))),
+        pl.when(present & parsed.is_null()).then(pl.lit(_UNPARSEABLE_TIMESTAMP)),
+        pl.when(parsed > pl.lit(latest)).then(pl.lit(_FAR_FUTURE)),
+        pl.when(parsed < pl.lit(earliest)).then(pl.lit(_TOO_EARLY)),
     ]
     return parsed, reasons
 
@@ -265,9 +280,9 @@ def _value_field(dtype: pl.DataType) -> tuple[pl.Expr, Sequence[pl.Expr]]:
         ]
     reasons = [
         pl.when(present & number.is_null()).then(pl.lit("value is not a number")),
-        pl.when(number.is_nan()).then(pl.lit("value is NaN")),
-        pl.when(number.is_infinite()).then(pl.lit("value is infinite")),
-        pl.when(number < 0).then(pl.lit("value is negative")),
+        pl.when(number.is_nan()).then(pl.lit(_VALUE_NAN)),
+        pl.when(number.is_infinite()).then(pl.lit(_VALUE_INFINITE)),
+        pl.when(number < 0).then(pl.lit(_VALUE_NEGATIVE)),
     ]
     return number, reasons
 
@@ -299,7 +314,7 @@ def _quantity_field(dtype: pl.DataType) -> tuple[pl.Expr, Sequence[pl.Expr]]:
         ]
     reasons = [
         pl.when(present & integer.is_null()).then(pl.lit("quantity is not an integer")),
-        pl.when(integer < 0).then(pl.lit("quantity is negative")),
+        pl.when(integer < 0).then(pl.lit(_QUANTITY_NEGATIVE)),
     ]
     return integer, reasons
 
@@ -327,10 +342,10 @@ def _attributes_field(dtype: pl.DataType) -> tuple[pl.Expr, Sequence[pl.Expr]]:
     value = pl.when(text.is_null() | _blank(text)).then(None).otherwise(text)
     reasons = [
         pl.when(value.str.len_chars() > MAX_ATTRIBUTES_LENGTH).then(
-            pl.lit(f"attributes longer than {MAX_ATTRIBUTES_LENGTH} characters")
+            pl.lit(_too_long("attributes", MAX_ATTRIBUTES_LENGTH))
         ),
         pl.when(value.is_not_null() & ~value.str.contains(_FLAT_JSON_OBJECT)).then(
-            pl.lit("attributes is not a JSON object of string or number values")
+            pl.lit(_NOT_FLAT_JSON)
         ),
     ]
     return value, reasons
@@ -411,9 +426,9 @@ def typed_request_rows(
         values = [_text_value(t) for t in columns[name]]
         for value, why in zip(values, reasons, strict=True):
             if value is None and name in REQUIRED_COLUMNS:
-                why.append(f"missing {name}")
+                why.append(_missing(name))
             if value is not None and len(value) > limit:
-                why.append(f"{name} longer than {limit} characters")
+                why.append(_too_long(name, limit))
         typed[name] = list(values)
     latest_us = (latest - _EPOCH) // _MICROSECOND
     earliest_us = (EARLIEST_TIMESTAMP - _EPOCH) // _MICROSECOND
@@ -421,35 +436,33 @@ def typed_request_rows(
     for millis, why in zip(columns["timestamp"], reasons, strict=True):
         micros = _epoch_micros(millis if isinstance(millis, int) else None)
         if millis is None:
-            why.append("missing timestamp")
+            why.append(_missing("timestamp"))
         elif micros is None:
-            why.append("unparseable timestamp (use RFC 3339, a date like 2024-03-31 or epoch s/ms)")
+            why.append(_UNPARSEABLE_TIMESTAMP)
         if micros is not None and micros > latest_us:
-            why.append("timestamp in the far future")
+            why.append(_FAR_FUTURE)
         if micros is not None and micros < earliest_us:
-            why.append(
-                f"timestamp before {EARLIEST_TIMESTAMP.date().isoformat()} (epoch in the wrong unit?)"
-            )
+            why.append(_TOO_EARLY)
         stamps.append(micros)
     typed["timestamp"] = stamps
     for number, why in zip(columns["value"], reasons, strict=True):
         if isinstance(number, float):
             if math.isnan(number):
-                why.append("value is NaN")
+                why.append(_VALUE_NAN)
             if math.isinf(number):
-                why.append("value is infinite")
+                why.append(_VALUE_INFINITE)
             if number < 0:
-                why.append("value is negative")
+                why.append(_VALUE_NEGATIVE)
     typed["value"] = list(columns["value"])
     for quantity, why in zip(columns["quantity"], reasons, strict=True):
         if isinstance(quantity, int) and quantity < 0:
-            why.append("quantity is negative")
+            why.append(_QUANTITY_NEGATIVE)
     typed["quantity"] = list(columns["quantity"])
     attributes = [_text_value(t) for t in columns["attributes"]]
     for value, why in zip(attributes, reasons, strict=True):
         if value is not None and len(value) > MAX_ATTRIBUTES_LENGTH:
-            why.append(f"attributes longer than {MAX_ATTRIBUTES_LENGTH} characters")
+            why.append(_too_long("attributes", MAX_ATTRIBUTES_LENGTH))
         if value is not None and _FLAT_JSON_OBJECT_PY.match(value) is None:
-            why.append("attributes is not a JSON object of string or number values")
+            why.append(_NOT_FLAT_JSON)
     typed["attributes"] = list(attributes)
     return typed, ["; ".join(why) for why in reasons]
