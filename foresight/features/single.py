@@ -35,7 +35,7 @@ from foresight.features.spec import (
 
 __all__ = ["featurize_one"]
 
-_US_PER_DAY = 86_400_000_000
+_US_PER_DAY = 86_400_000_000  # as in featurize.prepare: ages are days
 
 
 def _sum(values: np.ndarray) -> float:
@@ -148,7 +148,7 @@ def _fill(x: np.ndarray, col: dict[str, int], rows: _Rows, spec: FeatureSpec) ->
     for w in COUNT_WINDOWS:
         x[col[f"count_{w}d"]] = np.count_nonzero(age < w)
     names = (*spec.event_types, OTHER)
-    for t in np.unique(types).tolist():
+    for t in np.unique(types[types >= 0]).tolist():  # event_type is required: never -1
         of_type = types == t
         if t < len(spec.event_types):
             x[col[f"days_since_last__{spec.event_types[t]}"]] = age[of_type].min()

@@ -9,7 +9,7 @@ first and last profile id is kept in memory (a few KB a part). A lookup
 bisects those ids, maps the one or two batches that can hold the profile
 straight from the memory-mapped file (no copy, no decompression: a zstd batch
 cost ~1 ms to decode, several times the rest of the lookup; the copy takes
-about 7× the Parquet part's disk space instead) and bisects the batch for the
+about 10× the Parquet part's disk space instead) and bisects the batch for the
 profile's rows.
 
 The copy is derived data: written atomically, named after its part, and
