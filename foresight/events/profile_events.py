@@ -31,16 +31,19 @@ def _column_of(reason: str) -> str:
 
 def _with_profile(raw: pl.DataFrame, profile_id: str, field: str) -> pl.DataFrame:
     """Events without a profile id take `profile_id`; one of another profile is refused."""
-    if "profile_id" in raw.columns and profile_id:
-        given = raw.get_column("profile_id").cast(pl.String).fill_null("")
-        for i, pid in enumerate(given.to_list()):
+    if not profile_id:
+        return raw
+    if "profile_id" in raw.columns:
+        for i, pid in enumerate(raw.get_column("profile_id").cast(pl.String).to_list()):
             if pid and pid != profile_id:
                 raise InvalidArgument(
                     f"{field}[{i}].profile_id", f"'{pid}' differs from profile_id '{profile_id}'"
                 )
-    if profile_id:
-        return raw.with_columns(pl.lit(profile_id, dtype=pl.String).alias("profile_id"))
-    return raw
+    # A column swap, not `with_columns`: no query for a handful of rows.
+    given = pl.Series("profile_id", [profile_id] * raw.height, dtype=pl.String)
+    if "profile_id" in raw.columns:
+        return raw.clone().replace_column(raw.get_column_index("profile_id"), given)
+    return raw.hstack([given])
 
 
 def validate_profile_events(

@@ -44,7 +44,13 @@ import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
-from foresight.events.fields import as_text, check_columns, typed_fields
+from foresight.events.fields import (
+    REQUEST_SCHEMA,
+    as_text,
+    check_columns,
+    typed_fields,
+    typed_request_rows,
+)
 from foresight.events.schema import (
     EVENT_COLUMNS,
     EVENT_SCHEMA,
@@ -91,6 +97,13 @@ REJECTED_SCHEMA: Final[pl.Schema] = pl.Schema(
 _ID_SEEDS: Final[tuple[int, int]] = (0x5EED_F0E5, 0xC0FF_EE11)
 
 _REASON: Final[str] = "__reason"
+
+# Built once: an empty frame from a schema costs ~100 µs, a clone nothing.
+_NO_REJECTED: Final[pl.DataFrame] = pl.DataFrame(schema=REJECTED_SCHEMA)
+
+#: Batches of `REQUEST_SCHEMA` up to this many rows are checked row by row
+#: (`typed_request_rows`): the events of one request, in microseconds.
+FEW_ROWS: Final[int] = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +154,15 @@ def validate(
     check_columns(raw.schema)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    latest = now + FAR_FUTURE_TOLERANCE
+    if raw.height <= FEW_ROWS and raw.schema == REQUEST_SCHEMA:
+        return _validate_rows(raw, now + FAR_FUTURE_TOLERANCE, row_offset, duplicates)
+    return _validate_columns(raw, now + FAR_FUTURE_TOLERANCE, row_offset, duplicates)
+
+
+def _validate_columns(
+    raw: pl.DataFrame, latest: datetime, row_offset: int, duplicates: DuplicatePolicy
+) -> ValidationResult:
+    """`validate` as Polars expressions over whole columns (any batch)."""
     frame = raw.with_columns(
         pl.lit(None, dtype=pl.Null).alias(name)
         for name in (*EVENT_COLUMNS, MALFORMED_COLUMN)
@@ -166,26 +187,70 @@ def validate(
     accepted = checked.filter(~is_bad).select(
         pl.col(f"__typed_{name}").cast(dtype).alias(name) for name, dtype in EVENT_SCHEMA.items()
     )
-    missing_ids = accepted["event_id"].is_null()
-    if missing_ids.any():
-        # Hash only rows without an id: most files carry their own.
-        derived = derive_event_ids(accepted.filter(missing_ids), duplicates)
-        ids = accepted["event_id"].scatter(missing_ids.arg_true(), derived)
-        accepted = accepted.with_columns(ids)
+    rejected = _rejected(checked, is_bad, row_offset)
+    return ValidationResult(accepted=_with_event_ids(accepted, duplicates), rejected=rejected)
 
-    rejected = (
+
+def _validate_rows(
+    raw: pl.DataFrame, latest: datetime, row_offset: int, duplicates: DuplicatePolicy
+) -> ValidationResult:
+    """`validate` for a few rows of `REQUEST_SCHEMA`: the same rules in plain Python."""
+    columns = raw.to_dict(as_series=False)
+    typed, reasons = typed_request_rows(columns, latest)
+    good = [i for i, why in enumerate(reasons) if not why]
+
+    def column(name: str, dtype: pl.DataType) -> pl.Series:
+        values = typed[name]
+        if name == "timestamp":
+            return pl.Series(name, [values[i] for i in good], dtype=pl.Int64()).cast(dtype)
+        if len(good) == raw.height and values == columns[name]:
+            return raw.get_column(name)  # unchanged (same dtype): no copy from Python
+        return pl.Series(name, [values[i] for i in good], dtype=dtype)
+
+    accepted = pl.DataFrame([column(name, dtype) for name, dtype in EVENT_SCHEMA.items()])
+    ids = accepted.get_column("event_id").to_list()
+    missing = [i for i, event_id in enumerate(ids) if event_id is None]
+    if missing:
+        some = accepted if len(missing) == len(ids) else accepted[missing]
+        for i, event_id in zip(missing, derive_event_ids(some, duplicates).to_list(), strict=True):
+            ids[i] = event_id
+        accepted.replace_column(0, pl.Series("event_id", ids, dtype=pl.String))
+    if len(good) == raw.height:
+        rejected = _NO_REJECTED.clone()
+    else:
+        checked = raw.with_columns(
+            pl.lit(None, dtype=pl.Null).alias(MALFORMED_COLUMN),
+            pl.Series(_REASON, reasons, dtype=pl.String),
+        )
+        rejected = _rejected(checked, pl.col(_REASON) != "", row_offset)
+    return ValidationResult(accepted=accepted, rejected=rejected)
+
+
+def _rejected(checked: pl.DataFrame, is_bad: pl.Expr, row_offset: int) -> pl.DataFrame:
+    """Rows with a reason, numbered in the input, every raw field as text."""
+    return (
         checked.with_row_index("row_number", offset=row_offset + 1)
         .filter(is_bad)
         .select(
             pl.col("row_number").cast(pl.Int64),
             pl.col(_REASON).alias("reason"),
             *(
-                as_text(name, schema[name]).alias(name)
+                as_text(name, checked.schema[name]).alias(name)
                 for name in (*EVENT_COLUMNS, MALFORMED_COLUMN)
             ),
         )
     )
-    return ValidationResult(accepted=accepted, rejected=rejected)
+
+
+def _with_event_ids(accepted: pl.DataFrame, duplicates: DuplicatePolicy) -> pl.DataFrame:
+    """Ids derived from the content for accepted rows without one."""
+    missing_ids = accepted["event_id"].is_null()
+    if missing_ids.any():
+        # Hash only rows without an id: most files carry their own.
+        derived = derive_event_ids(accepted.filter(missing_ids), duplicates)
+        ids = accepted["event_id"].scatter(missing_ids.arg_true(), derived)
+        accepted = accepted.with_columns(ids)
+    return accepted
 
 
 def derive_event_ids(
@@ -199,31 +264,41 @@ def derive_event_ids(
     ``none``: also a random per-call salt, so even a re-import adds its rows.
     """
     content = pl.struct([name for name in EVENT_COLUMNS if name != "event_id"])
-    a, b = content.hash(_ID_SEEDS[0]), content.hash(_ID_SEEDS[1])
+    hashes = events.select(
+        content.hash(_ID_SEEDS[0]).alias("a"), content.hash(_ID_SEEDS[1]).alias("b")
+    )
     if duplicates is not DuplicatePolicy.EXACT_ROW:
-        a, b = a.alias("a"), b.alias("b")
-        occurrence = pl.int_range(pl.len()).over(a, b).cast(pl.UInt64).alias("n")
+        occurrence = _occurrences(hashes)
         salt = uuid.uuid4().int & 0xFFFF_FFFF_FFFF if duplicates is DuplicatePolicy.NONE else 0
-        salt_column = pl.lit(salt, pl.UInt64).alias("salt")
-        # The first occurrence keeps the content id (as under exact_row).
-        repeat = (occurrence > 0) | pl.lit(salt != 0)
-        a = (
-            pl.when(repeat)
-            .then(pl.struct(a, occurrence, salt_column).hash(_ID_SEEDS[0]))
-            .otherwise(a)
-        )
-        b = (
-            pl.when(repeat)
-            .then(pl.struct(b, occurrence, salt_column).hash(_ID_SEEDS[1]))
-            .otherwise(b)
-        )
-    hashes = events.select(a.alias("a"), b.alias("b"))
+        if salt or occurrence.max():
+            # The first occurrence keeps the content id (as under exact_row).
+            repeat = (pl.col("n") > 0) | pl.lit(salt != 0)
+            hashes = hashes.with_columns(occurrence, pl.lit(salt, pl.UInt64).alias("salt")).select(
+                pl.when(repeat)
+                .then(pl.struct(word, "n", "salt").hash(seed))
+                .otherwise(word)
+                .alias(word)
+                for word, seed in zip("ab", _ID_SEEDS, strict=True)
+            )
     return hex_strings(
         hashes["a"].to_numpy(),
         hashes["b"].to_numpy(),
         prefix=DERIVED_EVENT_ID_PREFIX,
         name="event_id",
     )
+
+
+def _occurrences(hashes: pl.DataFrame) -> pl.Series:
+    """Per row, how many earlier rows have the same content hashes ("n", UInt64)."""
+    if hashes.height > FEW_ROWS:
+        return hashes.select(pl.int_range(pl.len()).over("a", "b").cast(pl.UInt64).alias("n"))["n"]
+    # A window over a few rows costs a millisecond; counting them costs microseconds.
+    seen: dict[tuple[int, int], int] = {}
+    counts = []
+    for key in zip(hashes["a"].to_list(), hashes["b"].to_list(), strict=True):
+        counts.append(seen.get(key, 0))
+        seen[key] = counts[-1] + 1
+    return pl.Series("n", counts, dtype=pl.UInt64)
 
 
 # Two hex digits per byte value.

@@ -2,22 +2,25 @@
 
 `featurize` is built for millions of rows: a dozen Polars group-bys whose fixed
 cost (~10 ms) dwarfs the work for one profile's few hundred events. Here the
-per-row preparation is the batch one (`prepare_rows`: the same expressions for
-age, vocabulary indices, monetary values and custom-event flags, in one eager
-select), and the aggregations are plain NumPy reductions over those rows, so
-the values equal the batch featurizer's (a test compares both on thousands of
-profiles). Attributes go through the batch code as they are.
+per-row inputs of the batch preparation (`prepare`: age, vocabulary indices,
+monetary values, custom-event flags) are computed with NumPy from the few
+hundred rows (a lazy Polars plan costs a millisecond whatever the row count),
+conditions (exclusions, custom events) still go through their one Polars
+compiler, and the aggregations are plain NumPy reductions, so the values equal
+the batch featurizer's (a test compares both on thousands of profiles).
+Attributes go through the batch code as they are.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import polars as pl
 
 from foresight.conditions.compile import to_polars
-from foresight.features.featurize import FeatureMatrix, fill_attributes, initial_matrix, prepare
+from foresight.features.featurize import FeatureMatrix, fill_attributes, initial_matrix
 from foresight.features.labels import as_utc
 from foresight.features.spec import (
     ACTIVE_DAY_WINDOWS,
@@ -32,6 +35,8 @@ from foresight.features.spec import (
 
 __all__ = ["featurize_one"]
 
+_US_PER_DAY = 86_400_000_000  # as in featurize.prepare: ages are days
+
 
 def _sum(values: np.ndarray) -> float:
     # Left to right, as the batch group-by adds a group's values.
@@ -39,6 +44,21 @@ def _sum(values: np.ndarray) -> float:
     for v in values.tolist():
         total += v
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """`prepare`'s per-row columns for the visible events of one profile, as arrays.
+
+    Vocabulary indices are -1 where the value is null.
+    """
+
+    age: np.ndarray
+    types: np.ndarray
+    channels: np.ndarray
+    categories: np.ndarray
+    mval: np.ndarray  # NaN: not money
+    custom: list[np.ndarray]
 
 
 def featurize_one(
@@ -53,34 +73,82 @@ def featurize_one(
     as_of_us = int(as_of.timestamp() * 1_000_000)
     X = initial_matrix(1, spec)
     col = spec.column_index()
-    index = pl.DataFrame({"profile_id": [profile_id]}, schema={"profile_id": pl.String})
-    index = index.with_row_index("pidx")
-    visible = events.lazy().filter(
-        (pl.col("timestamp") < as_of) & (pl.col("profile_id") == profile_id)
-    )
-    if spec.exclusions is not None and not spec.exclusions.is_empty:
-        visible = visible.filter(~to_polars(spec.exclusions))
-    rows = prepare(visible, index, as_of_us, spec).collect()
-    if rows.height:
+    rows = _rows(events, as_of_us, spec, profile_id)
+    if len(rows.age):
         _fill(X[0], col, rows, spec)
     if spec.attributes:
-        fill_attributes(X, col, index, profiles, spec.attributes, as_of)
+        index = pl.DataFrame({"profile_id": [profile_id]}, schema={"profile_id": pl.String})
+        fill_attributes(X, col, index.with_row_index("pidx"), profiles, spec.attributes, as_of)
     X[np.isinf(X)] = np.nan
     return FeatureMatrix(np.array([profile_id], dtype=object), X, spec.codes)
 
 
-def _fill(x: np.ndarray, col: dict[str, int], rows: pl.DataFrame, spec: FeatureSpec) -> None:
+def _vocab_index(values: np.ndarray, vocab: tuple[str, ...]) -> np.ndarray:
+    """`featurize.vocab_index` (len(vocab) for "other"), -1 for null."""
+    mapping = {value: i for i, value in enumerate(vocab)}
+    other = len(vocab)
+    return np.array([-1 if v is None else mapping.get(v, other) for v in values], dtype=np.int64)
+
+
+def _text(events: pl.DataFrame, name: str, rows: np.ndarray) -> np.ndarray:
+    """A text column's values at `rows` (None for null)."""
+    values = events.get_column(name).to_numpy()
+    return np.asarray(values[rows])
+
+
+def _rows(events: pl.DataFrame, as_of_us: int, spec: FeatureSpec, profile_id: str) -> _Rows:
+    """The rows `prepare` keeps (before as_of, this profile, not excluded) and their inputs.
+
+    Series methods and eager selects each run a Polars query (tens of µs); the
+    few hundred rows of one profile are cheaper as arrays. Conditions (custom
+    events, exclusions) are evaluated by their compiler in one select.
+    """
+    stamps = events.get_column("timestamp").to_physical().to_numpy()
+    if stamps.dtype.kind == "f":  # nulls came back as NaN: never visible
+        keep = ~np.isnan(stamps) & (stamps < as_of_us)
+        stamps = np.nan_to_num(stamps).astype(np.int64)
+    else:
+        keep = stamps < as_of_us
+    keep &= events.get_column("profile_id").to_numpy() == profile_id
+    conditions = [
+        to_polars(ce.conditions).fill_null(False).alias(f"ce{i}")
+        for i, ce in enumerate(spec.custom_events)
+    ]
+    if spec.exclusions is not None and not spec.exclusions.is_empty:
+        # Kept only where the exclusion is false (null excludes too, as in a filter on ~x).
+        conditions.append((~to_polars(spec.exclusions)).fill_null(False).alias("__kept"))
+    flags = events.select(conditions) if conditions else pl.DataFrame()
+    if "__kept" in flags.columns:
+        keep &= flags.get_column("__kept").to_numpy()
+    chosen = np.flatnonzero(keep)
+    # Stored values are never NaN (validation refuses them), so NaN here is null.
+    value = events.get_column("value").cast(pl.Float64).to_numpy()[chosen]
+    money = ~np.isnan(value)
+    types = _text(events, "event_type", chosen)
+    if spec.monetary_event_type is not None:
+        money &= types == spec.monetary_event_type
+    return _Rows(
+        age=(as_of_us - stamps[chosen]) / _US_PER_DAY,
+        types=_vocab_index(types, spec.event_types),
+        channels=_vocab_index(_text(events, "channel", chosen), spec.channels),
+        categories=_vocab_index(_text(events, "product_category", chosen), spec.categories),
+        mval=np.where(money, value, np.nan),
+        custom=[
+            flags.get_column(f"ce{i}").to_numpy()[chosen] for i in range(len(spec.custom_events))
+        ],
+    )
+
+
+def _fill(x: np.ndarray, col: dict[str, int], rows: _Rows, spec: FeatureSpec) -> None:
     """Write one profile's event features into its row `x` (float32; values cast on write)."""
-    age = rows.get_column("age").to_numpy()
-    types = rows.get_column("event_type__idx").to_numpy()
-    mval = rows.get_column("mval").cast(pl.Float64).to_numpy()  # null → NaN
+    age, types, mval = rows.age, rows.types, rows.mval
     money = ~np.isnan(mval)
     x[col["days_since_last_event"]] = age.min()
     x[col["tenure_days"]] = age.max()
     for w in COUNT_WINDOWS:
         x[col[f"count_{w}d"]] = np.count_nonzero(age < w)
     names = (*spec.event_types, OTHER)
-    for t in np.unique(types).tolist():
+    for t in np.unique(types[types >= 0]).tolist():  # event_type is required: never -1
         of_type = types == t
         if t < len(spec.event_types):
             x[col[f"days_since_last__{spec.event_types[t]}"]] = age[of_type].min()
@@ -107,20 +175,19 @@ def _fill(x: np.ndarray, col: dict[str, int], rows: pl.DataFrame, spec: FeatureS
     x[col[f"trend_{t}d_purchases"]] = window_sums[t][1] - len(prior_values)
     x[col[f"trend_{t}d_value"]] = window_sums[t][0] - _sum(prior_values)
     recent = age < MIX_WINDOW
-    for column, vocab, prefix in (
-        ("channel__idx", spec.channels, "share_channel__"),
-        ("product_category__idx", spec.categories, "share_category__"),
+    for kinds, vocab, prefix in (
+        (rows.channels, spec.channels, "share_channel__"),
+        (rows.categories, spec.categories, "share_category__"),
     ):
-        kinds = rows.get_column(column)
-        known = recent & kinds.is_not_null().to_numpy()
+        known = recent & (kinds >= 0)
         if not known.any():
             continue  # no known value in the window: the shares stay missing
-        counts = np.bincount(kinds.fill_null(0).to_numpy()[known], minlength=len(vocab) + 1)
+        counts = np.bincount(kinds[known], minlength=len(vocab) + 1)
         total = counts.sum()
         for i, name in enumerate((*vocab, OTHER)):
             x[col[f"{prefix}{name}"]] = counts[i] / total
     for i, ce in enumerate(spec.custom_events):
-        hit = rows.get_column(f"ce{i}").fill_null(False).to_numpy()
+        hit = rows.custom[i]
         x[col[f"days_since_last__custom.{ce.name}"]] = age[hit].min() if hit.any() else np.nan
         for w in CUSTOM_WINDOWS:
             x[col[f"count_{w}d__custom.{ce.name}"]] = np.count_nonzero(hit & (age < w))

@@ -44,6 +44,8 @@ class Catalog:
     def __init__(self, db: Database, events: EventStore, cache_dir: Path | None = None) -> None:
         self.db = db
         self.events = events
+        # Instance → its dataset's parts, for real-time scoring; `forget` empties it.
+        self._serving: dict[str, DatasetParts] = {}
         # Indexed local copies of the parts for one-profile reads (None: filter the parts).
         local = cache_dir is not None and not events.remote
         self.history = ProfileHistory(events, cache_dir) if local and cache_dir else None
@@ -71,6 +73,23 @@ class Catalog:
             raise FailedPrecondition(f"dataset '{dataset}' has no events")
         end = max(r[2] for r in rows) + timedelta(microseconds=1)
         return DatasetParts(dataset, tuple(r[0] for r in rows), tuple(r[1] for r in rows), end)
+
+    def serving_parts(self, instance: str) -> DatasetParts:
+        """`parts(dataset_of(instance))`, remembered until `forget`.
+
+        Real-time scoring reads them on every call; two catalog queries would
+        cost more than the scoring. The scorer forgets them when it polls the
+        registry, so an import shows within one poll interval.
+        """
+        parts = self._serving.get(instance)
+        if parts is None:
+            parts = self.parts(self.dataset_of(instance))
+            self._serving = {**self._serving, instance: parts}  # one swap: no lock for readers
+        return parts
+
+    def forget(self) -> None:
+        """Read the catalog again on the next `serving_parts` (called on every registry poll)."""
+        self._serving = {}
 
     def read_shard(self, parts: DatasetParts, shard: int) -> pl.DataFrame:
         """All events of one shard."""

@@ -111,6 +111,7 @@ class Scorer:
 
     def refresh(self) -> None:
         """Load new model versions and newer runs' snapshots (other processes' runs too)."""
+        self.catalog.forget()
         changed = self.registry.refresh()
         swapped = self.refresh_snapshots()
         if changed or swapped:
@@ -247,7 +248,10 @@ class Scorer:
         """
         if not instance:
             raise InvalidArgument("instance", "must not be empty")
-        model = self.model(instance)
+        try:  # the model as of the last poll; `model` looks again (and names the error)
+            model = self.registry.get(instance)
+        except (NotFound, FailedPrecondition):
+            model = self.model(instance)
         score, warning = realtime.score_profile(
             model, self.catalog, profile_id, events, as_of, self.config.top_factors
         )
