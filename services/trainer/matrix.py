@@ -1,11 +1,13 @@
 """The training matrix: every shard's feature rows in one place, and which rows do what.
 
 `assemble` is the one place shard features become the matrix the models see
-(a bounded training sample would slot in here). `split_rows` then says which
-rows train the validation model (cutoffs whose outcome windows end before the
+(the bounded sample of sampling.py). `split_rows` then says which rows train
+the validation model (cutoffs whose outcome windows end before the
 validation cutoff), which tune it (early stopping, trial choice, calibration:
-half of the validation cutoff's profiles) and which evaluate it (the other
-half, held out from every choice); the served model is refit on all rows.
+half of the validation cutoff's profiles in the matrix) and which are the
+rest of them; the served model is refit on all rows. The evaluation covers
+every validation-cutoff profile the tuning half does not hold, streamed
+(streaming.py): below the sample bound, exactly the `evaluate` rows.
 """
 
 from __future__ import annotations
