@@ -32,7 +32,6 @@ from foresight.instance import InstanceConfig
 from foresight.progress import Progress
 from services.trainer.boosting import (
     TrialResult,
-    explanation_sample,
     refit_lightgbm,
     train_lightgbm,
 )
@@ -150,7 +149,9 @@ def evaluate_validation_model(
     evaluation = evaluate_model(
         held.y, p_eval, contributions, spec.features, context, explained_rows=held.explained
     )
-    evaluation.calibrator = calibration_summary(held.y, held.raw, fitted.calibrator, fitted.cv_brier)
+    evaluation.calibrator = calibration_summary(
+        held.y, held.raw, fitted.calibrator, fitted.cv_brier
+    )
     return evaluation
 
 

@@ -122,7 +122,5 @@ def held_out(
         shard_rows,
         [(jobs[i], spec, cutoff, ordered[i][local], profiles[i]) for i, local in wanted],
     )
-    X_explained = (
-        np.vstack(rows) if rows else np.zeros((0, len(spec.features)), dtype=np.float32)
-    )
+    X_explained = np.vstack(rows) if rows else np.zeros((0, len(spec.features)), dtype=np.float32)
     return HeldOut(y, raw, explained, X_explained)

@@ -86,7 +86,6 @@ from services.trainer.planning import (
 )
 from services.trainer.registry import OWNER, ModelRegistry, ModelVersionInfo, bundle_path
 from services.trainer.sampling import DEFAULT_SAMPLE_ROWS, SampleSummary, sample_training_rows
-from services.trainer.streaming import HeldOut, held_out
 from services.trainer.shards import (
     LeakageDetected,
     ShardJob,
@@ -94,6 +93,7 @@ from services.trainer.shards import (
     shard_features,
     shard_labels,
 )
+from services.trainer.streaming import HeldOut, held_out
 
 __all__ = [
     "GoalCheck",
@@ -265,9 +265,7 @@ class ModelTrainer:
         shards, validation, sample = self._label_stage(plan, report)
         clock.lap("labels")
         profiles = self._profiles(plan.config)
-        shard_profiles = split_profiles(
-            profiles, self.store.shards, [j.shard for j in plan.jobs]
-        )
+        shard_profiles = split_profiles(profiles, self.store.shards, [j.shard for j in plan.jobs])
         spec, matrix = self._feature_stage(plan, shards, profiles, shard_profiles, sample, report)
         clock.lap("features")
         split = split_rows(matrix, plan.cutoffs.training, plan.cutoffs.validation_index)
@@ -277,7 +275,11 @@ class ModelTrainer:
         tuned = pl.Series(matrix.profile_ids[split.tune], dtype=pl.String).implode()
         held_labels = [frame.filter(~pl.col("profile_id").is_in(tuned)) for frame in validation]
         del validation
-        report("evaluate", 0.82, f"evaluating on {sum(f.height for f in held_labels):,} held-out profiles")
+        report(
+            "evaluate",
+            0.82,
+            f"evaluating on {sum(f.height for f in held_labels):,} held-out profiles",
+        )
         held = held_out(
             self.runner,
             plan.jobs,
@@ -332,8 +334,7 @@ class ModelTrainer:
         # the evaluation still covers the whole validation cutoff.
         index = plan.cutoffs.validation_index
         validation = [
-            s.labels.filter(pl.col("cutoff") == index).select("profile_id", "label")
-            for s in shards
+            s.labels.filter(pl.col("cutoff") == index).select("profile_id", "label") for s in shards
         ]
         frames, sample = sample_training_rows(
             [s.labels for s in shards], index, self.sample_rows, sample_validation=True

@@ -233,7 +233,9 @@ def test_the_streamed_evaluation_sees_what_one_matrix_would(world: World) -> Non
     spec = fit_feature_spec(world.events, None, config, cutoff)
     jobs = _jobs(world)
     labels = [shard_labels(job, config, [cutoff]).labels for job in jobs]
-    parts = [shard_features(job, spec, [cutoff], f, None) for job, f in zip(jobs, labels, strict=True)]
+    parts = [
+        shard_features(job, spec, [cutoff], f, None) for job, f in zip(jobs, labels, strict=True)
+    ]
     X = np.vstack([p.X for p in parts])
     y = np.concatenate([p.y for p in parts])
     booster, _, _ = train_lightgbm(X, y, X, y, max_trials=1)
