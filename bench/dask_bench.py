@@ -55,6 +55,7 @@ from services.trainer.shards import ShardJob, shard_features, shard_labels
 from services.trainer.training import ModelTrainer
 
 SHARDS = 16
+_SLICE_SEED = 7
 CONFIG: dict[str, Any] = {
     "name": "conv",
     "type": "CONVERSION",
@@ -69,8 +70,17 @@ def world_of(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]
     db = Database(f"sqlite:///{var / 'foresight.db'}")
     db.migrate()
     if not _has_dataset(db) or not catalog.catalogued_parts(db, "shop"):
-        generated = generate(data / "imports" / f"dask-{profiles}", profiles=profiles, seed=11)
-        written = store.write("shop", pl.read_parquet(generated.events_path), [])
+        folder = data / "imports" / f"dask-{profiles}"
+        events = folder / "events.parquet"  # deterministic: a finished file is reused
+        if not events.exists():
+            events = generate(folder, profiles=profiles, seed=11).events_path
+        # A slice of the profiles at a time: all 40M events of 2M profiles at once
+        # need more memory than the shared machine has.
+        slices = max(1, profiles // 500_000)
+        written = []
+        for k in range(slices):
+            chosen = pl.col("profile_id").hash(_SLICE_SEED) % slices == k
+            written += store.write("shop", pl.scan_parquet(events).filter(chosen).collect(), [])
         catalog.record_import(
             db,
             "shop",
