@@ -9,7 +9,7 @@ few thousand per score bucket), and a second pass brings back just those
 feature rows. So the evaluation covers the whole cutoff while the trainer's
 memory grows only with the sample; with the population below the sample
 bound the rows, their order and so every figure are those of the in-memory
-matrix (services/trainer/matrix.py's evaluate half).
+matrix's validation rows outside the tuning half (services/trainer/matrix.py).
 """
 
 from __future__ import annotations
