@@ -272,6 +272,13 @@ def update_readme(results: dict[str, Any]) -> None:
             f"{f.get('commit', '?')} on {f.get('cpus', '?')} cores, {f.get('profiles', '?')} "
             "simulated customers per setting."
         )
+    if "train_rss_measured" in results:
+        f = results["train_rss_measured"]
+        lines.append(
+            f"Trainer memory figures (stage `train_rss`): measured {f.get('measured_at', '?')} "
+            f"at {' and '.join(f'{n:,}' for n in f.get('profiles', []))} profiles, sample bound "
+            f"{f.get('sample_rows', '?'):,} rows, on {f.get('cpus', '?')} cores."
+        )
     lines += [
         "",
         "| figure | value | target |",
