@@ -271,27 +271,7 @@ class ModelTrainer:
         split = split_rows(matrix, plan.cutoffs.training, plan.cutoffs.validation_index)
         fitted = fit_models(matrix, split, spec, max_trials, report, self.workers)
         clock.lap("train")
-        # Every validation-cutoff profile the tuning rows did not use, shard by shard.
-        tuned = pl.Series(matrix.profile_ids[split.tune], dtype=pl.String).implode()
-        held_labels = [frame.filter(~pl.col("profile_id").is_in(tuned)) for frame in validation]
-        del validation
-        report(
-            "evaluate",
-            0.82,
-            f"evaluating on {sum(f.height for f in held_labels):,} held-out profiles",
-        )
-        held = held_out(
-            self.runner,
-            plan.jobs,
-            spec,
-            plan.cutoffs.validation,
-            held_labels,
-            shard_profiles,
-            fitted.validation_model,
-            fitted.calibrator,
-            report,
-        )
-        del held_labels
+        held = self._held_out(plan, validation, matrix, split, spec, shard_profiles, fitted, report)
         evaluation = evaluate_validation_model(
             plan.config, matrix, split, spec, fitted, held, self.workers
         )
@@ -369,6 +349,33 @@ class ModelTrainer:
             ),
         )
         return spec, assemble(parts, rows_before_sample=sample.training_rows)
+
+    def _held_out(
+        self,
+        plan: TrainingPlan,
+        validation: list[pl.DataFrame],
+        matrix: TrainingMatrix,
+        split: RowSplit,
+        spec: FeatureSpec,
+        shard_profiles: list[pl.DataFrame | None],
+        fitted: FittedModels,
+        report: Progress,
+    ) -> HeldOut:
+        """Every validation-cutoff profile the tuning rows did not use, predicted shard by shard."""
+        tuned = pl.Series(matrix.profile_ids[split.tune], dtype=pl.String).implode()
+        held = [frame.filter(~pl.col("profile_id").is_in(tuned)) for frame in validation]
+        report("evaluate", 0.82, f"evaluating on {sum(f.height for f in held):,} held-out profiles")
+        return held_out(
+            self.runner,
+            plan.jobs,
+            spec,
+            plan.cutoffs.validation,
+            held,
+            shard_profiles,
+            fitted.validation_model,
+            fitted.calibrator,
+            report,
+        )
 
     def _publish(
         self,
