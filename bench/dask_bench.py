@@ -8,10 +8,12 @@
 - `dask_batch_score_1m_s` and the batch-scoring `dask_vs_local_throughput_ratio`:
   bench/dask_score_bench.py (run last, on the model `train_once` leaves).
 - `train_peak_rss_mb_1m`, `train_peak_rss_mb_2m`: peak RSS of the trainer
-  process (ModelTrainer.train, 2 local workers) at N and 2N profiles, each in a
-  fresh process, with the training sample bounded at the same share of N as
-  the default bound is of 1M profiles. N is FORESIGHT_BENCH_PROFILES; the
-  figure names keep "1m"/"2m" and `dask_profiles` says what N was.
+  process (ModelTrainer.train, 1 trial, 2 local workers) at 1,000,000 and
+  2,000,000 profiles, each in a fresh process, with the default sample bound
+  (DEFAULT_SAMPLE_ROWS); `train_worker_peak_rss_mb_*` is its largest worker
+  process. Their own stage of `make bench`, `python -m bench.run --only
+  train_rss`; FORESIGHT_TRAIN_RSS_PROFILES sets another N (then 2N), and
+  `train_rss_measured` always says which N, bound, load and time they had.
 - `shard_costs`: per shard and stage (labels, features, embed): seconds,
   peak RSS of a fresh worker process, bytes read and bytes returned — the
   inputs of docs/scale.md.
@@ -53,6 +55,7 @@ from services.trainer.shards import ShardJob, shard_features, shard_labels
 from services.trainer.training import ModelTrainer
 
 SHARDS = 16
+_SLICE_SEED = 7
 CONFIG: dict[str, Any] = {
     "name": "conv",
     "type": "CONVERSION",
@@ -67,8 +70,17 @@ def world_of(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]
     db = Database(f"sqlite:///{var / 'foresight.db'}")
     db.migrate()
     if not _has_dataset(db) or not catalog.catalogued_parts(db, "shop"):
-        generated = generate(data / "imports" / f"dask-{profiles}", profiles=profiles, seed=11)
-        written = store.write("shop", pl.read_parquet(generated.events_path), [])
+        folder = data / "imports" / f"dask-{profiles}"
+        events = folder / "events.parquet"  # deterministic: a finished file is reused
+        if not events.exists():
+            events = generate(folder, profiles=profiles, seed=11).events_path
+        # A slice of the profiles at a time: all 40M events of 2M profiles at once
+        # need more memory than the shared machine has.
+        slices = max(1, profiles // 500_000)
+        written = []
+        for k in range(slices):
+            chosen = pl.col("profile_id").hash(_SLICE_SEED) % slices == k
+            written += store.write("shop", pl.scan_parquet(events).filter(chosen).collect(), [])
         catalog.record_import(
             db,
             "shop",
@@ -195,21 +207,52 @@ def shard_costs(results: dict[str, Any], jobs: list[ShardJob], cutoffs: list[Any
     results["shard_costs"] = costs
 
 
-def _train_rss(data: Path, profiles: int, sample_rows: int) -> float:
-    """Peak RSS (MB) of a fresh process that runs ModelTrainer.train at `profiles`."""
-    world_of(data, profiles)  # data ready before the measured process starts
+def _train_rss(data: Path, profiles: int, sample_rows: int) -> tuple[float, float, float]:
+    """(peak RSS MB, largest worker's peak RSS MB, seconds) of ModelTrainer.train at `profiles`.
+
+    The training runs in a fresh process; its data is ready before it starts.
+    """
+    world_of(data, profiles)
     script = (
-        "import json,resource,sys;from pathlib import Path;"
+        "import json,resource,time;from pathlib import Path;"
         "from bench.dask_bench import train_once;"
+        "t=time.perf_counter();"
         f"train_once(Path({str(data)!r}), {profiles}, {sample_rows});"
-        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))"
+        "s=time.perf_counter()-t;"
+        "print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, s]))"
     )
     out = (
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         .stdout.strip()
         .splitlines()
     )
-    return float(out[-1])
+    peak, worker, seconds = json.loads(out[-1])
+    return float(peak), float(worker), float(seconds)
+
+
+def train_rss(results: dict[str, Any], data: Path) -> None:
+    """Trainer peak RSS at N and 2N profiles (default 1M and 2M), the default sample bound."""
+    profiles = int(os.environ.get("FORESIGHT_TRAIN_RSS_PROFILES", "1000000"))
+    measured: dict[str, Any] = {"profiles": [profiles, 2 * profiles]}
+    measured["sample_rows"] = DEFAULT_SAMPLE_ROWS
+    measured["load_average_1m_before"] = round(os.getloadavg()[0], 1)
+    figures = [_train_rss(data, n, DEFAULT_SAMPLE_ROWS) for n in (profiles, 2 * profiles)]
+    for suffix, (peak, worker, seconds) in zip(("1m", "2m"), figures, strict=True):
+        results[f"train_peak_rss_mb_{suffix}"] = round(peak)
+        results[f"train_worker_peak_rss_mb_{suffix}"] = round(worker)
+        results[f"train_seconds_{suffix}"] = round(seconds)
+    results["train_rss_2m_over_1m"] = round(
+        results["train_peak_rss_mb_2m"] / results["train_peak_rss_mb_1m"], 3
+    )
+    results.pop("train_sample_rows", None)  # older runs' name for the bound
+    results["train_rss_measured"] = {
+        **measured,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps({k: v for k, v in results.items() if k.startswith("train_")}, indent=1))
 
 
 def train_once(data: Path, profiles: int, sample_rows: int) -> None:
@@ -290,21 +333,14 @@ def pg_load_rate(results: dict[str, Any], rows: int = 200_000) -> None:
 
 
 def run(results: dict[str, Any], data: Path) -> None:
-    """All Dask figures at FORESIGHT_BENCH_PROFILES profiles (and twice that for memory)."""
+    """The Dask figures at FORESIGHT_BENCH_PROFILES profiles (trainer memory: `train_rss`)."""
     profiles = int(os.environ.get("FORESIGHT_BENCH_PROFILES", "1000000"))
     results["dask_profiles"] = profiles
     _, jobs, cutoffs = world_of(data, profiles)
     throughput(results, jobs, cutoffs)
     shard_costs(results, jobs, cutoffs)
     pg_load_rate(results)
-    bound = max(1_000, DEFAULT_SAMPLE_ROWS * profiles // 1_000_000)
-    results["train_sample_rows"] = bound
-    results["train_peak_rss_mb_1m"] = round(_train_rss(data, profiles, bound))
-    results["train_peak_rss_mb_2m"] = round(_train_rss(data, 2 * profiles, bound))
-    results["train_rss_2m_over_1m"] = round(
-        results["train_peak_rss_mb_2m"] / results["train_peak_rss_mb_1m"], 3
-    )
-    from bench import dask_score_bench  # after train_once: it scores the model left at N
+    from bench import dask_score_bench  # trains the model at N first when there is none
 
     dask_score_bench.batch_scoring(results, data, profiles)
     results["dask_measured"] = {

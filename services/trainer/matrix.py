@@ -1,11 +1,13 @@
 """The training matrix: every shard's feature rows in one place, and which rows do what.
 
 `assemble` is the one place shard features become the matrix the models see
-(a bounded training sample would slot in here). `split_rows` then says which
-rows train the validation model (cutoffs whose outcome windows end before the
+(the bounded sample of sampling.py). `split_rows` then says which rows train
+the validation model (cutoffs whose outcome windows end before the
 validation cutoff), which tune it (early stopping, trial choice, calibration:
-half of the validation cutoff's profiles) and which evaluate it (the other
-half, held out from every choice); the served model is refit on all rows.
+half of the validation cutoff's profiles in the matrix); the served model
+is refit on all rows. The evaluation covers every validation-cutoff profile
+the tuning half does not hold, streamed (streaming.py): below the sample
+bound, exactly the other half of the matrix's validation rows.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ class RowSplit:
 
     train: np.ndarray
     tune: np.ndarray
-    evaluate: np.ndarray
 
 
 def assemble(parts: Sequence[ShardFeatures], rows_before_sample: int = 0) -> TrainingMatrix:
@@ -63,11 +64,11 @@ def assemble(parts: Sequence[ShardFeatures], rows_before_sample: int = 0) -> Tra
 def split_rows(
     matrix: TrainingMatrix, training_cutoffs: Sequence[int], validation_cutoff: int
 ) -> RowSplit:
-    """Training rows, and a deterministic half split of the validation cutoff's profiles."""
+    """Training rows, and a deterministic half of the validation cutoff's profiles for tuning."""
     train = np.flatnonzero(np.isin(matrix.cutoff, np.asarray(training_cutoffs, dtype=np.int16)))
     val_rows = np.flatnonzero(matrix.cutoff == validation_cutoff)
     # Order by profile id first, so the split does not depend on shard order.
     order = val_rows[np.argsort(matrix.profile_ids[val_rows], kind="stable")]
     shuffled = order[np.random.default_rng(SEED).permutation(len(order))]
     half = len(shuffled) // 2
-    return RowSplit(train, np.sort(shuffled[:half]), np.sort(shuffled[half:]))
+    return RowSplit(train, np.sort(shuffled[:half]))

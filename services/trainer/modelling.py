@@ -2,11 +2,13 @@
 
 `fit_models` trains the validation model on the cutoffs whose outcome windows
 end before the validation cutoff (boosting.py), chooses and fits the
-calibrator on the tuning half of the validation cutoff (isotonic or Platt or
-none, by cross-validated Brier score: foresight/calibration.py), then refits
-the served model with the chosen parameters on every cutoff, the validation
-one included. `evaluate_validation_model` measures the validation model, as
-calibrated, on the evaluation half, held out from every choice.
+calibrator on the tuning half of the validation cutoff's rows in the matrix
+(isotonic or Platt or none, by cross-validated Brier score:
+foresight/calibration.py), then refits the served model with the chosen
+parameters on every row of the matrix, the validation cutoff's included.
+`evaluate_validation_model` measures the validation model, as calibrated, on
+every other profile of the validation cutoff, held out from every choice
+(streamed shard by shard: streaming.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from foresight.instance import InstanceConfig
 from foresight.progress import Progress
 from services.trainer.boosting import (
     TrialResult,
-    explanation_sample,
     refit_lightgbm,
     train_lightgbm,
 )
@@ -38,6 +39,7 @@ from services.trainer.evaluation import EvaluationContext, calibration_summary, 
 from services.trainer.export import ParityReport
 from services.trainer.matrix import RowSplit, TrainingMatrix
 from services.trainer.planning import TrainingPlan
+from services.trainer.streaming import HeldOut
 
 __all__ = [
     "FittedModels",
@@ -125,20 +127,16 @@ def evaluate_validation_model(
     split: RowSplit,
     spec: FeatureSpec,
     fitted: FittedModels,
-    report: Progress,
+    held: HeldOut,
     threads: int = 1,
 ) -> ModelEvaluation:
-    """Metrics and factors of the validation model on the held-out half."""
-    report("evaluate", 0.87, f"evaluating on {len(split.evaluate):,} held-out profiles")
-    X_eval, y_eval = matrix.X[split.evaluate], matrix.y[split.evaluate]
+    """Metrics and factors of the validation model on the held-out profiles (streaming.py)."""
     booster = fitted.validation_model
-    raw = np.asarray(booster.predict(X_eval, num_threads=threads), dtype=np.float64)
-    p_eval = fitted.calibrator.apply(raw)
-    explained = explanation_sample(p_eval)
+    p_eval = fitted.calibrator.apply(held.raw)
     contributions = np.asarray(
-        booster.predict(X_eval[explained], pred_contrib=True, num_threads=threads),
+        booster.predict(held.X_explained, pred_contrib=True, num_threads=threads),
         dtype=np.float64,
-    )
+    ).reshape(len(held.explained), len(spec.features) + 1)
     contributions[:, :-1] = fitted.factor_groups.merge(contributions[:, :-1])
     train_pos = int(matrix.y[split.train].sum())
     context = EvaluationContext(
@@ -149,19 +147,23 @@ def evaluate_validation_model(
         train_negatives=len(split.train) - train_pos,
     )
     evaluation = evaluate_model(
-        y_eval, p_eval, contributions, spec.features, context, explained_rows=explained
+        held.y, p_eval, contributions, spec.features, context, explained_rows=held.explained
     )
-    evaluation.calibrator = calibration_summary(y_eval, raw, fitted.calibrator, fitted.cv_brier)
+    evaluation.calibrator = calibration_summary(
+        held.y, held.raw, fitted.calibrator, fitted.cv_brier
+    )
     return evaluation
 
 
-def training_summary(matrix: TrainingMatrix, split: RowSplit, clock: StageClock) -> TrainingSummary:
+def training_summary(
+    matrix: TrainingMatrix, split: RowSplit, held: HeldOut, clock: StageClock
+) -> TrainingSummary:
     return TrainingSummary(
         train_rows=len(split.train),
         train_rows_before_sample=matrix.rows_before_sample,
         train_positives=int(matrix.y[split.train].sum()),
         tuning_rows=len(split.tune),
-        evaluation_rows=len(split.evaluate),
+        evaluation_rows=len(held.y),
         served_rows=matrix.rows,
         served_positives=int(matrix.y.sum()),
         features=matrix.X.shape[1],

@@ -7,13 +7,19 @@ computed. Each stratum — one (cutoff, label) pair — keeps the same share of 
 rows, so the class balance and the weight of each cutoff are those of the whole
 population, and probabilities stay calibrated without re-weighting. Which rows
 a stratum keeps is decided by a stable hash of (profile, cutoff): the same data
-always gives the same sample, on any machine or backend. The validation
-cutoff is never sampled: tuning and the out-of-time evaluation see every
-eligible profile.
+always gives the same sample, on any machine or backend.
 
-So the trainer's feature matrix holds at most `max_rows` training rows however
-large the population grows; only the validation cutoff and the label columns
-grow with it.
+With `sample_validation`, the validation cutoff's rows are cut the same way,
+at the training cutoffs' rate (so the served refit sees every cutoff in the
+population's proportions) and to at most `max_rows`: these rows tune the
+validation model, fit its calibrator and join the served refit. The
+out-of-time evaluation still covers every other eligible profile of the
+validation cutoff: it streams shard by shard (services/trainer/streaming.py)
+and only probabilities and labels reach the trainer.
+
+So the trainer's feature matrix holds at most 2 × `max_rows` rows however
+large the population grows; below the bound nothing is cut and the results
+are those of the whole population.
 """
 
 from __future__ import annotations
@@ -46,13 +52,18 @@ class SampleSummary:
 
 
 def sample_training_rows(
-    shard_labels: Sequence[pl.DataFrame], validation_index: int, max_rows: int
+    shard_labels: Sequence[pl.DataFrame],
+    validation_index: int,
+    max_rows: int,
+    *,
+    sample_validation: bool = False,
 ) -> tuple[list[pl.DataFrame], SampleSummary]:
     """Each shard's label rows with the training cutoffs cut to `max_rows` in all.
 
     `shard_labels` are (profile_id, cutoff, label) frames, one per shard; rows
-    with `cutoff == validation_index` are all kept. Returns the frames in the
-    same order (and row order) and what was kept.
+    with `cutoff == validation_index` are all kept, unless `sample_validation`
+    (then at the training rate, and at most `max_rows`). Returns the frames in
+    the same order (and row order) and what was kept of the training rows.
     """
     if max_rows <= 0:
         raise ValueError("max_rows must be positive")
@@ -65,17 +76,22 @@ def sample_training_rows(
     ).with_row_index("__row")
     training = pl.col("cutoff") != validation_index
     total = int(tagged.select(training.sum()).item() or 0)
-    if total <= max_rows:
+    validation = tagged.height - total
+    rate = min(1.0, max_rows / total) if total else 1.0
+    validation_rate = min(rate, max_rows / validation) if validation else 1.0
+    if not sample_validation:
+        validation_rate = 1.0
+    if rate == 1.0 and validation_rate == 1.0:
         return list(shard_labels), SampleSummary(total, total)
-    rate = max_rows / total
     keyed = tagged.with_columns(
         pl.struct("profile_id", "cutoff").hash(_SEED).alias("__h"),
         pl.len().over("cutoff", "label").alias("__n"),
     )
     # Per stratum: the rows of lowest hash, as many as its proportional quota.
     rank = pl.col("__h").rank("ordinal").over("cutoff", "label")
-    quota = (pl.col("__n") * rate).floor().clip(lower_bound=1)
-    kept = keyed.filter(~training | (rank <= quota))
+    share = pl.when(training).then(pl.lit(rate)).otherwise(pl.lit(validation_rate))
+    quota = (pl.col("__n") * share).floor().clip(lower_bound=1)
+    kept = keyed.filter(rank <= quota)
     summary = SampleSummary(total, int(kept.select(training.sum()).item() or 0))
     out = []
     for i, frame in enumerate(shard_labels):

@@ -11,12 +11,15 @@ One job (`ModelTrainer.train`) goes:
 3. **features** — the feature spec (vocabularies) is fitted once, then each
    shard is featurized as of every cutoff, with a leakage audit per shard
    (services/trainer/shards.py); matrix.py assembles the rows.
+   Above `sample_rows` only a bounded stratified sample of each cutoff's
+   rows is featurized into the matrix (sampling.py).
 4. **validation model** — LightGBM (boosting.py) on the cutoffs whose windows
    end before the validation cutoff, tuned on half of the validation
-   cutoff's profiles; a calibrator (isotonic or Platt, chosen by
+   cutoff's rows in the matrix; a calibrator (isotonic or Platt, chosen by
    cross-validation) is fitted on that tuning half.
-5. **evaluate** — on the other half, held out from every choice: metrics,
-   factors, calibration error before and after.
+5. **evaluate** — on every other eligible profile of the validation cutoff,
+   held out from every choice, streamed shard by shard (streaming.py):
+   metrics, factors, calibration error before and after.
 6. **served model** — refit with the chosen parameters on every cutoff,
    the validation one included, so it has seen the newest behaviour.
 7. **export** — ONNX + parity check, atomic bundle with the calibrator, then
@@ -90,6 +93,7 @@ from services.trainer.shards import (
     shard_features,
     shard_labels,
 )
+from services.trainer.streaming import HeldOut, held_out
 
 __all__ = [
     "GoalCheck",
@@ -258,26 +262,35 @@ class ModelTrainer:
         history = history_message(plan)
         if history is not None:
             raise FailedPrecondition(history)
-        shards, sample = self._label_stage(plan, report)
+        shards, validation, sample = self._label_stage(plan, report)
         clock.lap("labels")
-        spec, matrix = self._feature_stage(plan, shards, sample, report)
+        profiles = self._profiles(plan.config)
+        shard_profiles = split_profiles(profiles, self.store.shards, [j.shard for j in plan.jobs])
+        spec, matrix = self._feature_stage(plan, shards, profiles, shard_profiles, sample, report)
         clock.lap("features")
         split = split_rows(matrix, plan.cutoffs.training, plan.cutoffs.validation_index)
         fitted = fit_models(matrix, split, spec, max_trials, report, self.workers)
         clock.lap("train")
+        held = self._held_out(plan, validation, matrix, split, spec, shard_profiles, fitted, report)
         evaluation = evaluate_validation_model(
-            plan.config, matrix, split, spec, fitted, report, self.workers
+            plan.config, matrix, split, spec, fitted, held, self.workers
         )
         evaluation.population = combined_funnel(shards).counts()
         clock.lap("evaluate")
-        return self._publish(plan, version, spec, matrix, split, fitted, evaluation, clock, report)
+        return self._publish(
+            plan, version, spec, matrix, split, fitted, held, evaluation, clock, report
+        )
 
     # ------------------------------------------------------------ stages
 
     def _label_stage(
         self, plan: TrainingPlan, report: Progress
-    ) -> tuple[list[ShardLabels], SampleSummary]:
-        """Labels at every cutoff, per shard; the data gate; the population funnel reported."""
+    ) -> tuple[list[ShardLabels], list[pl.DataFrame], SampleSummary]:
+        """Labels at every cutoff, per shard; the data gate; the population funnel reported.
+
+        Returns each shard's sampled labels, its validation-cutoff (profile_id,
+        label) rows, all of them, for the evaluation, and what the sample kept.
+        """
         cutoffs = plan.cutoffs.cutoffs
         report("labels", 0.03, f"{len(cutoffs)} cutoffs, {len(plan.jobs)} shards")
         shards: list[ShardLabels] = self.runner.map(
@@ -297,25 +310,33 @@ class ModelTrainer:
             f"excluded by the look-back, {funnel.excluded_by_conditions:,} by the conditions, "
             f"{funnel.eligible:,} eligible",
         )
-        # Features only for a bounded stratified sample of the earlier cutoffs (sampling.py);
-        # the validation cutoff is kept whole.
+        # Features only for a bounded stratified sample of every cutoff (sampling.py);
+        # the evaluation still covers the whole validation cutoff.
+        index = plan.cutoffs.validation_index
+        validation = [
+            s.labels.filter(pl.col("cutoff") == index).select("profile_id", "label") for s in shards
+        ]
         frames, sample = sample_training_rows(
-            [s.labels for s in shards], plan.cutoffs.validation_index, self.sample_rows
+            [s.labels for s in shards], index, self.sample_rows, sample_validation=True
         )
         shards = [replace(s, labels=f) for s, f in zip(shards, frames, strict=True)]
-        return shards, sample
+        return shards, validation, sample
 
     def _feature_stage(
-        self, plan: TrainingPlan, shards: list[ShardLabels], sample: SampleSummary, report: Progress
+        self,
+        plan: TrainingPlan,
+        shards: list[ShardLabels],
+        profiles: pl.DataFrame | None,
+        shard_profiles: list[pl.DataFrame | None],
+        sample: SampleSummary,
+        report: Progress,
     ) -> tuple[FeatureSpec, TrainingMatrix]:
-        """The feature vocabulary, then every shard featurized as of every cutoff."""
+        """The feature vocabulary, then every shard's sampled rows featurized as of their cutoff."""
         report("features", 0.14, "fitting the feature vocabulary")
         cutoffs = list(plan.cutoffs.cutoffs)
-        profiles = self._profiles(plan.config)
         spec = fit_feature_spec(
             spec_sample(plan.jobs), profiles, plan.config, plan.cutoffs.validation
         )
-        shard_profiles = split_profiles(profiles, self.store.shards, [j.shard for j in plan.jobs])
         feature_args = [
             (job, spec, cutoffs, labelled.labels, shard_profiles[i])
             for i, (job, labelled) in enumerate(zip(plan.jobs, shards, strict=True))
@@ -329,6 +350,33 @@ class ModelTrainer:
         )
         return spec, assemble(parts, rows_before_sample=sample.training_rows)
 
+    def _held_out(
+        self,
+        plan: TrainingPlan,
+        validation: list[pl.DataFrame],
+        matrix: TrainingMatrix,
+        split: RowSplit,
+        spec: FeatureSpec,
+        shard_profiles: list[pl.DataFrame | None],
+        fitted: FittedModels,
+        report: Progress,
+    ) -> HeldOut:
+        """Every validation-cutoff profile the tuning rows did not use, predicted shard by shard."""
+        tuned = pl.Series(matrix.profile_ids[split.tune], dtype=pl.String).implode()
+        held = [frame.filter(~pl.col("profile_id").is_in(tuned)) for frame in validation]
+        report("evaluate", 0.82, f"evaluating on {sum(f.height for f in held):,} held-out profiles")
+        return held_out(
+            self.runner,
+            plan.jobs,
+            spec,
+            plan.cutoffs.validation,
+            held,
+            shard_profiles,
+            fitted.validation_model,
+            fitted.calibrator,
+            report,
+        )
+
     def _publish(
         self,
         plan: TrainingPlan,
@@ -337,6 +385,7 @@ class ModelTrainer:
         matrix: TrainingMatrix,
         split: RowSplit,
         fitted: FittedModels,
+        held: HeldOut,
         evaluation: ModelEvaluation,
         clock: StageClock,
         report: Progress,
@@ -346,11 +395,11 @@ class ModelTrainer:
         report("export", 0.92, "converting to ONNX and checking parity")
         n_features = matrix.X.shape[1]
         onnx_model = to_onnx(fitted.served_model, n_features)
-        parity = check_parity(onnx_model, fitted.served_model, matrix.X[split.evaluate])
+        parity = check_parity(onnx_model, fitted.served_model, held.X_explained)
         relative = bundle_path(name, version)
         clock.lap("export")
         record_run(
-            evaluation, plan, version, fitted, training_summary(matrix, split, clock), parity
+            evaluation, plan, version, fitted, training_summary(matrix, split, held, clock), parity
         )
         write_bundle(
             self.artifacts,

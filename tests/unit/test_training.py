@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from foresight import instance as inst
-from foresight.calibration import choose_calibrator
+from foresight.calibration import Calibrator, choose_calibrator
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.events.partitions import parts_by_shard
 from foresight.events.store import EventStore
@@ -23,6 +23,7 @@ from foresight.features.featurize import featurize
 from foresight.features.labels import label_counts
 from foresight.features.spec import FeatureSpec
 from foresight.features.spec_fit import fit_feature_spec
+from foresight.shards import ShardRunner
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
@@ -39,7 +40,14 @@ from services.trainer.boosting import (
     search_space,
     train_lightgbm,
 )
-from services.trainer.shards import LeakageDetected, ShardJob, audit_leakage, shard_labels
+from services.trainer.shards import (
+    LeakageDetected,
+    ShardJob,
+    audit_leakage,
+    shard_features,
+    shard_labels,
+)
+from services.trainer.streaming import held_out
 from services.trainer.training import ModelTrainer
 
 pytestmark = pytest.mark.unit
@@ -197,6 +205,55 @@ def test_unknown_instance_and_version_are_not_found(world: World) -> None:
         world.trainer.get_version("conv_none", 0)
     with pytest.raises(NotFound):
         world.trainer.get_evaluation("conv_none", 3)
+
+
+def test_above_the_bound_the_evaluation_still_covers_the_validation_cutoff(world: World) -> None:
+    config = _config("bounded")
+    _create(world, config)
+    eligible = world.trainer.validate_goal(config, DATASET).eligible
+    bounded = ModelTrainer(world.db, world.store, world.artifacts, workers=1, sample_rows=1_500)
+    try:
+        info = bounded.train("bounded", 1)
+        evaluation = bounded.get_evaluation("bounded")
+    finally:
+        bounded.close()
+    assert info.status is Status.READY
+    training = evaluation.training
+    assert training.train_rows <= 1_500 < training.train_rows_before_sample
+    # Tuning and calibration used a sample of the validation cutoff (at the training
+    # rate); the evaluation covers every other eligible profile of it.
+    assert 0 < training.tuning_rows < eligible // 4
+    assert training.tuning_rows + training.evaluation_rows == eligible
+    assert evaluation.validation_rows == training.evaluation_rows
+
+
+def test_the_streamed_evaluation_sees_what_one_matrix_would(world: World) -> None:
+    config = _config("streamed")
+    cutoff = world.trainer.validate_goal(config, DATASET).cutoff
+    spec = fit_feature_spec(world.events, None, config, cutoff)
+    jobs = _jobs(world)
+    labels = [shard_labels(job, config, [cutoff]).labels for job in jobs]
+    parts = [
+        shard_features(job, spec, [cutoff], f, None) for job, f in zip(jobs, labels, strict=True)
+    ]
+    X = np.vstack([p.X for p in parts])
+    y = np.concatenate([p.y for p in parts])
+    booster, _, _ = train_lightgbm(X, y, X, y, max_trials=1)
+    held = held_out(
+        ShardRunner(2),  # the shards run in worker processes
+        jobs,
+        spec,
+        cutoff,
+        [f.select("profile_id", "label") for f in labels],
+        [None] * len(jobs),
+        booster,
+        Calibrator(),
+        lambda *_: None,
+    )
+    np.testing.assert_array_equal(held.y, y)
+    np.testing.assert_array_equal(held.raw, booster.predict(X))
+    assert 0 < len(held.explained) <= len(y)
+    np.testing.assert_array_equal(held.X_explained, X[held.explained])
 
 
 # ------------------------------------------------------------------ labels

@@ -81,3 +81,36 @@ def test_the_sample_does_not_depend_on_how_profiles_are_sharded() -> None:
 def test_a_bound_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         sample_training_rows(_split(_labels(10), 1), VALIDATION, 0)
+
+
+def test_the_validation_cutoff_can_be_sampled_at_the_training_rate() -> None:
+    labels = _labels(20_000)
+    kept, summary = sample_training_rows(
+        _split(labels, 4), VALIDATION, max_rows=6_000, sample_validation=True
+    )
+    sample = pl.concat(kept)
+    # The training cutoffs are cut exactly as without it.
+    alone = pl.concat(sample_training_rows(_split(labels, 4), VALIDATION, max_rows=6_000)[0])
+    training = pl.col("cutoff") != VALIDATION
+    assert sample.filter(training).equals(alone.filter(training))
+    assert summary.kept_rows == sample.filter(training).height
+    # The validation cutoff keeps the training cutoffs' share, stratum by stratum.
+    mine = sample.filter(~training)
+    theirs = labels.filter(~training)
+    assert mine.height == pytest.approx(theirs.height * 0.1, abs=2)
+    assert mine["label"].mean() == pytest.approx(theirs["label"].mean(), abs=2 / mine.height)
+
+
+def test_a_validation_cutoff_larger_than_the_bound_is_cut_to_it() -> None:
+    labels = _labels(1_000).filter(
+        (pl.col("cutoff") == VALIDATION)
+        | ((pl.col("cutoff") == 0) & (pl.col("profile_id") < "p0000200"))
+    )
+    frames = _split(labels, 2)
+    kept, summary = sample_training_rows(frames, VALIDATION, max_rows=300, sample_validation=True)
+    sample = pl.concat(kept)
+    assert summary.kept_rows == summary.training_rows == 200
+    assert 300 - 2 <= sample.filter(pl.col("cutoff") == VALIDATION).height <= 300
+    # Below the bound nothing is cut.
+    kept, _ = sample_training_rows(frames, VALIDATION, max_rows=1_000, sample_validation=True)
+    assert all(a.equals(b) for a, b in zip(frames, kept, strict=True))
