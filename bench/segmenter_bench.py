@@ -9,9 +9,9 @@ Figures (targets from the issue):
 - ``discover_1m_s`` (≤ 120 s): DiscoverSegments with the count chosen automatically;
 - ``segmenter_rss_mb_1m`` (≤ 1,500 MB): peak RSS of a fresh process that loads
   the index and serves a discovery and an expansion;
-- ``persona_ari`` (≥ 0.7): adjusted Rand index of the discovered clusters
+- ``persona_ari`` (≥ 0.8, issue 13): adjusted Rand index of the discovered clusters
   against the generator's planted personas;
-- ``lookalike_conversion_lift`` (≥ 2×): future-purchase rate of the 100k
+- ``lookalike_conversion_lift`` (≥ 3×, issue 13): future-purchase rate of the 100k
   lookalikes of a 10k seed of future purchasers, over the population rate.
 
 The data set is ingested once into ``<workdir>/var-segmenter`` and the
