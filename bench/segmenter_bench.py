@@ -71,7 +71,8 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
         generate(source.parent, profiles=profiles, seed=11)
     var = workdir / "var-segmenter"
     marker = var / PREPARED
-    stamp = {"source": str(source), "size": source.stat().st_size, "shards": SHARDS, "v": 3}
+    # "v" changes with the behaviour vector (v4: schema 2), so a stale encoder is refitted.
+    stamp = {"source": str(source), "size": source.stat().st_size, "shards": SHARDS, "v": 4}
     if marker.exists() and json.loads(marker.read_text()).get("stamp") == stamp:
         return var, json.loads(marker.read_text())["encoder"]
     shutil.rmtree(var, ignore_errors=True)
