@@ -66,8 +66,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "expand_10k_to_100k_s": ("≤ 2", "s"),
     "discover_1m_s": ("≤ 120", "s"),
     "segmenter_rss_mb_1m": ("≤ 1,500", "MB"),
-    "persona_ari": ("≥ 0.7", ""),
-    "lookalike_conversion_lift": ("≥ 2", "×"),
+    "persona_ari": ("≥ 0.8", ""),
+    "lookalike_conversion_lift": ("≥ 3", "×"),
     **{
         f"loadtest_{name}_{figure}": ("report", unit)
         for name in (

@@ -1,10 +1,19 @@
 """Segment AI behaviour vectors: a fixed-length summary of each profile's journey.
 
-The vector mixes what a profile does (event types), where (channels) and on
-what (product categories) with exponential time decay, so recent behaviour
-weighs more, plus log-scaled recency, frequency and monetary value. The
-trainer's journey encoder compresses it into an embedding. Like `featurize`,
-`behaviour_vectors` is a pure function over a shard of profiles.
+The vector has two parts, computed by one function (`behaviour_vectors`) at
+index build time and for single journeys alike:
+
+- what the journey is about: the mix of event types, channels, product
+  categories and pages over the whole horizon (shares of the profile's
+  events; every event counts the same, so a profile's few events all give
+  evidence of who it is);
+- when it happens: log-scaled recency, frequency, decayed activity (half-life
+  `half_life_days`), monetary value, tenure, purchase share and basket, and
+  the events and purchases in each of the last `activity_windows_days`
+  (the shape of activity over time: growing, steady, fading).
+
+The trainer's journey encoder compresses it into an embedding. Like
+`featurize`, `behaviour_vectors` is a pure function over a shard of profiles.
 
 Every value is finite (no NaN): the encoder and the cosine index need that.
 """
@@ -28,7 +37,7 @@ from foresight.features.spec_fit import top_values
 
 __all__ = ["BEHAVIOUR_SCHEMA_VERSION", "BehaviourSpec", "behaviour_vectors", "fit_behaviour_spec"]
 
-BEHAVIOUR_SCHEMA_VERSION = 1
+BEHAVIOUR_SCHEMA_VERSION = 2
 _US_PER_DAY = 86_400_000_000
 _SCALARS = (
     "log_recency_days",
@@ -39,6 +48,19 @@ _SCALARS = (
     "purchase_share",
     "log_mean_basket",
 )
+#: (spec field, event column) of each mix block, in vector order.
+_MIXES = (
+    ("event_types", "event_type"),
+    ("channels", "channel"),
+    ("categories", "product_category"),
+    ("pages", "page_name"),
+)
+_MIX_PREFIX = {
+    "event_type": "type_share",
+    "channel": "channel_share",
+    "product_category": "category_share",
+    "page_name": "page_share",
+}
 
 
 @dataclass(frozen=True)
@@ -48,9 +70,11 @@ class BehaviourSpec:
     event_types: tuple[str, ...]
     channels: tuple[str, ...]
     categories: tuple[str, ...]
+    pages: tuple[str, ...] = ()
     half_life_days: float = 30.0
     # Only this much history counts, so vectors of old and new profiles compare.
     horizon_days: int = 365
+    activity_windows_days: tuple[int, ...] = (7, 30, 90, 180)
     purchase_event_type: str = PURCHASE_EVENT_TYPE
     schema_version: int = BEHAVIOUR_SCHEMA_VERSION
 
@@ -58,16 +82,21 @@ class BehaviourSpec:
     def names(self) -> list[str]:
         """Name of each vector component, in order (cluster traits use them)."""
         return [
-            *(f"type_share__{et}" for et in (*self.event_types, OTHER)),
-            *(f"channel_share__{ch}" for ch in (*self.channels, OTHER)),
-            *(f"category_share__{cat}" for cat in (*self.categories, OTHER)),
+            *(
+                f"{_MIX_PREFIX[column]}__{value}"
+                for field, column in _MIXES
+                for value in (*getattr(self, field), OTHER)
+            ),
             *_SCALARS,
+            *(f"log_events_{d}d" for d in self.activity_windows_days),
+            *(f"log_purchases_{d}d" for d in self.activity_windows_days),
         ]
 
     @property
     def dim(self) -> int:
         """Length of the vector."""
-        return len(self.event_types) + len(self.channels) + len(self.categories) + 3 + len(_SCALARS)
+        mixes = sum(len(getattr(self, field)) + 1 for field, _ in _MIXES)
+        return mixes + len(_SCALARS) + 2 * len(self.activity_windows_days)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -76,8 +105,10 @@ class BehaviourSpec:
             "event_types": list(self.event_types),
             "channels": list(self.channels),
             "categories": list(self.categories),
+            "pages": list(self.pages),
             "half_life_days": self.half_life_days,
             "horizon_days": self.horizon_days,
+            "activity_windows_days": list(self.activity_windows_days),
             "purchase_event_type": self.purchase_event_type,
         }
 
@@ -94,8 +125,10 @@ class BehaviourSpec:
             event_types=tuple(data["event_types"]),
             channels=tuple(data["channels"]),
             categories=tuple(data["categories"]),
+            pages=tuple(data["pages"]),
             half_life_days=float(data["half_life_days"]),
             horizon_days=int(data["horizon_days"]),
+            activity_windows_days=tuple(int(d) for d in data["activity_windows_days"]),
             purchase_event_type=str(data["purchase_event_type"]),
         )
 
@@ -117,15 +150,18 @@ def fit_behaviour_spec(
     max_event_types: int = 20,
     max_channels: int = 10,
     max_categories: int = 30,
+    max_pages: int = 20,
 ) -> BehaviourSpec:
-    """Keep the most frequent event types, channels and categories (the rest pool into "other")."""
+    """Keep the most frequent event types, channels, categories and pages (the rest pool
+    into "other"); a column the events lack has an empty vocabulary."""
     if not half_life_days > 0:
         raise FailedPrecondition("half_life_days must be positive")
-    lazy = events.lazy()
+    lazy = _with_mix_columns(events.lazy())
     return BehaviourSpec(
         event_types=top_values(lazy, "event_type", max_event_types),
         channels=top_values(lazy, "channel", max_channels),
         categories=top_values(lazy, "product_category", max_categories),
+        pages=top_values(lazy, "page_name", max_pages),
         half_life_days=float(half_life_days),
         horizon_days=horizon_days,
     )
@@ -146,7 +182,7 @@ def behaviour_vectors(
     as_of_us = int(as_of.timestamp() * 1_000_000)
     age = (pl.lit(as_of_us, dtype=pl.Int64) - pl.col("timestamp").dt.epoch("us")) / _US_PER_DAY
     visible = (
-        events.lazy()
+        _with_mix_columns(events.lazy())
         .with_columns(age.alias("age"))
         .filter((pl.col("age") > 0) & (pl.col("age") <= spec.horizon_days))
     )
@@ -161,21 +197,20 @@ def behaviour_vectors(
         return np.array([], dtype=object), X
     decay = math.log(2.0) / spec.half_life_days
     is_purchase = pl.col("event_type") == spec.purchase_event_type
+    windows = spec.activity_windows_days
     prepared = (
         visible.join(index.lazy(), on="profile_id", how="inner")
         .select(
             "pidx",
             "age",
             (-decay * pl.col("age")).exp().alias("w"),
-            vocab_index("event_type", spec.event_types),
-            vocab_index("channel", spec.channels),
-            vocab_index("product_category", spec.categories),
+            *(vocab_index(column, getattr(spec, field)) for field, column in _MIXES),
             is_purchase.alias("is_purchase"),
             pl.when(is_purchase).then(pl.col("value")).otherwise(None).alias("mval"),
         )
         .cache()
     )
-    per_profile, types, channels, categories = pl.collect_all(
+    per_profile, *mixes = pl.collect_all(
         [
             prepared.group_by("pidx").agg(
                 pl.col("age").min().alias("last"),
@@ -185,18 +220,32 @@ def behaviour_vectors(
                 pl.col("is_purchase").sum().alias("purchases"),
                 pl.col("mval").sum().alias("money"),
                 pl.col("mval").count().alias("valued"),
+                *((pl.col("age") <= d).sum().alias(f"events_{d}") for d in windows),
+                *(
+                    (pl.col("is_purchase") & (pl.col("age") <= d)).sum().alias(f"purchases_{d}")
+                    for d in windows
+                ),
             ),
             *(
-                prepared.filter(pl.col(c).is_not_null()).group_by("pidx", c).agg(pl.col("w").sum())
-                for c in ("event_type__idx", "channel__idx", "product_category__idx")
+                prepared.filter(pl.col(f"{column}__idx").is_not_null())
+                .group_by("pidx", f"{column}__idx")
+                .len()
+                for _, column in _MIXES
             ),
         ]
     )
-    _scatter_shares(X, types, "event_type__idx", offsets["event_type__idx"])
-    _scatter_shares(X, channels, "channel__idx", offsets["channel__idx"])
-    _scatter_shares(X, categories, "product_category__idx", offsets["product_category__idx"])
+    for (_, column), counts in zip(_MIXES, mixes, strict=True):
+        _scatter_shares(X, counts, f"{column}__idx", offsets[column])
     _fill_scalars(X, per_profile, offsets["scalars"])
+    _fill_windows(X, per_profile, offsets["windows"], windows)
     return index.get_column("profile_id").to_numpy(), X
+
+
+def _with_mix_columns(events: pl.LazyFrame) -> pl.LazyFrame:
+    """The events with every mix column (a missing one, e.g. no pages, is all null)."""
+    present = set(events.collect_schema().names())
+    missing = [column for _, column in _MIXES if column not in present]
+    return events.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
 
 
 def _fill_scalars(X: np.ndarray, per_profile: pl.DataFrame, s: int) -> None:
@@ -219,22 +268,33 @@ def _fill_scalars(X: np.ndarray, per_profile: pl.DataFrame, s: int) -> None:
     X[rows, s + 6] = np.log1p(np.maximum(money, 0.0) / np.maximum(valued, 1.0))
 
 
+def _fill_windows(
+    X: np.ndarray, per_profile: pl.DataFrame, s: int, windows: tuple[int, ...]
+) -> None:
+    """log1p of the events, then of the purchases, in each of the last `windows` days."""
+    rows = per_profile.get_column("pidx").to_numpy()
+    names = [f"events_{d}" for d in windows] + [f"purchases_{d}" for d in windows]
+    for j, name in enumerate(names):
+        X[rows, s + j] = np.log1p(per_profile.get_column(name).cast(pl.Float64).to_numpy())
+
+
 def _block_offsets(spec: BehaviourSpec) -> dict[str, int]:
-    start_channels = len(spec.event_types) + 1
-    start_categories = start_channels + len(spec.channels) + 1
-    return {
-        "event_type__idx": 0,
-        "channel__idx": start_channels,
-        "product_category__idx": start_categories,
-        "scalars": start_categories + len(spec.categories) + 1,
-    }
+    """Where each block starts: the mixes (by event column), the scalars, the windows."""
+    offsets: dict[str, int] = {}
+    start = 0
+    for field, column in _MIXES:
+        offsets[column] = start
+        start += len(getattr(spec, field)) + 1
+    offsets["scalars"] = start
+    offsets["windows"] = start + len(_SCALARS)
+    return offsets
 
 
 def _scatter_shares(X: np.ndarray, agg: pl.DataFrame, column: str, offset: int) -> None:
-    """Decayed weights per kind, normalised to shares within the block."""
+    """Event counts per kind, normalised to shares within the block."""
     rows = agg.get_column("pidx").to_numpy().astype(np.int64)
     kinds = agg.get_column(column).to_numpy().astype(np.int64)
-    weights = agg.get_column("w").to_numpy()
+    weights = agg.get_column("len").to_numpy().astype(np.float64)
     totals = np.bincount(rows, weights=weights, minlength=X.shape[0])
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = np.where(totals[rows] > 0, weights / totals[rows], 0.0)

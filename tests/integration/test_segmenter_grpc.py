@@ -131,6 +131,7 @@ def proto_events(world: World, source: str, new_id: str) -> list[common_pb2.Even
             event_type=row["event_type"],
             channel=row["channel"] or "",
             product_category=row["product_category"] or "",
+            page_name=row["page_name"] or "",
         )
         if row["value"] is not None:
             e.value = row["value"]

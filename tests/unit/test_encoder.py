@@ -74,10 +74,27 @@ def test_onnx_export_has_the_contract_names_and_matches(world: dict, kind: str) 
     assert f"{kind}.silhouette" in bundle.metrics
 
 
-def test_dimensions_are_capped_by_the_behaviour_width(world: dict) -> None:
+def test_dimensions_are_capped_by_the_behaviour_width_and_its_variance(world: dict) -> None:
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    from foresight.encoder.candidates import prepare
+    from foresight.encoder.model import share_mask
+
     events: pl.DataFrame = world["events"]
     bundle = fit_encoder(events, dims=256, kind="pca")
-    assert bundle.dimensions == bundle.spec.dim - 1
+    assert 2 <= bundle.dimensions < bundle.spec.dim - 1
+    # As many components as carry 90 % of the (standardized, prepared) behaviour variance.
+    _ids, X = behaviour_vectors(events, _as_of(events), bundle.spec)
+    P = StandardScaler().fit_transform(prepare(X, share_mask(bundle.spec)))
+    kept = np.cumsum(PCA().fit(P).explained_variance_ratio_)
+    assert kept[bundle.dimensions - 1] >= 0.89 and kept[bundle.dimensions - 3] < 0.91
+
+
+def _as_of(events: pl.DataFrame) -> datetime:
+    latest = events["timestamp"].max()
+    assert isinstance(latest, datetime)
+    return latest + timedelta(seconds=1)
 
 
 def test_bad_arguments_are_invalid(world: dict) -> None:
@@ -141,7 +158,7 @@ def test_interrupted_training_is_marked_failed(world: dict, tmp_path: Path) -> N
     assert row.status is Status.FAILED and row.error == INTERRUPTED
 
 
-def test_choice_prefers_the_autoencoder_only_when_its_guards_pass() -> None:
+def test_choice_keeps_the_best_neighbour_recall() -> None:
     from foresight.encoder.candidates import Candidate, choose
 
     def cand(kind: str, silhouette: float, recall: float) -> Candidate:
@@ -149,10 +166,12 @@ def test_choice_prefers_the_autoencoder_only_when_its_guards_pass() -> None:
         c.metrics = {f"{kind}.silhouette": silhouette, f"{kind}.neighbour_recall_10": recall}
         return c
 
-    pca = cand("pca", 0.21, 0.86)
-    winner, why = choose([pca, cand("autoencoder", 0.17, 0.72)], 100_000)
-    assert winner.kind == "autoencoder" and "guards" in why
-    assert choose([pca, cand("autoencoder", 0.17, 0.72)], 1_000)[0].kind == "pca"
-    assert choose([pca, cand("autoencoder", 0.17, 0.30)], 100_000)[0].kind == "pca"
-    assert choose([pca, cand("autoencoder", 0.05, 0.72)], 100_000)[0].kind == "pca"
+    pca = cand("pca", 0.21, 0.77)
+    winner, why = choose([pca, cand("autoencoder", 0.24, 0.63)], 100_000)
+    assert winner.kind == "pca" and "best neighbour recall" in why
+    assert choose([pca, cand("autoencoder", 0.17, 0.80)], 100_000)[0].kind == "autoencoder"
+    # Silhouette breaks a tie; too few rows rule the autoencoder out.
+    assert choose([pca, cand("autoencoder", 0.30, 0.77)], 100_000)[0].kind == "autoencoder"
+    winner, why = choose([pca, cand("autoencoder", 0.17, 0.90)], 1_000)
+    assert winner.kind == "pca" and "too few profiles" in why
     assert choose([pca], 100_000)[1].startswith("pca requested")

@@ -1,4 +1,4 @@
-"""Segment AI behaviour vectors: fixed length, finite, decayed mixes, pure over shards."""
+"""Segment AI behaviour vectors: fixed length, finite, mixes and activity windows, pure over shards."""
 
 from __future__ import annotations
 
@@ -73,11 +73,17 @@ def vectors(
 def test_vector_values() -> None:
     _, v = vectors(ROWS)
     a = v["a"]
+    # Mixes: every event of the horizon counts once.
+    assert math.isclose(a["type_share__commerce.purchases"], 2 / 3, rel_tol=1e-5)
+    assert math.isclose(a["channel_share__web"], 2 / 3, rel_tol=1e-5)
+    assert math.isclose(a["category_share__shoes"], 1 / 2, rel_tol=1e-5)
     # Half-life 30 days: weights 2^(-1/30), 2^(-31/30), 2^(-61/30).
     w = [2 ** (-d / 30) for d in (1, 31, 61)]
-    assert math.isclose(a["type_share__commerce.purchases"], (w[0] + w[1]) / sum(w), rel_tol=1e-5)
-    assert math.isclose(a["channel_share__web"], (w[0] + w[2]) / sum(w), rel_tol=1e-5)
-    assert math.isclose(a["category_share__shoes"], w[0] / (w[0] + w[1]), rel_tol=1e-5)
+    assert math.isclose(a["log_decayed_activity"], math.log1p(sum(w)), rel_tol=1e-5)
+    # Activity windows: events and purchases in the last 7, 30, 90, 180 days.
+    for days, events, purchases in ((7, 1, 1), (30, 1, 1), (90, 3, 2), (180, 3, 2)):
+        assert math.isclose(a[f"log_events_{days}d"], math.log1p(events), rel_tol=1e-5)
+        assert math.isclose(a[f"log_purchases_{days}d"], math.log1p(purchases), rel_tol=1e-5)
     assert math.isclose(a["log_recency_days"], math.log1p(1), rel_tol=1e-5)
     assert math.isclose(a["log_frequency"], math.log1p(3), rel_tol=1e-5)
     assert math.isclose(a["log_monetary"], math.log1p(150), rel_tol=1e-5)
@@ -100,9 +106,34 @@ def test_shares_sum_to_one_per_block() -> None:
             )
 
 
-def test_recent_behaviour_weighs_more() -> None:
-    _, v = vectors([event("x", 1, "commerce.purchases", 1.0), event("x", 200, "message.opened")])
-    assert v["x"]["type_share__commerce.purchases"] > 0.95
+def test_timing_tells_apart_journeys_with_the_same_mix() -> None:
+    # Same events, one profile recent and one lapsed: equal mixes, different windows.
+    _, v = vectors(
+        [
+            *(event("new", d, "commerce.purchases", 1.0) for d in (1, 5, 20)),
+            *(event("old", d, "commerce.purchases", 1.0) for d in (150, 155, 170)),
+        ]
+    )
+    new, old = v["new"], v["old"]
+    assert new["type_share__commerce.purchases"] == old["type_share__commerce.purchases"] == 1.0
+    assert new["log_events_30d"] == pytest.approx(math.log1p(3)) and old["log_events_30d"] == 0
+    assert new["log_events_180d"] == old["log_events_180d"]
+    assert new["log_purchases_7d"] == pytest.approx(math.log1p(2))
+
+
+def test_pages_are_a_mix_and_optional() -> None:
+    with_pages = pl.DataFrame(ROWS, schema=SCHEMA).with_columns(
+        pl.Series("page_name", ["deals", "deals", "home", None])
+    )
+    spec = fit_behaviour_spec(with_pages)
+    assert spec.pages == ("deals", "home")
+    ids, X = behaviour_vectors(with_pages, AS_OF, spec)
+    row = dict(zip(spec.names, map(float, X[list(ids).index("a")]), strict=True))
+    assert math.isclose(row["page_share__deals"], 2 / 3, rel_tol=1e-5)
+    # Events without a page_name column: an empty page vocabulary, zero page shares.
+    assert fit_behaviour_spec(pl.DataFrame(ROWS, schema=SCHEMA)).pages == ()
+    _, without = behaviour_vectors(pl.DataFrame(ROWS, schema=SCHEMA), AS_OF, spec)
+    assert without[:, [i for i, n in enumerate(spec.names) if n.startswith("page_")]].sum() == 0
 
 
 def test_future_events_and_unknown_profiles() -> None:
