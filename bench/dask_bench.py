@@ -157,11 +157,18 @@ def _measured(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[float, flo
     t0 = time.perf_counter()
     out = fn(*args)
     seconds = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return seconds, peak_mb, len(pickle.dumps(out, protocol=5))
+    return seconds, _baseline(), len(pickle.dumps(out, protocol=5))
 
 
 def _baseline() -> float:
+    """Peak RSS (MB) of this process's own memory: VmHWM, which starts afresh at exec.
+
+    Not ru_maxrss: Linux carries it across execve, so a spawned worker would
+    report the peak of the parent it was forked from.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
