@@ -84,10 +84,7 @@ def world_of(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]
         catalog.record_import(
             db,
             "shop",
-            [
-                catalog.CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
-                for p in written
-            ],
+            [p.catalogued() for p in written],
             None,
         )
     parts = catalog.catalogued_parts(db, "shop")

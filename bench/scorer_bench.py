@@ -120,10 +120,7 @@ def prepare(workdir: Path) -> Path:
     catalog.record_import(
         db,
         DATASET,
-        [
-            catalog.CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
-            for p in parts
-        ],
+        [p.catalogued() for p in parts],
         None,
     )
     with db.session() as s:

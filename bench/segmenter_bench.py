@@ -60,7 +60,7 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
     from foresight.events.store import EventStore
     from foresight.events.validation import validate
     from foresight.storage import ArtifactStore, Database
-    from foresight.storage.catalog import CataloguedPart, record_import
+    from foresight.storage.catalog import record_import
     from foresight.storage.lifecycle import Status
 
     source = _source_dir(workdir) / "events.parquet"
@@ -92,10 +92,7 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
         record_import(
             db,
             DATASET,
-            [
-                CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
-                for p in parts
-            ],
+            [p.catalogued() for p in parts],
             None,
         )
         rows += accepted.height

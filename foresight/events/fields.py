@@ -78,6 +78,17 @@ _FLAT_JSON_OBJECT: Final[str] = (
 )
 
 _TEXT_TYPES: Final[tuple[type[pl.DataType], ...]] = (pl.String, pl.Categorical, pl.Enum)
+# The text columns, in the order their reasons are reported.
+_STRING_COLUMNS: Final = (
+    "event_id",
+    "profile_id",
+    "event_type",
+    "channel",
+    "product_sku",
+    "product_category",
+    "page_name",
+    "campaign_id",
+)
 
 
 def typed_fields(
@@ -86,16 +97,7 @@ def typed_fields(
     """Per event column: the typed value, and every reason a row's raw value is refused."""
     typed: dict[str, pl.Expr] = {}
     reasons: list[pl.Expr] = []
-    for name in (
-        "event_id",
-        "profile_id",
-        "event_type",
-        "channel",
-        "product_sku",
-        "product_category",
-        "page_name",
-        "campaign_id",
-    ):
+    for name in _STRING_COLUMNS:
         limit = MAX_PROFILE_ID_LENGTH if name == "profile_id" else MAX_STRING_LENGTH
         typed[name], name_reasons = _string_field(
             name, schema[name], limit, name in REQUIRED_COLUMNS
@@ -412,16 +414,7 @@ def typed_request_rows(
     count = len(columns["timestamp"])
     reasons: list[list[str]] = [[] for _ in range(count)]
     typed: dict[str, list[object]] = {}
-    for name in (
-        "event_id",
-        "profile_id",
-        "event_type",
-        "channel",
-        "product_sku",
-        "product_category",
-        "page_name",
-        "campaign_id",
-    ):
+    for name in _STRING_COLUMNS:
         limit = MAX_PROFILE_ID_LENGTH if name == "profile_id" else MAX_STRING_LENGTH
         values = [_text_value(t) for t in columns[name]]
         for value, why in zip(values, reasons, strict=True):

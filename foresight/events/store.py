@@ -50,6 +50,7 @@ from foresight.events.partitions import (
 from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.validation import REJECTED_SCHEMA
 from foresight.storage import fs
+from foresight.storage.catalog import CataloguedPart
 from foresight.storage.paths import confined, slug
 
 __all__ = ["QUARANTINE_DIR", "EventStore", "PartInfo"]
@@ -73,6 +74,13 @@ class PartInfo:
     profiles: int
     min_timestamp: datetime
     max_timestamp: datetime
+
+    def catalogued(self) -> CataloguedPart:
+        """What the catalogue records of this part."""
+        return CataloguedPart(
+            self.path, self.shard, self.rows, self.min_timestamp, self.max_timestamp
+        )
+
     event_types: tuple[str, ...]
     size_bytes: int
 

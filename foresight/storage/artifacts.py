@@ -153,7 +153,7 @@ class ArtifactStore:
             return False
         shutil.rmtree(folder, ignore_errors=True)
         if self.mirror is not None:
-            fs.remove_tree(fs.join(self.mirror, folder.relative_to(self.root.resolve()).as_posix()))
+            fs.remove_tree(self.ref(folder))
         return True
 
     def sweep_temporary(self, owner: str, under: str = "") -> int:

@@ -181,12 +181,7 @@ class Ingestor:
                     catalog.record_import(
                         self.db,
                         dataset,
-                        [
-                            catalog.CataloguedPart(
-                                p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp
-                            )
-                            for p in parts
-                        ],
+                        [p.catalogued() for p in parts],
                         quarantine,
                     )
                     rejected = pending

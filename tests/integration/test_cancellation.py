@@ -31,7 +31,7 @@ from foresight.events.validation import validate
 from foresight.runtime import ServiceRuntime
 from foresight.shards import JOB_CANCEL
 from foresight.storage import ArtifactStore, Database
-from foresight.storage.catalog import CataloguedPart, record_import
+from foresight.storage.catalog import record_import
 from foresight.storage.lifecycle import Status
 from foresight.storage.models import (
     DiscoveryRow,
@@ -77,7 +77,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     record_import(
         db,
         DATASET,
-        [CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp) for p in parts],
+        [p.catalogued() for p in parts],
         None,
     )
     config = inst.from_dict(

@@ -71,10 +71,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     catalog.record_import(
         db,
         DATASET,
-        [
-            catalog.CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
-            for p in parts
-        ],
+        [p.catalogued() for p in parts],
         None,
     )
     config = {

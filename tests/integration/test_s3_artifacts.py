@@ -148,10 +148,7 @@ def test_dask_workers_score_from_the_mirrored_bundle_with_identical_results(
     catalog.record_import(
         db,
         "shop",
-        [
-            catalog.CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp)
-            for p in parts
-        ],
+        [p.catalogued() for p in parts],
         None,
     )
     config = {

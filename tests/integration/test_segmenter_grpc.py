@@ -27,7 +27,7 @@ from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.runtime import ServiceRuntime
 from foresight.storage import ArtifactStore, Database
-from foresight.storage.catalog import CataloguedPart, record_import
+from foresight.storage.catalog import record_import
 from foresight.tools.generate import generate
 from services.segmenter.main import SERVICE_NAME, make_setup
 from services.segmenter.settings import SegmenterSettings
@@ -60,7 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     record_import(
         db,
         DATASET,
-        [CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp) for p in parts],
+        [p.catalogued() for p in parts],
         None,
     )
     info = EncoderTrainer(db, data_dir / "events", ArtifactStore(data_dir / "artifacts")).train(

@@ -25,7 +25,7 @@ from foresight.storage.bundles import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
 )
-from foresight.storage.catalog import CataloguedPart, record_import
+from foresight.storage.catalog import record_import
 from foresight.storage.lifecycle import INTERRUPTED, Status
 from foresight.tools.generate import generate
 
@@ -45,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     record_import(
         db,
         "shop",
-        [CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp) for p in parts],
+        [p.catalogued() for p in parts],
         None,
     )
     return {"root": root, "db": db, "events": accepted, "gen": g}

@@ -15,7 +15,7 @@ from foresight.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.storage import ArtifactStore, Database
-from foresight.storage.catalog import CataloguedPart, record_import
+from foresight.storage.catalog import record_import
 from foresight.tools.generate import generate
 from foresight.tools.mapview import render_html, write_html, write_png
 from services.segmenter.domain import ProfileEvents, Segmenter
@@ -40,7 +40,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     record_import(
         db,
         "shop",
-        [CataloguedPart(p.path, p.shard, p.rows, p.min_timestamp, p.max_timestamp) for p in parts],
+        [p.catalogued() for p in parts],
         None,
     )
     artifacts = ArtifactStore(root / "artifacts")
