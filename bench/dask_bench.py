@@ -85,7 +85,6 @@ def world_of(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]
             db,
             "shop",
             [p.catalogued() for p in written],
-            None,
         )
     parts = catalog.catalogued_parts(db, "shop")
     span = catalog.time_range(db, "shop")

@@ -121,7 +121,6 @@ def prepare(workdir: Path) -> Path:
         db,
         DATASET,
         [p.catalogued() for p in parts],
-        None,
     )
     with db.session() as s:
         for name, cfg in INSTANCES.items():

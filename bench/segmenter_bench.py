@@ -93,7 +93,6 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
             db,
             DATASET,
             [p.catalogued() for p in parts],
-            None,
         )
         rows += accepted.height
         store.release()

@@ -284,11 +284,30 @@ class EventStore:
     def read_quarantine(self, path: str) -> pl.DataFrame:
         """Read back a quarantine file written by :meth:`write_quarantine`."""
         dataset, _, rest = path.partition("/")
-        if not re.fullmatch(rf"{QUARANTINE_DIR}/rejected-[0-9a-f]{{32}}\.parquet", rest):
+        if not _is_quarantine_name(rest):
             raise InvalidArgument("path", f"{path!r} is not a quarantine file")
         if self.remote:
             return fs.read_parquet(self.location(dataset, rest))
         return pl.read_parquet(confined(self.dataset_dir(dataset), rest))
+
+    def remove(self, dataset: str, paths: Iterable[str]) -> None:
+        """Delete parts or quarantine files of a dataset (paths as written: ``<dataset>/…``).
+
+        For files the catalog does not (or no longer) name: a failed import's
+        writes, the damaged parts a repair dropped. Missing files are fine.
+        """
+        prefix = f"{dataset}/"
+        for path in paths:
+            relative = path[len(prefix) :]
+            if not path.startswith(prefix) or not (
+                is_part_name(relative) or _is_quarantine_name(relative)
+            ):
+                raise InvalidArgument("path", f"{path!r} is not a file of dataset {dataset!r}")
+            if self.remote:
+                fs.remove(self.location(dataset, relative))
+            else:
+                confined(self.dataset_dir(dataset), relative).unlink(missing_ok=True)
+        self.release(dataset)  # cached ids may come from removed files
 
     def compact(self, dataset: str, shard: int, parts: Iterable[str]) -> PartInfo | None:
         """Merge the given catalogued parts of one shard into a single new part.
@@ -407,6 +426,11 @@ class EventStore:
             fs.remove_tree(self.location(dataset))
             return
         shutil.rmtree(self.dataset_dir(dataset), ignore_errors=True)
+
+
+def _is_quarantine_name(relative: str) -> bool:
+    """Whether `relative` (inside a dataset folder) names a quarantine file."""
+    return re.fullmatch(rf"{QUARANTINE_DIR}/rejected-[0-9a-f]{{32}}\.parquet", relative) is not None
 
 
 def _drop_known(events: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:

@@ -72,9 +72,9 @@ def record_import(
     db: Database,
     dataset: str,
     parts: Sequence[CataloguedPart],
-    quarantine: tuple[str, int] | None,
+    quarantines: Sequence[tuple[str, int]] = (),
 ) -> None:
-    """Publish written parts (and a quarantine file) and update counts, in one transaction."""
+    """Publish written parts and quarantine files (path, rows); update counts; one transaction."""
     with db.session() as s:
         row = s.scalar(select(DatasetRow).where(DatasetRow.name == dataset))
         if row is None:
@@ -93,9 +93,9 @@ def record_import(
                 )
             )
         row.rows += sum(p.rows for p in parts)
-        if quarantine is not None:
-            s.add(QuarantineRow(dataset_id=row.id, path=quarantine[0], rows=quarantine[1]))
-            row.quarantined_rows += quarantine[1]
+        for path, rows in quarantines:
+            s.add(QuarantineRow(dataset_id=row.id, path=path, rows=rows))
+            row.quarantined_rows += rows
         row.updated_at = utcnow()
 
 

@@ -21,7 +21,7 @@ from foresight.errors import InvalidArgument, NotFound, PermissionDenied
 from foresight.events.damage import READ_ERRORS
 from foresight.events.readers import count_rows, list_input_files, read_batches
 from foresight.events.schema import EVENT_COLUMNS
-from foresight.events.store import EventStore
+from foresight.events.store import EventStore, PartInfo
 from foresight.events.validation import DuplicatePolicy, validate
 from foresight.limits import PROFILE_ID_MAX
 from foresight.progress import Progress
@@ -152,16 +152,21 @@ class Ingestor:
     ) -> IngestSummary:
         """Validate and store raw batches; quarantine rejects; catalog new parts.
 
+        All or nothing: the parts and quarantine files are catalogued in one
+        transaction after the last batch, so a call that fails, is cancelled
+        (`on_batch` raises) or is killed publishes none of its rows.
         `first_row` is the number of input rows before these batches (a stream
         ingested in chunks), so rejected rows keep their place in the input.
-        `on_batch` sees the running summary after each batch is catalogued.
+        `on_batch` sees the running summary after each batch is stored.
         """
         check_dataset_name(dataset)
         now = now or datetime.now(UTC)
         summary = IngestSummary(dataset=dataset, duplicate_policy=duplicates)
-        rejected: list[pl.DataFrame] = []
         with self._lock(dataset):
             known = catalog.catalogued_parts(self.db, dataset)
+            written: list[PartInfo] = []
+            quarantines: list[tuple[str, int]] = []  # written here, not yet catalogued
+            rejected: list[pl.DataFrame] = []
             try:
                 for raw in batches:
                     result = validate(
@@ -171,50 +176,49 @@ class Ingestor:
                     summary.accepted += result.accepted.height
                     summary.rejected += result.rejected.height
                     summary.reject_reasons.update(result.reason_counts())
-                    # This batch's rejects join the buffer only once the batch is stored.
-                    pending = [*rejected, result.rejected] if result.rejected.height else rejected
-                    parts = self.store.write(dataset, result.accepted, known)
-                    quarantine = None
-                    if pending and sum(r.height for r in pending) >= 100_000:
-                        quarantine, summary.quarantine_path = self._quarantine(dataset, pending)
-                        pending = []
-                    catalog.record_import(
-                        self.db,
-                        dataset,
-                        [p.catalogued() for p in parts],
-                        quarantine,
+                    if result.rejected.height:
+                        rejected.append(result.rejected)
+                    parts = self.store.write(
+                        dataset, result.accepted, [*known, *(p.path for p in written)]
                     )
-                    rejected = pending
-                    known.extend(p.path for p in parts)
+                    written.extend(parts)
                     summary.written += sum(p.rows for p in parts)
+                    if sum(r.height for r in rejected) >= 100_000:  # bounded memory
+                        summary.quarantine_path = self._quarantine(dataset, rejected, quarantines)
+                        rejected = []
                     if on_batch is not None:
                         on_batch(summary)
-            finally:
-                # Rows of stored batches were rejected: quarantine them even when the
-                # import stops early (cancelled, or a later batch failed).
                 if rejected:
-                    quarantine, summary.quarantine_path = self._quarantine(dataset, rejected)
-                    catalog.record_import(self.db, dataset, [], quarantine)
+                    summary.quarantine_path = self._quarantine(dataset, rejected, quarantines)
+                if written or quarantines or (summary.rows_read and not known):
+                    # All or nothing: one transaction publishes every part (an
+                    # empty dataset still exists once rows were read).
+                    catalog.record_import(
+                        self.db, dataset, [p.catalogued() for p in written], quarantines
+                    )
+            except BaseException:
+                # Nothing of a failed, cancelled or interrupted import is visible;
+                # what a kill -9 leaves here is swept at the next start.
+                self.store.remove(dataset, [*(p.path for p in written), *dict(quarantines)])
+                raise
+            finally:
                 self.store.release(dataset)
-            if summary.rows_read and not known:
-                catalog.record_import(
-                    self.db, dataset, [], None
-                )  # the dataset exists, even if empty
         return summary
 
     def _quarantine(
-        self, dataset: str, rejected: list[pl.DataFrame]
-    ) -> tuple[tuple[str, int] | None, str]:
-        """Write rejected rows once: (new quarantine to catalogue or None, its path).
+        self, dataset: str, rejected: list[pl.DataFrame], new: list[tuple[str, int]]
+    ) -> str:
+        """Write rejected rows once; returns the file's path, added to `new` when
+        it is not catalogued yet.
 
         Files are named by content, so re-importing the same file finds its
         rejected rows already quarantined and adds nothing.
         """
         frame = pl.concat(rejected, how="vertical_relaxed")
         path = self.store.quarantine_path(dataset, frame)
-        if catalog.quarantine_recorded(self.db, dataset, path):
-            return None, path
-        return (self.store.write_quarantine(dataset, frame), frame.height), path
+        if not catalog.quarantine_recorded(self.db, dataset, path) and path not in dict(new):
+            new.append((self.store.write_quarantine(dataset, frame), frame.height))
+        return path
 
     def import_dataset(
         self,
@@ -321,9 +325,7 @@ class Ingestor:
         """
         with self._lock(check_dataset_name(dataset)):
             health = catalog.repair(self.db, dataset, self._part_problem)
-            for part in health.damaged:
-                self.store.part_path(dataset, part.path).unlink(missing_ok=True)
-            self.store.release(dataset)
+            self.store.remove(dataset, [part.path for part in health.damaged])
         return health
 
     def _part_problem(self, dataset: str, part: str, rows: int) -> str | None:

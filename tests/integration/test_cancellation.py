@@ -78,7 +78,6 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
         db,
         DATASET,
         [p.catalogued() for p in parts],
-        None,
     )
     config = inst.from_dict(
         {

@@ -84,7 +84,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         db,
         DATASET,
         [p.catalogued() for p in parts],
-        None,
     )
     by_shard: dict[int, list[str]] = {}
     for part in catalog.catalogued_parts(db, DATASET):

@@ -72,7 +72,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         db,
         DATASET,
         [p.catalogued() for p in parts],
-        None,
     )
     config = {
         "name": INSTANCE,

@@ -149,7 +149,6 @@ def test_dask_workers_score_from_the_mirrored_bundle_with_identical_results(
         db,
         "shop",
         [p.catalogued() for p in parts],
-        None,
     )
     config = {
         "name": INSTANCE,

@@ -61,7 +61,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         db,
         DATASET,
         [p.catalogued() for p in parts],
-        None,
     )
     info = EncoderTrainer(db, data_dir / "events", ArtifactStore(data_dir / "artifacts")).train(
         DATASET, 12, "pca", 1_000

@@ -28,7 +28,7 @@ def test_catalog_publishes_parts_and_counts(database: Database) -> None:
         catalog.CataloguedPart("shop/shard=0/part-a.parquet", 0, 10, T0, T0 + timedelta(days=1)),
         catalog.CataloguedPart("shop/shard=3/part-b.parquet", 3, 5, T0 - timedelta(days=2), T0),
     ]
-    catalog.record_import(database, "shop", parts, ("shop/_quarantine/r.parquet", 2))
+    catalog.record_import(database, "shop", parts, [("shop/_quarantine/r.parquet", 2)])
     row = catalog.get_dataset(database, "shop")
     assert (row.rows, row.quarantined_rows) == (15, 2)
     assert catalog.catalogued_parts(database, "shop") == [p.path for p in parts]

@@ -357,7 +357,7 @@ async def test_import_with_progress_refuses_bad_names_like_import(trainer: Train
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_cancelled_import_stops_after_a_whole_batch(
+async def test_cancelled_import_stops_and_stores_nothing(
     trainer: Trainer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import time
@@ -365,9 +365,13 @@ async def test_cancelled_import_stops_after_a_whole_batch(
     from foresight.events.readers import read_batches
     from services.trainer import ingest
 
+    batches_read = 0
+
     def slow_batches(path: Path) -> Iterator[pl.DataFrame]:
+        nonlocal batches_read
         for batch in read_batches(path, batch_rows=10):
             time.sleep(0.2)
+            batches_read += 1
             yield batch
 
     monkeypatch.setattr(ingest, "read_batches", slow_batches)
@@ -381,19 +385,36 @@ async def test_cancelled_import_stops_after_a_whole_batch(
         if event.WhichOneof("event") == "progress" and event.progress.stage == "import":
             call.cancel()
             break
-
-    async def stored() -> tuple[int, int]:
-        d = await trainer.stub.DescribeDataset(pb.DescribeDatasetRequest(dataset="shop"))
-        return d.dataset.rows, d.quarantined_rows
-
-    # The job stops at its next report: the stored batches' reject gets quarantined then.
+    # The job stops at its next report, a few batches in, long before all 20.
     for _ in range(100):
-        rows_now, quarantined = await stored()
-        if quarantined:
+        stopped = batches_read
+        await asyncio.sleep(0.5)
+        if batches_read == stopped:
             break
-        await asyncio.sleep(0.1)
-    assert quarantined == 1
-    await asyncio.sleep(1.0)  # a job still running would store 5 more batches meanwhile
-    assert await stored() == (rows_now, 1)
-    # Whole batches only (10 rows each, one of them rejected), fewer than all of them.
-    assert 0 < rows_now + 1 < 200 and (rows_now + 1) % 10 == 0
+    assert 0 < batches_read < 20
+    listed = await trainer.stub.ListDatasets(pb.ListDatasetsRequest())
+    assert "shop" not in [d.name for d in listed.datasets]  # nothing published
+    folder = trainer.data / "events" / "shop"
+    left = [p.name for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+    assert left == []  # the written parts are removed at once, not at the next start
+
+
+async def test_import_failing_on_a_later_file_stores_nothing(trainer: Trainer) -> None:
+    folder = trainer.imports / "mixed"
+    folder.mkdir()
+    pl.DataFrame(_good_rows(40, datetime(2026, 1, 1, tzinfo=UTC))).write_csv(folder / "a.csv")
+    (folder / "b.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer.stub.ImportDataset(pb.ImportDatasetRequest(dataset="shop", path="mixed"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "b.parquet" in (err.value.details() or "")
+    listed = await trainer.stub.ListDatasets(pb.ListDatasetsRequest())
+    assert "shop" not in [d.name for d in listed.datasets]  # a.csv's rows are not published
+    folder = trainer.data / "events" / "shop"
+    assert not folder.exists() or [p for p in folder.rglob("*") if p.is_file()] == []
+    # Fixed, the same import stores every row once.
+    (trainer.imports / "mixed" / "b.parquet").unlink()
+    summary = await trainer.stub.ImportDataset(
+        pb.ImportDatasetRequest(dataset="shop", path="mixed")
+    )
+    assert (summary.rows_read, summary.written) == (40, 40)

@@ -46,7 +46,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         db,
         "shop",
         [p.catalogued() for p in parts],
-        None,
     )
     return {"root": root, "db": db, "events": accepted, "gen": g}
 

@@ -24,13 +24,13 @@ def _part(name: str, day: int) -> catalog.CataloguedPart:
 
 
 def test_serving_parts_are_read_once_until_forgotten(sqlite_db: Database, tmp_path: Path) -> None:
-    catalog.record_import(sqlite_db, "ds", [_part("a" * 32, 2)], None)
+    catalog.record_import(sqlite_db, "ds", [_part("a" * 32, 2)])
     with sqlite_db.session() as s:
         s.add(InstanceRow(name="churn", dataset="ds", config={}))
     reader = Catalog(sqlite_db, EventStore(tmp_path / "events", shards=1))
     first = reader.serving_parts("churn")
     assert first == reader.parts("ds")
-    catalog.record_import(sqlite_db, "ds", [_part("b" * 32, 3)], None)
+    catalog.record_import(sqlite_db, "ds", [_part("b" * 32, 3)])
     # Until the next poll real-time scoring keeps the parts it knows ...
     assert reader.serving_parts("churn") is first
     # ... and batch scoring always reads the catalog.

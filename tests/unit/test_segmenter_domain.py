@@ -41,7 +41,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
         db,
         "shop",
         [p.catalogued() for p in parts],
-        None,
     )
     artifacts = ArtifactStore(root / "artifacts")
     enc = EncoderTrainer(db, root / "events", artifacts).train("shop", 12, "pca", 1_200)

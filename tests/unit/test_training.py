@@ -80,7 +80,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         db,
         DATASET,
         [p.catalogued() for p in parts],
-        None,
     )
     profiles = pl.read_parquet(summary.profiles_path)
     with db.session() as s:

@@ -149,7 +149,8 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportDataset(self, request, context):
-        """Imports a server-side file or folder under the allowed import root.
+        """Imports a server-side file or folder under the allowed import root, all or
+        nothing: an import that fails, is cancelled or is killed stores no row.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,7 +159,7 @@ class TrainerServiceServicer:
     def ImportDatasetWithProgress(self, request, context):
         """The same import, streaming its progress (rows read of the rows counted up
         front) and then the summary. Cancelling the stream stops the import at the
-        next batch: whole batches already stored stay (as with a cut-off IngestEvents).
+        next batch and stores nothing of it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,11 +36,13 @@ class TrainerServiceStub:
     IngestEvents: _grpc.StreamUnaryMultiCallable[_trainer_pb2.IngestEventsRequest, _trainer_pb2.IngestSummary]
     """Streams batches of events into a dataset; answers once with the summary."""
     ImportDataset: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ImportDatasetRequest, _trainer_pb2.IngestSummary]
-    """Imports a server-side file or folder under the allowed import root."""
+    """Imports a server-side file or folder under the allowed import root, all or
+    nothing: an import that fails, is cancelled or is killed stores no row.
+    """
     ImportDatasetWithProgress: _grpc.UnaryStreamMultiCallable[_trainer_pb2.ImportDatasetRequest, _trainer_pb2.ImportDatasetEvent]
     """The same import, streaming its progress (rows read of the rows counted up
     front) and then the summary. Cancelling the stream stops the import at the
-    next batch: whole batches already stored stay (as with a cut-off IngestEvents).
+    next batch and stores nothing of it.
     """
     ImportProfiles: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ImportProfilesRequest, _trainer_pb2.ImportProfilesResponse]
     """Imports profile attributes (a table keyed by profile_id) under the allowed root."""
@@ -85,11 +87,13 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     IngestEvents: _aio.StreamUnaryMultiCallable[_trainer_pb2.IngestEventsRequest, _trainer_pb2.IngestSummary]  # type: ignore[assignment]
     """Streams batches of events into a dataset; answers once with the summary."""
     ImportDataset: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ImportDatasetRequest, _trainer_pb2.IngestSummary]  # type: ignore[assignment]
-    """Imports a server-side file or folder under the allowed import root."""
+    """Imports a server-side file or folder under the allowed import root, all or
+    nothing: an import that fails, is cancelled or is killed stores no row.
+    """
     ImportDatasetWithProgress: _aio.UnaryStreamMultiCallable[_trainer_pb2.ImportDatasetRequest, _trainer_pb2.ImportDatasetEvent]  # type: ignore[assignment]
     """The same import, streaming its progress (rows read of the rows counted up
     front) and then the summary. Cancelling the stream stops the import at the
-    next batch: whole batches already stored stay (as with a cut-off IngestEvents).
+    next batch and stores nothing of it.
     """
     ImportProfiles: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ImportProfilesRequest, _trainer_pb2.ImportProfilesResponse]  # type: ignore[assignment]
     """Imports profile attributes (a table keyed by profile_id) under the allowed root."""
@@ -143,7 +147,9 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.ImportDatasetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.IngestSummary, _abc.Awaitable[_trainer_pb2.IngestSummary]]:
-        """Imports a server-side file or folder under the allowed import root."""
+        """Imports a server-side file or folder under the allowed import root, all or
+        nothing: an import that fails, is cancelled or is killed stores no row.
+        """
 
     @_abc_1.abstractmethod
     def ImportDatasetWithProgress(
@@ -153,7 +159,7 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_trainer_pb2.ImportDatasetEvent], _abc.AsyncIterator[_trainer_pb2.ImportDatasetEvent]]:
         """The same import, streaming its progress (rows read of the rows counted up
         front) and then the summary. Cancelling the stream stops the import at the
-        next batch: whole batches already stored stay (as with a cut-off IngestEvents).
+        next batch and stores nothing of it.
         """
 
     @_abc_1.abstractmethod
