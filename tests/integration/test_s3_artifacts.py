@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +26,15 @@ from foresight.events.store import EventStore
 from foresight.events.validation import validate
 from foresight.settings import ServiceSettings
 from foresight.storage import catalog, fs
-from foresight.storage.artifacts import MANIFEST, ArtifactStore, materialize
+from foresight.storage.artifacts import MANIFEST, ArtifactStore, atomic_write_bytes, materialize
 from foresight.storage.bundles import MODEL_ONNX
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status
-from foresight.storage.models import InstanceRow
+from foresight.storage.models import InstanceRow, ScoringRunRow
 from foresight.tools.generate import generate
 from services.scorer.health import read_summary
 from services.scorer.records import InstanceScore
+from services.scorer.recovery import recover_interrupted
 from services.scorer.service import Scorer, ScorerConfig
 from services.trainer.training import ModelTrainer
 
@@ -330,3 +332,40 @@ def test_a_failed_upload_fails_the_run_and_the_previous_run_stays_served(
     assert [r.run_id for r in scorer.list_runs(INSTANCE) if r.status is Status.READY] == [
         served.run_id
     ]
+
+
+def test_scorer_recovery_removes_an_interrupted_runs_mirror_copies(s3: str, tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'foresight.db'}")
+    db.migrate()
+    store = ArtifactStore(tmp_path / "artifacts", MIRROR)
+    names = {
+        run_id: [f"scores/{INSTANCE}/{run_id}.{x}" for x in ("parquet", "npz")]
+        + [f"health/{INSTANCE}/{run_id}.json"]
+        for run_id in ("killed-run", "ready-run")
+    }
+    for name in (n for files in names.values() for n in files):
+        atomic_write_bytes(store.path(name), b"scores")
+        store.mirror_file(name)
+    as_of = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.session() as s:
+        for run_id, status in (("killed-run", Status.RUNNING), ("ready-run", Status.READY)):
+            s.add(
+                ScoringRunRow(
+                    run_id=run_id,
+                    instance_name=INSTANCE,
+                    model_version=1,
+                    status=status.value,
+                    as_of=as_of,
+                    started_at=as_of,
+                    scores_path=names[run_id][0] if status is Status.READY else None,
+                )
+            )
+    assert recover_interrupted(db, store.path("scores"), MIRROR)[0] == ["killed-run"]
+    assert _mirrored("killed-run") == []
+    assert _mirrored("ready-run") == [f"ready-run.{x}" for x in ("json", "npz", "parquet")]
+    # A scorer on an empty volume copies a mirrored file in; one the mirror lacks is None.
+    replica = ArtifactStore(tmp_path / "replica", MIRROR)
+    copy = replica.local_file(names["ready-run"][1])
+    assert copy is not None and copy.read_bytes() == b"scores"
+    assert replica.local_file(names["killed-run"][1]) is None
+    assert not (tmp_path / "replica" / "scores" / INSTANCE / "killed-run.npz").exists()
