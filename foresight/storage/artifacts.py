@@ -14,6 +14,12 @@ last, so a mirrored bundle without a manifest is one whose upload did not
 finish and no reader takes it. Tasks then carry the bundle's URL (`ref`), and
 a Dask worker with no shared volume copies it into a local cache with
 `materialize`, checked against the manifest's checksums.
+
+Single files of the store (a scoring run's score copies, its health summary)
+are mirrored one by one: `mirror_file` uploads one before its owner marks it
+READY, `local_file` copies it back into the store when this process does not
+have it (another replica wrote it, or the volume was lost), `remove_file`
+deletes both copies.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from foresight.errors import FailedPrecondition, PermissionDenied
+from foresight.errors import FailedPrecondition, PermissionDenied, Unavailable
 from foresight.storage import fs
 from foresight.storage.paths import confined
 
@@ -155,6 +161,54 @@ class ArtifactStore:
         if self.mirror is not None:
             fs.remove_tree(self.ref(folder))
         return True
+
+    def mirror_file(self, relative: str) -> None:
+        """Upload the file `relative` of this store to the mirror (nothing without one).
+
+        A failed upload is Unavailable with a reason callers may read (no
+        path, no endpoint); the cause is logged.
+        """
+        if self.mirror is None:
+            return
+        try:
+            fs.upload(self.path(relative), fs.join(self.mirror, relative))
+        except Exception as exc:
+            log.warning("upload to the artifact mirror failed", exc_info=exc)
+            raise Unavailable(
+                f"could not upload {relative} to the artifact mirror (FORESIGHT_ARTIFACTS_URL)"
+            ) from exc
+
+    def local_file(self, relative: str) -> Path | None:
+        """The file `relative` of this store, copied from the mirror first when it is not here.
+
+        None when neither has it. The copy appears in one rename, so a killed
+        download leaves only a temporary file, never half a file under the name.
+        """
+        path = self.path(relative)
+        if path.is_file():
+            return path
+        if self.mirror is None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        try:
+            fs.download(fs.join(self.mirror, relative), tmp)
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            return None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def remove_file(self, relative: str) -> None:
+        """Delete the file `relative` here and at the mirror (a mirror failure is only logged)."""
+        self.path(relative).unlink(missing_ok=True)
+        if self.mirror is None:
+            return
+        try:
+            fs.remove(fs.join(self.mirror, relative))
+        except Exception:
+            log.warning("could not delete a file from the artifact mirror", exc_info=True)
 
     def sweep_temporary(self, owner: str, under: str = "") -> int:
         """Remove `owner`'s temporary folders left by killed writers; returns how many.

@@ -2,8 +2,9 @@
 
 When a run is stored, a small summary is kept next to it (`RunSummary`, one
 JSON file under ``<artifacts>/health/<instance>/<run_id>.json``, written
-atomically): the sketch of its probabilities and of every feature (see
-drift.py) and a uniform sample of (profile, probability) pairs. The summary
+atomically and, like the scores, mirrored to `FORESIGHT_ARTIFACTS_URL` when
+set): the sketch of its probabilities and of every feature (see drift.py) and
+a uniform sample of (profile, probability) pairs. The summary
 outlives the run's scores (only the newest runs keep those), so:
 
 - once the run's outcome window has closed in the data, its *realized*
@@ -22,14 +23,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from foresight.calibration import brier, expected_calibration_error
-from foresight.storage.artifacts import atomic_write_bytes
-from foresight.storage.paths import confined
+from foresight.storage.artifacts import ArtifactStore, atomic_write_bytes
 from services.scorer.drift import Sketch, merge_columns, psi, sketch
 from services.scorer.records import ScoringRun
 from services.scorer.snapshot import RunScores
@@ -128,24 +127,23 @@ def summarize(
     )
 
 
-def summary_path(health_root: Path, instance: str, run_id: str) -> Path:
-    """Where a run's summary lives (proven to stay under the health folder)."""
-    return confined(health_root, f"{instance}/{run_id}.json")
+def summary_file(instance: str, run_id: str) -> str:
+    """Where a run's summary lives, relative to the artifact root."""
+    return f"{HEALTH_FOLDER}/{instance}/{run_id}.json"
 
 
-def write_summary(health_root: Path, summary: RunSummary) -> None:
-    """Write a run's summary atomically."""
-    atomic_write_bytes(
-        summary_path(health_root, summary.instance, summary.run_id), summary.to_json()
-    )
+def write_summary(artifacts: ArtifactStore, summary: RunSummary) -> str:
+    """Write a run's summary atomically (into the local store); returns its `summary_file`."""
+    relative = summary_file(summary.instance, summary.run_id)
+    atomic_write_bytes(artifacts.path(relative), summary.to_json())
+    return relative
 
 
-def read_summary(health_root: Path, instance: str, run_id: str) -> RunSummary | None:
-    """A run's summary, or None when it has none (scored before summaries were kept)."""
-    path = summary_path(health_root, instance, run_id)
-    if not path.is_file():
-        return None
-    return RunSummary.from_json(path.read_bytes())
+def read_summary(artifacts: ArtifactStore, instance: str, run_id: str) -> RunSummary | None:
+    """A run's summary (from the mirror when this scorer does not have it), or None when
+    it has none (scored before summaries were kept)."""
+    path = artifacts.local_file(summary_file(instance, run_id))
+    return None if path is None else RunSummary.from_json(path.read_bytes())
 
 
 # --- realized quality -----------------------------------------------------------------------

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -20,6 +19,7 @@ from foresight.errors import InvalidArgument
 from foresight.evaluation_report import ModelEvaluation
 from foresight.features.labels import window_end
 from foresight.instance import Goal
+from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status
 from foresight.storage.models import ScoringRunRow
@@ -56,14 +56,14 @@ class HealthMonitor:
         self,
         db: Database,
         catalog: Catalog,
-        health_root: Path,
+        artifacts: ArtifactStore,
         documents: Documents,
         serving_version: Callable[[str], int | None],
         thresholds: Thresholds,
     ) -> None:
         self.db = db
         self.catalog = catalog
-        self.health_root = health_root
+        self.artifacts = artifacts  # run summaries live under its health folder
         self.documents = documents
         self.serving_version = serving_version
         self.thresholds = thresholds
@@ -79,7 +79,7 @@ class HealthMonitor:
         parts = self.catalog.parts(self.catalog.dataset_of(instance))  # NotFound when unknown
         wanted = max_runs or DEFAULT_RUNS
         rows = self._runs(instance, wanted + 1)  # one more: the drift of the oldest shown
-        summaries = [read_summary(self.health_root, instance, r.run_id) for r in rows]
+        summaries = [read_summary(self.artifacts, instance, r.run_id) for r in rows]
         documents: dict[int, tuple[ModelEvaluation | None, Goal]] = {}
         out: list[RunHealth] = []
         for i, row in enumerate(rows[:wanted]):

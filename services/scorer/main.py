@@ -160,7 +160,9 @@ def main() -> None:
         db.migrate()
         # Before any worker serves: the runs a killed scorer left RUNNING become
         # FAILED "interrupted" and score files no READY run points at are removed.
-        interrupted, removed = recover_interrupted(db, settings.artifacts_dir / SCORES_FOLDER)
+        interrupted, removed = recover_interrupted(
+            db, settings.artifacts_dir / SCORES_FOLDER, settings.artifacts_url
+        )
         log.info("recovered", extra={"interrupted_runs": interrupted, "files_removed": removed})
         db.dispose()
     if settings.server_processes == 1:

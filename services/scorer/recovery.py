@@ -10,20 +10,32 @@ from pathlib import Path
 
 from sqlalchemy import delete, select, update
 
+from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import INTERRUPTED, Status
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
-from services.scorer.health import HEALTH_FOLDER, summary_path
+from services.scorer.health import HEALTH_FOLDER, summary_file
 from services.scorer.snapshot import sidecar_of
 
 SCORES_FOLDER = "scores"
 """Where score copies live, under the artifact root (only the scorer writes there)."""
 
 
+def scores_path_of(instance: str, run_id: str) -> str:
+    """Where a run's Parquet copy lives, relative to the artifact root (`scores_path`)."""
+    return f"{SCORES_FOLDER}/{instance}/{run_id}.parquet"
+
+
+def score_files(scores_path: str) -> tuple[str, str]:
+    """A run's score files relative to the artifact root: (Parquet copy, sidecar)."""
+    return scores_path, sidecar_of(Path(scores_path)).as_posix()
+
+
 def end_runs(
-    db: Database, scores_root: Path, runs: dict[str, str], status: Status, reason: str
+    db: Database, artifacts: ArtifactStore, runs: dict[str, str], status: Status, reason: str
 ) -> None:
-    """Set runs (id → instance) to `status` with the reason; drop their scores, rows and files."""
+    """Set runs (id → instance) to `status` with the reason; drop their scores, rows and
+    files (at the artifact mirror too)."""
     if not runs:
         return
     with db.session() as session:
@@ -36,13 +48,16 @@ def end_runs(
             )
         )
     for run_id, instance in runs.items():
-        path = scores_root / instance / f"{run_id}.parquet"
-        path.unlink(missing_ok=True)
-        sidecar_of(path).unlink(missing_ok=True)
-        summary_path(scores_root.parent / HEALTH_FOLDER, instance, run_id).unlink(missing_ok=True)
+        for relative in (
+            *score_files(scores_path_of(instance, run_id)),
+            summary_file(instance, run_id),
+        ):
+            artifacts.remove_file(relative)
 
 
-def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int]:
+def recover_interrupted(
+    db: Database, scores_root: Path, mirror: str | None = None
+) -> tuple[list[str], int]:
     """At scorer start: fail the runs a killed scorer left RUNNING, remove orphan score files.
 
     Only the scorer writes scoring runs and the scores folder, so every RUNNING
@@ -50,7 +65,9 @@ def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int
     "interrupted" with its partial rows deleted. Files under the scores folder
     that no READY run points at (a failed run's copy, a temporary file of a
     killed write) are removed, and so are model health files of no READY run
-    (summaries of pruned runs stay). Returns (interrupted run ids, orphan files removed).
+    (summaries of pruned runs stay). With the artifact `mirror`, the interrupted
+    runs' copies there are removed too (local orphans are only this scorer's).
+    Returns (interrupted run ids, orphan files removed).
     """
     with db.session() as session:
         running: dict[str, str] = {
@@ -70,7 +87,7 @@ def recover_interrupted(db: Database, scores_root: Path) -> tuple[list[str], int
                 )
             )
         }
-    end_runs(db, scores_root, running, Status.FAILED, INTERRUPTED)
+    end_runs(db, ArtifactStore(scores_root.parent, mirror), running, Status.FAILED, INTERRUPTED)
     keep = {scores_root.parent / p for p in kept} | {
         sidecar_of(scores_root.parent / p) for p in kept
     }

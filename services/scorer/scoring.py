@@ -7,9 +7,12 @@ picklable `ShardJob`, run through the shared `ShardRunner`: worker processes
 on this machine (each loads the model bundle once) or Dask tasks at scale.
 Percentiles need the whole population, so they are computed once all shards
 are in. The run is stored as a Parquet copy (the snapshot's source) while it is
-bulk loaded into `profile_scores` (COPY on PostgreSQL), and only then swapped
-into the lookup snapshot and marked SUCCEEDED. `stage_seconds` records where
-the time went (featurize, predict, explain summed over shards; write, snapshot).
+bulk loaded into `profile_scores` (COPY on PostgreSQL); with an artifact mirror
+(`FORESIGHT_ARTIFACTS_URL`) its files are uploaded there, and only then is it
+marked SUCCEEDED and swapped into the lookup snapshot. A scorer that does not
+have a run's files (another replica wrote them) copies them from the mirror.
+`stage_seconds` records where the time went (featurize, predict, explain summed
+over shards; write, mirror, snapshot).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -32,10 +34,10 @@ from sqlalchemy import delete, select, update
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.features.labels import as_utc, staleness_warning
 from foresight.shards import ShardRunner
+from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status, ending_of
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
-from foresight.storage.paths import confined
 from services.scorer.batch import ShardJob, ShardScores, factor_json, profiles_of, score_job
 from services.scorer.catalog import Catalog, DatasetParts
 from services.scorer.factors import (
@@ -43,11 +45,11 @@ from services.scorer.factors import (
     percentiles_of,
     scores_of,
 )
-from services.scorer.health import HEALTH_FOLDER, summarize, write_summary
+from services.scorer.health import summarize, summary_file, write_summary
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import Bucket, Progress, ScoringRun
-from services.scorer.recovery import end_runs
-from services.scorer.snapshot import RunScores, SnapshotStore, sidecar_of
+from services.scorer.recovery import end_runs, score_files, scores_path_of
+from services.scorer.snapshot import RunScores, SnapshotStore
 
 log = logging.getLogger("foresight.scorer.scoring")
 
@@ -87,7 +89,7 @@ class ScoringEngine:
         catalog: Catalog,
         registry: ModelRegistry,
         snapshots: SnapshotStore,
-        scores_root: Path,
+        artifacts: ArtifactStore,
         threads: int,
         top_k: int,
         keep_runs: int = 3,
@@ -98,7 +100,7 @@ class ScoringEngine:
         self.catalog = catalog
         self.registry = registry
         self.snapshots = snapshots
-        self.scores_root = scores_root
+        self.artifacts = artifacts  # score copies live under its scores folder, mirrored
         self.threads = max(1, threads)
         self.top_k = top_k
         self.keep_runs = keep_runs
@@ -132,6 +134,7 @@ class ScoringEngine:
                         notify(Progress("warning", 0.0, warning))
                     scores = self._score(run_id, model, parts, as_of, notify)
                     relative = self._store(scores, notify)
+                    self._mirror(scores, relative)
             except BaseException as exc:
                 status = self._fail(run_id, instance, exc)
                 RUNS.labels(instance=instance, status=status.value).inc()
@@ -221,7 +224,7 @@ class ScoringEngine:
         self.stage_seconds["snapshot"] = time.perf_counter() - t1
         # Model health: the run's distributions and outcome sample (removed if the run fails).
         summary = summarize(scores, [r.features for r in results], self.health_sample)
-        write_summary(self.scores_root.parent / HEALTH_FOLDER, summary)
+        write_summary(self.artifacts, summary)
         return scores
 
     def _jobs(
@@ -282,18 +285,27 @@ class ScoringEngine:
         )
 
     def _store(self, scores: RunScores, notify: ProgressFn) -> str:
-        relative = f"{scores.instance}/{scores.run_id}.parquet"
+        relative = scores_path_of(scores.instance, scores.run_id)
         t0 = time.perf_counter()
         notify(Progress("store", 0.85, f"storing {len(scores):,} scores"))
         # The files (Parquet copy, sidecar) are written while the rows load, and each chunk
         # of rows loads while the next one is rendered: writing mostly waits on I/O or runs
         # outside the GIL.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="score-store") as pool:
-            files = pool.submit(scores.write, confined(self.scores_root, relative))
+            files = pool.submit(scores.write, self.artifacts.path(relative))
             self._load_rows(scores, notify, pool)
             files.result()
         self.stage_seconds["write"] = time.perf_counter() - t0
-        return f"scores/{relative}"
+        return relative
+
+    def _mirror(self, scores: RunScores, relative: str) -> None:
+        """Upload the run's files to the artifact mirror (if any) before it may become READY."""
+        if self.artifacts.mirror is None:
+            return
+        t0 = time.perf_counter()
+        for name in (*score_files(relative), summary_file(scores.instance, scores.run_id)):
+            self.artifacts.mirror_file(name)
+        self.stage_seconds["mirror"] = time.perf_counter() - t0
 
     def _load_rows(self, scores: RunScores, notify: ProgressFn, pool: ThreadPoolExecutor) -> None:
         """Bulk load the run into `profile_scores`, in chunks: chunk i loads in `pool`
@@ -344,7 +356,7 @@ class ScoringEngine:
         if status is Status.FAILED and not hasattr(exc, "message"):
             log.error("scoring run failed", exc_info=exc)
         try:
-            end_runs(self.db, self.scores_root, {run_id: instance}, status, message)
+            end_runs(self.db, self.artifacts, {run_id: instance}, status, message)
         except Exception:
             log.exception("could not record the ended run", extra={"run_id": run_id})
         return status
@@ -369,10 +381,8 @@ class ScoringEngine:
                     .where(ScoringRunRow.run_id == run_id)
                     .values(scores_path=None)
                 )
-                if path:
-                    stored = confined(self.scores_root.parent, path)
-                    stored.unlink(missing_ok=True)
-                    sidecar_of(stored).unlink(missing_ok=True)
+                for name in score_files(path) if path else ():
+                    self.artifacts.remove_file(name)  # at the mirror too
 
     # --- history --------------------------------------------------------------------
 
@@ -432,6 +442,16 @@ class ScoringEngine:
         return self.load(row)
 
     def load(self, row: ScoringRunRow) -> RunScores:
-        """Read a run's Parquet copy."""
+        """Read a run from its sidecar, else its Parquet copy; a file this scorer does not
+        have is copied from the artifact mirror first (another replica scored the run)."""
         assert row.scores_path is not None
-        return RunScores.load(confined(self.scores_root.parent, row.scores_path))
+        parquet, sidecar = score_files(row.scores_path)
+        path = self.artifacts.local_file(sidecar)
+        if path is not None:
+            return RunScores.read_sidecar(path)
+        path = self.artifacts.local_file(parquet)
+        if path is None:
+            raise FailedPrecondition(
+                f"the score files of run '{row.run_id}' are missing from the artifact store"
+            )
+        return RunScores.read_parquet(path)

@@ -33,7 +33,7 @@ from services.scorer import insights as insight_math
 from services.scorer import lookups, realtime
 from services.scorer.catalog import Catalog
 from services.scorer.export import export_run
-from services.scorer.health import HEALTH_FOLDER, ModelHealth, Thresholds
+from services.scorer.health import ModelHealth, Thresholds
 from services.scorer.health_monitor import HealthMonitor
 from services.scorer.memory import release_unused_memory
 from services.scorer.models import LoadedModel, ModelRegistry
@@ -47,7 +47,6 @@ from services.scorer.records import (
     Segment,
     SegmentFilter,
 )
-from services.scorer.recovery import SCORES_FOLDER
 from services.scorer.schedule import is_due
 from services.scorer.scoring import ProgressFn, ScoringEngine, run_from_row
 from services.scorer.segments import SegmentStore
@@ -70,7 +69,7 @@ class ScorerConfig:
     health_sample: int = 20_000  # profiles per run kept to measure realized quality
     health: Thresholds = field(default_factory=Thresholds)  # when to recommend a retrain
     dask_scheduler: str | None = None  # batch scoring's shards run as tasks on this cluster
-    artifacts_url: str | None = None  # the artifact store's mirror for Dask workers
+    artifacts_url: str | None = None  # the artifact store's mirror (Dask workers, replicas)
 
 
 class Scorer:
@@ -88,7 +87,7 @@ class Scorer:
             self.catalog,
             self.registry,
             self.snapshots,
-            config.artifacts_dir / SCORES_FOLDER,
+            self.artifacts,
             config.scoring_threads,
             config.top_factors,
             config.keep_runs,
@@ -98,7 +97,7 @@ class Scorer:
         self.health = HealthMonitor(
             db,
             self.catalog,
-            config.artifacts_dir / HEALTH_FOLDER,
+            self.artifacts,
             self._version_documents,
             self._serving_version,
             config.health,

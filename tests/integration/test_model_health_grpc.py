@@ -24,10 +24,11 @@ from foresight import instance as instance_config
 from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from foresight.events.store import EventStore
 from foresight.features.labels import goal_labels
+from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.models import InstanceRow
 from foresight.tools.generate import generate
-from services.scorer.health import HEALTH_FOLDER, read_summary
+from services.scorer.health import read_summary
 from services.scorer.main import build_scorer, start_scorer
 from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
 from services.scorer.settings import ScorerSettings
@@ -123,7 +124,7 @@ async def test_realized_quality_and_drift_of_runs_at_several_as_of_times(
         q = r.realized
         # 500 profiles: the whole run is the sample.
         assert q.profiles == r.run.profiles > 100 and r.validation_auc == pytest.approx(0.8)
-        summary = read_summary(world.data_dir / "artifacts" / HEALTH_FOLDER, INSTANCE, r.run.run_id)
+        summary = read_summary(ArtifactStore(world.data_dir / "artifacts"), INSTANCE, r.run.run_id)
         assert summary is not None
         labels = _realized_labels(world, as_of, summary.sample_ids)
         assert q.positives == int(labels.sum()) > 0

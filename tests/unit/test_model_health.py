@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from foresight.calibration import brier, expected_calibration_error
+from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.lifecycle import Status
 from services.scorer.drift import GRID, merge, psi, sketch, sketch_columns
 from services.scorer.health import (
@@ -193,12 +194,13 @@ def test_run_summary_round_trip_sample_and_drift(tmp_path: Path) -> None:
     assert len(summary.sample_ids) == 500 and len(set(summary.sample_ids)) == 500
     rows = [scores.find(i) for i in summary.sample_ids]
     assert np.allclose(summary.sample_probability, scores.probability[rows])
-    write_summary(tmp_path, summary)
-    back = read_summary(tmp_path, "churn", "run-a")
+    store = ArtifactStore(tmp_path)
+    assert write_summary(store, summary) == "health/churn/run-a.json"
+    back = read_summary(store, "churn", "run-a")
     assert back is not None and back.sample_ids == summary.sample_ids
     assert back.profiles == 3_000 and back.as_of == scores.as_of
     assert set(back.features) == {f.code for f in scores.features}
-    assert read_summary(tmp_path, "churn", "missing") is None
+    assert read_summary(store, "churn", "missing") is None
     # The same run against itself: no drift; against a run with busier profiles: drift.
     assert drift_between(back, summary).score_psi < 1e-6
     later = summarize(
