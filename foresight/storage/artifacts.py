@@ -133,6 +133,16 @@ class ArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def local_bundle(self, relative: str) -> Path:
+        """The folder of bundle `relative`, checked against its manifest; a bundle this
+        store lacks is copied in from the mirror first (a replica on its own volume)."""
+        folder = self.path(relative)
+        if self.mirror is not None and not (folder / MANIFEST).is_file():
+            url = fs.join(self.mirror, relative)
+            _download_bundle(url, _mirror_manifest(url), folder)
+        self.verify(relative)
+        return folder
+
     def verify(self, relative: str) -> dict[str, Any]:
         """Check every file against the manifest; return the manifest or raise."""
         folder = self.path(relative)
@@ -252,34 +262,43 @@ def materialize(ref: str, cache: Path | None = None) -> Path:
     """
     if not fs.is_remote(ref):
         return Path(ref)
+    manifest_bytes = _mirror_manifest(ref)
+    key = hashlib.sha256(ref.encode() + b"\0" + manifest_bytes).hexdigest()[:32]
+    final = (cache or _cache_root()) / key
+    if not (final / MANIFEST).is_file():
+        _download_bundle(ref, manifest_bytes, final)
+    return final
+
+
+def _mirror_manifest(url: str) -> bytes:
+    """The manifest of the bundle at a mirror URL, or FailedPrecondition (no URL in it)."""
     try:
-        manifest_bytes = fs.read_bytes(fs.join(ref, MANIFEST))
+        return fs.read_bytes(fs.join(url, MANIFEST))
     except FileNotFoundError:
         raise FailedPrecondition(
             "an artifact is not published at its mirror URL (FORESIGHT_ARTIFACTS_URL)"
         ) from None
-    key = hashlib.sha256(ref.encode() + b"\0" + manifest_bytes).hexdigest()[:32]
-    root = cache or _cache_root()
-    final = root / key
-    if (final / MANIFEST).is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{key}"
+
+
+def _download_bundle(url: str, manifest_bytes: bytes, final: Path) -> None:
+    """Copy the bundle at `url` to the new folder `final`: every file checked against the
+    manifest, the folder appearing in one rename (a killed copy leaves only a temp folder)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{final.name}"
     tmp.mkdir()
     try:
         manifest: dict[str, Any] = json.loads(manifest_bytes)
         for name, expected in manifest["files"].items():
             target = confined(tmp, name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            fs.download(fs.join(ref, name), target)
+            fs.download(fs.join(url, name), target)
             if sha256_file(target) != expected:
                 raise FailedPrecondition(f"artifact file {name} at the mirror URL is corrupt")
         (tmp / MANIFEST).write_bytes(manifest_bytes)
         try:
             os.replace(tmp, final)
-        except OSError:  # another process of this worker finished the same copy first
+        except OSError:  # another process finished the same copy first
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final

@@ -263,8 +263,7 @@ class ModelRegistry:
                 if version == serving or version == entry.failed_version:
                     continue
                 try:
-                    folder = self._artifacts.path(path)
-                    self._artifacts.verify(path)
+                    folder = self._artifacts.local_bundle(path)
                     model = replace(self._loader(folder, name, version), created_at=created)
                 except Exception as exc:
                     reason = public_reason(exc, "the bundle could not be loaded (see the log)")

@@ -277,6 +277,13 @@ def test_a_run_is_served_by_a_second_scorer_that_shares_only_the_database_and_th
         # The health summary too.
         summary = read_summary(second.artifacts, INSTANCE, newer.run_id)
         assert summary is not None and summary.profiles == newer.profiles
+        # The model bundle too: the replica copies it in and scores a fresh journey alike.
+        assert not (tmp_path / "empty" / "models").exists()
+        second.refresh()
+        no_events = pl.DataFrame()
+        mine, _ = second.score_profile(INSTANCE, ids[0], no_events, None)
+        theirs, _ = first.score_profile(INSTANCE, ids[0], no_events, None)
+        assert mine == theirs and mine.probability > 0
     finally:
         second.engine.runner.close()
 
