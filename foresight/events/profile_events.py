@@ -66,7 +66,7 @@ def validate_profile_events(
         reason = str(first["reason"])
         row = int(first["row_number"]) - 1
         raise InvalidArgument(f"{field}[{row}].{_column_of(reason)}", reason)
-    ids = result.accepted.get_column("profile_id").unique().to_list()
+    ids = list(dict.fromkeys(result.accepted.get_column("profile_id").to_list()))  # no query
     if len(ids) > 1:
         raise InvalidArgument(field, f"events belong to {len(ids)} profiles; send one profile")
     return result.accepted, profile_id or str(ids[0])

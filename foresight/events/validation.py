@@ -98,6 +98,14 @@ _ID_SEEDS: Final[tuple[int, int]] = (0x5EED_F0E5, 0xC0FF_EE11)
 
 _REASON: Final[str] = "__reason"
 
+# The two words of a derived id: every field but event_id, hashed with each seed
+# (built once: building the expressions cost about as much as running them on a few rows).
+_CONTENT: Final[pl.Expr] = pl.struct([name for name in EVENT_COLUMNS if name != "event_id"])
+_CONTENT_HASHES: Final[tuple[pl.Expr, pl.Expr]] = (
+    _CONTENT.hash(_ID_SEEDS[0]).alias("a"),
+    _CONTENT.hash(_ID_SEEDS[1]).alias("b"),
+)
+
 # Built once: an empty frame from a schema costs ~100 µs, a clone nothing.
 _NO_REJECTED: Final[pl.DataFrame] = pl.DataFrame(schema=REJECTED_SCHEMA)
 
@@ -212,7 +220,7 @@ def _validate_rows(
     missing = [i for i, event_id in enumerate(ids) if event_id is None]
     if missing:
         some = accepted if len(missing) == len(ids) else accepted[missing]
-        for i, event_id in zip(missing, derive_event_ids(some, duplicates).to_list(), strict=True):
+        for i, event_id in zip(missing, _derived_id_list(some, duplicates), strict=True):
             ids[i] = event_id
         accepted.replace_column(0, pl.Series("event_id", ids, dtype=pl.String))
     if len(good) == raw.height:
@@ -263,10 +271,31 @@ def derive_event_ids(
     repeats are kept; re-importing the same rows yields the same ids.
     ``none``: also a random per-call salt, so even a re-import adds its rows.
     """
-    content = pl.struct([name for name in EVENT_COLUMNS if name != "event_id"])
-    hashes = events.select(
-        content.hash(_ID_SEEDS[0]).alias("a"), content.hash(_ID_SEEDS[1]).alias("b")
+    hashes = _id_words(events, duplicates)
+    return hex_strings(
+        hashes["a"].to_numpy(),
+        hashes["b"].to_numpy(),
+        prefix=DERIVED_EVENT_ID_PREFIX,
+        name="event_id",
     )
+
+
+def _derived_id_list(events: pl.DataFrame, duplicates: DuplicatePolicy) -> list[str]:
+    """`derive_event_ids(events, duplicates).to_list()` for a few rows, formatted in Python.
+
+    `hex_strings` hands a buffer to Arrow and Polars (~100 µs whatever the size);
+    tests/unit/test_request_validation.py checks both paths give the same ids.
+    """
+    hashes = _id_words(events, duplicates)
+    return [
+        f"{DERIVED_EVENT_ID_PREFIX}{a:016x}{b:016x}"
+        for a, b in zip(hashes["a"].to_list(), hashes["b"].to_list(), strict=True)
+    ]
+
+
+def _id_words(events: pl.DataFrame, duplicates: DuplicatePolicy) -> pl.DataFrame:
+    """The two 64-bit hash words ("a", "b") of each derived id (see `derive_event_ids`)."""
+    hashes = events.select(_CONTENT_HASHES)
     if duplicates is not DuplicatePolicy.EXACT_ROW:
         occurrence = _occurrences(hashes)
         salt = uuid.uuid4().int & 0xFFFF_FFFF_FFFF if duplicates is DuplicatePolicy.NONE else 0
@@ -280,12 +309,7 @@ def derive_event_ids(
                 .alias(word)
                 for word, seed in zip("ab", _ID_SEEDS, strict=True)
             )
-    return hex_strings(
-        hashes["a"].to_numpy(),
-        hashes["b"].to_numpy(),
-        prefix=DERIVED_EVENT_ID_PREFIX,
-        name="event_id",
-    )
+    return hashes
 
 
 def _occurrences(hashes: pl.DataFrame) -> pl.Series:
