@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -175,22 +176,23 @@ def _trained(tmp_path: Path, profiles: int = 600) -> tuple[Database, EventStore,
     return db, events, artifacts
 
 
+def _scorer(db: Database, events: EventStore, artifacts: Path, **config: Any) -> Scorer:
+    """A scorer on `artifacts` with the mirror (unless `config` says otherwise)."""
+    settings: dict[str, Any] = {"scoring_threads": 1, "artifacts_url": MIRROR, **config}
+    return Scorer(
+        db,
+        ScorerConfig(artifacts_dir=artifacts, events_dir=events.url, shards=SHARDS, **settings),
+    )
+
+
 def test_dask_workers_score_from_the_mirrored_bundle_with_identical_results(
     s3: str, worker_cache: Path, tmp_path: Path
 ) -> None:
     db, events, artifacts = _trained(tmp_path)
 
     def run(scheduler: str | None, mirror: str | None) -> tuple[list[str], np.ndarray, np.ndarray]:
-        scorer = Scorer(
-            db,
-            ScorerConfig(
-                artifacts_dir=artifacts,
-                events_dir=events.url,
-                scoring_threads=2,
-                shards=SHARDS,
-                dask_scheduler=scheduler,
-                artifacts_url=mirror,
-            ),
+        scorer = _scorer(
+            db, events, artifacts, scoring_threads=2, dask_scheduler=scheduler, artifacts_url=mirror
         )
         try:
             done = scorer.run_scoring(INSTANCE, None, lambda _: None)
@@ -213,20 +215,6 @@ def test_dask_workers_score_from_the_mirrored_bundle_with_identical_results(
 
 
 # -- score runs through the mirror --------------------------------------------
-
-
-def _scorer(db: Database, events: EventStore, artifacts: Path, keep_runs: int = 3) -> Scorer:
-    return Scorer(
-        db,
-        ScorerConfig(
-            artifacts_dir=artifacts,
-            events_dir=events.url,
-            scoring_threads=1,
-            shards=SHARDS,
-            keep_runs=keep_runs,
-            artifacts_url=MIRROR,
-        ),
-    )
 
 
 def _mirrored(run_id: str) -> list[str]:
