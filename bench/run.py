@@ -58,6 +58,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "lookup_rps_2_workers_ratio": ("report (> 1)", "ratio"),
     "score_profile_p99_ms": ("≤ 25 at 100 req/s", "ms"),
     "score_profile_rps": ("≥ 300", "req/s"),
+    "score_profile_rps_2_processes": ("report (2 server processes, 8 connections)", "req/s"),
     "scorer_rss_mb_1m": ("≤ 400", "MB"),
     "onnx_vs_lightgbm_single_row_ratio": ("report", "ratio"),
     "onnx_vs_lightgbm_batch10k_ratio": ("report", "ratio"),

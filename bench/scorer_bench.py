@@ -414,8 +414,12 @@ def _journey(var: Path, stored: int = 200) -> tuple[str, int]:
     return str(row[0]), int(row[1])
 
 
-def _real_time(var: Path, port: int, tmp: Path, results: dict[str, Any]) -> None:
-    """score_profile_rps and score_profile_p99_ms: a stored journey plus 5 fresh events."""
+SCORE_PROFILE = "/foresight.scorer.v1.ScorerService/ScoreProfile"
+
+
+def _score_profile_body(var: Path, tmp: Path) -> tuple[Path, int]:
+    """The framed ScoreProfile request (a stored journey plus 5 fresh events) and the
+    journey's stored event count."""
     from foresight.api.common.v1 import common_pb2
     from foresight.api.scorer.v1 import scorer_pb2
 
@@ -428,7 +432,13 @@ def _real_time(var: Path, port: int, tmp: Path, results: dict[str, Any]) -> None
     assert isinstance(event, common_pb2.Event)
     body = tmp / "score.bin"
     body.write_bytes(_frame(request.SerializeToString()))
-    path = "/foresight.scorer.v1.ScorerService/ScoreProfile"
+    return body, stored
+
+
+def _real_time(var: Path, port: int, tmp: Path, results: dict[str, Any]) -> None:
+    """score_profile_rps and score_profile_p99_ms: a stored journey plus 5 fresh events."""
+    body, stored = _score_profile_body(var, tmp)
+    path = SCORE_PROFILE
     _h2load(port, path, body, ["--requests=300", "--clients=2", "--threads=1"])  # warm up
     rps, _ = _h2load(
         port, path, body, ["--requests=3000", "--clients=4", "--max-concurrent-streams=4"]
@@ -556,6 +566,17 @@ def workers_ratio(var: Path, results: dict[str, Any]) -> None:
             for _ in range(3):  # alternate, so drift on a shared machine hits both alike
                 for n in (1, 2):
                     rps[n].append(_h2load(base + n, path, body, load)[0])
+            # ScoreProfile is CPU-bound in one process (the GIL): more processes, more cores.
+            score_body, _ = _score_profile_body(var, Path(tmp))
+            score_load = ["--requests=3000", "--clients=8", "--max-concurrent-streams=4"]
+            for n in (1, 2):
+                _h2load(base + n, SCORE_PROFILE, score_body, ["--requests=300", "--clients=8"])
+                score_rps = _h2load(base + n, SCORE_PROFILE, score_body, score_load)[0]
+                key = "score_profile_rps_1_process" if n == 1 else "score_profile_rps_2_processes"
+                results[key] = round(score_rps)
+                print(
+                    f"ScoreProfile with {n} server process(es): {score_rps:.0f} req/s", flush=True
+                )
         finally:
             for server in servers.values():
                 server.send_signal(signal.SIGTERM)

@@ -9,6 +9,7 @@ version, because shard placement is persisted on disk. A part file is
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable
@@ -104,6 +105,7 @@ def part_name(shard: int) -> str:
     return f"{SHARD_PREFIX}{shard}/part-{uuid.uuid4().hex}.parquet"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # real-time scoring asks for every part on each call
 def shard_of_part(part: str) -> int:
     """The shard a part path (``<dataset>/shard=<k>/part-…``) belongs to: the one parser."""
     match = _SHARD_DIR.search(part)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,6 +106,7 @@ class Scorer:
         self.segments = SegmentStore(db)
         self._outcomes: dict[tuple[str, datetime], np.ndarray] = {}
         self._snapshot_lock = threading.Lock()
+        self._logged: dict[str, float] = {}  # see _first_in_a_while
 
     # --- following the registry -------------------------------------------------------
 
@@ -254,9 +256,18 @@ class Scorer:
         score, warning = realtime.score_profile(
             model, self.catalog, profile_id, events, as_of, self.config.top_factors
         )
-        if warning is not None:
+        if warning is not None and self._first_in_a_while(f"stale:{instance}"):
+            # Every answer carries the warning; the log says it once per instance and hour.
             log.warning("stale data for instance %s: %s", instance, warning)
         return score, [] if warning is None else [warning]
+
+    def _first_in_a_while(self, key: str, seconds: float = 3600.0) -> bool:
+        """True at most once per `seconds` for each key (log what repeats, not every time)."""
+        now = time.monotonic()  # no lock: at worst two threads both log once
+        if now - self._logged.get(key, -seconds) < seconds:
+            return False
+        self._logged[key] = now
+        return True
 
     # --- segments ------------------------------------------------------------------------
 

@@ -266,7 +266,9 @@ def _event(**fields: object) -> common_pb2.Event:
     return event
 
 
-async def test_score_profile_from_stored_and_fresh_events(client: Client, world: World) -> None:
+async def test_score_profile_from_stored_and_fresh_events(
+    client: Client, world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     # Another test may have re-scored this module's world as of another time: use the run's.
     batch = await client.stub.GetProfileScores(
         scorer_pb2.GetProfileScoresRequest(profile_id=world.profile, instances=["purchase"])
@@ -298,6 +300,9 @@ async def test_score_profile_from_stored_and_fresh_events(client: Client, world:
         )
     )
     assert "90 days after the newest event" in late.warnings[0]
+    # Every answer warns; the log says it at most once per instance and hour.
+    logged = [r for r in caplog.records if "stale data for instance purchase" in r.getMessage()]
+    assert len(logged) <= 1
     fresh = _event(
         timestamp=_ts(world.end - timedelta(hours=1)),
         event_type="commerce.purchases",
