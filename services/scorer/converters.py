@@ -117,16 +117,17 @@ class _RunEncoder:
             + (_field(b"\x4a", run.run_id.encode()) if run.run_id else b"")
         )
         self.codes = [_field(b"\x0a", f.code.encode()) for f in run.features]
-        self.factor_heads: dict[tuple[int, float], bytes] = {}
+        # (code, value) → pieces; a missing value (NaN, never equal to itself) is (code, None).
+        self.factor_heads: dict[tuple[int, float | None], bytes] = {}
 
     def factor_head(self, code: int, value: float) -> bytes:
-        """Factor fields code = 1 and text = 2 for a feature value (cached; NaN never is)."""
-        key = (code, value)
+        """Factor fields code = 1 and text = 2 for a feature value (cached)."""
+        key = (code, value if value == value else None)
         head = self.factor_heads.get(key)
         if head is None:
             text = format_factor_value(self.features[code], value)
             head = self.codes[code] + _field(b"\x12", text.encode())
-            if value == value and len(self.factor_heads) < MAX_CACHED_FACTORS:
+            if len(self.factor_heads) < MAX_CACHED_FACTORS:
                 self.factor_heads[key] = head
         return head
 
@@ -147,7 +148,9 @@ class _RunEncoder:
         for code, impact, value in zip(row.codes, row.impacts, row.values, strict=True):
             if code == NO_FACTOR:
                 break
-            head = heads.get((code, value)) or self.factor_head(code, value)
+            head = heads.get((code, value if value == value else None)) or self.factor_head(
+                code, value
+            )
             tail = _IMPORTANCE_FIELD[importance_code(impact)]
             body = head + b"\x19" + _pack(impact) + tail if impact else head + tail
             size = len(body)
