@@ -81,11 +81,7 @@ def world_of(data: Path, profiles: int) -> tuple[Path, list[ShardJob], list[Any]
         for k in range(slices):
             chosen = pl.col("profile_id").hash(_SLICE_SEED) % slices == k
             written += store.write("shop", pl.scan_parquet(events).filter(chosen).collect(), [])
-        catalog.record_import(
-            db,
-            "shop",
-            [p.catalogued() for p in written],
-        )
+        catalog.record_import(db, "shop", [p.catalogued() for p in written])
     parts = catalog.catalogued_parts(db, "shop")
     span = catalog.time_range(db, "shop")
     assert span is not None

@@ -117,11 +117,7 @@ def prepare(workdir: Path) -> Path:
         assert isinstance(frame, pl.DataFrame)
         accepted = validate(frame, now).accepted
         parts += store.write(DATASET, accepted, [p.path for p in parts])
-    catalog.record_import(
-        db,
-        DATASET,
-        [p.catalogued() for p in parts],
-    )
+    catalog.record_import(db, DATASET, [p.catalogued() for p in parts])
     with db.session() as s:
         for name, cfg in INSTANCES.items():
             s.add(InstanceRow(name=name, dataset=DATASET, config=cfg))

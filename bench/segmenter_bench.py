@@ -89,11 +89,7 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, Any]]:
         accepted = validate(frame, now).accepted
         # Generated event ids are unique, so batches need no cross-batch de-duplication.
         parts = store.write(DATASET, accepted, [])
-        record_import(
-            db,
-            DATASET,
-            [p.catalogued() for p in parts],
-        )
+        record_import(db, DATASET, [p.catalogued() for p in parts])
         rows += accepted.height
         store.release()
     _log(f"ingested {rows:,} events in {time.perf_counter() - t0:.0f} s")

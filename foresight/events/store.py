@@ -74,15 +74,14 @@ class PartInfo:
     profiles: int
     min_timestamp: datetime
     max_timestamp: datetime
+    event_types: tuple[str, ...]
+    size_bytes: int
 
     def catalogued(self) -> CataloguedPart:
         """What the catalogue records of this part."""
         return CataloguedPart(
             self.path, self.shard, self.rows, self.min_timestamp, self.max_timestamp
         )
-
-    event_types: tuple[str, ...]
-    size_bytes: int
 
 
 @dataclass(slots=True)

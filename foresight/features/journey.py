@@ -48,19 +48,13 @@ _SCALARS = (
     "purchase_share",
     "log_mean_basket",
 )
-#: (spec field, event column) of each mix block, in vector order.
+#: (spec field, event column, component name prefix) of each mix block, in vector order.
 _MIXES = (
-    ("event_types", "event_type"),
-    ("channels", "channel"),
-    ("categories", "product_category"),
-    ("pages", "page_name"),
+    ("event_types", "event_type", "type_share"),
+    ("channels", "channel", "channel_share"),
+    ("categories", "product_category", "category_share"),
+    ("pages", "page_name", "page_share"),
 )
-_MIX_PREFIX = {
-    "event_type": "type_share",
-    "channel": "channel_share",
-    "product_category": "category_share",
-    "page_name": "page_share",
-}
 
 
 @dataclass(frozen=True)
@@ -83,8 +77,8 @@ class BehaviourSpec:
         """Name of each vector component, in order (cluster traits use them)."""
         return [
             *(
-                f"{_MIX_PREFIX[column]}__{value}"
-                for field, column in _MIXES
+                f"{prefix}__{value}"
+                for field, _, prefix in _MIXES
                 for value in (*getattr(self, field), OTHER)
             ),
             *_SCALARS,
@@ -95,7 +89,7 @@ class BehaviourSpec:
     @property
     def dim(self) -> int:
         """Length of the vector."""
-        mixes = sum(len(getattr(self, field)) + 1 for field, _ in _MIXES)
+        mixes = sum(len(getattr(self, field)) + 1 for field, _, _ in _MIXES)
         return mixes + len(_SCALARS) + 2 * len(self.activity_windows_days)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,7 +198,7 @@ def behaviour_vectors(
             "pidx",
             "age",
             (-decay * pl.col("age")).exp().alias("w"),
-            *(vocab_index(column, getattr(spec, field)) for field, column in _MIXES),
+            *(vocab_index(column, getattr(spec, field)) for field, column, _ in _MIXES),
             is_purchase.alias("is_purchase"),
             pl.when(is_purchase).then(pl.col("value")).otherwise(None).alias("mval"),
         )
@@ -230,11 +224,11 @@ def behaviour_vectors(
                 prepared.filter(pl.col(f"{column}__idx").is_not_null())
                 .group_by("pidx", f"{column}__idx")
                 .len()
-                for _, column in _MIXES
+                for _, column, _ in _MIXES
             ),
         ]
     )
-    for (_, column), counts in zip(_MIXES, mixes, strict=True):
+    for (_, column, _), counts in zip(_MIXES, mixes, strict=True):
         _scatter_shares(X, counts, f"{column}__idx", offsets[column])
     _fill_scalars(X, per_profile, offsets["scalars"])
     _fill_windows(X, per_profile, offsets["windows"], windows)
@@ -244,7 +238,7 @@ def behaviour_vectors(
 def _with_mix_columns(events: pl.LazyFrame) -> pl.LazyFrame:
     """The events with every mix column (a missing one, e.g. no pages, is all null)."""
     present = set(events.collect_schema().names())
-    missing = [column for _, column in _MIXES if column not in present]
+    missing = [column for _, column, _ in _MIXES if column not in present]
     return events.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in missing)
 
 
@@ -282,7 +276,7 @@ def _block_offsets(spec: BehaviourSpec) -> dict[str, int]:
     """Where each block starts: the mixes (by event column), the scalars, the windows."""
     offsets: dict[str, int] = {}
     start = 0
-    for field, column in _MIXES:
+    for field, column, _ in _MIXES:
         offsets[column] = start
         start += len(getattr(spec, field)) + 1
     offsets["scalars"] = start

@@ -26,10 +26,11 @@ from foresight.api.scorer.v1 import scorer_pb2_grpc
 from foresight.runtime.logs import configure_logging
 from foresight.runtime.server import ServiceRuntime, fatal_startup_errors, run_service
 from foresight.settings import load_settings
+from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from services.scorer.explain import configure_native_threads
 from services.scorer.health import Thresholds
-from services.scorer.recovery import SCORES_FOLDER, recover_interrupted
+from services.scorer.recovery import recover_interrupted
 from services.scorer.service import Scorer, ScorerConfig
 from services.scorer.servicer import SERVICE_NAME, ScorerServicer
 from services.scorer.settings import ScorerSettings
@@ -161,7 +162,7 @@ def main() -> None:
         # Before any worker serves: the runs a killed scorer left RUNNING become
         # FAILED "interrupted" and score files no READY run points at are removed.
         interrupted, removed = recover_interrupted(
-            db, settings.artifacts_dir / SCORES_FOLDER, settings.artifacts_url
+            db, ArtifactStore(settings.artifacts_dir, settings.artifacts_url)
         )
         log.info("recovered", extra={"interrupted_runs": interrupted, "files_removed": removed})
         db.dispose()

@@ -55,9 +55,7 @@ def end_runs(
             artifacts.remove_file(relative)
 
 
-def recover_interrupted(
-    db: Database, scores_root: Path, mirror: str | None = None
-) -> tuple[list[str], int]:
+def recover_interrupted(db: Database, artifacts: ArtifactStore) -> tuple[list[str], int]:
     """At scorer start: fail the runs a killed scorer left RUNNING, remove orphan score files.
 
     Only the scorer writes scoring runs and the scores folder, so every RUNNING
@@ -65,7 +63,7 @@ def recover_interrupted(
     "interrupted" with its partial rows deleted. Files under the scores folder
     that no READY run points at (a failed run's copy, a temporary file of a
     killed write) are removed, and so are model health files of no READY run
-    (summaries of pruned runs stay). With the artifact `mirror`, the interrupted
+    (summaries of pruned runs stay). With an artifact mirror, the interrupted
     runs' copies there are removed too (local orphans are only this scorer's).
     Returns (interrupted run ids, orphan files removed).
     """
@@ -87,17 +85,16 @@ def recover_interrupted(
                 )
             )
         }
-    end_runs(db, ArtifactStore(scores_root.parent, mirror), running, Status.FAILED, INTERRUPTED)
-    keep = {scores_root.parent / p for p in kept} | {
-        sidecar_of(scores_root.parent / p) for p in kept
-    }
+    end_runs(db, artifacts, running, Status.FAILED, INTERRUPTED)
+    keep = {artifacts.root / name for path in kept for name in score_files(path)}
+    scores_root = artifacts.root / SCORES_FOLDER
     removed = 0
     if scores_root.is_dir():
         for f in scores_root.rglob("*"):
             if f.is_file() and f not in keep:
                 f.unlink(missing_ok=True)
                 removed += 1
-    return list(running), removed + _sweep_summaries(db, scores_root.parent / HEALTH_FOLDER)
+    return list(running), removed + _sweep_summaries(db, artifacts.root / HEALTH_FOLDER)
 
 
 def _sweep_summaries(db: Database, health_root: Path) -> int:

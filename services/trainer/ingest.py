@@ -163,7 +163,8 @@ class Ingestor:
         now = now or datetime.now(UTC)
         summary = IngestSummary(dataset=dataset, duplicate_policy=duplicates)
         with self._lock(dataset):
-            known = catalog.catalogued_parts(self.db, dataset)
+            known = catalog.catalogued_parts(self.db, dataset)  # grows with this call's parts
+            existed = bool(known)
             written: list[PartInfo] = []
             quarantines: list[tuple[str, int]] = []  # written here, not yet catalogued
             rejected: list[pl.DataFrame] = []
@@ -178,9 +179,8 @@ class Ingestor:
                     summary.reject_reasons.update(result.reason_counts())
                     if result.rejected.height:
                         rejected.append(result.rejected)
-                    parts = self.store.write(
-                        dataset, result.accepted, [*known, *(p.path for p in written)]
-                    )
+                    parts = self.store.write(dataset, result.accepted, known)
+                    known.extend(p.path for p in parts)
                     written.extend(parts)
                     summary.written += sum(p.rows for p in parts)
                     if sum(r.height for r in rejected) >= 100_000:  # bounded memory
@@ -190,7 +190,7 @@ class Ingestor:
                         on_batch(summary)
                 if rejected:
                     summary.quarantine_path = self._quarantine(dataset, rejected, quarantines)
-                if written or quarantines or (summary.rows_read and not known):
+                if written or quarantines or (summary.rows_read and not existed):
                     # All or nothing: one transaction publishes every part (an
                     # empty dataset still exists once rows were read).
                     catalog.record_import(
@@ -199,7 +199,9 @@ class Ingestor:
             except BaseException:
                 # Nothing of a failed, cancelled or interrupted import is visible;
                 # what a kill -9 leaves here is swept at the next start.
-                self.store.remove(dataset, [*(p.path for p in written), *dict(quarantines)])
+                self.store.remove(
+                    dataset, [*(p.path for p in written), *(p for p, _ in quarantines)]
+                )
                 raise
             finally:
                 self.store.release(dataset)
@@ -216,7 +218,9 @@ class Ingestor:
         """
         frame = pl.concat(rejected, how="vertical_relaxed")
         path = self.store.quarantine_path(dataset, frame)
-        if not catalog.quarantine_recorded(self.db, dataset, path) and path not in dict(new):
+        if path not in (p for p, _ in new) and not catalog.quarantine_recorded(
+            self.db, dataset, path
+        ):
             new.append((self.store.write_quarantine(dataset, frame), frame.height))
         return path
 

@@ -132,7 +132,6 @@ def evaluate_validation_model(
 ) -> ModelEvaluation:
     """Metrics and factors of the validation model on the held-out profiles (streaming.py)."""
     booster = fitted.validation_model
-    p_eval = fitted.calibrator.apply(held.raw)
     contributions = np.asarray(
         booster.predict(held.X_explained, pred_contrib=True, num_threads=threads),
         dtype=np.float64,
@@ -147,7 +146,12 @@ def evaluate_validation_model(
         train_negatives=len(split.train) - train_pos,
     )
     evaluation = evaluate_model(
-        held.y, p_eval, contributions, spec.features, context, explained_rows=held.explained
+        held.y,
+        held.probability,
+        contributions,
+        spec.features,
+        context,
+        explained_rows=held.explained,
     )
     evaluation.calibrator = calibration_summary(
         held.y, held.raw, fitted.calibrator, fitted.cv_brier

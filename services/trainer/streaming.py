@@ -38,6 +38,7 @@ class HeldOut:
 
     y: np.ndarray  # int8 labels
     raw: np.ndarray  # float64 probabilities before calibration
+    probability: np.ndarray  # the same, calibrated
     explained: np.ndarray  # sorted row indices whose TreeSHAP values the factors use
     X_explained: np.ndarray  # float32 feature rows of `explained`, in that order
 
@@ -111,7 +112,8 @@ def held_out(
     )
     raw = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.float64)
     y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int8)
-    explained = explanation_sample(calibrator.apply(raw))
+    probability = calibrator.apply(raw)
+    explained = explanation_sample(probability)
     starts = np.cumsum([0] + [len(p[1]) for p in parts])
     wanted: list[tuple[int, np.ndarray]] = []
     for i in range(len(parts)):
@@ -123,4 +125,4 @@ def held_out(
         [(jobs[i], spec, cutoff, ordered[i][local], profiles[i]) for i, local in wanted],
     )
     X_explained = np.vstack(rows) if rows else np.zeros((0, len(spec.features)), dtype=np.float32)
-    return HeldOut(y, raw, explained, X_explained)
+    return HeldOut(y, raw, probability, explained, X_explained)

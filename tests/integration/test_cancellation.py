@@ -74,11 +74,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = EventStore(data_dir / "events", shards=SHARDS)
     accepted = validate(pl.read_parquet(g.events_path), g.ingest_now).accepted
     parts = store.write(DATASET, accepted, [])
-    record_import(
-        db,
-        DATASET,
-        [p.catalogued() for p in parts],
-    )
+    record_import(db, DATASET, [p.catalogued() for p in parts])
     config = inst.from_dict(
         {
             "name": INSTANCE,

@@ -80,11 +80,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     db.migrate()
     store = EventStore(root / "events", shards=SHARDS)
     parts = store.write(DATASET, pl.read_parquet(generated.events_path), [])
-    catalog.record_import(
-        db,
-        DATASET,
-        [p.catalogued() for p in parts],
-    )
+    catalog.record_import(db, DATASET, [p.catalogued() for p in parts])
     by_shard: dict[int, list[str]] = {}
     for part in catalog.catalogued_parts(db, DATASET):
         by_shard.setdefault(EventStore.shard_of_part(part), []).append(part)

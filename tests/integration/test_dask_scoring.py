@@ -68,11 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     parts = store.write(
         DATASET, validate(pl.read_parquet(g.events_path), g.ingest_now).accepted, []
     )
-    catalog.record_import(
-        db,
-        DATASET,
-        [p.catalogued() for p in parts],
-    )
+    catalog.record_import(db, DATASET, [p.catalogued() for p in parts])
     config = {
         "name": INSTANCE,
         "type": "CONVERSION",

@@ -152,7 +152,7 @@ async def test_summaries_outlive_pruned_scores_and_restart_recovery(world: Healt
     scores_root = world.data_dir / "artifacts" / SCORES_FOLDER
     oldest = world.run_ids[0]
     assert not (scores_root / INSTANCE / f"{oldest}.parquet").exists()  # pruned (3 kept)
-    recover_interrupted(world.db, scores_root)  # what a scorer start does
+    recover_interrupted(world.db, ArtifactStore(world.data_dir / "artifacts"))  # a scorer start
     health = await _health(world, scorer_pb2.GetModelHealthRequest(instance=INSTANCE, max_runs=1))
     assert len(health.runs) == 1 and health.runs[0].run.run_id == world.run_ids[-1]
     assert health.runs[0].drift.previous_run_id == world.run_ids[-2]  # one run beyond the page

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import INTERRUPTED, Status
 from foresight.storage.models import ProfileScoreRow, ScoringRunRow
@@ -63,7 +64,7 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
             )
         )
 
-    interrupted, removed = recover_interrupted(database, scores)
+    interrupted, removed = recover_interrupted(database, ArtifactStore(tmp_path / "artifacts"))
 
     # The failed run's copy and the temp file; its summary and the temp summary
     # (the interrupted run's summary goes with the run itself).
@@ -81,4 +82,4 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
         "killed": (Status.FAILED.value, INTERRUPTED),
         "failed": (Status.FAILED.value, None),
     }
-    assert recover_interrupted(database, scores) == ([], 0)
+    assert recover_interrupted(database, ArtifactStore(tmp_path / "artifacts")) == ([], 0)

@@ -151,11 +151,7 @@ def _trained(tmp_path: Path, profiles: int = 600) -> tuple[Database, EventStore,
     parts = events.write(
         "shop", validate(pl.read_parquet(g.events_path), g.ingest_now).accepted, []
     )
-    catalog.record_import(
-        db,
-        "shop",
-        [p.catalogued() for p in parts],
-    )
+    catalog.record_import(db, "shop", [p.catalogued() for p in parts])
     config = {
         "name": INSTANCE,
         "type": "CONVERSION",
@@ -355,7 +351,7 @@ def test_scorer_recovery_removes_an_interrupted_runs_mirror_copies(s3: str, tmp_
                     scores_path=names[run_id][0] if status is Status.READY else None,
                 )
             )
-    assert recover_interrupted(db, store.path("scores"), MIRROR)[0] == ["killed-run"]
+    assert recover_interrupted(db, store)[0] == ["killed-run"]
     assert _mirrored("killed-run") == []
     assert _mirrored("ready-run") == [f"ready-run.{x}" for x in ("json", "npz", "parquet")]
     # A scorer on an empty volume copies a mirrored file in; one the mirror lacks is None.

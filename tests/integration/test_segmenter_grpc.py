@@ -57,11 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     store = EventStore(data_dir / "events", shards=SHARDS)
     accepted = validate(pl.read_parquet(g.events_path), g.ingest_now).accepted
     parts = store.write(DATASET, accepted, [])
-    record_import(
-        db,
-        DATASET,
-        [p.catalogued() for p in parts],
-    )
+    record_import(db, DATASET, [p.catalogued() for p in parts])
     info = EncoderTrainer(db, data_dir / "events", ArtifactStore(data_dir / "artifacts")).train(
         DATASET, 12, "pca", 1_000
     )

@@ -42,11 +42,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     store = EventStore(root / "events", shards=4)
     accepted = validate(pl.read_parquet(g.events_path), g.ingest_now).accepted
     parts = store.write("shop", accepted, [])
-    record_import(
-        db,
-        "shop",
-        [p.catalogued() for p in parts],
-    )
+    record_import(db, "shop", [p.catalogued() for p in parts])
     return {"root": root, "db": db, "events": accepted, "gen": g}
 
 

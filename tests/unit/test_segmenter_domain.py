@@ -37,11 +37,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     store = EventStore(root / "events", shards=SHARDS)
     accepted = validate(pl.read_parquet(g.events_path), g.ingest_now).accepted
     parts = store.write("shop", accepted, [])
-    record_import(
-        db,
-        "shop",
-        [p.catalogued() for p in parts],
-    )
+    record_import(db, "shop", [p.catalogued() for p in parts])
     artifacts = ArtifactStore(root / "artifacts")
     enc = EncoderTrainer(db, root / "events", artifacts).train("shop", 12, "pca", 1_200)
     assert enc.status == "READY", enc.error

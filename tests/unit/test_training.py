@@ -76,11 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     store = EventStore(root / "events", shards=4)
     events = pl.read_parquet(summary.events_path)
     parts = store.write(DATASET, events, [])
-    catalog.record_import(
-        db,
-        DATASET,
-        [p.catalogued() for p in parts],
-    )
+    catalog.record_import(db, DATASET, [p.catalogued() for p in parts])
     profiles = pl.read_parquet(summary.profiles_path)
     with db.session() as s:
         for row in profiles.to_dicts():
