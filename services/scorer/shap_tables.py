@@ -21,7 +21,6 @@ __all__ = [
     "MAX_DEPTH",
     "Flat",
     "Tree",
-    "distinct",
     "fill_leaf_tables",
     "go_left",
     "leaf_tables",
@@ -355,24 +354,3 @@ class Flat:
         return np.bincount(self.slot_column, weights=per_slot, minlength=n_features + 1)[
             :n_features
         ]
-
-
-def distinct(key: np.ndarray, key_space: int) -> tuple[np.ndarray, np.ndarray]:
-    """One representative row per distinct key, and each row's index among them."""
-    n = len(key)
-    if key_space <= 2 * n:
-        # Small key space: a dense table, O(n + key_space), no sort.
-        slot = np.full(key_space, -1, dtype=np.int64)
-        slot[key] = np.arange(n)
-        present = np.flatnonzero(slot >= 0)
-        compact = np.empty(key_space, dtype=np.int64)
-        compact[present] = np.arange(len(present))
-        return slot[present], compact[key]
-    order = np.argsort(key)
-    ordered = key[order]
-    first = np.empty(n, dtype=bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    inverse = np.empty(n, dtype=np.int64)
-    inverse[order] = np.cumsum(first) - 1
-    return order[first], inverse
