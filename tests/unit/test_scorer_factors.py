@@ -72,6 +72,18 @@ def test_top_factors_are_the_largest_absolute_contributions_strongest_first() ->
     assert (wide.codes[0, 4:] == NO_FACTOR).all()
 
 
+def test_top_factors_break_ties_by_column_and_match_a_full_sort_on_random_rows() -> None:
+    tied = np.array([[0.2, -0.5, 0.5, -0.2, 0.5]])
+    assert top_factors(tied, np.zeros((1, 5), np.float32), 4).codes.tolist() == [[1, 2, 4, 0]]
+    rng = np.random.default_rng(4)
+    contributions = rng.normal(size=(2000, 40)) * (rng.random((2000, 40)) < 0.3)
+    top = top_factors(contributions, rng.normal(size=(2000, 40)).astype(np.float32), 5)
+    for row, codes in zip(contributions, top.codes.tolist(), strict=True):
+        # Stable sort by strength: equal strengths keep column order.
+        expected = [int(c) for c in np.argsort(-np.abs(row), kind="stable")[:5] if row[c] != 0]
+        assert [c for c in codes if c != NO_FACTOR] == expected
+
+
 def test_rendered_factors_have_human_text_with_the_value() -> None:
     features = (
         FeatureDef("days_since_last__commerce.purchases", "Days since last purchase", Unit.DAYS),
