@@ -35,7 +35,14 @@ from services.scorer.factors import NO_FACTOR, TopFactors, importance_of, top_fa
 from services.scorer.models import LoadedModel, load_bundle
 from services.scorer.records import Importance
 
-_IMPORTANCE_TAILS = ("", *(f',"importance":"{i.name}"}}' for i in Importance))
+_ROW_END = "]\n"
+_IMPORTANCE_TAILS = [f',"importance":"{i.name}"}}' for i in Importance]
+# What follows a factor's impact: its importance, then "," if another factor follows, else
+# the row's end. Indexed [importance code, another factor follows]; an empty slot adds nothing.
+_TAILS = np.array(
+    [["", ""], *([f'{tail}{_ROW_END}', f"{tail},"] for tail in _IMPORTANCE_TAILS)],
+    dtype=object,
+)
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, without its overhead
 
 
@@ -136,7 +143,8 @@ def factor_json(features: Sequence[FeatureDef], factors: TopFactors) -> list[str
     The text `json.dumps` of the factor dicts writes, built from pieces: the
     `{"code":…,"text":…,"impact":` of each distinct (code, value) is rendered
     once, feature by feature, the impact with float repr as json does, the
-    importance from three tails.
+    importance and what follows it (`,` or the row's end) from a small table.
+    Every row's pieces are joined in one call and split at the row ends.
     """
     n, k = factors.codes.shape
     if n == 0:
@@ -157,14 +165,19 @@ def factor_json(features: Sequence[FeatureDef], factors: TopFactors) -> list[str
         head = f'{{"code":{json.dumps(feature.code)},"text":'
         texts = format_factor_values(feature, distinct_values[lo:hi].tolist())
         rendered += [f'{head}{_json_string(text)},"impact":' for text in texts]
-    heads = np.array(rendered, dtype=object)[inverse].tolist()
     impacts = factors.impacts.astype(np.float64).round(6).reshape(-1)
     as_json = float.__repr__ if np.isfinite(impacts).all() else json.dumps  # NaN, Infinity
-    numbers = map(as_json, impacts.tolist())
-    tails = map(_IMPORTANCE_TAILS.__getitem__, importance_of(factors.impacts).reshape(-1).tolist())
-    items = list(map(str.__add__, map(str.__add__, heads, numbers), tails))
     # Slots are filled strongest first: a row's factors end at its first empty slot.
     empty = codes == NO_FACTOR
-    counts = np.where(empty.any(axis=1), empty.argmax(axis=1), k).tolist()
-    join = ",".join
-    return [f"[{join(items[r * k : r * k + c])}]" for r, c in enumerate(counts)]
+    more = np.zeros((n, k), dtype=np.int64)
+    more[:, :-1] = ~empty[:, 1:]
+    tails = _TAILS[np.where(empty, 0, importance_of(factors.impacts)), more]
+    tails[:, 0] = np.where(empty[:, 0], _ROW_END, tails[:, 0])  # no factor at all: "[]"
+    pieces = np.empty((n, 3 * k + 1), dtype=object)
+    pieces[:, 0] = "["
+    pieces[:, 1::3] = np.array(rendered, dtype=object)[inverse].reshape(n, k)
+    pieces[:, 2::3] = np.array(list(map(as_json, impacts.tolist())), dtype=object).reshape(n, k)
+    pieces[:, 3::3] = tails
+    pieces[:, 2::3][empty] = ""
+    # JSON text never holds a raw newline (strings are escaped): it ends each row.
+    return "".join(pieces.reshape(-1).tolist()).split("\n")[:-1]
