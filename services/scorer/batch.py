@@ -40,7 +40,7 @@ _IMPORTANCE_TAILS = [f',"importance":"{i.name}"}}' for i in Importance]
 # What follows a factor's impact: its importance, then "," if another factor follows, else
 # the row's end. Indexed [importance code, another factor follows]; an empty slot adds nothing.
 _TAILS = np.array(
-    [["", ""], *([f'{tail}{_ROW_END}', f"{tail},"] for tail in _IMPORTANCE_TAILS)],
+    [["", ""], *([f"{tail}{_ROW_END}", f"{tail},"] for tail in _IMPORTANCE_TAILS)],
     dtype=object,
 )
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, without its overhead

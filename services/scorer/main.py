@@ -82,7 +82,7 @@ def make_setup(
 
     async def setup(runtime: ServiceRuntime) -> Callable[[], Awaitable[None]]:
         scorer_pb2_grpc.add_ScorerServiceServicer_to_server(ScorerServicer(scorer), runtime.server)
-        runtime.on_shutdown(scorer.engine.runner.close)  # worker processes or the Dask client
+        runtime.on_shutdown(scorer.engine.close)  # workers or the Dask client; pending deletes
         if extra_handlers:
             runtime.server.add_generic_rpc_handlers(tuple(extra_handlers))
 

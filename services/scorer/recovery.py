@@ -55,6 +55,16 @@ def end_runs(
             artifacts.remove_file(relative)
 
 
+def drop_pruned_rows(db: Database) -> int:
+    """Delete the `profile_scores` rows of pruned runs (succeeded, no scores path any more)."""
+    pruned = select(ScoringRunRow.run_id).where(
+        ScoringRunRow.status == Status.READY.value, ScoringRunRow.scores_path.is_(None)
+    )
+    with db.session() as session:
+        result = session.execute(delete(ProfileScoreRow).where(ProfileScoreRow.run_id.in_(pruned)))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def recover_interrupted(db: Database, artifacts: ArtifactStore) -> tuple[list[str], int]:
     """At scorer start: fail the runs a killed scorer left RUNNING, remove orphan score files.
 
@@ -63,7 +73,7 @@ def recover_interrupted(db: Database, artifacts: ArtifactStore) -> tuple[list[st
     "interrupted" with its partial rows deleted. Files under the scores folder
     that no READY run points at (a failed run's copy, a temporary file of a
     killed write) are removed, and so are model health files of no READY run
-    (summaries of pruned runs stay). With an artifact mirror, the interrupted
+    (summaries of pruned runs stay), and rows of pruned runs. With an artifact mirror, the interrupted
     runs' copies there are removed too (local orphans are only this scorer's).
     Returns (interrupted run ids, orphan files removed).
     """
@@ -86,6 +96,7 @@ def recover_interrupted(db: Database, artifacts: ArtifactStore) -> tuple[list[st
             )
         }
     end_runs(db, artifacts, running, Status.FAILED, INTERRUPTED)
+    drop_pruned_rows(db)  # a scorer killed while it deleted them
     keep = {artifacts.root / name for path in kept for name in score_files(path)}
     scores_root = artifacts.root / SCORES_FOLDER
     removed = 0

@@ -30,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import Counter, Histogram
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.features.labels import as_utc, staleness_warning
@@ -49,7 +49,7 @@ from services.scorer.factors import (
 from services.scorer.health import summarize, summary_file, write_summary
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import Bucket, Progress, ScoringRun
-from services.scorer.recovery import end_runs, score_files, scores_path_of
+from services.scorer.recovery import drop_pruned_rows, end_runs, score_files, scores_path_of
 from services.scorer.snapshot import RunScores, SnapshotStore
 
 log = logging.getLogger("foresight.scorer.scoring")
@@ -112,6 +112,13 @@ class ScoringEngine:
         # Dask cluster at `scheduler` (FORESIGHT_DASK_SCHEDULER).
         self.runner = ShardRunner(self.threads, scheduler=scheduler)
         self.stage_seconds: dict[str, float] = {}  # of the last run, for logs and the benchmark
+        # Deletes pruned runs' rows, one at a time, off the RunScoring path.
+        self._housekeeping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-prune")
+
+    def close(self) -> None:
+        """End the shard workers (or the Dask client) and finish pending row deletes."""
+        self.runner.close()
+        self._housekeeping.shutdown(wait=True)
 
     # --- runs ---------------------------------------------------------------------
 
@@ -368,7 +375,13 @@ class ScoringEngine:
         return status
 
     def _prune(self, instance: str) -> None:
-        """Keep the scores of the newest `keep_runs` succeeded runs; the run history stays."""
+        """Keep the scores of the newest `keep_runs` succeeded runs; the run history stays.
+
+        The runs and their files go now; their rows (a million per run: seconds of
+        DELETE) are deleted in the background, after RunScoring has returned. A
+        scorer killed before that leaves rows of runs with no scores path, which
+        start-up recovery deletes (`recovery.drop_pruned_rows`).
+        """
         with self.db.session() as session:
             old = session.execute(
                 select(ScoringRunRow.run_id, ScoringRunRow.scores_path)
@@ -380,15 +393,16 @@ class ScoringEngine:
                 .order_by(ScoringRunRow.finished_at.desc())
                 .offset(self.keep_runs)
             ).all()
-            for run_id, path in old:
-                session.execute(delete(ProfileScoreRow).where(ProfileScoreRow.run_id == run_id))
-                session.execute(
-                    update(ScoringRunRow)
-                    .where(ScoringRunRow.run_id == run_id)
-                    .values(scores_path=None)
-                )
-                for name in score_files(path) if path else ():
-                    self.artifacts.remove_file(name)  # at the mirror too
+            session.execute(
+                update(ScoringRunRow)
+                .where(ScoringRunRow.run_id.in_([run_id for run_id, _ in old]))
+                .values(scores_path=None)
+            )
+        for _, path in old:
+            for name in score_files(path) if path else ():
+                self.artifacts.remove_file(name)  # at the mirror too
+        if old:
+            self._housekeeping.submit(drop_pruned_rows, self.db)
 
     # --- history --------------------------------------------------------------------
 

@@ -52,17 +52,20 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
         s.add(_run("killed", Status.RUNNING))
         s.add(_run("failed", Status.FAILED))
     with database.session() as s:
-        s.add(
-            ProfileScoreRow(
-                run_id="killed",
-                profile_id="p1",
-                probability=0.5,
-                score=50,
-                percentile=50,
-                bucket="MEDIUM",
-                factors="[]",
+        # A killed run's partial rows; a pruned run's rows the background delete did not
+        # reach (the scorer was killed); the served run's rows.
+        for run_id in ("killed", "pruned", "ready"):
+            s.add(
+                ProfileScoreRow(
+                    run_id=run_id,
+                    profile_id="p1",
+                    probability=0.5,
+                    score=50,
+                    percentile=50,
+                    bucket="MEDIUM",
+                    factors="[]",
+                )
             )
-        )
 
     interrupted, removed = recover_interrupted(database, ArtifactStore(tmp_path / "artifacts"))
 
@@ -74,8 +77,8 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
     assert kept.read_bytes() == b"scores"
     with database.session() as s:
         runs = {r.run_id: (r.status, r.error) for r in s.scalars(select(ScoringRunRow))}
-        partial = s.scalars(select(ProfileScoreRow).where(ProfileScoreRow.run_id == "killed"))
-        assert partial.first() is None
+        left = set(s.scalars(select(ProfileScoreRow.run_id)))
+        assert left == {"ready"}  # the killed run's and the pruned run's rows are gone
     assert runs == {
         "ready": (Status.READY.value, None),
         "pruned": (Status.READY.value, None),

@@ -11,6 +11,7 @@ mirror serves it.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 from distributed import LocalCluster
+from sqlalchemy import select
 
 from foresight import instance as inst
 from foresight.errors import FailedPrecondition, Unavailable
@@ -31,7 +33,7 @@ from foresight.storage.artifacts import MANIFEST, ArtifactStore, atomic_write_by
 from foresight.storage.bundles import MODEL_ONNX
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status
-from foresight.storage.models import InstanceRow, ScoringRunRow
+from foresight.storage.models import InstanceRow, ProfileScoreRow, ScoringRunRow
 from foresight.tools.generate import generate
 from services.scorer.health import read_summary
 from services.scorer.records import InstanceScore
@@ -280,7 +282,10 @@ def test_pruning_removes_a_run_from_the_mirror(s3: str, tmp_path: Path) -> None:
         assert len(_mirrored(old.run_id)) == 3
         new = scorer.run_scoring(INSTANCE, None)
     finally:
-        scorer.engine.runner.close()
+        scorer.engine.close()  # waits for the background delete of the pruned rows
+    with db.session() as s:
+        rows = Counter(s.scalars(select(ProfileScoreRow.run_id)))
+    assert rows[old.run_id] == 0 and rows[new.run_id] == new.profiles > 0
     assert _mirrored(old.run_id) == [f"{old.run_id}.json"]  # the summary outlives the scores
     assert len(_mirrored(new.run_id)) == 3
     replica = _scorer(db, events, tmp_path / "empty")
