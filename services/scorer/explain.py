@@ -91,7 +91,7 @@ class FastTreeShap:
         split's missing type is NaN); zero flags that 0.0. Together they fix the
         decision at every split on the feature, whatever its missing type.
         """
-        codes = np.zeros((self.n_features, X.shape[0]), dtype=np.int64)
+        codes = np.zeros((self.n_features, X.shape[0]), dtype=np.int32)
         for f, glob in self.thresholds.items():
             x = X[:, f].astype(np.float64)
             nan = np.isnan(x)

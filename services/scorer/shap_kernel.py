@@ -89,7 +89,7 @@ class Packed:
             features=joined(features, np.int64),
             multipliers=joined(multipliers, np.int64),
             lut_start=starts([len(lut) for lut in luts]),
-            luts=joined(luts, np.int64),
+            luts=joined(luts, np.int32),
             tree_nodes=starts(nodes),
             node_feature=joined([t.features[t.node_column] for t in trees], np.int64),
             node_threshold32=joined([t.node_threshold32 for t in trees], np.float32),
