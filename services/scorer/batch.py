@@ -21,6 +21,7 @@ from datetime import datetime
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from foresight.errors import FailedPrecondition
 from foresight.events.partitions import shard_of
@@ -29,11 +30,13 @@ from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles
 from foresight.features.spec import FeatureDef, format_factor_values
 from foresight.storage.artifacts import materialize
+from foresight.storage.db import Database
+from foresight.storage.models import ProfileScoreRow
 from services.scorer.drift import Sketch, sketch_columns
 from services.scorer.explain import configure_native_threads
 from services.scorer.factors import NO_FACTOR, TopFactors, importance_of, top_factors
 from services.scorer.models import LoadedModel, load_bundle
-from services.scorer.records import Importance
+from services.scorer.records import Bucket, Importance
 
 _ROW_END = "]\n"
 _IMPORTANCE_TAILS = [f',"importance":"{i.name}"}}' for i in Importance]
@@ -128,6 +131,49 @@ def score_job(job: ShardJob, profiles: pl.DataFrame | None) -> ShardScores:
     result = score_shard(events, profiles, job.as_of, model, job.k)
     result.seconds["read"] = read
     return result
+
+
+@dataclass(frozen=True)
+class LoadJob:
+    """One chunk of a run's rows to render and bulk load into `profile_scores` (picklable:
+    a worker process or a Dask task runs it, with its own connection)."""
+
+    database_url: str
+    run_id: str
+    features: tuple[FeatureDef, ...]
+    ids: pa.Array
+    probability: np.ndarray  # float32
+    score: np.ndarray
+    percentile: np.ndarray
+    bucket: np.ndarray  # Bucket values
+    factors: TopFactors
+
+
+LOAD_COLUMNS = ("run_id", "profile_id", "probability", "score", "percentile", "bucket", "factors")
+_BUCKET_NAMES = {int(b): b.name for b in Bucket}
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_database(url: str) -> Database:
+    return Database(url)  # one engine per worker process, kept for the following chunks
+
+
+def load_job(job: LoadJob) -> int:
+    """Render a chunk's factor JSON and bulk load its rows (COPY on PostgreSQL)."""
+    rows = list(
+        zip(
+            [job.run_id] * len(job.ids),
+            job.ids.to_pylist(),
+            job.probability.astype(np.float64).tolist(),
+            job.score.tolist(),
+            job.percentile.tolist(),
+            [_BUCKET_NAMES[b] for b in job.bucket.tolist()],
+            factor_json(job.features, job.factors),
+            strict=True,
+        )
+    )
+    table = ProfileScoreRow.__table__
+    return _worker_database(job.database_url).bulk_load(table, LOAD_COLUMNS, rows)  # type: ignore[arg-type]
 
 
 def profiles_of(profiles: pl.DataFrame | None, shard: int, shards: int) -> pl.DataFrame | None:

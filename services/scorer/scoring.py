@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import numpy as np
@@ -38,8 +38,15 @@ from foresight.shards import ShardRunner
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from foresight.storage.lifecycle import Status, ending_of
-from foresight.storage.models import ProfileScoreRow, ScoringRunRow, utcnow
-from services.scorer.batch import ShardJob, ShardScores, factor_json, profiles_of, score_job
+from foresight.storage.models import ScoringRunRow, utcnow
+from services.scorer.batch import (
+    LoadJob,
+    ShardJob,
+    ShardScores,
+    load_job,
+    profiles_of,
+    score_job,
+)
 from services.scorer.catalog import Catalog, DatasetParts
 from services.scorer.factors import (
     TopFactors,
@@ -48,7 +55,7 @@ from services.scorer.factors import (
 )
 from services.scorer.health import summarize, summary_file, write_summary
 from services.scorer.models import LoadedModel, ModelRegistry
-from services.scorer.records import Bucket, Progress, ScoringRun
+from services.scorer.records import Progress, ScoringRun
 from services.scorer.recovery import drop_pruned_rows, end_runs, score_files, scores_path_of
 from services.scorer.snapshot import RunScores, SnapshotStore
 
@@ -63,7 +70,6 @@ RUN_SECONDS = Histogram(
 
 ProgressFn = Callable[[Progress], None]
 _DB_CHUNK = 50_000
-_BUCKET_NAMES = {int(b): b.name for b in Bucket}
 
 
 def run_from_row(row: ScoringRunRow) -> ScoringRun:
@@ -301,12 +307,11 @@ class ScoringEngine:
         relative = scores_path_of(scores.instance, scores.run_id)
         t0 = time.perf_counter()
         notify(Progress("store", 0.85, f"storing {len(scores):,} scores"))
-        # The files (Parquet copy, sidecar) are written while the rows load, and each chunk
-        # of rows loads while the next one is rendered: writing mostly waits on I/O or runs
-        # outside the GIL.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="score-store") as pool:
+        # The files (Parquet copy, sidecar) are written here while the shard workers
+        # render and load the rows, a chunk per task (`load_job`).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-store") as pool:
             files = pool.submit(scores.write, self.artifacts.path(relative))
-            self._load_rows(scores, notify, pool)
+            self._load_rows(scores, notify)
             files.result()
         self.stage_seconds["write"] = time.perf_counter() - t0
         return relative
@@ -320,47 +325,35 @@ class ScoringEngine:
             self.artifacts.mirror_file(name)
         self.stage_seconds["mirror"] = time.perf_counter() - t0
 
-    def _load_rows(self, scores: RunScores, notify: ProgressFn, pool: ThreadPoolExecutor) -> None:
-        """Bulk load the run into `profile_scores`, in chunks: chunk i loads in `pool`
-        while chunk i + 1 is rendered."""
-        columns = (
-            "run_id",
-            "profile_id",
-            "probability",
-            "score",
-            "percentile",
-            "bucket",
-            "factors",
-        )
-        table = ProfileScoreRow.__table__
-        ids = scores.ids.to_pylist()
-        probability = scores.probability.astype(np.float64).tolist()
-        score = scores.score.tolist()
-        percentile = scores.percentile.tolist()
-        bucket = [_BUCKET_NAMES[b] for b in scores.bucket.tolist()]
+    def _load_rows(self, scores: RunScores, notify: ProgressFn) -> None:
+        """Bulk load the run into `profile_scores`: chunks rendered and loaded side by side
+        in the shard workers (each chunk its own transaction; a failed run's rows are
+        deleted with it)."""
         n = len(scores)
-        loading: Future[int] | None = None
-        for start in range(0, n, _DB_CHUNK):
-            stop = min(n, start + _DB_CHUNK)
-            rows = list(
-                zip(
-                    [scores.run_id] * (stop - start),
-                    ids[start:stop],
-                    probability[start:stop],
-                    score[start:stop],
-                    percentile[start:stop],
-                    bucket[start:stop],
-                    factor_json(scores.features, scores.factors.rows(start, stop)),
-                    strict=True,
-                )
+        jobs = [
+            (
+                LoadJob(
+                    self.db.url,
+                    scores.run_id,
+                    tuple(scores.features),
+                    scores.ids.slice(start, _DB_CHUNK),
+                    scores.probability[start : start + _DB_CHUNK],
+                    scores.score[start : start + _DB_CHUNK],
+                    scores.percentile[start : start + _DB_CHUNK],
+                    scores.bucket[start : start + _DB_CHUNK],
+                    scores.factors.rows(start, start + _DB_CHUNK),
+                ),
             )
-            if loading is not None:
-                loading.result()
-                notify(Progress("store", 0.85 + 0.15 * start / n, f"{start:,}/{n:,} scores stored"))
-            loading = pool.submit(self.db.bulk_load, table, columns, rows)  # type: ignore[arg-type]
-        if loading is not None:
-            loading.result()
-            notify(Progress("store", 1.0, f"{n:,}/{n:,} scores stored"))
+            for start in range(0, n, _DB_CHUNK)
+        ]
+
+        def done(count: int, total: int) -> None:
+            stored = min(n, count * _DB_CHUNK)
+            notify(
+                Progress("store", 0.85 + 0.15 * count / total, f"{stored:,}/{n:,} scores stored")
+            )
+
+        self.runner.map(load_job, jobs, done)
 
     def _fail(self, run_id: str, instance: str, exc: BaseException) -> Status:
         """End a run FAILED or CANCELLED: its stored scores and score files are removed."""
