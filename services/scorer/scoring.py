@@ -114,9 +114,10 @@ class ScoringEngine:
         self.health_sample = health_sample  # profiles whose probability the run summary keeps
         self._running: set[str] = set()
         self._lock = threading.Lock()
-        # Shards run in worker processes that end with the run, or as tasks on the
-        # Dask cluster at `scheduler` (FORESIGHT_DASK_SCHEDULER).
-        self.runner = ShardRunner(self.threads, scheduler=scheduler)
+        # Shards and row loads run in worker processes that end with the last run in
+        # progress (one start-up per run, not per stage), or as tasks on the Dask cluster
+        # at `scheduler` (FORESIGHT_DASK_SCHEDULER).
+        self.runner = ShardRunner(self.threads, keep_alive=True, scheduler=scheduler)
         self.stage_seconds: dict[str, float] = {}  # of the last run, for logs and the benchmark
         # Deletes pruned runs' rows, one at a time, off the RunScoring path.
         self._housekeeping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-prune")
@@ -164,8 +165,10 @@ class ScoringEngine:
             self._prune(instance)
             return result
         finally:
-            with self._lock:
+            with self._lock:  # held while closing: a run starting now waits for a new pool
                 self._running.discard(instance)
+                if not self._running:
+                    self.runner.close()
 
     def _claim(self, instance: str) -> None:
         """One run per instance at a time: FailedPrecondition while another is in progress."""
