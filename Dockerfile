@@ -57,16 +57,18 @@ RUN groupadd --system --gid 10001 foresight \
 
 COPY --from=builder /opt/foresight /opt/foresight
 # Fail the build, not the first start, when a native library is missing.
-RUN /opt/foresight/bin/python -c "import hnswlib, lightgbm, onnxruntime, psycopg, foresight.healthcheck"
+RUN /opt/foresight/bin/python -c "import hnswlib, lightgbm, numba, onnxruntime, psycopg, foresight.healthcheck"
 
 # Inside a container the server must listen on every interface, not loopback;
-# the event store, artifacts and indexes live under /data (mount a volume).
+# the event store, artifacts and indexes live under /data (mount a volume), and so
+# does the compiled TreeSHAP loop (Numba's cache: compiled on the first batch run).
 ENV PATH=/opt/foresight/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     FORESIGHT_HOST=0.0.0.0 \
     FORESIGHT_DATA_DIR=/data \
-    FORESIGHT_IMPORT_ROOT=/data/imports
+    FORESIGHT_IMPORT_ROOT=/data/imports \
+    NUMBA_CACHE_DIR=/data/cache/numba
 
 USER foresight
 WORKDIR /home/foresight
