@@ -55,14 +55,42 @@ def end_runs(
             artifacts.remove_file(relative)
 
 
+_DELETE_BATCH = 10_000
+
+
 def drop_pruned_rows(db: Database) -> int:
-    """Delete the `profile_scores` rows of pruned runs (succeeded, no scores path any more)."""
-    pruned = select(ScoringRunRow.run_id).where(
-        ScoringRunRow.status == Status.READY.value, ScoringRunRow.scores_path.is_(None)
-    )
+    """Delete the `profile_scores` rows of pruned runs (succeeded, no scores path any more).
+
+    In transactions of 10,000 rows: a run's million rows in one DELETE would hold
+    SQLite's write lock longer than other writers wait for it (busy_timeout).
+    """
     with db.session() as session:
-        result = session.execute(delete(ProfileScoreRow).where(ProfileScoreRow.run_id.in_(pruned)))
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        runs = list(
+            session.scalars(
+                select(ScoringRunRow.run_id).where(
+                    ScoringRunRow.status == Status.READY.value,
+                    ScoringRunRow.scores_path.is_(None),
+                )
+            )
+        )
+    deleted = 0
+    for run_id in runs:
+        while True:
+            with db.session() as session:
+                keys = session.scalars(
+                    select(ProfileScoreRow.profile_id)
+                    .where(ProfileScoreRow.run_id == run_id)
+                    .limit(_DELETE_BATCH)
+                ).all()
+                session.execute(
+                    delete(ProfileScoreRow).where(
+                        ProfileScoreRow.run_id == run_id, ProfileScoreRow.profile_id.in_(keys)
+                    )
+                )
+            deleted += len(keys)
+            if len(keys) < _DELETE_BATCH:
+                break
+    return deleted
 
 
 def recover_interrupted(db: Database, artifacts: ArtifactStore) -> tuple[list[str], int]:
