@@ -110,6 +110,9 @@ class TopFactors:
         )
 
 
+_COLUMN_PASSES_FROM = 256  # rows: below, a sort per row costs less than 5 × F column passes
+
+
 def top_factors(contributions: np.ndarray, X: np.ndarray, k: int) -> TopFactors:
     """The k largest |contributions| per row, strongest first.
 
@@ -123,22 +126,27 @@ def top_factors(contributions: np.ndarray, X: np.ndarray, k: int) -> TopFactors:
     values = np.full((n, k), np.nan, dtype=np.float32)
     if n == 0 or k_eff == 0:
         return TopFactors(codes, impacts, values)
-    # k passes over the features, each keeping every row's strongest and striking it
-    # out: strongest first, a tie goes to the lower column. Feature-major (what the
-    # explainer returns, transposed): each pass is whole-column NumPy, ~20x faster
-    # than a per-row partial sort on [62k, 75].
-    magnitude = np.abs(np.ascontiguousarray(contributions.T))
     rows = np.arange(n)[:, None]
-    chosen = np.empty((n, k_eff), dtype=np.int64)
-    for slot in range(k_eff):
-        strongest = magnitude[0].copy()
-        best = np.zeros(n, dtype=np.int64)
-        for column in range(1, f):
-            stronger = magnitude[column] > strongest
-            np.maximum(strongest, magnitude[column], out=strongest)
-            best[stronger] = column
-        chosen[:, slot] = best
-        magnitude[best, rows[:, 0]] = -1.0
+    magnitude = np.abs(contributions)
+    if n < _COLUMN_PASSES_FROM:
+        # A few rows (real-time scoring): a stable sort per row, strongest first, a tie
+        # to the lower column.
+        chosen = np.argsort(-magnitude, axis=1, kind="stable")[:, :k_eff]
+    else:
+        # Many rows: k passes over the features, each keeping every row's strongest and
+        # striking it out (the same order). Feature-major (what the explainer returns,
+        # transposed), each pass is whole-column NumPy: ~13x faster on [62k, 75].
+        magnitude = np.ascontiguousarray(magnitude.T)
+        chosen = np.empty((n, k_eff), dtype=np.int64)
+        for slot in range(k_eff):
+            strongest = magnitude[0].copy()
+            best = np.zeros(n, dtype=np.int64)
+            for column in range(1, f):
+                stronger = magnitude[column] > strongest
+                np.maximum(strongest, magnitude[column], out=strongest)
+                best[stronger] = column
+            chosen[:, slot] = best
+            magnitude[best, rows[:, 0]] = -1.0
     chosen_impacts = contributions[rows, chosen]
     present = chosen_impacts != 0
     codes[:, :k_eff] = np.where(present, chosen, NO_FACTOR)
