@@ -149,7 +149,7 @@ class LoadJob:
     factors: TopFactors
 
 
-LOAD_COLUMNS = ("run_id", "profile_id", "probability", "score", "percentile", "bucket", "factors")
+_LOAD_COLUMNS = ("run_id", "profile_id", "probability", "score", "percentile", "bucket", "factors")
 _BUCKET_NAMES = {int(b): b.name for b in Bucket}
 
 
@@ -173,7 +173,7 @@ def load_job(job: LoadJob) -> int:
         )
     )
     table = ProfileScoreRow.__table__
-    return _worker_database(job.database_url).bulk_load(table, LOAD_COLUMNS, rows)  # type: ignore[arg-type]
+    return _worker_database(job.database_url).bulk_load(table, _LOAD_COLUMNS, rows)  # type: ignore[arg-type]
 
 
 def profiles_of(profiles: pl.DataFrame | None, shard: int, shards: int) -> pl.DataFrame | None:

@@ -22,10 +22,9 @@ profiles. Batch scoring computes the same numbers another way:
    and a sort, 2.7× the time.
 
 The result equals LightGBM's `pred_contrib` up to float rounding (float32
-tables summed in float64; the tests hold it to 1e-5), ~25× faster per core
-on the trainer's models. The trees are read from model.txt directly, so the scorer
-process never imports LightGBM (which pulls in pandas, scikit-learn and SciPy:
-~120 MB of RSS); only a model this does not cover (categorical splits, linear
+tables summed in float64; the tests hold it to 1e-5). The trees are read from
+model.txt directly, so the scorer process never imports LightGBM (which pulls
+in pandas, scikit-learn and SciPy: ~120 MB of RSS); only a model this does not cover (categorical splits, linear
 trees, averaged output) falls back to LightGBM's `pred_contrib`. At load,
 models.py checks that expected value + contributions give ONNX's probability.
 """
@@ -111,7 +110,7 @@ class FastTreeShap:
         from services.scorer import shap_kernel
 
         if self._packed is None:
-            self._packed = shap_kernel.Packed.of(self.trees, self.flat.tables)
+            self._packed = shap_kernel.Packed.of(self.trees, self.flat)
         X = np.ascontiguousarray(X, dtype=np.float32)
         return shap_kernel.contributions(self._packed, X, self._codes(X), self.n_features).T
 
@@ -167,9 +166,8 @@ class TreeExplainer:
         """The model's probability per row, rebuilt from the contributions (SHAP's local accuracy)."""
         if self.fast is None:
             return np.asarray(self._booster.predict(X, num_threads=1), dtype=np.float64)
-        # Row by row (the serving path's tables): the batch loop's compiler stays out of
-        # the serving process; the two agree to float rounding (tests/unit/test_scorer_explain).
-        rows = np.where(np.isinf(X), np.nan, X).astype(np.float32)
-        contributions = np.stack([self.fast.flat.contributions(r, self.n_features) for r in rows])
-        raw = contributions.sum(axis=1) + self.fast.expected_value
+        # Row by row (the serving path): the batch loop's compiler stays out of the
+        # serving process; the two agree to float rounding (tests/unit/test_scorer_explain).
+        raw = np.stack([self.contributions_one(x) for x in X]).sum(axis=1)
+        raw += self.fast.expected_value
         return np.asarray(1.0 / (1.0 + np.exp(-self.sigmoid * raw)))

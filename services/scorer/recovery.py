@@ -101,8 +101,8 @@ def recover_interrupted(db: Database, artifacts: ArtifactStore) -> tuple[list[st
     "interrupted" with its partial rows deleted. Files under the scores folder
     that no READY run points at (a failed run's copy, a temporary file of a
     killed write) are removed, and so are model health files of no READY run
-    (summaries of pruned runs stay), and rows of pruned runs. With an artifact mirror, the interrupted
-    runs' copies there are removed too (local orphans are only this scorer's).
+    (summaries of pruned runs stay), and so are the rows of pruned runs. With an
+    artifact mirror, the interrupted runs' copies there are removed too (local orphans are only this scorer's).
     Returns (interrupted run ids, orphan files removed).
     """
     with db.session() as session:

@@ -2,17 +2,15 @@
 
 `FastTreeShap.contributions` (explain.py) describes the method: per tree, rows
 collapse to distinct patterns of split decisions, each pattern's SHAP values
-come from the leaf tables, and they are scattered back to the rows. In NumPy
-that costs ~15 whole-array passes per tree (bin lookups, a sort to find the
-distinct keys, a gather per feature); here one compiled pass per tree does
-the same arithmetic in the same order, so the numbers are bit for bit those
-of the NumPy formulation (`tests/unit/test_scorer_explain.py` holds them to
-it): decisions as `go_left`, path bits as integers, each feature's value the
-float32 sum over (leaf, slot) in order (what the float32 matrix product of
-the NumPy version adds up), widened to float64 and added tree by tree.
+come from the leaf tables, and they are scattered back to the rows. One
+compiled pass per tree does it: bin keys, distinct keys by open addressing,
+decisions as `go_left` decides them, path bits as integers, each feature's
+value the float64 sum of its float32 table entries over (leaf, slot) in
+order, added to the rows tree by tree. `tests/unit/test_scorer_explain.py`
+holds it to a NumPy formulation of the same arithmetic and to LightGBM.
 
 Compiled once per machine and cached on disk (`cache=True`); a process that
-finds the cache loads it in well under a second.
+finds the cache loads it in under a second.
 """
 
 from __future__ import annotations
@@ -22,50 +20,41 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from services.scorer.shap_tables import K_ZERO, Tree
+from services.scorer.shap_tables import K_ZERO, Flat, Tree
 
 __all__ = ["Packed", "contributions"]
 
 
 @dataclass(frozen=True)
 class Packed:
-    """Every explained tree's arrays end to end, as the compiled loop reads them."""
+    """What the compiled loop reads besides `Flat` (the trees' nodes, leaf offsets and
+    rows, and tables end to end): each tree's features and bin lookups, and every leaf's
+    path entries and slots grouped by leaf, local to its tree."""
 
+    flat: Flat
     tree_features: np.ndarray  # [T + 1] start of each tree's features in `features`
     features: np.ndarray  # [Σm] model column
     multipliers: np.ndarray  # [Σm] mixed-radix weight of the feature's local bin
     lut_start: np.ndarray  # [Σm + 1] start of each feature's bin lookup in `luts`
     luts: np.ndarray  # global bin code → local bin
-    tree_nodes: np.ndarray  # [T + 1]
-    node_feature: np.ndarray  # [N] model column of the split
-    node_threshold32: np.ndarray  # [N]
-    node_default_left: np.ndarray  # [N]
-    node_missing: np.ndarray  # [N]
-    tree_leaves: np.ndarray  # [T + 1]
+    tree_nodes: np.ndarray  # [T + 1] start of each tree's nodes in `flat`
+    tree_leaves: np.ndarray  # [T + 1] start of each tree's leaves in `flat`
     leaf_entries: np.ndarray  # [L + 1] start of each leaf's path entries
     entry_node: np.ndarray  # [E] node, local to its tree
     entry_weight: np.ndarray  # [E] ±2^k
-    leaf_offset: np.ndarray  # [L]
-    leaf_row: np.ndarray  # [L] row of (leaf, path bits 0) in `tables`
     leaf_slots: np.ndarray  # [L + 1] start of each leaf's path features in `slot_*`
-    slot_index: np.ndarray  # [S] the slot's column in `tables`
+    slot_index: np.ndarray  # [S] the slot's column in `flat.tables`
     slot_feature: np.ndarray  # [S] the slot's feature, local to its tree
-    tables: np.ndarray  # [R, D] float32 Shapley values (every tree's `by_path`)
 
     @classmethod
-    def of(cls, trees: list[Tree], tables: np.ndarray) -> Packed:
-        """Pack the trees; `tables` is `Flat.tables`, which their `by_path` are views of."""
-        features, multipliers, luts, nodes, leaves = [], [], [], [], []
-        entry_node, entry_weight, entries, leaf_row = [], [], [], []
+    def of(cls, trees: list[Tree], flat: Flat) -> Packed:
+        """Pack the trees `flat` was made of."""
+        luts: list[np.ndarray] = []
+        entry_node, entry_weight, entries = [], [], []
         slot_index, slot_feature, slots = [], [], []
-        row = 0
         for tree in trees:
             n_leaves, k = len(tree.path_offset), tree.path_width
-            features.append(tree.features)
-            multipliers.append(np.array(tree.multipliers, dtype=np.int64))
             luts += tree.luts
-            nodes.append(len(tree.node_column))
-            leaves.append(n_leaves)
             for leaf in range(n_leaves):
                 node = np.flatnonzero(tree.path_weights[:, leaf])
                 entry_node.append(node)
@@ -75,8 +64,6 @@ class Packed:
             slot_index.append(slot % k)
             slot_feature.append(column)
             slots += np.bincount(slot // k, minlength=n_leaves).tolist()
-            leaf_row.append(row + (np.arange(n_leaves, dtype=np.int64) << k))
-            row += len(tree.by_path)
 
         def starts(counts: list[int]) -> np.ndarray:
             return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
@@ -85,26 +72,20 @@ class Packed:
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
         return cls(
+            flat=flat,
             tree_features=starts([len(t.features) for t in trees]),
-            features=joined(features, np.int64),
-            multipliers=joined(multipliers, np.int64),
+            features=joined([t.features for t in trees], np.int64),
+            multipliers=joined([np.array(t.multipliers) for t in trees], np.int64),
             lut_start=starts([len(lut) for lut in luts]),
             luts=joined(luts, np.int32),
-            tree_nodes=starts(nodes),
-            node_feature=joined([t.features[t.node_column] for t in trees], np.int64),
-            node_threshold32=joined([t.node_threshold32 for t in trees], np.float32),
-            node_default_left=joined([t.node_default_left for t in trees], np.bool_),
-            node_missing=joined([t.node_missing for t in trees], np.int64),
-            tree_leaves=starts(leaves),
+            tree_nodes=starts([len(t.node_column) for t in trees]),
+            tree_leaves=starts([len(t.path_offset) for t in trees]),
             leaf_entries=starts(entries),
             entry_node=joined(entry_node, np.int64),
             entry_weight=joined(entry_weight, np.int64),
-            leaf_offset=joined([t.path_offset for t in trees], np.int64),
-            leaf_row=joined(leaf_row, np.int64),
             leaf_slots=starts(slots),
             slot_index=joined(slot_index, np.int64),
             slot_feature=joined(slot_feature, np.int64),
-            tables=tables,
         )
 
 
@@ -112,6 +93,7 @@ def contributions(packed: Packed, X: np.ndarray, codes: np.ndarray, n_features: 
     """SHAP contributions [F, n] (feature-major) of float32 rows `X` [n, F], given each
     feature's global bin code per row (`codes` [F, n], see `FastTreeShap._codes`)."""
     out = np.zeros((n_features, X.shape[0]))
+    flat = packed.flat
     _explain(
         np.ascontiguousarray(X.T),
         codes,
@@ -122,20 +104,20 @@ def contributions(packed: Packed, X: np.ndarray, codes: np.ndarray, n_features: 
         packed.lut_start,
         packed.luts,
         packed.tree_nodes,
-        packed.node_feature,
-        packed.node_threshold32,
-        packed.node_default_left,
-        packed.node_missing,
+        flat.node_column,
+        flat.node_threshold32,
+        flat.node_default_left,
+        flat.node_missing,
         packed.tree_leaves,
         packed.leaf_entries,
         packed.entry_node,
         packed.entry_weight,
-        packed.leaf_offset,
-        packed.leaf_row,
+        flat.leaf_offset,
+        flat.leaf_row,
         packed.leaf_slots,
         packed.slot_index,
         packed.slot_feature,
-        packed.tables,
+        flat.tables,
     )
     return out
 

@@ -333,7 +333,7 @@ class Flat:
             entry_node=joined(entry_node, np.int64),
             entry_leaf=joined(entry_leaf, np.int64),
             entry_weight=joined(entry_weight, np.float64),
-            leaf_offset=joined([t.path_offset for t in trees], np.float64),
+            leaf_offset=joined([t.path_offset for t in trees], np.int64),
             leaf_row=joined(leaf_row, np.int64),
             tables=tables,
             slot_column=joined(slot_column, np.int64),
