@@ -12,6 +12,8 @@ import asyncio
 import csv
 import io
 import json
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -38,6 +40,7 @@ from foresight.storage.models import (
     ModelVersionRow,
 )
 from foresight.tools.generate import generate
+from services.scorer import realtime
 from services.scorer.batch import factor_json, score_shard
 from services.scorer.factors import NO_FACTOR, importance_of
 from services.scorer.main import RunningScorer, build_scorer, start_scorer
@@ -369,6 +372,37 @@ async def test_score_profile_rejects_malformed_events(client: Client, world: Wor
         client.stub.ScoreProfile(scorer_pb2.ScoreProfileRequest(instance="nope", profile_id="x"))
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_score_profile_calls_take_turns_on_their_own_thread_while_lookups_go_on(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ScoreProfile's work holds the GIL: its calls run one at a time on one thread of
+    # their own (threads would only fight over the GIL), never on the event loop.
+    real = realtime.score_profile
+    running, seen = [0], []
+
+    def observed(*args: Any) -> Any:
+        running[0] += 1
+        seen.append((threading.current_thread().name, running[0]))
+        time.sleep(0.05)
+        try:
+            return real(*args)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(realtime, "score_profile", observed)
+    request = scorer_pb2.ScoreProfileRequest(instance="churn", profile_id=world.profile)
+    scoring = asyncio.gather(*(client.stub.ScoreProfile(request) for _ in range(4)))
+    await asyncio.sleep(0.02)
+    lookup = await client.stub.GetProfileScores(
+        scorer_pb2.GetProfileScoresRequest(profile_id=world.profile)
+    )
+    assert lookup.scores and not scoring.done()  # answered while the four were queued
+    answers = await scoring
+    assert len({a.score.probability for a in answers}) == 1
+    assert len(seen) == 4 and all(name.startswith("score-profile") for name, _ in seen)
+    assert max(count for _, count in seen) == 1
 
 
 # --- segments --------------------------------------------------------------------------------
