@@ -4,8 +4,8 @@ Snapshot lookups run on the event loop (a few microseconds of work; a thread
 hop would cost more than the lookup). Anything with I/O or real computation
 runs in a thread so the loop keeps serving lookups meanwhile. ScoreProfile has
 one thread of its own: its work holds the GIL most of the time, so more
-threads only fight over it (with four calls in flight, one thread served 330
-req/s where the shared pool's six served 270, a third of their CPU time spent
+threads only fight over it (with four calls in flight, one thread served 348
+req/s where the shared pool's six served 265, ~30% of their CPU time spent
 in the kernel); more cores are used through more server processes. Errors are never
 caught here: the runtime interceptor maps domain errors to status codes.
 """
