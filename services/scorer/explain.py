@@ -24,8 +24,9 @@ profiles. Batch scoring computes the same numbers another way:
 The result equals LightGBM's `pred_contrib` up to float rounding (float32
 tables summed in float64; the tests hold it to 1e-5). The trees are read from
 model.txt directly, so the scorer process never imports LightGBM (which pulls
-in pandas, scikit-learn and SciPy: ~120 MB of RSS); only a model this does not cover (categorical splits, linear
-trees, averaged output) falls back to LightGBM's `pred_contrib`. At load,
+in pandas, scikit-learn and SciPy: ~120 MB of RSS); only a model this does not
+cover (categorical splits, linear trees, averaged output) falls back to
+LightGBM's `pred_contrib`. At load,
 models.py checks that expected value + contributions give ONNX's probability.
 """
 

@@ -102,7 +102,8 @@ def recover_interrupted(db: Database, artifacts: ArtifactStore) -> tuple[list[st
     that no READY run points at (a failed run's copy, a temporary file of a
     killed write) are removed, and so are model health files of no READY run
     (summaries of pruned runs stay), and so are the rows of pruned runs. With an
-    artifact mirror, the interrupted runs' copies there are removed too (local orphans are only this scorer's).
+    artifact mirror, the interrupted runs' copies there are removed too (local
+    orphans are only this scorer's).
     Returns (interrupted run ids, orphan files removed).
     """
     with db.session() as session:

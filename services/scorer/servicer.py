@@ -5,9 +5,9 @@ hop would cost more than the lookup). Anything with I/O or real computation
 runs in a thread so the loop keeps serving lookups meanwhile. ScoreProfile has
 one thread of its own: its work holds the GIL most of the time, so more
 threads only fight over it (with four calls in flight, one thread served 348
-req/s where the shared pool's six served 265, ~30% of their CPU time spent
-in the kernel); more cores are used through more server processes. Errors are never
-caught here: the runtime interceptor maps domain errors to status codes.
+req/s where the shared pool's six served 265, ~30% of their CPU time spent in
+the kernel); more cores are used through more server processes. Errors are
+never caught here: the runtime interceptor maps domain errors to status codes.
 """
 
 from __future__ import annotations
