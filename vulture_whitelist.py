@@ -44,3 +44,6 @@ _.mean_impact
 _.observed_rate
 _.tuning_auc
 _.served_positives
+
+# Imported by name in a subprocess a test starts (tests/unit/test_shards.py).
+_main_module_loaded

@@ -1,24 +1,27 @@
 """Run pure shard functions on all cores.
 
 Work that grows with the data (featurize, label, embed) is a pure function of
-one shard of profiles. Locally it runs here, in spawn-started worker processes
-(spawn, not fork: the services run gRPC and Polars threads, and forking a
-threaded process can deadlock); with a Dask scheduler address
-(`FORESIGHT_DASK_SCHEDULER`) the same functions run as tasks on that cluster
-(`foresight.shards_dask`): one interface, two backends.
+one shard of profiles. Locally it runs here, in worker processes forked by a
+forkserver (never forked from the service itself: it runs gRPC and Polars
+threads, and forking a threaded process can deadlock); with a Dask scheduler
+address (`FORESIGHT_DASK_SCHEDULER`) the same functions run as tasks on that
+cluster (`foresight.shards_dask`): one interface, two backends.
 
-Workers never outlive the service: each asks the kernel for a parent-death
-signal and watches its parent's pid as a fallback, and a cancelled `map`
-terminates them at once instead of waiting for their shards.
+A service calls `prestart` with its main module when it starts: the
+forkserver imports it (Polars, ONNX Runtime, Numba, ...) once, and every pool
+of every later job forks from it with those imports done, instead of paying
+seconds of imports per worker and job as spawn-started workers would.
+
+Workers never outlive the service: each watches the service's pid (a pidfd
+on Linux) and ends itself when the service ends, kill -9 included; a
+cancelled `map` terminates them at once instead of waiting for their shards.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
-import signal
+import select
 import sys
 import threading
 import time
@@ -26,6 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextvars import ContextVar
+from multiprocessing import forkserver
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from foresight.errors import Cancelled
@@ -40,92 +44,75 @@ JOB_CANCEL: ContextVar[threading.Event | None] = ContextVar("foresight_job_cance
 `progress_stream` around each long job), so every `map` inside a job stops
 with it without each caller threading the token through."""
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CANCEL_POLL_S = 0.2  # how often a running map looks at its cancel token
-WATCHDOG_POLL_S = 1.0  # how often a worker checks that its parent is alive
+WATCHDOG_POLL_S = 1.0  # how often a worker checks the service, where it has no pidfd
 TERMINATE_GRACE_S = 2.0  # SIGTERM → SIGKILL for a cancelled map's workers
 
+_FORKSERVER = multiprocessing.get_context("forkserver")
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Pool initializer: end this worker when the process that started it ends.
 
-    The kernel's parent-death signal covers kill -9 of the service; the
-    watchdog thread covers platforms without prctl, and the race where the
-    parent died before the signal was armed (the worker is then re-parented).
+def prestart(workers: int, scheduler: str | None, *modules: str) -> None:
+    """Start the forkserver now, with `modules` (the service's main module) imported in it,
+    when shards run in local pools (more than one worker, 0 = all cores; no Dask scheduler).
+
+    It imports them in the background while the service goes on starting; its
+    pools then start in tens of milliseconds instead of each worker importing
+    for seconds. The forkserver is one per process: a call while it runs
+    changes nothing, and a pool used before any call starts it with nothing
+    preloaded (its workers then import what their functions need).
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
+    if (workers or os.cpu_count() or 1) <= 1 or scheduler:
+        return
+    main = getattr(sys.modules["__main__"], "__spec__", None)
+    if main is not None and not main.name.endswith("__main__"):
+        # Run with -m: every worker imports the main module again (multiprocessing's rule).
+        modules = (*modules, main.name)
+    _FORKSERVER.set_forkserver_preload(list(dict.fromkeys(modules)))
+    forkserver.ensure_running()
+
+
+def _start_worker(service_pid: int, environ: dict[str, str]) -> None:
+    """Pool initializer: the service's environment as it is now (the forkserver's is
+    from when it started: credentials set since then count), then `_die_with_service`."""
+    os.environ.clear()
+    os.environ.update(environ)
+    _die_with_service(service_pid)
+
+
+def _die_with_service(service_pid: int) -> None:
+    """End this worker when the service that asked for it ends.
+
+    A worker's parent is the forkserver, which outlives the service while any
+    worker lives, so the worker watches the service itself: its pidfd becomes
+    readable the moment the service exits, kill -9 included (where there is no
+    pidfd, the pid is polled). A service already gone ends the worker at once.
+    """
+    if service_pid <= 0:
         os._exit(1)
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(service_pid)
+        except OSError:  # no such process: the service is gone already
+            os._exit(1)
+
+        def wait() -> None:
+            select.select([pidfd], [], [])
+
+    else:  # pragma: no cover - not Linux
+
+        def wait() -> None:
+            while True:
+                try:
+                    os.kill(service_pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(WATCHDOG_POLL_S)
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(WATCHDOG_POLL_S)
+        wait()
         os._exit(1)
 
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
-def _started() -> None:
-    """A no-op task: submitting one per missing worker starts the pool's processes."""
-
-
-def _start_all(pool: ProcessPoolExecutor, workers: int) -> None:
-    """Start all of a pool's workers from the calling thread (a submit starts one while none is idle)."""
-    while len(pool._processes) < workers:
-        wait([pool.submit(_started) for _ in range(workers - len(pool._processes))])
-
-
-class _Spawner:
-    """One long-lived thread that starts every worker process.
-
-    The kernel ties the parent-death signal to the *thread* that created a
-    process, not to the process: a worker started from a job's thread would
-    be killed when that thread ends. Starting all of a pool's workers from
-    this thread, which lives as long as the service, ties them to the service.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tasks: list[tuple[Callable[[], None], threading.Event]] = []
-        self._wake = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
-
-    def run(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the spawner thread and wait for it."""
-        done = threading.Event()
-        errors: list[BaseException] = []
-
-        def task() -> None:
-            try:
-                fn()
-            except BaseException as exc:
-                errors.append(exc)
-
-        with self._wake:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="shard-spawner", daemon=True
-                )
-                self._thread.start()
-            self._tasks.append((task, done))
-            self._wake.notify()
-        done.wait()
-        if errors:
-            raise errors[0]
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._tasks:
-                    self._wake.wait()
-                task, done = self._tasks.pop(0)
-            task()
-            done.set()
-
-
-_SPAWNER = _Spawner()
+    threading.Thread(target=watch, name="service-watchdog", daemon=True).start()
 
 
 class ShardRunner:
@@ -161,15 +148,12 @@ class ShardRunner:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                pool = ProcessPoolExecutor(
+                self._pool = ProcessPoolExecutor(
                     max_workers=self.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_die_with_parent,
-                    initargs=(os.getpid(),),
+                    mp_context=_FORKSERVER,
+                    initializer=_start_worker,
+                    initargs=(os.getpid(), dict(os.environ)),
                 )
-                # Start every worker now, from the spawner thread (see _Spawner).
-                _SPAWNER.run(lambda: _start_all(pool, self.workers))
-                self._pool = pool
             return self._pool
 
     def map(

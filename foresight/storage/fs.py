@@ -18,7 +18,6 @@ from typing import BinaryIO
 
 import fsspec
 import polars as pl
-import pyarrow.dataset as pads
 from fsspec import AbstractFileSystem
 
 __all__ = [
@@ -92,6 +91,9 @@ def scan_parquet(urls: Sequence[str], schema: pl.Schema) -> pl.LazyFrame:
     """A lazy frame over Parquet objects (row groups are read on demand, not all at once)."""
     if not urls:
         return pl.LazyFrame(schema=schema)
+    # Imported here: pyarrow.dataset loads pandas (~45 MB), which only remote stores need.
+    import pyarrow.dataset as pads
+
     fs, _ = filesystem(urls[0])
     paths = [filesystem(url)[1] for url in urls]
     arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema

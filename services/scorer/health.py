@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from foresight.calibration import brier, expected_calibration_error
 from foresight.storage.artifacts import ArtifactStore, atomic_write_bytes
@@ -181,6 +180,10 @@ def lift_top_decile(labels: np.ndarray, probability: np.ndarray) -> float:
 
 def realized_quality(labels: np.ndarray, probability: np.ndarray) -> RealizedQuality:
     """Realized metrics of probabilities against 0/1 outcomes."""
+    # Imported here: scikit-learn (~75 MB) loads when model health is first asked for,
+    # not in every serving process.
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(labels, dtype=np.float64)
     p = np.asarray(probability, dtype=np.float64)
     positives = int(y.sum())

@@ -135,7 +135,11 @@ class ProfileHistory:
             ids = reader.get_batch(i).column("profile_id")
             first_ids.append(ids[0].as_py())
             last_ids.append(ids[len(ids) - 1].as_py())
-        converted = pl.from_arrow(reader.schema.empty_table())
+        # Built from typed empty arrays: `Schema.empty_table` loads pandas (~45 MB).
+        schema = reader.schema
+        converted = pl.from_arrow(
+            pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+        )
         assert isinstance(converted, pl.DataFrame)
         return _PartIndex(reader, first_ids, last_ids, cast=converted.schema != EVENT_SCHEMA)
 

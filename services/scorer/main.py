@@ -26,6 +26,7 @@ from foresight.api.scorer.v1 import scorer_pb2_grpc
 from foresight.runtime.logs import configure_logging
 from foresight.runtime.server import ServiceRuntime, fatal_startup_errors, run_service
 from foresight.settings import load_settings
+from foresight.shards import prestart
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.db import Database
 from services.scorer.explain import configure_native_threads
@@ -41,6 +42,13 @@ log = logging.getLogger("foresight.scorer.main")
 def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
     """The domain facade over the stores the settings name."""
     configure_native_threads()
+    if settings.preload_shard_workers:  # the service, and the explain kernel's Numba
+        prestart(
+            settings.resolved_scoring_threads,
+            settings.dask_scheduler,
+            "services.scorer.main",
+            "services.scorer.shap_kernel",
+        )
     config = ScorerConfig(
         artifacts_dir=settings.artifacts_dir,
         artifacts_url=settings.artifacts_url,

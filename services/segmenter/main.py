@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from foresight.api.segmenter.v1 import segmenter_pb2, segmenter_pb2_grpc
 from foresight.runtime import ServiceRuntime, run_service
 from foresight.settings import load_settings
+from foresight.shards import prestart
 from foresight.storage import ArtifactStore, Database
 from services.segmenter.domain import Segmenter
 from services.segmenter.servicer import SegmenterServicer
@@ -21,6 +22,8 @@ SERVICE_NAME = segmenter_pb2.DESCRIPTOR.services_by_name["SegmenterService"].ful
 
 def build_segmenter(settings: SegmenterSettings) -> Segmenter:
     """The domain facade over the shared stores."""
+    if settings.preload_shard_workers:
+        prestart(settings.shard_processes, settings.dask_scheduler, "services.segmenter.main")
     return Segmenter(
         Database(settings.resolved_database_url),
         ArtifactStore(settings.data_dir / "artifacts", settings.artifacts_url),

@@ -11,6 +11,7 @@ from foresight.encoder.trainer import EncoderTrainer
 from foresight.events.store import EventStore
 from foresight.runtime import ServiceRuntime, run_service
 from foresight.settings import load_settings
+from foresight.shards import prestart
 from foresight.storage import ArtifactStore, Database
 from services.trainer.ingest import Ingestor
 from services.trainer.instances import Instances
@@ -26,6 +27,8 @@ def build_servicer(
     settings: TrainerSettings,
 ) -> tuple[TrainerServicer, Callable[[], Awaitable[None]]]:
     """Wire the domain; returns the servicer and the start-up recovery hook."""
+    if settings.preload_shard_workers:
+        prestart(settings.shard_processes, settings.dask_scheduler, "services.trainer.main")
     db = Database(settings.resolved_database_url)
     store = EventStore(settings.events_location, shards=settings.shards)
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.artifacts_url)

@@ -118,34 +118,91 @@ def test_cancelled_pool_map_raises_and_terminates_its_workers(tmp_path: Path) ->
     runner.close()
 
 
-def test_workers_die_when_their_parent_is_killed(tmp_path: Path) -> None:
+def test_workers_and_their_forkserver_end_when_the_service_is_killed(tmp_path: Path) -> None:
     script = (
         "import sys\n"
-        "from foresight.shards import ShardRunner\n"
+        "from foresight.shards import ShardRunner, prestart\n"
         "from tests.unit.test_shards import _announce_and_sleep\n"
+        "prestart(2, None, 'tests.unit.test_shards')\n"
         "ShardRunner(2).map(_announce_and_sleep, [(sys.argv[1], i) for i in range(2)])\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO)
     try:
         pids = _wait_for_pids(tmp_path, 2)
-        assert all(psutil.Process(p).ppid() == parent.pid for p in pids)
+        # Forked by the forkserver, not by the service: they watch the service itself.
+        servers = {psutil.Process(p).ppid() for p in pids}
+        assert parent.pid not in servers
+        assert all(psutil.Process(s).ppid() == parent.pid for s in servers)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         assert _wait_gone(pids) == []
+        assert _wait_gone(list(servers)) == []  # nothing is left behind
     finally:
         parent.kill()
         parent.wait()
 
 
-def test_a_worker_whose_parent_is_already_gone_exits() -> None:
-    # The watchdog's start-up check: a worker re-parented before it armed the
-    # parent-death signal ends itself instead of running on as an orphan.
-    script = "from foresight.shards import _die_with_parent\n_die_with_parent(-1)\nprint('alive')\n"
+def test_a_worker_whose_service_is_already_gone_exits() -> None:
+    # A worker forked after the service died ends itself instead of running on.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    script = (
+        "import sys\n"
+        "from foresight.shards import _die_with_service\n"
+        "_die_with_service(int(sys.argv[1]))\n"
+        "print('alive')\n"
+    )
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script, str(gone.pid)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "alive" not in done.stdout
+
+
+def _main_module_loaded(_: int) -> bool:
+    return "services.scorer.main" in sys.modules
+
+
+def test_prestarted_workers_fork_with_the_service_imported(tmp_path: Path) -> None:
+    # The worker's function lives here (tests.unit.test_shards imports no service):
+    # only the forkserver's preload can have imported the scorer's main module.
+    script = (
+        "from foresight.shards import ShardRunner, prestart\n"
+        "from tests.unit.test_shards import _main_module_loaded\n"
+        "import sys\n"
+        "if sys.argv[1] == 'prestart':\n"
+        "    prestart(2, None, 'services.scorer.main')\n"
+        "print(ShardRunner(2).map(_main_module_loaded, [(0,), (1,)]))\n"
+    )
+    answers = {
+        mode: subprocess.run(
+            [sys.executable, "-c", script, mode],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout.strip()
+        for mode in ("prestart", "lazy")
+    }
+    assert answers == {"prestart": "[True, True]", "lazy": "[False, False]"}
+
+
+def test_prestart_is_a_no_op_without_a_local_pool() -> None:
+    script = (
+        "from multiprocessing import forkserver\n"
+        "from foresight.shards import prestart\n"
+        "prestart(1, None, 'json')\n"
+        "prestart(4, 'tcp://scheduler:8786', 'json')\n"
+        "print(forkserver._forkserver._forkserver_pid)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "None", done.stderr
 
 
 def test_cancelled_maps_to_the_grpc_cancelled_status() -> None:
@@ -180,3 +237,39 @@ def test_a_job_token_in_context_cancels_a_map_without_being_passed() -> None:
             ShardRunner(1).map(_square, [(1,)])
     finally:
         JOB_CANCEL.reset(token)
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_the_scorer_starts_its_forkserver_unless_told_not_to(tmp_path: Path, preload: bool) -> None:
+    script = (
+        "import sys\n"
+        "from multiprocessing import forkserver\n"
+        "from pathlib import Path\n"
+        "from foresight.storage.db import Database\n"
+        "from services.scorer.main import build_scorer\n"
+        "from services.scorer.settings import ScorerSettings\n"
+        "s = ScorerSettings(data_dir=Path(sys.argv[1]), scoring_threads=2,\n"
+        "                   preload_shard_workers=sys.argv[2] == 'on')\n"
+        "build_scorer(s, Database(s.resolved_database_url))\n"
+        "print(forkserver._forkserver._forkserver_pid is not None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), "on" if preload else "off"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == str(preload), done.stderr[-2000:]
+
+
+def _environment(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_workers_see_the_environment_the_service_has_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The forkserver may have started before a variable was set (credentials, say).
+    runner = ShardRunner(2)
+    assert runner.map(_environment, [("FORESIGHT_TEST_LATE",)] * 2) == [None, None]
+    monkeypatch.setenv("FORESIGHT_TEST_LATE", "set")
+    assert runner.map(_environment, [("FORESIGHT_TEST_LATE",)] * 2) == ["set", "set"]
