@@ -7,7 +7,9 @@
   batch_score_{write,snapshot}_s are wall time, batch_score_shards_s the wall
   time of all shards.
 - scorer_rss_mb_1m: RSS of a fresh `foresight-scorer` process serving two
-  instances' snapshots (1M profiles × 5 factors each).
+  instances' snapshots (1M profiles × 5 factors each); scorer_forkserver_rss_mb
+  the RSS of the idle forkserver it starts for its shard workers (a process of
+  its own, FORESIGHT_PRELOAD_SHARD_WORKERS).
 - lookup_rps_ratio_vs_empty: h2load throughput of GetProfileScores divided by
   that of an empty handler registered on the same server (same interceptor,
   same process, same load generator, measured back to back).
@@ -40,6 +42,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+import psutil
 import pyarrow.parquet as pq
 
 from foresight import instance as instance_config
@@ -386,6 +389,15 @@ def serving(var: Path, results: dict[str, Any]) -> None:
             _, peak = _rss_mb(server.pid)
             results["scorer_peak_rss_mb_1m"] = round(peak)
             print(f"peak RSS {peak:.0f} MB", flush=True)
+            # The process the shard workers fork from (FORESIGHT_PRELOAD_SHARD_WORKERS), idle.
+            forkservers = [
+                child.pid
+                for child in psutil.Process(server.pid).children()
+                if "forkserver" in " ".join(child.cmdline())
+            ]
+            if forkservers:
+                results["scorer_forkserver_rss_mb"] = round(_rss_mb(forkservers[0])[0])
+                print(f"forkserver RSS {results['scorer_forkserver_rss_mb']} MB", flush=True)
         finally:
             server.send_signal(signal.SIGTERM)
             try:

@@ -63,3 +63,33 @@ def test_profile_events_equal_a_filter_and_follow_compaction(
         everything.filter(pl.col("profile_id") == pid).sort("event_id")
     )
     assert len(sorted((tmp_path / "cache").rglob("*.arrow"))) == len(current)
+
+
+def test_the_serving_path_loads_neither_scikit_learn_nor_pandas(tmp_path: Path) -> None:
+    # ~110 MB of a serving process: the scorer imports them only where a call needs them.
+    import subprocess
+    import sys
+
+    store = EventStore(tmp_path / "events", shards=2)
+    parts = [p.path for p in store.write("ds", _events(500, 50, 3), [])]
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import services.scorer.main\n"
+        "from foresight.events.store import EventStore\n"
+        "from services.scorer.history import ProfileHistory\n"
+        "root, parts = Path(sys.argv[1]), sys.argv[2:]\n"
+        "index = ProfileHistory(EventStore(root / 'events', shards=2), root / 'cache')\n"
+        "for _ in range(2):  # indexing the parts, then their copies\n"
+        "    assert index.events('ds', parts, 'p0001').height > 0\n"
+        "    index = ProfileHistory(EventStore(root / 'events', shards=2), root / 'cache')\n"
+        "print(sorted(m for m in ('sklearn', 'pandas', 'scipy') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), *parts],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
