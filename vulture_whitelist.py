@@ -46,4 +46,4 @@ _.tuning_auc
 _.served_positives
 
 # Imported by name in a subprocess a test starts (tests/unit/test_shards.py).
-_main_module_loaded
+_service_loaded

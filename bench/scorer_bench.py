@@ -25,6 +25,7 @@ early stopping, ≤ 300 rounds); later runs reuse them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -291,6 +292,25 @@ def _rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def _settle(pid: int, within_s: float = 120.0) -> None:
+    """Wait until a server and its children (the forkserver importing the service's
+    modules after start) are idle: CPU time grows < 2% over half a second."""
+    deadline = time.time() + within_s
+
+    def cpu() -> float:
+        total = 0.0
+        for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(process.cpu_times()[:2])
+        return total
+
+    while time.time() < deadline:
+        before = cpu()
+        time.sleep(0.5)
+        if cpu() - before < 0.01:
+            return
+
+
 def _frame(payload: bytes) -> bytes:
     return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
@@ -337,6 +357,7 @@ def serving(var: Path, results: dict[str, Any]) -> None:
                     raise RuntimeError("the scorer did not start")
                 time.sleep(0.2)
             port = int(port_file.read_text())
+            _settle(server.pid)
             rss, _ = _rss_mb(server.pid)
             results["scorer_rss_mb_1m"] = round(rss)
             print(f"scorer RSS with both snapshots loaded: {rss:.0f} MB", flush=True)
@@ -550,7 +571,7 @@ def _start_workers(var: Path, workers: int, port: int, port_file: Path) -> subpr
         if server.poll() is not None or time.time() > deadline:
             raise RuntimeError(f"the scorer with {workers} workers did not start")
         time.sleep(0.2)
-    time.sleep(2.0 if workers > 1 else 0.0)  # the other workers load their snapshots too
+    _settle(server.pid)  # every server process loads its snapshots, its forkserver imports
     return server
 
 

@@ -7,8 +7,8 @@ threads, and forking a threaded process can deadlock); with a Dask scheduler
 address (`FORESIGHT_DASK_SCHEDULER`) the same functions run as tasks on that
 cluster (`foresight.shards_dask`): one interface, two backends.
 
-A service calls `prestart` with its main module when it starts: the
-forkserver imports it (Polars, ONNX Runtime, Numba, ...) once, and every pool
+A service calls `prestart` with its modules when it starts: the forkserver
+imports them (Polars, ONNX Runtime, Numba, ...) once, and every pool
 of every later job forks from it with those imports done, instead of paying
 seconds of imports per worker and job as spawn-started workers would.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import select
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,22 +51,21 @@ _FORKSERVER = multiprocessing.get_context("forkserver")
 
 
 def prestart(workers: int, scheduler: str | None, *modules: str) -> None:
-    """Start the forkserver now, with `modules` (the service's main module) imported in it,
-    when shards run in local pools (more than one worker, 0 = all cores; no Dask scheduler).
+    """Start the forkserver now, with `modules` imported in it, when shards run in local
+    pools (more than one worker, 0 = all cores; no Dask scheduler).
 
     It imports them in the background while the service goes on starting; its
     pools then start in tens of milliseconds instead of each worker importing
-    for seconds. The forkserver is one per process: a call while it runs
-    changes nothing, and a pool used before any call starts it with nothing
-    preloaded (its workers then import what their functions need).
+    for seconds. Name what the service's main module imports, not that module:
+    every worker runs the main module again (multiprocessing's rule), which is
+    then cheap, and one already imported would make runpy warn. The forkserver
+    is one per process: a call while it runs changes nothing, and a pool used
+    before any call starts it with nothing preloaded (its workers then import
+    what their functions need).
     """
     if (workers or os.cpu_count() or 1) <= 1 or scheduler:
         return
-    main = getattr(sys.modules["__main__"], "__spec__", None)
-    if main is not None and not main.name.endswith("__main__"):
-        # Run with -m: every worker imports the main module again (multiprocessing's rule).
-        modules = (*modules, main.name)
-    _FORKSERVER.set_forkserver_preload(list(dict.fromkeys(modules)))
+    _FORKSERVER.set_forkserver_preload(list(modules))
     forkserver.ensure_running()
 
 

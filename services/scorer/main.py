@@ -46,7 +46,7 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
         prestart(
             settings.resolved_scoring_threads,
             settings.dask_scheduler,
-            "services.scorer.main",
+            "services.scorer.servicer",
             "services.scorer.shap_kernel",
         )
     config = ScorerConfig(

@@ -23,7 +23,7 @@ SERVICE_NAME = segmenter_pb2.DESCRIPTOR.services_by_name["SegmenterService"].ful
 def build_segmenter(settings: SegmenterSettings) -> Segmenter:
     """The domain facade over the shared stores."""
     if settings.preload_shard_workers:
-        prestart(settings.shard_processes, settings.dask_scheduler, "services.segmenter.main")
+        prestart(settings.shard_processes, settings.dask_scheduler, "services.segmenter.servicer")
     return Segmenter(
         Database(settings.resolved_database_url),
         ArtifactStore(settings.data_dir / "artifacts", settings.artifacts_url),

@@ -28,7 +28,7 @@ def build_servicer(
 ) -> tuple[TrainerServicer, Callable[[], Awaitable[None]]]:
     """Wire the domain; returns the servicer and the start-up recovery hook."""
     if settings.preload_shard_workers:
-        prestart(settings.shard_processes, settings.dask_scheduler, "services.trainer.main")
+        prestart(settings.shard_processes, settings.dask_scheduler, "services.trainer.servicer")
     db = Database(settings.resolved_database_url)
     store = EventStore(settings.events_location, shards=settings.shards)
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.artifacts_url)

@@ -163,20 +163,20 @@ def test_a_worker_whose_service_is_already_gone_exits() -> None:
     assert "alive" not in done.stdout
 
 
-def _main_module_loaded(_: int) -> bool:
-    return "services.scorer.main" in sys.modules
+def _service_loaded(_: int) -> bool:
+    return "services.scorer.servicer" in sys.modules
 
 
 def test_prestarted_workers_fork_with_the_service_imported(tmp_path: Path) -> None:
     # The worker's function lives here (tests.unit.test_shards imports no service):
-    # only the forkserver's preload can have imported the scorer's main module.
+    # only the forkserver's preload can have imported the scorer's servicer.
     script = (
         "from foresight.shards import ShardRunner, prestart\n"
-        "from tests.unit.test_shards import _main_module_loaded\n"
+        "from tests.unit.test_shards import _service_loaded\n"
         "import sys\n"
         "if sys.argv[1] == 'prestart':\n"
-        "    prestart(2, None, 'services.scorer.main')\n"
-        "print(ShardRunner(2).map(_main_module_loaded, [(0,), (1,)]))\n"
+        "    prestart(2, None, 'services.scorer.servicer')\n"
+        "print(ShardRunner(2).map(_service_loaded, [(0,), (1,)]))\n"
     )
     answers = {
         mode: subprocess.run(
