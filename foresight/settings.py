@@ -114,8 +114,8 @@ class ServiceSettings(BaseSettings):
         description=(
             "Start the forkserver of the local shard workers with the service, its modules "
             "imported: each job's workers then start in milliseconds instead of importing "
-            "for seconds, for ~200 MB the idle forkserver holds; false = a bare forkserver "
-            "at the first job."
+            "for seconds, for the ~125 MB of its own the idle forkserver holds; false = a "
+            "bare forkserver at the first job."
         ),
     )
 
