@@ -214,8 +214,8 @@ def test_cancelled_maps_to_the_grpc_cancelled_status() -> None:
 
 
 def test_workers_outlive_the_thread_that_first_used_the_pool() -> None:
-    # The parent-death signal follows the creating thread: a job's thread
-    # ending must not take a kept-alive pool's workers with it.
+    # Workers are tied to the service, not to the thread that started them: a
+    # job's thread ending must not take a kept-alive pool's workers with it.
     runner = ShardRunner(2, keep_alive=True)
     first: list[list[int]] = []
     thread = threading.Thread(target=lambda: first.append(runner.map(_square, [(1,), (2,)])))
