@@ -3,8 +3,7 @@
 The ONNX model has input ``behaviour`` float32 [N, B] and output
 ``embedding`` float32 [N, D]; `Encoder.embed` L2-normalises the output.
 This module imports no fitting stack (scikit-learn, skl2onnx, onnx): the
-segmenter's spawn-started embedding workers import it to load and run an
-encoder.
+segmenter's embedding workers import it to load and run an encoder.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Embedding a shard of profiles: the per-shard work of BuildIndex, run on all cores.
 
 `embed_shard` is a pure function of (shard of events, as-of time, encoder):
-it runs in spawn-started worker processes locally and would run as a Dask
-task at scale. Workers cache the loaded encoder, so a pool that embeds many
-shards loads it once per process.
+it runs in local worker processes (forked by the forkserver) and would run as
+a Dask task at scale. Workers cache the loaded encoder, so a pool that embeds
+many shards loads it once per process.
 """
 
 from __future__ import annotations
