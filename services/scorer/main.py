@@ -47,7 +47,7 @@ def build_scorer(settings: ScorerSettings, db: Database) -> Scorer:
             settings.resolved_scoring_threads,
             settings.dask_scheduler,
             "services.scorer.servicer",
-            "services.scorer.shap_kernel",
+            "services.scorer.kernel_preload",
         )
     config = ScorerConfig(
         artifacts_dir=settings.artifacts_dir,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -120,6 +121,13 @@ def contributions(packed: Packed, X: np.ndarray, codes: np.ndarray, n_features: 
         flat.tables,
     )
     return out
+
+
+def warm() -> None:
+    """Load the loop's machine code for the argument types `contributions` passes (or
+    compile it, ~3 s, where Numba has no cache yet), so processes forked afterwards
+    start with it: the scorer's forkserver does this once (`kernel_preload`)."""
+    _explain.compile(_SIGNATURE)
 
 
 _ZERO32 = np.float32(K_ZERO)
@@ -237,3 +245,24 @@ def _explain(
             f = features[f0 + j]
             for i in range(n):
                 out[f, i] += phi[j, pattern[i]]
+
+
+# The argument types of `contributions`' call (C-contiguous arrays), in order;
+# tests/unit/test_scorer_explain.py checks that a real call compiles no other.
+_A = {
+    (dtype, ndim): numba.types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
+    for dtype in ("float32", "int32", "float64", "int64", "bool")
+    for ndim in (1, 2)
+}
+_SIGNATURE = (
+    _A["float32", 2],  # columns
+    _A["int32", 2],  # codes
+    _A["float64", 2],  # out
+    *[_A["int64", 1]] * 4,  # tree_features, features, multipliers, lut_start
+    _A["int32", 1],  # luts
+    *[_A["int64", 1]] * 2,  # tree_nodes, node_feature
+    _A["float32", 1],  # node_threshold32
+    _A["bool", 1],  # node_default_left
+    *[_A["int64", 1]] * 10,  # node_missing … slot_feature
+    _A["float32", 2],  # tables
+)

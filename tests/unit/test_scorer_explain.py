@@ -187,3 +187,15 @@ def test_compiled_loop_is_the_numpy_arithmetic_and_ignores_batch_order() -> None
     order = np.random.default_rng(0).permutation(len(X))
     assert np.array_equal(fast.contributions(X[order]), batch[order])
     assert np.array_equal(fast.contributions(X[17:18])[0], batch[17])
+
+
+def test_the_warmed_loop_is_the_one_a_real_call_uses() -> None:
+    # The scorer's forkserver warms the loop for its workers: a worker's first batch
+    # must find that machine code, not compile (or load) another signature.
+    from services.scorer import shap_kernel
+
+    X, y = _data(500, 5, seed=4)
+    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(X, y), 5)
+    shap_kernel.warm()
+    FastTreeShap(parse_model_text(booster.model_to_string())).contributions(X)
+    assert shap_kernel._explain.signatures == [shap_kernel._SIGNATURE]
