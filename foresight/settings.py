@@ -114,7 +114,7 @@ class ServiceSettings(BaseSettings):
         description=(
             "Start the forkserver of the local shard workers with the service, its modules "
             "imported: each job's workers then start in milliseconds instead of importing "
-            "for seconds, for the ~125 MB of its own the idle forkserver holds; false = a "
+            "for seconds, for the ~150 MB of its own the idle forkserver holds; false = a "
             "bare forkserver at the first job."
         ),
     )
