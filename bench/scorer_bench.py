@@ -296,10 +296,11 @@ def _settle(pid: int, within_s: float = 120.0) -> None:
     """Wait until a server and its children (the forkserver importing the service's
     modules after start) are idle: CPU time grows < 2% over half a second."""
     deadline = time.time() + within_s
+    server = psutil.Process(pid)
 
     def cpu() -> float:
         total = 0.0
-        for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        for process in [server, *server.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += sum(process.cpu_times()[:2])
         return total

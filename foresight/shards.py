@@ -85,8 +85,6 @@ def _die_with_service(service_pid: int) -> None:
     readable the moment the service exits, kill -9 included (where there is no
     pidfd, the pid is polled). A service already gone ends the worker at once.
     """
-    if service_pid <= 0:
-        os._exit(1)
     if hasattr(os, "pidfd_open"):
         try:
             pidfd = os.pidfd_open(service_pid)
