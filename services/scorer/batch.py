@@ -38,14 +38,6 @@ from services.scorer.factors import NO_FACTOR, TopFactors, importance_of, top_fa
 from services.scorer.models import LoadedModel, load_bundle
 from services.scorer.records import Bucket, Importance
 
-_ROW_END = "]\n"
-_IMPORTANCE_TAILS = [f',"importance":"{i.name}"}}' for i in Importance]
-# What follows a factor's impact: its importance, then "," if another factor follows, else
-# the row's end. Indexed [importance code, another factor follows]; an empty slot adds nothing.
-_TAILS = np.array(
-    [["", ""], *([f"{tail}{_ROW_END}", f"{tail},"] for tail in _IMPORTANCE_TAILS)],
-    dtype=object,
-)
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, without its overhead
 
 
@@ -188,10 +180,13 @@ def factor_json(features: Sequence[FeatureDef], factors: TopFactors) -> list[str
 
     The text `json.dumps` of the factor dicts writes, built from pieces: the
     `{"code":…,"text":…,"impact":` of each distinct (code, value) is rendered
-    once, feature by feature, the impact with float repr as json does, the
-    importance and what follows it (`,` or the row's end) from a small table.
-    Every row's pieces are joined in one call and split at the row ends.
+    once, feature by feature; a compiled loop (`factor_kernel`) lays the rows
+    out with their impacts (float repr of the value rounded to 6 places, as
+    json writes it) and importance tails, and the rows are split at their ends.
     """
+    # Imported here: Numba loads only where rows are loaded (the shard workers).
+    from services.scorer import factor_kernel
+
     n, k = factors.codes.shape
     if n == 0:
         return []
@@ -208,22 +203,60 @@ def factor_json(features: Sequence[FeatureDef], factors: TopFactors) -> list[str
         lo, hi = bounds[code + 1], bounds[code + 2]
         if lo == hi:
             continue
-        head = f'{{"code":{json.dumps(feature.code)},"text":'
-        texts = format_factor_values(feature, distinct_values[lo:hi].tolist())
-        rendered += [f'{head}{_json_string(text)},"impact":' for text in texts]
-    impacts = factors.impacts.astype(np.float64).round(6).reshape(-1)
-    as_json = float.__repr__ if np.isfinite(impacts).all() else json.dumps  # NaN, Infinity
+        opening = f'{{"code":{json.dumps(feature.code)},"text":'
+        shown = format_factor_values(feature, distinct_values[lo:hi].tolist())
+        rendered += [f'{opening}{_json_string(value)},"impact":' for value in shown]
+    heads, head_start = _ascii_run(rendered)
     # Slots are filled strongest first: a row's factors end at its first empty slot.
     empty = codes == NO_FACTOR
+    head = np.where(empty, -1, inverse.reshape(n, k))
+    # What np.round(impact, 6) computes before its division: the impact in millionths.
+    micros = np.rint(factors.impacts.astype(np.float64) * 1e6)
+    plain = np.isfinite(micros) & (np.abs(micros) < factor_kernel.LARGE)
+    small = plain & (np.abs(micros) < factor_kernel.SMALL)
+    text = np.full((n, k), -1, dtype=np.int64)
+    text[small] = micros[small].astype(np.int64) + factor_kernel.SMALL - 1  # -99 … 99 → 0 … 198
+    text[small & np.signbit(micros) & (micros == 0)] = len(_SMALL_IMPACTS) - 1  # -0.0
+    specials = list(_SMALL_IMPACTS)
+    for row, slot in zip(*np.nonzero(~plain & ~empty), strict=True):  # NaN, ±inf, huge
+        text[row, slot] = len(specials)
+        specials.append(json.dumps(float(micros[row, slot]) / 1e6))
+    texts, text_start = _ascii_run(specials)
     more = np.zeros((n, k), dtype=np.int64)
     more[:, :-1] = ~empty[:, 1:]
-    tails = _TAILS[np.where(empty, 0, importance_of(factors.impacts)), more]
-    tails[:, 0] = np.where(empty[:, 0], _ROW_END, tails[:, 0])  # no factor at all: "[]"
-    pieces = np.empty((n, 3 * k + 1), dtype=object)
-    pieces[:, 0] = "["
-    pieces[:, 1::3] = np.array(rendered, dtype=object)[inverse].reshape(n, k)
-    pieces[:, 2::3] = np.array(list(map(as_json, impacts.tolist())), dtype=object).reshape(n, k)
-    pieces[:, 3::3] = tails
-    pieces[:, 2::3][empty] = ""
+    rows = factor_kernel.rows_json(
+        heads,
+        head_start,
+        head,
+        np.where(plain, micros, 0).astype(np.int64),
+        texts,
+        text_start,
+        text,
+        _TAIL_BYTES,
+        _TAIL_START,
+        2 * importance_of(factors.impacts).astype(np.int64) + more,
+    )
     # JSON text never holds a raw newline (strings are escaped): it ends each row.
-    return "".join(pieces.reshape(-1).tolist()).split("\n")[:-1]
+    return rows.decode("ascii").split("\n")[:-1]
+
+
+def _ascii_run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """ASCII texts end to end, and where each starts (one more start than texts)."""
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    starts = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    return np.frombuffer("".join(texts).encode("ascii"), dtype=np.uint8), starts
+
+
+# What json.dumps writes for the impacts the compiled loop leaves to Python: -99e-6 …
+# 99e-6 (exponents, 0.0) and -0.0, last.
+_SMALL_IMPACTS = [repr(m / 1e6) for m in range(-99, 100)] + ["-0.0"]
+# After a factor's impact: its importance, and "," if another factor follows; at
+# 2 × importance + another follows (importance 0 is never used).
+_TAIL_BYTES, _TAIL_START = _ascii_run(
+    [
+        f',"importance":"{name}"}}{sep}'
+        for name in ["", *(i.name for i in Importance)]
+        for sep in ("", ",")
+    ]
+)

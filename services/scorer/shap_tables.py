@@ -9,6 +9,7 @@ every tree end to end to explain one row in one pass.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -128,7 +129,7 @@ def _feature_bins(
     radices: list[int] = []
     for f in features:
         splits = [n for n in nodes if n.feature == f]
-        own = np.unique([n.threshold for n in splits])
+        own = np.array(sorted({n.threshold for n in splits}))
         missing = {_MISSING[n.missing] for n in splits}
         # Global code = position × 4 + zero × 2 + nan (see FastTreeShap._codes). The local
         # bin keeps the position among this tree's thresholds, and the zero / NaN flags
@@ -189,19 +190,26 @@ def _leaf_paths(
             path_weights[node, leaf] += (1 << k) if left else -(1 << k)
             if not left:
                 path_offset[leaf] += 1 << k
-        d = len(slots)
-        if not d:
+        if not slots:
             continue
-        # Path bits (which path nodes the row agrees with) → pattern of satisfied features.
-        bits = np.arange(1 << len(path))
-        failed = np.zeros(len(bits), dtype=np.int64)
-        for k, slot in enumerate(path_slots):
-            failed |= (((bits >> k) & 1) == 0).astype(np.int64) << slot
-        patterns = ((1 << d) - 1) & ~failed
-        pending.append((leaf, value, fractions, patterns))
+        pending.append((leaf, value, fractions, _satisfied(tuple(path_slots))))
         for f, slot in slots.items():
             scatter[leaf * width + slot, column[f]] = 1.0
     return path_weights, path_offset, scatter, pending
+
+
+@functools.lru_cache(maxsize=1024)
+def _satisfied(path_slots: tuple[int, ...]) -> np.ndarray:
+    """Path bits (which path nodes a row agrees with) → pattern of satisfied path features,
+    for a path whose k-th node splits on feature slot `path_slots[k]`. Leaves share a few
+    hundred such shapes at most (depth ≤ 6), so each is built once (read-only)."""
+    bits = np.arange(1 << len(path_slots))
+    failed = np.zeros(len(bits), dtype=np.int64)
+    for k, slot in enumerate(path_slots):
+        failed |= (((bits >> k) & 1) == 0).astype(np.int64) << slot
+    patterns = ((1 << (max(path_slots) + 1)) - 1) & ~failed
+    patterns.setflags(write=False)
+    return patterns
 
 
 def prepare_tree(

@@ -156,3 +156,49 @@ def test_factor_json_is_the_json_of_the_factor_dicts() -> None:
     assert got == [_reference_json(features, factors, r) for r in range(n)]
     assert got[0] == "[]" and json.loads(got[-1])[0]["importance"] in {"LOW", "MEDIUM", "HIGH"}
     assert factor_json(features, TopFactors.empty(k)) == []
+
+
+def test_factor_json_writes_every_impact_as_json_dumps_does() -> None:
+    # The compiled loop writes impacts itself from 1e-4 up to 1e9 and leaves the rest
+    # (exponents below 1e-4, -0.0, NaN, infinities, huge values) to json.dumps.
+    features = [FeatureDef("spend", "Spend", Unit.MONEY)]
+    rng = np.random.default_rng(11)
+    n = 20_000
+    magnitude = 10.0 ** rng.uniform(-9, 12, n)
+    impacts = rng.choice([-1.0, 1.0], n) * magnitude
+    # Ties at half a millionth, whole numbers, powers of ten and the edges of both paths.
+    impacts[:12] = [
+        5e-7,
+        -5e-7,
+        1.5e-6,
+        2.5e-6,
+        1e-4,
+        -9.9e-5,
+        1e9,
+        -999999999.9999,
+        3.0,
+        0.1,
+        1e-6,
+        -1e-7,
+    ]
+    impacts[12:16] = [np.nan, np.inf, -np.inf, -0.0]
+    impacts = impacts.astype(np.float32)
+    codes = np.zeros((n, 1), dtype=np.int16)
+    factors = TopFactors(codes, impacts.reshape(n, 1), np.ones((n, 1), dtype=np.float32))
+    got = factor_json(features, factors)
+    assert got == [_reference_json(features, factors, r) for r in range(n)]
+    written = [json.loads(row)[0]["impact"] for row in got[:16]]
+    assert written[:4] == [0.0, -0.0, 2e-06, 2e-06] and np.isnan(written[12])
+
+
+def test_the_warmed_factor_loop_is_the_one_a_real_call_uses() -> None:
+    # The scorer's forkserver warms the loop for its workers (kernel_preload): a load
+    # job's first chunk must find that machine code, not compile another signature.
+    from services.scorer import factor_kernel
+
+    factor_kernel.warm()
+    features = [FeatureDef("spend", "Spend", Unit.MONEY)]
+    codes = np.array([[0, NO_FACTOR]], dtype=np.int16)
+    impacts = np.array([[0.5, 0.0]], dtype=np.float32)
+    factor_json(features, TopFactors(codes, impacts, np.ones((1, 2), dtype=np.float32)))
+    assert factor_kernel._rows.signatures == [factor_kernel._SIGNATURE]
