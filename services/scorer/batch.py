@@ -224,7 +224,7 @@ def factor_json(features: Sequence[FeatureDef], factors: TopFactors) -> list[str
     texts, text_start = _ascii_run(specials)
     more = np.zeros((n, k), dtype=np.int64)
     more[:, :-1] = ~empty[:, 1:]
-    rows = factor_kernel.rows_json(
+    rows: np.ndarray = factor_kernel.rows_json(
         heads,
         head_start,
         head,
@@ -237,7 +237,7 @@ def factor_json(features: Sequence[FeatureDef], factors: TopFactors) -> list[str
         2 * importance_of(factors.impacts).astype(np.int64) + more,
     )
     # JSON text never holds a raw newline (strings are escaped): it ends each row.
-    return rows.decode("ascii").split("\n")[:-1]
+    return rows.tobytes().decode("ascii").split("\n")[:-1]
 
 
 def _ascii_run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

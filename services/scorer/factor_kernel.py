@@ -30,6 +30,19 @@ SMALL = 100
 LARGE = 10**15
 
 
+def warm() -> None:
+    """Load the loop's machine code (or compile it, where Numba has no cache yet), so
+    processes forked afterwards start with it (the scorer's forkserver: `kernel_preload`)."""
+    rows_json.compile(_SIGNATURE)
+
+
+@njit(cache=True, nogil=True)
+def _copy(out: np.ndarray, at: int, source: np.ndarray, start: int, end: int) -> int:
+    out[at : at + end - start] = source[start:end]
+    return at + end - start
+
+
+@njit(cache=True, nogil=True)
 def rows_json(
     heads: np.ndarray,
     head_start: np.ndarray,
@@ -41,8 +54,8 @@ def rows_json(
     tails: np.ndarray,
     tail_start: np.ndarray,
     tail: np.ndarray,
-) -> bytes:
-    """Every row's JSON followed by a newline, as ASCII.
+) -> np.ndarray:
+    """Every row's JSON followed by a newline, as ASCII bytes (uint8).
 
     `heads`/`head_start`: rendered heads end to end and where each starts (one
     more start than heads); `head` [n, k]: each slot's head, -1 where the slot
@@ -52,52 +65,24 @@ def rows_json(
     `tails`/`tail_start`: the importance tails, `tail` [n, k] which one (its
     importance and whether another factor follows).
     """
-    n = head.shape[0]
+    n, k = head.shape
     size = 3 * n  # "[", "]" and "\n"
-    if n:
-        size += int((head_start[1:] - head_start[:-1])[head[head >= 0]].sum())
-        size += int((tail_start[1:] - tail_start[:-1])[tail[head >= 0]].sum())
-        size += int((text_start[1:] - text_start[:-1])[text[(head >= 0) & (text >= 0)]].sum())
-        size += int(((head >= 0) & (text < 0)).sum()) * 17  # "-", 9 digits, ".", 6 decimals
+    for i in range(n):
+        for s in range(k):
+            h = head[i, s]
+            if h < 0:
+                break
+            size += head_start[h + 1] - head_start[h]
+            size += tail_start[tail[i, s] + 1] - tail_start[tail[i, s]]
+            j = text[i, s]
+            size += 17 if j < 0 else text_start[j + 1] - text_start[j]  # "-", 9 digits, ".", 6
     out = np.empty(size, dtype=np.uint8)
-    used = _rows(
-        heads, head_start, head, micros, texts, text_start, text, tails, tail_start, tail, out
-    )
-    return out[:used].tobytes()
-
-
-def warm() -> None:
-    """Load the loop's machine code (or compile it, where Numba has no cache yet), so
-    processes forked afterwards start with it (the scorer's forkserver: `kernel_preload`)."""
-    _rows.compile(_SIGNATURE)
-
-
-@njit(cache=True, nogil=True)
-def _copy(out: np.ndarray, at: int, source: np.ndarray, start: int, end: int) -> int:
-    out[at : at + end - start] = source[start:end]
-    return at + end - start
-
-
-@njit(cache=True, nogil=True)
-def _rows(
-    heads: np.ndarray,
-    head_start: np.ndarray,
-    head: np.ndarray,
-    micros: np.ndarray,
-    texts: np.ndarray,
-    text_start: np.ndarray,
-    text: np.ndarray,
-    tails: np.ndarray,
-    tail_start: np.ndarray,
-    tail: np.ndarray,
-    out: np.ndarray,
-) -> int:
     digits = np.empty(20, dtype=np.uint8)
     at = 0
-    for i in range(head.shape[0]):
+    for i in range(n):
         out[at] = 91  # [
         at += 1
-        for s in range(head.shape[1]):
+        for s in range(k):
             h = head[i, s]
             if h < 0:
                 break
@@ -141,13 +126,12 @@ def _rows(
         out[at] = 93  # ]
         out[at + 1] = 10  # newline
         at += 2
-    return at
+    return out[:at]
 
 
-_U8 = numba.types.Array(numba.types.uint8, 1, "C")
 _TEXT = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)  # bytes, as NumPy sees them
 _I64 = numba.types.Array(numba.types.int64, 1, "C")
 _I64_2 = numba.types.Array(numba.types.int64, 2, "C")
-# The argument types `rows_json` passes (C-contiguous), in order; the tests hold a real
+# The argument types `batch.factor_json` passes (C-contiguous), in order; the tests hold a real
 # call to this signature.
-_SIGNATURE = (_TEXT, _I64, _I64_2, _I64_2, _TEXT, _I64, _I64_2, _TEXT, _I64, _I64_2, _U8)
+_SIGNATURE = (_TEXT, _I64, _I64_2, _I64_2, _TEXT, _I64, _I64_2, _TEXT, _I64, _I64_2)

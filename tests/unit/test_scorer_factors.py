@@ -201,4 +201,4 @@ def test_the_warmed_factor_loop_is_the_one_a_real_call_uses() -> None:
     codes = np.array([[0, NO_FACTOR]], dtype=np.int16)
     impacts = np.array([[0.5, 0.0]], dtype=np.float32)
     factor_json(features, TopFactors(codes, impacts, np.ones((1, 2), dtype=np.float32)))
-    assert factor_kernel._rows.signatures == [factor_kernel._SIGNATURE]
+    assert factor_kernel.rows_json.signatures == [factor_kernel._SIGNATURE]
