@@ -102,7 +102,7 @@ def foresight_scores(summary: SimulationSummary, var: Path, setting: Setting) ->
     scored = score_shard(events, profiles, summary.cutoff, model, k=1)
     db.dispose()
     return pl.DataFrame(
-        {"profile_id": scored.profile_ids.astype(str), "foresight": scored.probability}
+        {"profile_id": scored.profile_ids.to_pylist(), "foresight": scored.probability}
     ).with_columns(pl.col("foresight").cast(pl.Float64), pl.lit(info.auc).alias("validation_auc"))
 
 

@@ -341,11 +341,18 @@ class EventStore:
             return fs.scan_parquet(paths, EVENT_SCHEMA)
         return pl.scan_parquet(paths, schema=EVENT_SCHEMA)
 
-    def read_shard(self, dataset: str, shard: int, parts: Iterable[str]) -> pl.DataFrame:
-        """All events of one shard, from the catalogued parts that belong to it."""
+    def read_shard(
+        self, dataset: str, shard: int, parts: Iterable[str], columns: Iterable[str] | None = None
+    ) -> pl.DataFrame:
+        """All events of one shard, from the catalogued parts that belong to it: every
+        column, or only `columns` (the others are not decoded)."""
         selected = [part for part in parts if shard_of_part(part) == shard]
         try:
-            return self.scan(dataset, selected).collect()
+            scan = self.scan(dataset, selected)
+            if columns is not None:
+                wanted = set(columns)
+                scan = scan.select(name for name in EVENT_SCHEMA if name in wanted)
+            return scan.collect()
         except _READ_ERRORS:
             raise self.damage(dataset, selected) from None
 

@@ -203,6 +203,12 @@ def prepare(
     visible: pl.LazyFrame, index: pl.DataFrame, as_of_us: int, spec: FeatureSpec
 ) -> pl.LazyFrame:
     """Per-row inputs of the aggregations: pidx, age (days), vocabulary indices, money, custom flags."""
+    joined = visible.join(index.lazy(), on="profile_id", how="inner")
+    return joined.select(pl.col("pidx"), *_row_inputs(as_of_us, spec))
+
+
+def _row_inputs(as_of_us: int, spec: FeatureSpec) -> list[pl.Expr]:
+    """`prepare`'s expressions over the event columns."""
     age = (pl.lit(as_of_us, dtype=pl.Int64) - pl.col("timestamp").dt.epoch("us")) / _US_PER_DAY
     if spec.monetary_event_type is None:
         is_money = pl.col("value").is_not_null()
@@ -210,17 +216,20 @@ def prepare(
         is_money = (pl.col("event_type") == spec.monetary_event_type) & pl.col(
             "value"
         ).is_not_null()
-    custom = [to_polars(ce.conditions).alias(f"ce{i}") for i, ce in enumerate(spec.custom_events)]
-    joined = visible.join(index.lazy(), on="profile_id", how="inner")
-    return joined.select(
-        pl.col("pidx"),
+    return [
         age.alias("age"),
         vocab_index("event_type", spec.event_types),
         vocab_index("channel", spec.channels),
         vocab_index("product_category", spec.categories),
         pl.when(is_money).then(pl.col("value")).otherwise(None).alias("mval"),
-        *custom,
-    )
+        *(to_polars(ce.conditions).alias(f"ce{i}") for i, ce in enumerate(spec.custom_events)),
+    ]
+
+
+def event_columns(spec: FeatureSpec) -> set[str]:
+    """The event columns `featurize` reads for `spec` (a reader may load only these)."""
+    used = [*_row_inputs(0, spec), to_polars(spec.exclusions)]
+    return {"profile_id", "timestamp"}.union(*(e.meta.root_names() for e in used))
 
 
 def _per_profile(prepared: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:

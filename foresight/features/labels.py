@@ -125,6 +125,11 @@ def _population_events(
     return before, recent, matching
 
 
+def population_columns(population: Population) -> set[str]:
+    """The event columns `eligible_profiles` reads (a reader may load only these)."""
+    return {"profile_id", "timestamp", *to_polars(population.conditions).meta.root_names()}
+
+
 def eligible_profiles(events: pl.DataFrame, population: Population, cutoff: datetime) -> pl.Series:
     """Sorted ids of profiles with ≥1 population event before the cutoff (in the look-back if set)."""
     _, _, matching = _population_events(events, population, as_utc(cutoff))

@@ -26,8 +26,8 @@ import pyarrow as pa
 from foresight.errors import FailedPrecondition
 from foresight.events.partitions import shard_of
 from foresight.events.store import EventStore
-from foresight.features.featurize import featurize
-from foresight.features.labels import eligible_profiles
+from foresight.features.featurize import event_columns, featurize
+from foresight.features.labels import eligible_profiles, population_columns
 from foresight.features.spec import FeatureDef, format_factor_values
 from foresight.storage.artifacts import materialize
 from foresight.storage.db import Database
@@ -45,7 +45,7 @@ _json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, with
 class ShardScores:
     """Scores of one shard's eligible profiles, and the seconds each stage took."""
 
-    profile_ids: np.ndarray
+    profile_ids: pa.Array  # large_string: pickles as two buffers, joins without a copy per id
     probability: np.ndarray
     factors: TopFactors
     seconds: dict[str, float] = field(default_factory=dict)
@@ -65,7 +65,7 @@ def score_shard(
     eligible = eligible_profiles(events, model.config.population, as_of)
     if eligible.len() == 0:
         return ShardScores(
-            np.array([], dtype=object),
+            pa.array([], type=pa.large_string()),
             np.zeros(0, dtype=np.float32),
             TopFactors.empty(k),
             {"featurize": time.perf_counter() - t0},
@@ -78,7 +78,8 @@ def score_shard(
     factors = top_factors(model.contributions(matrix.X, threads), matrix.X, k)
     t3 = time.perf_counter()
     seconds = {"featurize": t1 - t0, "predict": t2 - t1, "explain": t3 - t2}
-    return ShardScores(matrix.profile_ids, probability, factors, seconds, sketches)
+    ids = pa.array(matrix.profile_ids, type=pa.large_string())
+    return ShardScores(ids, probability, factors, seconds, sketches)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,11 @@ def score_job(job: ShardJob, profiles: pl.DataFrame | None) -> ShardScores:
     """Read one shard and score it (what a worker process or a Dask task runs)."""
     t0 = time.perf_counter()
     model = _worker_model(job.bundle, job.instance, job.version)
-    events = EventStore(job.store_root, job.shards).read_shard(job.dataset, job.shard, job.parts)
+    # Only the columns scoring reads: the others (event ids, SKUs, …) are not decoded.
+    columns = event_columns(model.spec) | population_columns(model.config.population)
+    events = EventStore(job.store_root, job.shards).read_shard(
+        job.dataset, job.shard, job.parts, columns
+    )
     read = time.perf_counter() - t0
     result = score_shard(events, profiles, job.as_of, model, job.k)
     result.seconds["read"] = read

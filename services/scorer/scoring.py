@@ -279,11 +279,10 @@ class ScoringEngine:
         """The shards' scores joined into one run, with scores and percentiles, in profile
         id order: the key index of `profile_scores` then grows at its end while the rows
         load (~30% faster than in shard order on SQLite), and the Parquet copy is sorted."""
-        ids = pa.array(
-            np.concatenate([r.profile_ids for r in results])
+        ids = (
+            pa.concat_arrays([r.profile_ids for r in results])
             if results
-            else np.array([], dtype=object),
-            type=pa.large_string(),
+            else pa.array([], type=pa.large_string())
         )
         order = pc.sort_indices(ids).to_numpy()
         probability = (

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from google.protobuf.struct_pb2 import Struct
@@ -798,7 +799,7 @@ def test_batch_scoring_in_worker_processes_equals_scoring_each_shard_inline(
         score_shard(scorer.catalog.read_shard(parts, shard), None, served.as_of, model, 5)
         for shard in sorted(set(parts.shards))
     ]
-    ids = np.concatenate([r.profile_ids for r in inline]).astype(str)
+    ids = np.array(pa.concat_arrays([r.profile_ids for r in inline]).to_pylist())
     order = np.argsort(ids)
     served_ids = np.array(served.ids.to_pylist())
     served_order = np.argsort(served_ids)

@@ -108,6 +108,12 @@ def test_write_shards_by_profile_and_reads_back(tmp_path: Path) -> None:
     everything = store.scan("web", [p.path for p in parts]).collect()
     assert everything.schema == EVENT_SCHEMA
     assert sorted(everything["event_id"].to_list()) == sorted(events["event_id"].to_list())
+    # Only some columns: in storage order, the same rows.
+    part = parts[0]
+    whole = store.read_shard("web", part.shard, [p.path for p in parts])
+    some = store.read_shard("web", part.shard, [p.path for p in parts], ["value", "profile_id"])
+    assert some.columns == ["profile_id", "value"]
+    assert some.equals(whole.select("profile_id", "value"))
 
 
 def test_rewriting_the_same_events_adds_nothing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from foresight.conditions import parse
-from foresight.features.featurize import featurize
+from foresight.features.featurize import event_columns, featurize
 from foresight.features.single import featurize_one
 from foresight.features.spec_fit import fit_feature_spec
 from foresight.instance import CustomEvent, Goal, InstanceConfig
@@ -103,3 +103,42 @@ def test_one_profile_features_equal_the_batch_ones() -> None:
     # The data exercised every kind of feature (none is constant across profiles).
     varying = np.nanstd(batch.X, axis=0) > 0
     assert varying.sum() > 0.8 * len(spec.features)
+
+
+def test_featurize_needs_only_its_event_columns() -> None:
+    """The batch scorer reads only `event_columns(spec)` from the store: the matrix is the
+    same as from every column, with conditions on other columns (exclusions, custom
+    events, an attribute) among them."""
+    n = 300
+    events = _events(n, seed=5).with_columns(
+        attributes=pl.when(pl.col("quantity") > 2)
+        .then(pl.lit('{"vip": "yes"}'))
+        .otherwise(pl.lit("{}"))
+    )
+    config = InstanceConfig(
+        name="t",
+        goal=Goal(parse('event_type = "commerce.purchases"')),
+        custom_events=(CustomEvent("vip", parse('attributes.vip = "yes"')),),
+        exclusions=parse('campaign_id starts with "post-purchase"'),
+    )
+    spec = fit_feature_spec(events, None, config, AS_OF, max_categories=3)
+    columns = event_columns(spec)
+    assert columns == {
+        "profile_id",
+        "timestamp",
+        "event_type",
+        "channel",
+        "product_category",
+        "value",
+        "attributes",
+        "campaign_id",
+    }
+    ids = pl.Series([f"p{i:05d}" for i in range(n)])
+    full = featurize(events, None, AS_OF, spec, profile_ids=ids)
+    projected = featurize(events.select(sorted(columns)), None, AS_OF, spec, profile_ids=ids)
+    np.testing.assert_array_equal(projected.X, full.X)
+    # The attribute condition matched some events and not others.
+    vip = full.X[:, spec.codes.index("days_since_last__custom.vip")]
+    assert 0 < np.isnan(vip).sum() < n
+    plain = fit_feature_spec(events, None, InstanceConfig(name="t", goal=config.goal), AS_OF)
+    assert event_columns(plain).isdisjoint({"attributes", "campaign_id"})

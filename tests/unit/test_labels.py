@@ -19,6 +19,7 @@ from foresight.features.labels import (
     eligible_profiles,
     goal_labels,
     label_counts,
+    population_columns,
     population_funnel,
     require_enough_labels,
     window_end,
@@ -109,6 +110,18 @@ def test_population_conditions_filter_eligibility() -> None:
     )
     population = Population(conditions=parse(PURCHASE), lookback_days=10)
     assert eligible_profiles(events, population, CUTOFF).to_list() == ["buyer"]
+
+
+def test_population_columns_are_what_eligibility_reads() -> None:
+    events = frame([(p, CUTOFF - days(2), "web.webpagedetails.pageViews") for p in "abc"])
+    events = events.with_columns(
+        page_name=pl.Series(["home", "cart", None]), value=pl.Series([None, 20.0, 5.0])
+    )
+    population = Population(conditions=parse('page_name = "home" or value > 10'))
+    assert population_columns(population) == {"profile_id", "timestamp", "page_name", "value"}
+    assert population_columns(Population()) == {"profile_id", "timestamp"}
+    projected = events.select(sorted(population_columns(population)))
+    assert eligible_profiles(projected, population, CUTOFF).to_list() == ["a", "b"]
 
 
 def test_window_end_is_the_midnight_after_the_last_day() -> None:

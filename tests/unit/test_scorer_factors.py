@@ -46,6 +46,11 @@ def test_percentiles_are_1_to_100_and_ties_share_the_highest_rank() -> None:
     assert tied.tolist() == [75, 75, 75, 100]
     assert percentiles_of(np.array([0.5])).tolist() == [100]
     assert percentiles_of(np.array([])).size == 0
+    # Unsorted, with ties: each profile's share of profiles at or below it, rounded up.
+    rng = np.random.default_rng(4)
+    shuffled = rng.choice(rng.random(300), 2000).astype(np.float32)
+    at_or_below = (shuffled[None, :] <= shuffled[:, None]).sum(axis=1)
+    assert percentiles_of(shuffled).tolist() == np.ceil(at_or_below * 100 / 2000).tolist()
 
 
 def test_importance_thresholds_use_the_absolute_impact() -> None:
