@@ -26,8 +26,8 @@ import pyarrow as pa
 from foresight.errors import FailedPrecondition
 from foresight.events.partitions import shard_of
 from foresight.events.store import EventStore
-from foresight.features.featurize import event_columns, featurize
-from foresight.features.labels import eligible_profiles, population_columns
+from foresight.features.featurize import featurize
+from foresight.features.labels import eligible_profiles
 from foresight.features.spec import FeatureDef, format_factor_values
 from foresight.storage.artifacts import materialize
 from foresight.storage.db import Database
@@ -120,9 +120,8 @@ def score_job(job: ShardJob, profiles: pl.DataFrame | None) -> ShardScores:
     t0 = time.perf_counter()
     model = _worker_model(job.bundle, job.instance, job.version)
     # Only the columns scoring reads: the others (event ids, SKUs, …) are not decoded.
-    columns = event_columns(model.spec) | population_columns(model.config.population)
     events = EventStore(job.store_root, job.shards).read_shard(
-        job.dataset, job.shard, job.parts, columns
+        job.dataset, job.shard, job.parts, model.event_columns
     )
     read = time.perf_counter() - t0
     result = score_shard(events, profiles, job.as_of, model, job.k)
