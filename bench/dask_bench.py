@@ -322,7 +322,8 @@ def pg_load_rate(results: dict[str, Any], rows: int = 200_000) -> None:
         )
         t0 = time.perf_counter()
         for start in range(0, rows, 50_000):
-            db.bulk_load(ProfileScoreRow.__table__, columns, data[start : start + 50_000])  # type: ignore[arg-type]
+            chunk = zip(*data[start : start + 50_000], strict=True)
+            db.bulk_load(ProfileScoreRow.__table__, dict(zip(columns, chunk, strict=True)))  # type: ignore[arg-type]
         results["pg_copy_score_rows_per_s"] = round(rows / (time.perf_counter() - t0))
         results["pg_copy_rows"] = rows
     finally:

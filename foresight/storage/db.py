@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,18 +90,29 @@ class Database:
     def bulk_load(
         self,
         table: Table,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
+        data: Mapping[str, Sequence[Any]],
         replace: tuple[str, Sequence[Any]] | None = None,
     ) -> int:
-        """Insert many rows fast: COPY on PostgreSQL, the DB-API's executemany elsewhere.
+        """Insert many rows fast, given column by column: COPY on PostgreSQL, the DB-API's
+        executemany elsewhere. Returns the number of rows.
 
-        Give every column: Python-side column defaults are not applied (as with
-        COPY). `replace=(column, keys)` first deletes the rows whose `column` is in
-        `keys`, in the same transaction, so an upsert is all or nothing.
+        `data` maps every column to its values, one per row. Give every column:
+        Python-side column defaults are not applied (as with COPY). Values are
+        bound as SQLAlchemy binds them (JSON dumped, …), a column at a time, and
+        the rows are put together once. `replace=(column, keys)` first deletes the
+        rows whose `column` is in `keys`, in the same transaction, so an upsert
+        is all or nothing.
         """
-        json_cols = {i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)}
+        columns = list(data)
+        values = [data[c] for c in columns]
+        n = len(values[0]) if values else 0
+        if any(len(column) != n for column in values):
+            raise ValueError("bulk_load needs one value per row in every column")
         if self.is_postgres:
+            values = [
+                [json.dumps(v) for v in column] if isinstance(table.c[c].type, JSON) else column
+                for c, column in zip(columns, values, strict=True)
+            ]
             raw = self.engine.raw_connection()
             try:
                 cur = raw.cursor()
@@ -110,11 +121,7 @@ class Database:
                     cur.execute(f"DELETE FROM {table.name} WHERE {column} = ANY(%s)", (list(keys),))
                 cols = ", ".join(columns)
                 with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN") as copy:
-                    for row in rows:
-                        if json_cols:
-                            row = [
-                                json.dumps(v) if i in json_cols else v for i, v in enumerate(row)
-                            ]
+                    for row in zip(*values, strict=True):
                         copy.write_row(row)
                 raw.commit()
             except BaseException:
@@ -122,32 +129,27 @@ class Database:
                 raise
             finally:
                 raw.close()
-            return len(rows)
+            return n
         with self.engine.begin() as conn:
             if replace is not None:
                 column, keys = replace
                 for start in range(0, len(keys), 5_000):
                     chunk = list(keys[start : start + 5_000])
                     conn.execute(delete(table).where(table.c[column].in_(chunk)))
-            if rows:
-                # The DB-API's executemany on tuples, each column bound as SQLAlchemy binds it
-                # (JSON dumped, …): about half the CPU of insert() with a dict per row.
+            if n:
+                # The DB-API's executemany on tuples: about half the CPU of insert() with a
+                # dict per row.
                 dialect = self.engine.dialect
-                processors = {
-                    i: p
-                    for i, c in enumerate(columns)
-                    if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect))
-                }
-                if processors:
-                    values = list(zip(*rows, strict=True))
-                    for i, process in processors.items():
-                        values[i] = tuple(map(process, values[i]))
-                    rows = list(zip(*values, strict=True))
+                for i, c in enumerate(columns):
+                    process = table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
+                    if process is not None:
+                        values[i] = list(map(process, values[i]))
                 marks = ", ".join("?" * len(columns))
                 conn.exec_driver_sql(
-                    f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", rows
+                    f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})",
+                    list(zip(*values, strict=True)),
                 )
-        return len(rows)
+        return n
 
     def dispose(self) -> None:
         """Close pooled connections."""

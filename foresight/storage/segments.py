@@ -131,8 +131,9 @@ class SegmentTables:
             raise ValueError(f"member columns must include profile_id, from {MEMBER_COLUMNS}")
         table = SegmentMemberRow.__table__
         for chunk in chunks:
-            rows = [(segment_id, *member) for member in chunk]
-            self.db.bulk_load(table, ("segment_id", *columns), rows)  # type: ignore[arg-type]
+            data: dict[str, Sequence[Any]] = {"segment_id": [segment_id] * len(chunk)}
+            data.update((c, [member[j] for member in chunk]) for j, c in enumerate(columns))
+            self.db.bulk_load(table, data)  # type: ignore[arg-type]
 
     def get(self, name: str) -> SegmentInfo:
         """One segment by name (NotFound if there is none)."""

@@ -145,7 +145,6 @@ class LoadJob:
     factors: TopFactors
 
 
-_LOAD_COLUMNS = ("run_id", "profile_id", "probability", "score", "percentile", "bucket", "factors")
 _BUCKET_NAMES = {int(b): b.name for b in Bucket}
 
 
@@ -156,20 +155,17 @@ def _worker_database(url: str) -> Database:
 
 def load_job(job: LoadJob) -> int:
     """Render a chunk's factor JSON and bulk load its rows (COPY on PostgreSQL)."""
-    rows = list(
-        zip(
-            [job.run_id] * len(job.ids),
-            job.ids.to_pylist(),
-            job.probability.astype(np.float64).tolist(),
-            job.score.tolist(),
-            job.percentile.tolist(),
-            [_BUCKET_NAMES[b] for b in job.bucket.tolist()],
-            factor_json(job.features, job.factors),
-            strict=True,
-        )
-    )
+    data = {
+        "run_id": [job.run_id] * len(job.ids),
+        "profile_id": job.ids.to_pylist(),
+        "probability": job.probability.astype(np.float64).tolist(),
+        "score": job.score.tolist(),
+        "percentile": job.percentile.tolist(),
+        "bucket": [_BUCKET_NAMES[b] for b in job.bucket.tolist()],
+        "factors": factor_json(job.features, job.factors),
+    }
     table = ProfileScoreRow.__table__
-    return _worker_database(job.database_url).bulk_load(table, _LOAD_COLUMNS, rows)  # type: ignore[arg-type]
+    return _worker_database(job.database_url).bulk_load(table, data)  # type: ignore[arg-type]
 
 
 def profiles_of(profiles: pl.DataFrame | None, shard: int, shards: int) -> pl.DataFrame | None:

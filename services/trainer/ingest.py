@@ -306,12 +306,14 @@ class Ingestor:
         )
         ids_list = good["profile_id"].to_list()
         now = datetime.now(UTC)
-        rows = [(pid, _jsonable(rec), now) for pid, rec in zip(ids_list, records, strict=True)]
         table: Table = ProfileRow.__table__  # type: ignore[assignment]
         self.db.bulk_load(
             table,
-            ["profile_id", "attributes", "updated_at"],
-            rows,
+            {
+                "profile_id": ids_list,
+                "attributes": [_jsonable(rec) for rec in records],
+                "updated_at": [now] * len(ids_list),
+            },
             replace=("profile_id", ids_list),
         )
         return ProfileImportSummary(rows_read, len(ids_list), attributes, rejected)

@@ -46,7 +46,8 @@ def test_bulk_load_and_utc_round_trip(database: Database) -> None:
         )
     rows = [("r1", f"p{i}", i / 1000, i % 100, (i % 100) + 1, "LOW", "[]") for i in range(2_000)]
     cols = ["run_id", "profile_id", "probability", "score", "percentile", "bucket", "factors"]
-    assert database.bulk_load(ProfileScoreRow.__table__, cols, rows) == 2_000  # type: ignore[arg-type]
+    data = dict(zip(cols, zip(*rows, strict=True), strict=True))
+    assert database.bulk_load(ProfileScoreRow.__table__, data) == 2_000  # type: ignore[arg-type]
     with database.session() as s:
         run = s.scalar(select(ScoringRunRow).where(ScoringRunRow.run_id == "r1"))
         assert run is not None and run.as_of == T0 and run.as_of.tzinfo is not None
@@ -123,9 +124,11 @@ def test_bulk_replace_of_json_rows_is_an_upsert(database: Database) -> None:
     cols = ["profile_id", "attributes", "updated_at"]
     table = ProfileRow.__table__
     first = [(f"p{i}", {"tier": "gold", "n": i}, T0) for i in range(100)]
-    database.bulk_load(table, cols, first, replace=("profile_id", [r[0] for r in first]))  # type: ignore[arg-type]
+    data = dict(zip(cols, zip(*first, strict=True), strict=True))
+    database.bulk_load(table, data, replace=("profile_id", data["profile_id"]))  # type: ignore[arg-type]
     second = [(f"p{i}", {"tier": "silver"}, T0) for i in range(50, 150)]
-    database.bulk_load(table, cols, second, replace=("profile_id", [r[0] for r in second]))  # type: ignore[arg-type]
+    data = dict(zip(cols, zip(*second, strict=True), strict=True))
+    database.bulk_load(table, data, replace=("profile_id", data["profile_id"]))  # type: ignore[arg-type]
     with database.session() as s:
         rows = {r.profile_id: r.attributes for r in s.scalars(select(ProfileRow))}
     assert len(rows) == 150
