@@ -310,20 +310,19 @@ def pg_load_rate(results: dict[str, Any], rows: int = 200_000) -> None:
         factors = json.dumps(
             [{"code": f"f{i}", "value": 1.5, "impact": 0.1, "importance": "HIGH"} for i in range(5)]
         )
-        data = [("r", f"p{i:09d}", 0.5, 50, 50, "MEDIUM", factors) for i in range(rows)]
-        columns = (
-            "run_id",
-            "profile_id",
-            "probability",
-            "score",
-            "percentile",
-            "bucket",
-            "factors",
-        )
+        data: dict[str, list[Any]] = {
+            "run_id": ["r"] * rows,
+            "profile_id": [f"p{i:09d}" for i in range(rows)],
+            "probability": [0.5] * rows,
+            "score": [50] * rows,
+            "percentile": [50] * rows,
+            "bucket": ["MEDIUM"] * rows,
+            "factors": [factors] * rows,
+        }
         t0 = time.perf_counter()
         for start in range(0, rows, 50_000):
-            chunk = zip(*data[start : start + 50_000], strict=True)
-            db.bulk_load(ProfileScoreRow.__table__, dict(zip(columns, chunk, strict=True)))  # type: ignore[arg-type]
+            chunk = {name: values[start : start + 50_000] for name, values in data.items()}
+            db.bulk_load(ProfileScoreRow.__table__, chunk)  # type: ignore[arg-type]
         results["pg_copy_score_rows_per_s"] = round(rows / (time.perf_counter() - t0))
         results["pg_copy_rows"] = rows
     finally:
