@@ -155,7 +155,9 @@ class ScoringEngine:
                 RUNS.labels(instance=instance, status=status.value).inc()
                 raise
             result, finished = self._mark_ready(run_id, len(scores), relative)
-            self.snapshots.swap(scores, finished)
+            # Serve the run mapped from its sidecar: the arrays built here are freed, and
+            # the pages are shared with every other process serving the run.
+            self.snapshots.swap(self._load_files(run_id, relative), finished)
             RUNS.labels(instance=instance, status=Status.READY.value).inc()
             notify(Progress("done", 1.0, f"{len(scores):,} profiles scored"))
             log.info(
@@ -459,16 +461,19 @@ class ScoringEngine:
         return self.load(row)
 
     def load(self, row: ScoringRunRow) -> RunScores:
-        """Read a run from its sidecar, else its Parquet copy; a file this scorer does not
-        have is copied from the artifact mirror first (another replica scored the run)."""
+        """Map a run from its sidecar, else read its Parquet copy; a file this scorer does
+        not have is copied from the artifact mirror first (another replica scored the run)."""
         assert row.scores_path is not None
-        parquet, sidecar = score_files(row.scores_path)
+        return self._load_files(row.run_id, row.scores_path)
+
+    def _load_files(self, run_id: str, scores_path: str) -> RunScores:
+        parquet, sidecar = score_files(scores_path)
         path = self.artifacts.local_file(sidecar)
         if path is not None:
             return RunScores.read_sidecar(path)
         path = self.artifacts.local_file(parquet)
         if path is None:
             raise FailedPrecondition(
-                f"the score files of run '{row.run_id}' are missing from the artifact store"
+                f"the score files of run '{run_id}' are missing from the artifact store"
             )
         return RunScores.read_parquet(path)

@@ -1,12 +1,18 @@
-"""The in-memory lookup snapshot: the latest run of each instance in compact arrays.
+"""The lookup snapshot: the latest run of each instance in compact arrays.
 
 One `RunScores` holds a run as columns: profile ids in one Arrow string buffer,
 probability / score / percentile / bucket as small NumPy arrays, and the top
 factors as int16 feature codes with float32 impacts and values. An id is found
-through a sorted array of 64-bit string hashes (one `searchsorted`, then the id
+through a sorted array of its CRC-32 hashes (one binary search, then the id
 itself is compared, so a collision can never return another profile's score).
-For 1M profiles with 5 factors that is ~90 MB, where a dict of Python objects
+For 1M profiles with 5 factors that is ~85 MB, where a dict of Python objects
 would take several times more.
+
+A serving process maps these columns from the run's sidecar (an uncompressed
+Arrow IPC file, hashes included) instead of reading them into its heap: loading
+is instant, the pages are the kernel's page cache, shared by every worker
+process that serves the run and reclaimable under memory pressure, and only
+the pages lookups touch become resident.
 
 `SnapshotStore` maps instance → `RunScores`; a finished run replaces its
 instance's entry by swapping the whole mapping, so a reader holding the old
@@ -16,15 +22,16 @@ mapping finishes its request on a consistent run and never sees a half-built one
 from __future__ import annotations
 
 import bisect
-import io
 import itertools
 import json
+import mmap
 import threading
+import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -45,31 +52,56 @@ def _view(array: np.ndarray) -> memoryview:
 
 
 def _id_hash(profile_id: bytes) -> int:
-    # Python's bytes hash: fast, 64-bit, stable within the process that built the
-    # snapshot, which is the only place it is ever compared.
-    return hash(profile_id)
+    # CRC-32: the same in every process and version, so the sorted hashes are
+    # stored in the sidecar and a serving process never hashes a million ids.
+    return zlib.crc32(profile_id)
 
 
-def _id_hashes(ids: pa.Array) -> np.ndarray:
-    """Hash of every id, read straight from the Arrow buffers in chunks.
-
-    No list of a million Python strings is ever built: each id's bytes live only
-    while hashed, so loading a snapshot leaves no heap of freed small objects.
-    """
+def _offsets(ids: pa.Array) -> np.ndarray:
+    """The int64 offsets [n + 1] of a large_string array into its data buffer."""
     n = len(ids)
-    out = np.empty(n, dtype=np.int64)
     if n == 0:
-        return out
-    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64)[ids.offset : ids.offset + n + 1]
-    data = ids.buffers()[2]
-    raw = data.to_pybytes() if data is not None else b""
-    step = 65_536
-    for start in range(0, n, step):
-        bounds = offsets[start : min(n, start + step) + 1].tolist()
-        out[start : start + len(bounds) - 1] = [
-            _id_hash(raw[a:b]) for a, b in itertools.pairwise(bounds)
-        ]
-    return out
+        return np.zeros(1, dtype=np.int64)
+    return np.frombuffer(ids.buffers()[1], dtype=np.int64)[ids.offset : ids.offset + n + 1]
+
+
+@dataclass(frozen=True, eq=False)
+class IdIndex:
+    """Profile id → row: the ids' sorted hashes, the row of each, and the id characters
+    (`text`: bytes, or the mapped sidecar) to confirm a match."""
+
+    hashes: np.ndarray  # uint32 [n], sorted
+    rows: np.ndarray  # int32 [n]: the row of each hash
+    offsets: np.ndarray  # int64 [n + 1]: id i is text[base + offsets[i] : base + offsets[i + 1]]
+    text: bytes | mmap.mmap
+    base: int = 0
+
+    @classmethod
+    def of(cls, ids: pa.Array) -> IdIndex:
+        """Hash every id, read straight from the Arrow buffers in chunks (no list of a
+        million Python strings is ever built)."""
+        n = len(ids)
+        hashes = np.empty(n, dtype=np.uint32)
+        offsets = _offsets(ids)
+        start = int(offsets[0])
+        data = ids.buffers()[2] if n else None
+        raw = data.slice(start, int(offsets[-1]) - start).to_pybytes() if data is not None else b""
+        if start:
+            offsets = offsets - start
+        step = 65_536
+        for first in range(0, n, step):
+            bounds = offsets[first : min(n, first + step) + 1].tolist()
+            hashes[first : first + len(bounds) - 1] = [
+                _id_hash(raw[a:b]) for a, b in itertools.pairwise(bounds)
+            ]
+        order = np.argsort(hashes, kind="stable")
+        return cls(hashes[order], order.astype(np.int32), offsets, raw)
+
+    def nbytes(self) -> int:
+        """Bytes of the index besides the ids array: hashes, rows, and the copy of the
+        id characters when it holds one (a mapped sidecar's are the ids' own)."""
+        copy = len(self.text) if isinstance(self.text, bytes) else 0
+        return int(self.hashes.nbytes + self.rows.nbytes + copy)
 
 
 class ScoreRow(NamedTuple):
@@ -114,16 +146,15 @@ class RunScores:
     score: np.ndarray  # uint8 [n]
     percentile: np.ndarray  # uint8 [n]
     factors: TopFactors
+    id_index: InitVar[IdIndex | None] = None  # stored with the run (sidecar), else built
     bucket: np.ndarray = field(init=False)  # uint8 [n] (Bucket values)
-    _hashes: np.ndarray = field(init=False, repr=False)
-    _rows: np.ndarray = field(init=False, repr=False)
+    index: IdIndex = field(init=False, repr=False)
     _hash_view: memoryview = field(init=False, repr=False)
     _row_view: memoryview = field(init=False, repr=False)
     _offset_view: memoryview = field(init=False, repr=False)
-    _id_bytes: bytes = field(init=False, repr=False)
     _columns: tuple[memoryview, ...] = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, id_index: IdIndex | None) -> None:
         ids = self.ids
         if not pa.types.is_large_string(ids.type):
             ids = ids.cast(pa.large_string())
@@ -131,14 +162,13 @@ class RunScores:
             ids = ids.combine_chunks()
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "bucket", buckets_of(self.score))
-        offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64)[
-            ids.offset : ids.offset + len(ids) + 1
-        ]
-        data = ids.buffers()[2]
-        object.__setattr__(self, "_offset_view", _view(np.ascontiguousarray(offsets)))
-        # One bytes copy of the id characters (~15 B a profile): slicing bytes and
-        # comparing is far cheaper than an Arrow scalar or a memoryview compare.
-        object.__setattr__(self, "_id_bytes", data.to_pybytes() if data is not None else b"")
+        index = id_index if id_index is not None else IdIndex.of(ids)
+        object.__setattr__(self, "index", index)
+        # Memoryviews: C-level bisect and plain-int indexing are several times faster
+        # than NumPy's per-call overhead for one value.
+        object.__setattr__(self, "_hash_view", _view(index.hashes))
+        object.__setattr__(self, "_row_view", _view(index.rows))
+        object.__setattr__(self, "_offset_view", _view(np.ascontiguousarray(index.offsets)))
         # Flat memoryviews: one profile's fields come out as plain Python numbers
         # in well under a microsecond (NumPy scalar indexing costs ~100 ns a value).
         object.__setattr__(
@@ -157,12 +187,6 @@ class RunScores:
                 )
             ),
         )
-        hashes = _id_hashes(ids)
-        order = np.argsort(hashes, kind="stable")
-        object.__setattr__(self, "_hashes", hashes[order])
-        object.__setattr__(self, "_rows", order.astype(np.int32))
-        object.__setattr__(self, "_hash_view", _view(self._hashes))
-        object.__setattr__(self, "_row_view", _view(self._rows))
 
     def __len__(self) -> int:
         return len(self.probability)
@@ -180,14 +204,13 @@ class RunScores:
         """Row of a profile, or -1 (about a microsecond)."""
         key = profile_id.encode()
         h = _id_hash(key)
-        # Memoryviews over the arrays: C-level bisect and plain-int indexing are
-        # several times faster than NumPy's per-call overhead for one value.
         hashes, rows, offsets = self._hash_view, self._row_view, self._offset_view
+        text, base = self.index.text, self.index.base
         i = bisect.bisect_left(hashes, h)
         n = len(hashes)
         while i < n and hashes[i] == h:
             row = rows[i]
-            if self._id_bytes[offsets[row] : offsets[row + 1]] == key:
+            if text[base + offsets[row] : base + offsets[row + 1]] == key:
                 return row
             i += 1
         return -1
@@ -213,7 +236,7 @@ class RunScores:
         return self.row(row).instance_score()
 
     def nbytes(self) -> int:
-        """Memory held by the arrays (for status and the benchmark)."""
+        """Bytes of the columns and the id index (in the heap, or mapped from the sidecar)."""
         arrays = (
             self.probability,
             self.score,
@@ -222,10 +245,8 @@ class RunScores:
             self.factors.codes,
             self.factors.impacts,
             self.factors.values,
-            self._hashes,
-            self._rows,
         )
-        return int(self.ids.nbytes + len(self._id_bytes) + sum(a.nbytes for a in arrays))
+        return int(self.ids.nbytes + sum(a.nbytes for a in arrays) + self.index.nbytes())
 
     # --- Parquet copy ---------------------------------------------------------------
 
@@ -275,60 +296,79 @@ class RunScores:
         }
 
     def write_sidecar(self, path: Path) -> None:
-        """The arrays as one uncompressed .npz, written atomically.
+        """The columns and the id index as one uncompressed Arrow IPC file, written
+        atomically: what `read_sidecar` maps."""
+        k = self.k
 
-        Decoding Parquet makes large transient buffers that the allocators keep
-        (~100 MB of RSS for a million rows); this file loads in small reads
-        straight into the final arrays.
-        """
-        ids = self.ids
-        offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64)[
-            ids.offset : ids.offset + len(ids) + 1
-        ]
-        data = ids.buffers()[2]
-        raw = (
-            np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+        def slots(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+            return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type_), k)
+
+        batch = pa.record_batch(
+            {
+                "profile_id": self.ids,
+                "probability": pa.array(self.probability, pa.float32()),
+                "score": pa.array(self.score, pa.uint8()),
+                "percentile": pa.array(self.percentile, pa.uint8()),
+                "factor_codes": slots(self.factors.codes, pa.int16()),
+                "factor_impacts": slots(self.factors.impacts, pa.float32()),
+                "factor_values": slots(self.factors.values, pa.float32()),
+                "id_hash": pa.array(self.index.hashes, pa.uint32()),
+                "id_row": pa.array(self.index.rows, pa.int32()),
+            },
+            metadata={METADATA_KEY: json.dumps(self._meta()).encode()},
         )
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            meta=np.frombuffer(json.dumps(self._meta()).encode(), dtype=np.uint8),
-            id_offsets=offsets - offsets[0] if len(offsets) else offsets,
-            id_data=raw[offsets[0] : offsets[-1]] if len(offsets) else raw,
-            probability=self.probability,
-            score=self.score,
-            percentile=self.percentile,
-            factor_codes=self.factors.codes,
-            factor_impacts=self.factors.impacts,
-            factor_values=self.factors.values,
-        )
-        atomic_write_bytes(path, buffer.getvalue())
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
     @classmethod
     def read_sidecar(cls, path: Path) -> RunScores:
-        """Load a run written by `write_sidecar`."""
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(npz["meta"].tobytes())
-            offsets = npz["id_offsets"]
-            ids = pa.LargeStringArray.from_buffers(
-                len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(npz["id_data"])
-            )
-            return cls(
-                run_id=meta["run_id"],
-                instance=meta["instance"],
-                model_version=int(meta["model_version"]),
-                as_of=datetime.fromisoformat(meta["as_of"]),
-                features=tuple(
-                    FeatureDef(code, desc, Unit(unit)) for code, desc, unit in meta["features"]
-                ),
-                ids=ids,
-                probability=npz["probability"],
-                score=npz["score"],
-                percentile=npz["percentile"],
-                factors=TopFactors(
-                    npz["factor_codes"], npz["factor_impacts"], npz["factor_values"]
-                ),
-            )
+        """Map a run written by `write_sidecar`: its columns stay in the file's pages
+        (no copy into the heap; files are replaced by rename, never rewritten in place)."""
+        with path.open("rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        whole = pa.py_buffer(mapped)
+        reader = pa.ipc.open_file(whole)
+        raw = (reader.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None or reader.num_record_batches != 1:
+            raise ValueError(f"{path} is not a scorer sidecar")
+        batch = reader.get_batch(0)
+        batch.validate()
+        meta = json.loads(raw)
+        n, k = batch.num_rows, int(meta["top_factors"])
+
+        def column(name: str) -> np.ndarray:
+            return np.asarray(batch.column(name).to_numpy(zero_copy_only=True))
+
+        def slots(name: str) -> np.ndarray:
+            values = batch.column(name).flatten().to_numpy(zero_copy_only=True)
+            return np.asarray(values).reshape(n, k)
+
+        ids = batch.column("profile_id")
+        data = ids.buffers()[2] if n else None
+        index = IdIndex(
+            column("id_hash"),
+            column("id_row"),
+            _offsets(ids),
+            mapped,
+            data.address - whole.address if data is not None else 0,
+        )
+        return cls(
+            run_id=meta["run_id"],
+            instance=meta["instance"],
+            model_version=int(meta["model_version"]),
+            as_of=datetime.fromisoformat(meta["as_of"]),
+            features=_features(meta),
+            ids=ids,
+            probability=column("probability"),
+            score=column("score"),
+            percentile=column("percentile"),
+            factors=TopFactors(
+                slots("factor_codes"), slots("factor_impacts"), slots("factor_values")
+            ),
+            id_index=index,
+        )
 
     def write(self, parquet_path: Path) -> None:
         """The Parquet copy (for people and other tools) and the sidecar next to it."""
@@ -351,9 +391,7 @@ class RunScores:
         if raw is None:
             raise ValueError(f"{path} is not a scorer score file")
         meta = json.loads(raw)
-        features = tuple(
-            FeatureDef(code, desc, Unit(unit)) for code, desc, unit in meta["features"]
-        )
+        features = _features(meta)
         k = int(meta["top_factors"])
         n = table.num_rows
         lookup = {f.code: i for i, f in enumerate(features)}
@@ -389,9 +427,13 @@ class RunScores:
         )
 
 
+def _features(meta: dict[str, Any]) -> tuple[FeatureDef, ...]:
+    return tuple(FeatureDef(code, desc, Unit(unit)) for code, desc, unit in meta["features"])
+
+
 def sidecar_of(parquet_path: Path) -> Path:
-    """Where the compact sidecar of a Parquet score copy lives."""
-    return parquet_path.with_suffix(".npz")
+    """Where the sidecar (Arrow IPC, what serving maps) of a Parquet score copy lives."""
+    return parquet_path.with_suffix(".arrow")
 
 
 class SnapshotStore:

@@ -38,7 +38,7 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
     scores = tmp_path / "artifacts" / SCORES_FOLDER
     (scores / "churn").mkdir(parents=True)
     kept = scores / "churn" / "ready.parquet"
-    for name in ("ready.parquet", "ready.npz", "killed.parquet", "failed.parquet"):
+    for name in ("ready.parquet", "ready.arrow", "killed.parquet", "failed.parquet"):
         (scores / "churn" / name).write_bytes(b"scores")
     (scores / "churn" / ".tmp-0123-killed.parquet").write_bytes(b"half")
     # Model health summaries: kept for READY runs, pruned ones included.
@@ -72,7 +72,7 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
     # The failed run's copy and the temp file; its summary and the temp summary
     # (the interrupted run's summary goes with the run itself).
     assert interrupted == ["killed"] and removed == 4
-    assert sorted(p.name for p in (scores / "churn").iterdir()) == ["ready.npz", "ready.parquet"]
+    assert sorted(p.name for p in (scores / "churn").iterdir()) == ["ready.arrow", "ready.parquet"]
     assert sorted(p.name for p in health.iterdir()) == ["pruned.json", "ready.json"]
     assert kept.read_bytes() == b"scores"
     with database.session() as s:

@@ -243,7 +243,7 @@ def test_a_run_is_served_by_a_second_scorer_that_shares_only_the_database_and_th
     finally:
         first.engine.runner.close()
     assert newer.status is Status.READY and newer.profiles > 0, newer.error
-    assert _mirrored(newer.run_id) == [f"{newer.run_id}.{x}" for x in ("json", "npz", "parquet")]
+    assert _mirrored(newer.run_id) == [f"{newer.run_id}.{x}" for x in ("arrow", "json", "parquet")]
 
     second = _scorer(db, events, tmp_path / "empty")  # a replica with its own, empty volume
     try:
@@ -306,7 +306,7 @@ def test_a_failed_upload_fails_the_run_and_the_previous_run_stays_served(
         upload = fs.upload
 
         def broken(source: Path, url: str) -> None:
-            if url.endswith(".npz"):  # after the Parquet copy is up: cleanup must remove it
+            if url.endswith(".arrow"):  # after the Parquet copy is up: cleanup must remove it
                 raise OSError(f"the object store went away while writing {source}")
             upload(source, url)
 
@@ -322,7 +322,7 @@ def test_a_failed_upload_fails_the_run_and_the_previous_run_stays_served(
     assert snapshot is not None and snapshot.run_id == served.run_id
     assert _mirrored(failed.run_id) == []
     assert sorted(p.name for p in (artifacts / "scores" / INSTANCE).iterdir()) == [
-        f"{served.run_id}.npz",
+        f"{served.run_id}.arrow",
         f"{served.run_id}.parquet",
     ]
     assert [r.run_id for r in scorer.list_runs(INSTANCE) if r.status is Status.READY] == [
@@ -335,7 +335,7 @@ def test_scorer_recovery_removes_an_interrupted_runs_mirror_copies(s3: str, tmp_
     db.migrate()
     store = ArtifactStore(tmp_path / "artifacts", MIRROR)
     names = {
-        run_id: [f"scores/{INSTANCE}/{run_id}.{x}" for x in ("parquet", "npz")]
+        run_id: [f"scores/{INSTANCE}/{run_id}.{x}" for x in ("parquet", "arrow")]
         + [f"health/{INSTANCE}/{run_id}.json"]
         for run_id in ("killed-run", "ready-run")
     }
@@ -358,10 +358,10 @@ def test_scorer_recovery_removes_an_interrupted_runs_mirror_copies(s3: str, tmp_
             )
     assert recover_interrupted(db, store)[0] == ["killed-run"]
     assert _mirrored("killed-run") == []
-    assert _mirrored("ready-run") == [f"ready-run.{x}" for x in ("json", "npz", "parquet")]
+    assert _mirrored("ready-run") == [f"ready-run.{x}" for x in ("arrow", "json", "parquet")]
     # A scorer on an empty volume copies a mirrored file in; one the mirror lacks is None.
     replica = ArtifactStore(tmp_path / "replica", MIRROR)
     copy = replica.local_file(names["ready-run"][1])
     assert copy is not None and copy.read_bytes() == b"scores"
     assert replica.local_file(names["killed-run"][1]) is None
-    assert not (tmp_path / "replica" / "scores" / INSTANCE / "killed-run.npz").exists()
+    assert not (tmp_path / "replica" / "scores" / INSTANCE / "killed-run.arrow").exists()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import mmap
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from foresight.api.scorer.v1 import scorer_pb2
@@ -65,9 +68,9 @@ def test_parquet_copy_round_trips(tmp_path: Path) -> None:
 
 def test_compact_memory_per_profile() -> None:
     scores = make_scores(100_000)
-    # ids (15 B + 8 B offset, and 15 B for the lookup compare), hash + row (12 B),
-    # probability 4 B, 3 B score / percentile / bucket, 5 × (2 + 4 + 4) B factors: ~110 B.
-    assert scores.nbytes() / len(scores) < 112
+    # ids (15 B + 8 B offset, and 15 B for the lookup compare), hash + row (8 B),
+    # probability 4 B, 3 B score / percentile / bucket, 5 × (2 + 4 + 4) B factors: ~103 B.
+    assert scores.nbytes() / len(scores) < 106
 
 
 def test_empty_run() -> None:
@@ -106,6 +109,68 @@ def test_sidecar_round_trips_and_is_preferred(tmp_path: Path) -> None:
     empty = make_scores(0)
     empty.write(tmp_path / "empty.parquet")
     assert len(RunScores.load(tmp_path / "empty.parquet")) == 0
+    assert RunScores.load(tmp_path / "empty.parquet").find("profile-0000000") == -1
+
+
+def test_a_loaded_sidecar_is_mapped_not_copied(tmp_path: Path) -> None:
+    scores = make_scores(3000)
+    path = tmp_path / "run.parquet"
+    scores.write(path)
+    back = RunScores.load(path)
+    # Read-only views into the file's pages, the id index included (no heap copies).
+    for column in (back.probability, back.score, back.factors.codes, back.factors.values):
+        assert not column.flags.owndata and not column.flags.writeable
+    assert isinstance(back.index.text, mmap.mmap) and not back.index.hashes.flags.writeable
+    assert back.nbytes() < scores.nbytes() - len(scores.index.text) + 1  # no id copy held
+    np.testing.assert_array_equal(back.index.hashes, scores.index.hashes)
+    np.testing.assert_array_equal(back.index.rows, scores.index.rows)
+    # The file may be removed (a pruned run) or replaced while it is served.
+    sidecar_of(path).unlink()
+    assert back.find("profile-0001234") == 1234
+    assert back.instance_score(1234).factors == scores.instance_score(1234).factors
+
+
+# Two profile ids with the same CRC-32 (the hash the id index sorts), found by search.
+TWINS = ("p-fqb17i228u", "p-hh578ntdii")
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_ids_with_the_same_hash_find_their_own_rows(tmp_path: Path, mapped: bool) -> None:
+    a, b = TWINS
+    assert zlib.crc32(a.encode()) == zlib.crc32(b.encode())
+    base = make_scores(50)
+    ids = base.ids.to_pylist()
+    ids[10], ids[40] = a, b
+    scores = RunScores(
+        run_id="run-1",
+        instance="churn",
+        model_version=3,
+        as_of=AS_OF,
+        features=FEATURES,
+        ids=pa.array(ids, pa.large_string()),
+        probability=base.probability,
+        score=base.score,
+        percentile=base.percentile,
+        factors=base.factors,
+    )
+    if mapped:
+        scores.write(tmp_path / "run.parquet")
+        scores = RunScores.load(tmp_path / "run.parquet")
+    assert (scores.find(a), scores.find(b)) == (10, 40)
+    assert scores.find(a + "x") == -1
+
+
+def test_a_damaged_sidecar_is_an_error_not_a_wrong_answer(tmp_path: Path) -> None:
+    scores = make_scores(100)
+    path = tmp_path / "run.parquet"
+    scores.write(path)
+    sidecar = sidecar_of(path)
+    sidecar.write_bytes(sidecar.read_bytes()[:-100])  # cut short
+    with pytest.raises(ValueError):
+        RunScores.read_sidecar(sidecar)
+    scores.write_parquet(sidecar)  # a Parquet file where the sidecar should be
+    with pytest.raises(ValueError):
+        RunScores.read_sidecar(sidecar)
 
 
 def _reference(scores: ProfileScores) -> scorer_pb2.ProfileScores:
