@@ -462,10 +462,10 @@ def serving(var: Path, results: dict[str, Any]) -> None:
                 results[key.replace("p99", "p50")] = round(p50, 3)
                 print(f"{clients} connection(s) at 1k req/s: p99 {p99:.2f} ms", flush=True)
             _real_time(var, port, Path(tmp), results)
-            _read_every_profile(var, port, server.pid, results)
             _, peak = _rss_mb(server.pid)
             results["scorer_peak_rss_mb_1m"] = round(peak)
             print(f"peak RSS {peak:.0f} MB", flush=True)
+            _read_every_profile(var, port, server.pid, results)
             # The process the shard workers fork from (FORESIGHT_PRELOAD_SHARD_WORKERS), idle.
             forkservers = [
                 child.pid
