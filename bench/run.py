@@ -61,8 +61,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "score_profile_rps_2_processes": ("report (2 server processes, 8 connections)", "req/s"),
     "scorer_rss_mb_1m": ("≤ 400", "MB"),
     "scorer_rss_mb_1m_all_read": (
-        "report (every page of the mapped snapshots resident; the rest of RSS anonymous: "
-        "scorer_anon_mb_1m_all_read)",
+        "report (after the load tests and a read of every mapped snapshot page; "
+        "anonymous part: scorer_anon_mb_1m_all_read)",
         "MB",
     ),
     "scorer_forkserver_rss_mb": ("report (idle; shard workers fork from it)", "MB"),
