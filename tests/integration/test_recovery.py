@@ -41,6 +41,8 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
     for name in ("ready.parquet", "ready.arrow", "killed.parquet", "failed.parquet"):
         (scores / "churn" / name).write_bytes(b"scores")
     (scores / "churn" / ".tmp-0123-killed.parquet").write_bytes(b"half")
+    # The sidecar format of earlier versions: the run falls back to its Parquet copy.
+    (scores / "churn" / "ready.npz").write_bytes(b"old sidecar")
     # Model health summaries: kept for READY runs, pruned ones included.
     health = tmp_path / "artifacts" / HEALTH_FOLDER / "churn"
     health.mkdir(parents=True)
@@ -69,9 +71,9 @@ def test_scorer_start_fails_interrupted_runs_and_removes_orphan_score_files(
 
     interrupted, removed = recover_interrupted(database, ArtifactStore(tmp_path / "artifacts"))
 
-    # The failed run's copy and the temp file; its summary and the temp summary
-    # (the interrupted run's summary goes with the run itself).
-    assert interrupted == ["killed"] and removed == 4
+    # The failed run's copy, the temp file and the old sidecar; its summary and the temp
+    # summary (the interrupted run's summary goes with the run itself).
+    assert interrupted == ["killed"] and removed == 5
     assert sorted(p.name for p in (scores / "churn").iterdir()) == ["ready.arrow", "ready.parquet"]
     assert sorted(p.name for p in health.iterdir()) == ["pruned.json", "ready.json"]
     assert kept.read_bytes() == b"scores"

@@ -12,6 +12,7 @@ import asyncio
 import csv
 import io
 import json
+import mmap
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -793,6 +794,8 @@ def test_batch_scoring_in_worker_processes_equals_scoring_each_shard_inline(
     )
     served = scorer.snapshots.get("churn")
     assert served is not None and served.run_id == run.run_id
+    # Served mapped from the run's sidecar, not from the arrays the run built.
+    assert isinstance(served.index.text, mmap.mmap) and not served.probability.flags.writeable
     model = scorer.registry.get("churn")
     parts = scorer.catalog.parts(DATASET)
     inline = [
