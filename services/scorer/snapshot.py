@@ -10,7 +10,7 @@ would take several times more.
 
 A serving process maps these columns from the run's sidecar (an uncompressed
 Arrow IPC file, hashes included) instead of reading them into its heap: loading
-is instant, the pages are the kernel's page cache, shared by every worker
+copies nothing, the pages are the kernel's page cache, shared by every worker
 process that serves the run and reclaimable under memory pressure, and only
 the pages lookups touch become resident.
 
@@ -355,11 +355,7 @@ class RunScores:
             data.address - whole.address if data is not None else 0,
         )
         return cls(
-            run_id=meta["run_id"],
-            instance=meta["instance"],
-            model_version=int(meta["model_version"]),
-            as_of=datetime.fromisoformat(meta["as_of"]),
-            features=_features(meta),
+            **_run_fields(meta),
             ids=ids,
             probability=column("probability"),
             score=column("score"),
@@ -391,7 +387,8 @@ class RunScores:
         if raw is None:
             raise ValueError(f"{path} is not a scorer score file")
         meta = json.loads(raw)
-        features = _features(meta)
+        fields = _run_fields(meta)
+        features = fields["features"]
         k = int(meta["top_factors"])
         n = table.num_rows
         lookup = {f.code: i for i, f in enumerate(features)}
@@ -414,11 +411,7 @@ class RunScores:
                 [f"factor_{slot}", f"factor_impact_{slot}", f"factor_value_{slot}"]
             )
         return cls(
-            run_id=meta["run_id"],
-            instance=meta["instance"],
-            model_version=int(meta["model_version"]),
-            as_of=datetime.fromisoformat(meta["as_of"]),
-            features=features,
+            **fields,
             ids=table.column("profile_id").combine_chunks(),
             probability=table.column("probability").to_numpy().astype(np.float32),
             score=table.column("score").to_numpy().astype(np.uint8),
@@ -427,8 +420,17 @@ class RunScores:
         )
 
 
-def _features(meta: dict[str, Any]) -> tuple[FeatureDef, ...]:
-    return tuple(FeatureDef(code, desc, Unit(unit)) for code, desc, unit in meta["features"])
+def _run_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """The run's identity fields from the metadata `_meta` writes."""
+    return {
+        "run_id": meta["run_id"],
+        "instance": meta["instance"],
+        "model_version": int(meta["model_version"]),
+        "as_of": datetime.fromisoformat(meta["as_of"]),
+        "features": tuple(
+            FeatureDef(code, desc, Unit(unit)) for code, desc, unit in meta["features"]
+        ),
+    }
 
 
 def sidecar_of(parquet_path: Path) -> Path:
