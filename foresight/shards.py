@@ -69,6 +69,14 @@ def prestart(workers: int, scheduler: str | None, *modules: str) -> None:
     forkserver.ensure_running()
 
 
+def wait_prestarted() -> None:
+    """Block until the forkserver `prestart` started has imported its modules: a
+    process forked from it then starts (and ends at once), which it only can after them."""
+    process = _FORKSERVER.Process(target=os.getpid)
+    process.start()
+    process.join()
+
+
 def _start_worker(service_pid: int, environ: dict[str, str]) -> None:
     """Pool initializer: the service's environment as it is now (the forkserver's is
     from when it started: credentials set since then count), then `_die_with_service`."""

@@ -191,7 +191,8 @@ class ProfileScoreRow(Base):
     score: Mapped[int] = mapped_column(SmallInteger)
     percentile: Mapped[int] = mapped_column(SmallInteger)
     bucket: Mapped[str] = mapped_column(String(8))
-    # JSON list of {"code", "text", "impact", "importance"}.
+    # JSON list of [code, text, impact, importance] lists, strongest first (rows written
+    # before 2026-12-04 hold {"code", "text", "impact", "importance"} objects).
     factors: Mapped[str] = mapped_column(Text)
 
 

@@ -1,6 +1,7 @@
 """The batch loop that writes `profile_scores.factors` JSON, compiled (Numba).
 
-`batch.factor_json` renders each distinct `{"code":…,"text":…,"impact":` once;
+`batch.factor_json` renders each distinct head (`{"code":…,"text":…,"impact":`,
+or `[code,text,` for the stored rows) once;
 this loop lays every row out in one ASCII buffer: `[`, per filled slot its
 rendered head, its impact as Python's `repr` of the float rounded to 6
 decimals writes it (what `json.dumps` writes), its importance tail, then `]`

@@ -29,7 +29,7 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from foresight.api.common.v1 import common_pb2
 from foresight.api.scorer.v1 import scorer_pb2, scorer_pb2_grpc
@@ -40,6 +40,7 @@ from foresight.storage.db import Database
 from foresight.storage.models import (
     InstanceRow,
     ModelVersionRow,
+    ProfileScoreRow,
 )
 from foresight.tools.generate import generate
 from services.scorer import realtime
@@ -760,9 +761,10 @@ async def test_export_scores_errors(client: Client) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "format" in (err.details() or "")
 
 
-def _reference_factor_json(scores: RunScores, row: int) -> str:
-    """The stored reason JSON as the scorer wrote it before (json.dumps of dicts)."""
-    items: list[dict[str, object]] = []
+def _reference_factor_json(scores: RunScores, row: int, keyed: bool = True) -> str:
+    """json.dumps of a row's factor dicts (keyed: exports), or of its [code, text, impact,
+    importance] lists (`profile_scores.factors`)."""
+    items: list[object] = []
     for code, impact, value in zip(
         scores.factors.codes[row].tolist(),
         scores.factors.impacts[row].astype(np.float64).round(6).tolist(),
@@ -773,13 +775,16 @@ def _reference_factor_json(scores: RunScores, row: int) -> str:
             break
         feature = scores.features[code]
         level = int(importance_of(scores.factors.impacts[row][len(items)]))
+        values = (
+            feature.code,
+            format_factor_value(feature, value),
+            impact,
+            ["", "LOW", "MEDIUM", "HIGH"][level],
+        )
         items.append(
-            {
-                "code": feature.code,
-                "text": format_factor_value(feature, value),
-                "impact": impact,
-                "importance": ["", "LOW", "MEDIUM", "HIGH"][level],
-            }
+            dict(zip(("code", "text", "impact", "importance"), values, strict=True))
+            if keyed
+            else values
         )
     return json.dumps(items, separators=(",", ":"))
 
@@ -813,7 +818,21 @@ def test_batch_scoring_in_worker_processes_equals_scoring_each_shard_inline(
     for name in ("codes", "impacts", "values"):
         expected = np.concatenate([getattr(r.factors, name) for r in inline])[order]
         np.testing.assert_array_equal(getattr(served.factors, name)[served_order], expected)
-    # The stored reason JSON is the text json.dumps wrote before, row for row.
+    # The reason JSON is the text json.dumps writes, row for row: keyed in exports, as
+    # [code, text, impact, importance] lists in the stored rows.
     fast = factor_json(served.features, served.factors)
     assert fast == [_reference_factor_json(served, row) for row in range(len(served))]
     assert any('"importance":"HIGH"' in text or "MEDIUM" in text for text in fast)
+    with world.db.session() as session:
+        stored = dict(
+            session.execute(
+                select(ProfileScoreRow.profile_id, ProfileScoreRow.factors).where(
+                    ProfileScoreRow.run_id == run.run_id
+                )
+            ).all()
+        )
+    ids = served.ids.to_pylist()
+    assert len(stored) == len(served) > 0
+    assert [stored[ids[row]] for row in range(len(served))] == [
+        _reference_factor_json(served, row, keyed=False) for row in range(len(served))
+    ]

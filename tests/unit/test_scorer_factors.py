@@ -115,9 +115,11 @@ def test_rendered_factors_have_human_text_with_the_value() -> None:
     assert never[0].text == "Days since last purchase: never"
 
 
-def _reference_json(features: list[FeatureDef], factors: TopFactors, row: int) -> str:
-    """json.dumps of the factor dicts: what `profile_scores.factors` held before."""
-    items: list[dict[str, object]] = []
+def _reference_json(
+    features: list[FeatureDef], factors: TopFactors, row: int, keyed: bool = True
+) -> str:
+    """json.dumps of the factor dicts (keyed), or of [code, text, impact, importance] lists."""
+    items: list[object] = []
     for slot, (code, impact, value) in enumerate(
         zip(
             factors.codes[row].tolist(),
@@ -129,13 +131,16 @@ def _reference_json(features: list[FeatureDef], factors: TopFactors, row: int) -
         if code == NO_FACTOR:
             break
         level = int(importance_of(factors.impacts[row][slot]))
+        values = (
+            features[code].code,
+            render_factors([code], [impact], [value], features)[0].text,
+            impact,
+            ["", "LOW", "MEDIUM", "HIGH"][level],
+        )
         items.append(
-            {
-                "code": features[code].code,
-                "text": render_factors([code], [impact], [value], features)[0].text,
-                "impact": impact,
-                "importance": ["", "LOW", "MEDIUM", "HIGH"][level],
-            }
+            dict(zip(("code", "text", "impact", "importance"), values, strict=True))
+            if keyed
+            else values
         )
     return json.dumps(items, separators=(",", ":"))
 
@@ -161,6 +166,13 @@ def test_factor_json_is_the_json_of_the_factor_dicts() -> None:
     assert got == [_reference_json(features, factors, r) for r in range(n)]
     assert got[0] == "[]" and json.loads(got[-1])[0]["importance"] in {"LOW", "MEDIUM", "HIGH"}
     assert factor_json(features, TopFactors.empty(k)) == []
+    # The stored rows: the same values as [code, text, impact, importance] lists.
+    stored = factor_json(features, factors, keyed=False)
+    assert stored == [_reference_json(features, factors, r, keyed=False) for r in range(n)]
+    assert stored[0] == "[]" and json.loads(stored[-1])[0][3] in {"LOW", "MEDIUM", "HIGH"}
+    assert [[list(f.values()) for f in json.loads(row)] for row in got] == [
+        json.loads(row) for row in stored
+    ]
 
 
 def test_factor_json_writes_every_impact_as_json_dumps_does() -> None:
@@ -192,6 +204,8 @@ def test_factor_json_writes_every_impact_as_json_dumps_does() -> None:
     factors = TopFactors(codes, impacts.reshape(n, 1), np.ones((n, 1), dtype=np.float32))
     got = factor_json(features, factors)
     assert got == [_reference_json(features, factors, r) for r in range(n)]
+    stored = factor_json(features, factors, keyed=False)
+    assert stored == [_reference_json(features, factors, r, keyed=False) for r in range(n)]
     written = [json.loads(row)[0]["impact"] for row in got[:16]]
     assert written[:4] == [0.0, -0.0, 2e-06, 2e-06] and np.isnan(written[12])
 
