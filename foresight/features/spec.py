@@ -24,6 +24,7 @@ from foresight.instance import CustomEvent
 __all__ = [
     "OTHER",
     "SCHEMA_VERSION",
+    "WHOLE_NUMBER_UNITS",
     "AttributeEncoding",
     "AttributeKind",
     "FeatureDef",
@@ -380,6 +381,11 @@ _SHOWN: dict[Unit, Callable[[float], str]] = {
     Unit.FLAG: lambda value: "yes" if value >= 0.5 else "no",
     Unit.NUMBER: "{:.4g}".format,
 }
+
+
+# Units shown as a whole number ("{:,.0f}", "{:+,.0f}"): a value's text is that of the
+# value rounded half to even (as the format rounds), so np.rint(values) share texts.
+WHOLE_NUMBER_UNITS = frozenset({Unit.DAYS, Unit.COUNT, Unit.RANK, Unit.COUNT_CHANGE})
 
 
 def _missing_text(feature: FeatureDef) -> str:

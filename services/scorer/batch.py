@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -28,7 +29,7 @@ from foresight.events.partitions import shard_of
 from foresight.events.store import EventStore
 from foresight.features.featurize import featurize
 from foresight.features.labels import eligible_profiles
-from foresight.features.spec import FeatureDef, format_factor_values
+from foresight.features.spec import WHOLE_NUMBER_UNITS, FeatureDef, format_factor_values
 from foresight.storage.artifacts import materialize
 from foresight.storage.db import Database
 from foresight.storage.models import ProfileScoreRow
@@ -96,10 +97,11 @@ class ShardJob:
     version: int
     as_of: datetime
     k: int
+    explainers: str | None = None  # the scorer's cache of built explainers (a folder)
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_model(bundle: str, instance: str, version: int) -> LoadedModel:
+def _worker_model(bundle: str, instance: str, version: int, explainers: str | None) -> LoadedModel:
     # Loaded once per worker process and kept for the following shards and runs.
     folder = materialize(bundle)
     if not folder.is_dir():
@@ -112,13 +114,14 @@ def _worker_model(bundle: str, instance: str, version: int) -> LoadedModel:
             "to an object store (FORESIGHT_ARTIFACTS_URL)"
         )
     configure_native_threads()
-    return load_bundle(folder, instance, version)
+    # A Dask worker on another machine has no such folder: it builds the explainer.
+    return load_bundle(folder, instance, version, Path(explainers) if explainers else None)
 
 
 def score_job(job: ShardJob, profiles: pl.DataFrame | None) -> ShardScores:
     """Read one shard and score it (what a worker process or a Dask task runs)."""
     t0 = time.perf_counter()
-    model = _worker_model(job.bundle, job.instance, job.version)
+    model = _worker_model(job.bundle, job.instance, job.version, job.explainers)
     # Only the columns scoring reads: the others (event ids, SKUs, …) are not decoded.
     events = EventStore(job.store_root, job.shards).read_shard(
         job.dataset, job.shard, job.parts, model.event_columns
@@ -187,11 +190,12 @@ def factor_json(
     SQLite insert time for a run.
 
     The text `json.dumps` writes (compact separators), built from pieces: the
-    head (`{"code":…,"text":…,"impact":`) of each distinct (code, value) is
-    rendered once, feature by feature; a compiled loop (`factor_kernel`) lays
-    the rows out with their impacts (float repr of the value rounded to 6
-    places, as json writes it) and importance tails, and the rows are split at
-    their ends.
+    head (`{"code":…,"text":…,"impact":`) of each distinct (code, shown value)
+    is rendered once, feature by feature (a feature shown as a whole number
+    has one text per whole number, however many fractions of days its
+    profiles have); a compiled loop (`factor_kernel`) lays the rows out with
+    their impacts (float repr of the value rounded to 6 places, as json writes
+    it) and importance tails, and the rows are split at their ends.
     """
     layout = _KEYED if keyed else _POSITIONAL
     # Imported here: Numba loads only where rows are loaded (the shard workers).
@@ -201,8 +205,10 @@ def factor_json(
     if n == 0:
         return []
     codes = factors.codes.astype(np.int64)
+    whole = np.array([f.unit in WHOLE_NUMBER_UNITS for f in features] + [False])
+    values = np.where(whole[codes], np.rint(factors.values), factors.values)  # NO_FACTOR: last
     # Distinct (code, value bits), sorted by code: each feature's values are one run.
-    keys = (codes << 32) | factors.values.view(np.uint32).astype(np.int64)
+    keys = (codes << 32) | values.view(np.uint32).astype(np.int64)
     distinct, inverse = np.unique(keys.reshape(-1), return_inverse=True)
     distinct_codes = distinct >> 32
     distinct_values = (distinct & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
@@ -213,9 +219,9 @@ def factor_json(
         lo, hi = bounds[code + 1], bounds[code + 2]
         if lo == hi:
             continue
-        code_text = json.dumps(feature.code)
+        opening = f"{layout.opening}{json.dumps(feature.code)}{layout.middle}"
         shown = format_factor_values(feature, distinct_values[lo:hi].tolist())
-        rendered += [layout.head.format(code_text, _json_string(value)) for value in shown]
+        rendered += [f"{opening}{_json_string(value)}{layout.closing}" for value in shown]
     heads, head_start = _ascii_run(rendered)
     # Slots are filled strongest first: a row's factors end at its first empty slot.
     empty = codes == NO_FACTOR
@@ -265,19 +271,22 @@ _SMALL_IMPACTS = [repr(m / 1e6) for m in range(-99, 100)] + ["-0.0"]
 
 @dataclass(frozen=True)
 class _Layout:
-    """How a factor is written: `head` (formatted with the code's and the text's JSON)
-    ends where the impact goes; the tails follow it: its importance, and "," if another
-    factor follows, at 2 × importance + another follows (importance 0 is never used)."""
+    """How a factor is written: its head is `opening` code `middle` text `closing`, where
+    the impact follows; then a tail: its importance, and "," if another factor follows,
+    at 2 × importance + another follows (importance 0 is never used)."""
 
-    head: str
+    opening: str
+    middle: str
+    closing: str
     tail_bytes: np.ndarray
     tail_start: np.ndarray
 
     @classmethod
-    def of(cls, head: str, tail: str) -> _Layout:
+    def of(cls, opening: str, middle: str, closing: str, tail: str) -> _Layout:
         names = ["", *(i.name for i in Importance)]
-        return cls(head, *_ascii_run([tail.format(n) + sep for n in names for sep in ("", ",")]))
+        tails = _ascii_run([tail.format(n) + sep for n in names for sep in ("", ",")])
+        return cls(opening, middle, closing, *tails)
 
 
-_KEYED = _Layout.of('{{"code":{},"text":{},"impact":', ',"importance":"{}"}}')
-_POSITIONAL = _Layout.of("[{},{},", ',"{}"]')
+_KEYED = _Layout.of('{"code":', ',"text":', ',"impact":', ',"importance":"{}"}}')
+_POSITIONAL = _Layout.of("[", ",", ",", ',"{}"]')

@@ -132,8 +132,11 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
-    """Load and check one model bundle folder (layout: `foresight.storage.bundles`)."""
+def load_bundle(
+    folder: Path, instance: str, version: int, explainers: Path | None = None
+) -> LoadedModel:
+    """Load and check one model bundle folder (layout: `foresight.storage.bundles`); its
+    explainer's tables are kept in (and loaded from) the `explainers` folder, if any."""
     files = read_model_bundle(folder)
     spec = FeatureSpec.from_dict(files.feature_spec)
     config = instance_config.from_dict(files.instance)
@@ -152,7 +155,7 @@ def load_bundle(folder: Path, instance: str, version: int) -> LoadedModel:
         )
     calibrator = Calibrator.model_validate(files.calibrator or {})
     factor_groups = FactorGroups.model_validate(files.factor_groups or {})
-    explainer = TreeExplainer(files.model_text)
+    explainer = TreeExplainer(files.model_text, explainers)
     if explainer.n_features != n_features:
         raise FailedPrecondition(
             f"{MODEL_TEXT} takes {explainer.n_features} features, the feature spec has {n_features}"
@@ -203,18 +206,23 @@ class _Entry:
     failed_version: int = 0
 
 
-Loader = Callable[[Path, str, int], LoadedModel]
+Loader = Callable[[Path, str, int, Path | None], LoadedModel]
 
 
 class ModelRegistry:
     """Follows the registry tables; `get` always returns a fully loaded model."""
 
     def __init__(
-        self, db: Database, artifacts: ArtifactStore, loader: Loader = load_bundle
+        self,
+        db: Database,
+        artifacts: ArtifactStore,
+        loader: Loader = load_bundle,
+        explainers: Path | None = None,
     ) -> None:
         self._db = db
         self._artifacts = artifacts
         self._loader = loader
+        self.explainers = explainers  # built explainers' cache folder (shard workers use it too)
         self._entries: dict[str, _Entry] = {}
         self._refresh_lock = threading.Lock()
 
@@ -273,7 +281,9 @@ class ModelRegistry:
                     continue
                 try:
                     folder = self._artifacts.local_bundle(path)
-                    model = replace(self._loader(folder, name, version), created_at=created)
+                    model = replace(
+                        self._loader(folder, name, version, self.explainers), created_at=created
+                    )
                 except Exception as exc:
                     reason = public_reason(exc, "the bundle could not be loaded (see the log)")
                     LOAD_FAILURES.labels(instance=name).inc()

@@ -65,7 +65,7 @@ class ScorerConfig:
     scoring_threads: int
     top_factors: int = 5
     keep_runs: int = 3
-    cache_dir: Path | None = None  # derived data (indexed event copies for real-time scoring)
+    cache_dir: Path | None = None  # derived data (indexed event copies, built explainers)
     shards: int = DEFAULT_SHARDS  # event-store shards (profiles hash into them)
     health_sample: int = 20_000  # profiles per run kept to measure realized quality
     health: Thresholds = field(default_factory=Thresholds)  # when to recommend a retrain
@@ -81,7 +81,10 @@ class Scorer:
         self.config = config
         self.artifacts = ArtifactStore(config.artifacts_dir, config.artifacts_url)
         self.catalog = Catalog(db, EventStore(config.events_dir, config.shards), config.cache_dir)
-        self.registry = ModelRegistry(db, self.artifacts)
+        explainers = None if config.cache_dir is None else config.cache_dir / "explainers"
+        if explainers is not None:
+            explainers.mkdir(parents=True, exist_ok=True)
+        self.registry = ModelRegistry(db, self.artifacts, explainers=explainers)
         self.snapshots = SnapshotStore()
         self.engine = ScoringEngine(
             db,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pytest
 
+from services.scorer import explain
 from services.scorer.explain import FastTreeShap, TreeExplainer
 from services.scorer.model_text import parse_model_text
 from services.scorer.shap_tables import K_ZERO, go_left, leaf_tables
@@ -199,3 +202,60 @@ def test_the_warmed_loop_is_the_one_a_real_call_uses() -> None:
     shap_kernel.warm()
     FastTreeShap(parse_model_text(booster.model_to_string())).contributions(X)
     assert shap_kernel._explain.signatures == [shap_kernel._SIGNATURE]
+
+
+def _booster_text(seed: int, trees: int = 20) -> tuple[str, np.ndarray]:
+    X, y = _data(1500, 5, seed=seed)
+    params = {"objective": "binary", "num_leaves": 15, "verbose": -1, "seed": seed}
+    return lgb.train(params, lgb.Dataset(X, y), trees).model_to_string(), X[:400]
+
+
+def test_a_cached_explainer_is_the_built_one_and_skips_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text, X = _booster_text(seed=3)
+    built = TreeExplainer(text)
+    first = TreeExplainer(text, tmp_path)  # builds it and keeps it
+    (entry,) = tmp_path.glob("*.explainer")
+    # Loaded, not built: parsing the model text would fail now.
+    monkeypatch.setattr(explain, "parse_model_text", _no_parsing)
+    second = TreeExplainer(text, tmp_path)
+    assert second.fast is not None and second.fast is not first.fast
+    for explainer in (first, second):
+        assert explainer.sigmoid == built.sigmoid and explainer.n_features == built.n_features
+        np.testing.assert_array_equal(explainer.contributions(X), built.contributions(X))
+        np.testing.assert_array_equal(explainer.probability(X[:20]), built.probability(X[:20]))
+    # Another model is another entry; an unreadable entry is built again and rewritten.
+    other, _ = _booster_text(seed=4, trees=10)
+    monkeypatch.undo()
+    assert len(TreeExplainer(other, tmp_path).fast.trees) <= 10  # type: ignore[union-attr]
+    assert len(list(tmp_path.glob("*.explainer"))) == 2
+    entry.write_bytes(b"not a pickle")
+    again = TreeExplainer(text, tmp_path)
+    np.testing.assert_array_equal(again.contributions(X), built.contributions(X))
+    assert entry.read_bytes() != b"not a pickle"
+
+
+def _no_parsing(_text: str) -> None:
+    raise AssertionError("the model text was parsed: the cached explainer was not used")
+
+
+def test_the_explainer_cache_keeps_the_newest_entries_and_needs_its_folder(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "absent"
+    TreeExplainer(_booster_text(seed=5, trees=3)[0], missing)
+    assert not missing.exists()  # a worker without the scorer's folder only builds
+    texts = [_booster_text(seed=10 + i, trees=2)[0] for i in range(explain.CACHE_KEEP + 2)]
+    for i, text in enumerate(texts):
+        TreeExplainer(text, tmp_path)
+        for entry in tmp_path.glob("*.explainer"):  # distinct, increasing mtimes
+            os.utime(entry, (entry.stat().st_atime, entry.stat().st_mtime - 1))
+        assert len(list(tmp_path.glob("*.explainer"))) == min(i + 1, explain.CACHE_KEEP)
+    # The newest are the ones kept: they load without parsing.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(explain, "parse_model_text", _no_parsing)
+        for text in texts[-explain.CACHE_KEEP :]:
+            assert TreeExplainer(text, tmp_path).fast is not None
+        with pytest.raises(AssertionError, match="was parsed"):
+            TreeExplainer(texts[0], tmp_path)

@@ -151,12 +151,17 @@ def test_factor_json_is_the_json_of_the_factor_dicts() -> None:
         FeatureDef("spend", "Spend é", Unit.MONEY),
         FeatureDef("flag", "Is a member", Unit.FLAG),
         FeatureDef("share", "Share", Unit.SHARE),
+        FeatureDef("trend", "Change in visits", Unit.COUNT_CHANGE),
     ]
     rng = np.random.default_rng(3)
     n, k = 400, 3
     codes = rng.integers(0, len(features), (n, k)).astype(np.int16)
-    # Few distinct values (shared renders), NaN, -0.0, and rows ending early.
-    values = rng.choice([0.0, -0.0, 1.0, 2.5, 1234.5, np.nan], (n, k)).astype(np.float32)
+    # Few distinct values (shared renders), NaN, -0.0, and rows ending early; fractions of
+    # whole-number units that round half to even, to -0 or across a thousands separator.
+    values = rng.choice(
+        [0.0, -0.0, 1.0, 2.5, 1234.5, np.nan, 0.5, 1.5, -0.4, 3.49, 999.5, 1e7 + 0.5, np.inf],
+        (n, k),
+    ).astype(np.float32)
     impacts = (rng.normal(0, 0.4, (n, k)) * np.array([4, 2, 1])).astype(np.float32)
     short = rng.random(n) < 0.3
     codes[short, 2] = NO_FACTOR
