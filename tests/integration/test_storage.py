@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from foresight.errors import FailedPrecondition, NotFound
 from foresight.storage import ArtifactStore, Database, catalog
@@ -53,6 +54,13 @@ def test_bulk_load_and_utc_round_trip(database: Database) -> None:
         assert run is not None and run.as_of == T0 and run.as_of.tzinfo is not None
         got = s.scalar(select(ProfileScoreRow).where(ProfileScoreRow.profile_id == "p1234"))
         assert got is not None and got.score == 34 and got.probability == pytest.approx(1.234)
+    if not database.is_postgres:
+        # The load's larger page cache is given back to the pooled connection, failed or not.
+        duplicate = {name: values[:1] for name, values in data.items()}
+        with pytest.raises(IntegrityError):
+            database.bulk_load(ProfileScoreRow.__table__, duplicate)  # type: ignore[arg-type]
+        with database.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -2_000
 
 
 def test_artifact_publish_is_atomic_and_verified(tmp_path: Path) -> None:
