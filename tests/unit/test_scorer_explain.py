@@ -221,6 +221,12 @@ def test_a_cached_explainer_is_the_built_one_and_skips_the_build(
     monkeypatch.setattr(explain, "parse_model_text", _no_parsing)
     second = TreeExplainer(text, tmp_path)
     assert second.fast is not None and second.fast is not first.fast
+    # One copy of the leaf tables, as built: every tree's are a view into the flat ones.
+    assert all(np.shares_memory(t.by_path, second.fast.flat.tables) for t in second.fast.trees)
+    assert [t.by_path.tolist() for t in second.fast.trees] == [
+        t.by_path.tolist()
+        for t in built.fast.trees  # type: ignore[union-attr]
+    ]
     for explainer in (first, second):
         assert explainer.sigmoid == built.sigmoid and explainer.n_features == built.n_features
         np.testing.assert_array_equal(explainer.contributions(X), built.contributions(X))
