@@ -49,6 +49,7 @@ class ShardScores:
     profile_ids: pa.Array  # large_string: pickles as two buffers, joins without a copy per id
     probability: np.ndarray
     factors: TopFactors
+    id_hashes: np.ndarray  # uint32: each id's CRC-32, what the run's id index keeps
     seconds: dict[str, float] = field(default_factory=dict)
     features: list[Sketch] | None = None  # one per feature column, for model health (drift.py)
 
@@ -69,6 +70,7 @@ def score_shard(
             pa.array([], type=pa.large_string()),
             np.zeros(0, dtype=np.float32),
             TopFactors.empty(k),
+            np.zeros(0, dtype=np.uint32),
             {"featurize": time.perf_counter() - t0},
         )
     matrix = featurize(events, profiles, as_of, model.spec, profile_ids=eligible)
@@ -80,7 +82,10 @@ def score_shard(
     t3 = time.perf_counter()
     seconds = {"featurize": t1 - t0, "predict": t2 - t1, "explain": t3 - t2}
     ids = pa.array(matrix.profile_ids, type=pa.large_string())
-    return ShardScores(ids, probability, factors, seconds, sketches)
+    # Imported here: Numba loads only where shards are scored (the workers).
+    from services.scorer.id_kernel import crc32_each
+
+    return ShardScores(ids, probability, factors, crc32_each(ids), seconds, sketches)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from services.scorer.health import summarize, summary_file, write_summary
 from services.scorer.models import LoadedModel, ModelRegistry
 from services.scorer.records import Progress, ScoringRun
 from services.scorer.recovery import drop_pruned_rows, end_runs, score_files, scores_path_of
-from services.scorer.snapshot import RunScores, SnapshotStore
+from services.scorer.snapshot import IdIndex, RunScores, SnapshotStore
 
 log = logging.getLogger("foresight.scorer.scoring")
 
@@ -294,17 +294,24 @@ class ScoringEngine:
         )
         factors = TopFactors.concat([r.factors for r in results], self.top_k)
         factors = TopFactors(factors.codes[order], factors.impacts[order], factors.values[order])
+        hashes = (
+            np.concatenate([r.id_hashes for r in results])
+            if results
+            else np.zeros(0, dtype=np.uint32)
+        )
+        ids = ids.take(order)
         return RunScores(
             run_id=run_id,
             instance=model.instance,
             model_version=model.version,
             as_of=as_of,
             features=model.features,
-            ids=ids.take(order),
+            ids=ids,
             probability=probability.astype(np.float32),
             score=scores_of(probability),
             percentile=percentiles_of(probability),
             factors=factors,
+            id_index=IdIndex.of(ids, hashes[order]),  # hashed by the shards
         )
 
     def _store(self, scores: RunScores, notify: ProgressFn) -> str:

@@ -77,23 +77,27 @@ class IdIndex:
     base: int = 0
 
     @classmethod
-    def of(cls, ids: pa.Array) -> IdIndex:
-        """Hash every id, read straight from the Arrow buffers in chunks (no list of a
-        million Python strings is ever built)."""
+    def of(cls, ids: pa.Array, hashes: np.ndarray | None = None) -> IdIndex:
+        """The index of `ids` (a large_string array), given each id's CRC-32 (batch
+        scoring's shards compute them) or hashing every id, read straight from the
+        Arrow buffers in chunks (no list of a million Python strings is ever built)."""
         n = len(ids)
-        hashes = np.empty(n, dtype=np.uint32)
         offsets = _offsets(ids)
         start = int(offsets[0])
         data = ids.buffers()[2] if n else None
         raw = data.slice(start, int(offsets[-1]) - start).to_pybytes() if data is not None else b""
         if start:
             offsets = offsets - start
-        step = 65_536
-        for first in range(0, n, step):
-            bounds = offsets[first : min(n, first + step) + 1].tolist()
-            hashes[first : first + len(bounds) - 1] = [
-                _id_hash(raw[a:b]) for a, b in itertools.pairwise(bounds)
-            ]
+        if hashes is None:
+            hashes = np.empty(n, dtype=np.uint32)
+            step = 65_536
+            for first in range(0, n, step):
+                bounds = offsets[first : min(n, first + step) + 1].tolist()
+                hashes[first : first + len(bounds) - 1] = [
+                    _id_hash(raw[a:b]) for a, b in itertools.pairwise(bounds)
+                ]
+        elif len(hashes) != n:
+            raise ValueError(f"{len(hashes)} id hashes for {n} ids")
         order = np.argsort(hashes, kind="stable")
         return cls(hashes[order], order.astype(np.int32), offsets, raw)
 

@@ -47,7 +47,7 @@ from services.scorer import realtime
 from services.scorer.batch import factor_json, score_shard
 from services.scorer.factors import NO_FACTOR, importance_of
 from services.scorer.main import RunningScorer, build_scorer, start_scorer
-from services.scorer.snapshot import RunScores
+from services.scorer.snapshot import IdIndex, RunScores
 from tests.fixtures.scorer_world import (
     DATASET,
     INSTANCES,
@@ -801,6 +801,10 @@ def test_batch_scoring_in_worker_processes_equals_scoring_each_shard_inline(
     assert served is not None and served.run_id == run.run_id
     # Served mapped from the run's sidecar, not from the arrays the run built.
     assert isinstance(served.index.text, mmap.mmap) and not served.probability.flags.writeable
+    # Its id index (hashed in the shard workers) is the one the ids give.
+    rebuilt = IdIndex.of(served.ids)
+    np.testing.assert_array_equal(served.index.hashes, rebuilt.hashes)
+    np.testing.assert_array_equal(served.index.rows, rebuilt.rows)
     model = scorer.registry.get("churn")
     parts = scorer.catalog.parts(DATASET)
     inline = [
