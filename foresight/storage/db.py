@@ -16,8 +16,7 @@ from sqlalchemy import JSON, Engine, Table, create_engine, delete, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# SQLite's page cache: its default, and during a bulk load.
-_SQLITE_CACHE_KIB = 2_000
+# SQLite's page cache during a bulk load (the connection's own is restored after it).
 _BULK_CACHE_KIB = 65_536
 # Arbitrary constant naming Foresight's migration lock among PostgreSQL advisory locks.
 _MIGRATION_LOCK_KEY = 0x466F7265
@@ -151,6 +150,7 @@ class Database:
                 marks = ", ".join("?" * len(columns))
                 # A page cache for the load (64 MiB, not 2): index pages are rewritten
                 # from memory (1M score rows: ~10% less insert time), then given back.
+                cache = int(conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
                 conn.exec_driver_sql(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
                 try:
                     conn.exec_driver_sql(
@@ -159,7 +159,7 @@ class Database:
                     )
                 finally:
                     with contextlib.suppress(Exception):  # the insert's error is the one to see
-                        conn.exec_driver_sql(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
+                        conn.exec_driver_sql(f"PRAGMA cache_size={cache}")
         return n
 
     def dispose(self) -> None:
