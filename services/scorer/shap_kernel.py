@@ -6,8 +6,9 @@ come from the leaf tables, and they are scattered back to the rows. One
 compiled pass per tree does it: bin keys, distinct keys by open addressing,
 decisions as `go_left` decides them, path bits as integers, each feature's
 value the float64 sum of its float32 table entries over (leaf, slot) in
-order, added to the rows tree by tree. `tests/unit/test_scorer_explain.py`
-holds it to a NumPy formulation of the same arithmetic and to LightGBM.
+order, added to the rows tree by tree (eight trees at a time, feature by
+feature: `_scatter`). `tests/unit/test_scorer_explain.py` holds it to a NumPy
+formulation of the same arithmetic, bit for bit, and to LightGBM.
 
 Compiled once per machine and cached on disk (`cache=True`); a process that
 finds the cache loads it in under a second.
@@ -132,6 +133,9 @@ def warm() -> None:
 
 _ZERO32 = np.float32(K_ZERO)
 _GOLDEN = np.int64(-0x61C8864680B583EB)  # 2^64 / φ as int64: Fibonacci hashing
+# Trees whose values are scattered to the rows together (step 4): 8 take ~10% less time
+# than one by one (4 or 16 no less than 8), as each row of `out` is added to while cached.
+_GROUP = 8
 
 
 @njit(cache=True, nogil=True)
@@ -167,18 +171,28 @@ def _explain(
     mask = capacity - 1
     table_key = np.empty(capacity, dtype=np.int64)
     table_id = np.empty(capacity, dtype=np.int64)
-    pattern = np.empty(n, dtype=np.int64)  # each row's pattern
     first = np.empty(n, dtype=np.int64)  # each pattern's first row
     keys = np.empty(n, dtype=np.int64)
     max_nodes = 1
     max_features = 1
-    for t in range(len(tree_nodes) - 1):
+    n_trees = len(tree_nodes) - 1
+    for t in range(n_trees):
         max_nodes = max(max_nodes, tree_nodes[t + 1] - tree_nodes[t])
         max_features = max(max_features, tree_features[t + 1] - tree_features[t])
     decision = np.empty((max_nodes, n), dtype=np.int8)
     rows = np.empty(n, dtype=np.int64)
-    phi = np.empty((max_features, n))
-    for t in range(len(tree_nodes) - 1):
+    # The trees of a group waiting to be scattered (step 4): each one's row patterns,
+    # and its tables [m, patterns] end to end in `phi_store` (room for the largest tree).
+    group = np.empty(_GROUP, dtype=np.int64)
+    group_phi = np.empty(_GROUP, dtype=np.int64)
+    group_patterns = np.empty(_GROUP, dtype=np.int64)
+    row_patterns = np.empty((_GROUP, n), dtype=np.int32)
+    phi_store = np.empty(max_features * n)
+    touches = np.empty((_GROUP * max_features, 2), dtype=np.int64)
+    per_feature = np.empty(out.shape[0] + 1, dtype=np.int64)
+    members = 0
+    used = 0
+    for t in range(n_trees):
         f0 = tree_features[t]
         m = tree_features[t + 1] - f0
         # 1. Each row's key: its local bin in every feature of the tree, mixed radix.
@@ -193,6 +207,7 @@ def _explain(
         # 2. Distinct keys (open addressing), in order of first row.
         table_id[:] = -1
         patterns = 0
+        pattern = row_patterns[members]
         for i in range(n):
             key = keys[i]
             slot = ((key * _GOLDEN) >> 32) & mask
@@ -223,6 +238,24 @@ def _explain(
                 left = np.int64(x <= threshold) | (zero & zero_left)
                 default = (zero & np.int64(missing == 1)) | (nan & np.int64(missing == 2))
                 decision[node, p] = (default & default_left) | ((1 - default) & left)
+        if used + m * patterns > len(phi_store):  # the group is full: scatter it first
+            _scatter(
+                out,
+                row_patterns,
+                phi_store,
+                group[:members],
+                group_phi,
+                group_patterns,
+                tree_features,
+                features,
+                touches,
+                per_feature,
+            )
+            row_patterns[0] = pattern
+            pattern = row_patterns[0]
+            members = 0
+            used = 0
+        phi = phi_store[used : used + m * patterns].reshape((m, patterns))
         for j in range(m):
             for p in range(patterns):
                 phi[j, p] = 0.0
@@ -240,11 +273,68 @@ def _explain(
                 into = phi[slot_feature[e]]
                 for p in range(patterns):
                     into[p] += np.float64(values[rows[p]])
-        # 4. Back to the rows, in float64.
-        for j in range(m):
+        group[members] = t
+        group_phi[members] = used
+        group_patterns[members] = patterns
+        members += 1
+        used += m * patterns
+        if members == _GROUP or t == n_trees - 1:
+            _scatter(
+                out,
+                row_patterns,
+                phi_store,
+                group[:members],
+                group_phi,
+                group_patterns,
+                tree_features,
+                features,
+                touches,
+                per_feature,
+            )
+            members = 0
+            used = 0
+
+
+@njit(cache=True, nogil=True)
+def _scatter(
+    out: np.ndarray,
+    row_patterns: np.ndarray,
+    phi_store: np.ndarray,
+    group: np.ndarray,
+    group_phi: np.ndarray,
+    group_patterns: np.ndarray,
+    tree_features: np.ndarray,
+    features: np.ndarray,
+    touches: np.ndarray,
+    per_feature: np.ndarray,
+) -> None:
+    """4. The group's SHAP values back to the rows, in float64, feature by feature: each
+    feature's row of `out` takes its trees' values one tree after another (the order
+    tree by tree would add them in), while it is in the core's cache."""
+    n = row_patterns.shape[1]
+    n_out = out.shape[0]
+    per_feature[:] = 0
+    for g in range(len(group)):
+        for j in range(tree_features[group[g]], tree_features[group[g] + 1]):
+            per_feature[features[j] + 1] += 1
+    for f in range(n_out):
+        per_feature[f + 1] += per_feature[f]
+    # Counting sort: each feature's (member, table start) pairs, in tree order.
+    fill = per_feature[:n_out].copy()
+    for g in range(len(group)):
+        f0 = tree_features[group[g]]
+        for j in range(tree_features[group[g] + 1] - f0):
             f = features[f0 + j]
+            touches[fill[f], 0] = g
+            touches[fill[f], 1] = group_phi[g] + j * group_patterns[g]
+            fill[f] += 1
+    for f in range(n_out):
+        into = out[f]
+        for q in range(per_feature[f], per_feature[f + 1]):
+            pattern = row_patterns[touches[q, 0]]
+            phi = phi_store[touches[q, 1] :]
             for i in range(n):
-                out[f, i] += phi[j, pattern[i]]
+                into[i] += phi[pattern[i]]
 
 
 # The argument types of `contributions`' call (C-contiguous arrays), in order;
