@@ -182,19 +182,39 @@ def _explain(
     decision = np.empty((max_nodes, n), dtype=np.int8)
     rows = np.empty(n, dtype=np.int64)
     # The trees of a group waiting to be scattered (step 4): each one's row patterns,
-    # and its tables [m, patterns] end to end in `phi_store` (room for the largest tree).
+    # and its tables [m, patterns] end to end in `phi_store`. A tree's tables hold at
+    # most m × n values; twice the largest tree's room fits a group of eight typical ones.
     group = np.empty(_GROUP, dtype=np.int64)
     group_phi = np.empty(_GROUP, dtype=np.int64)
     group_patterns = np.empty(_GROUP, dtype=np.int64)
     row_patterns = np.empty((_GROUP, n), dtype=np.int32)
-    phi_store = np.empty(max_features * n)
+    phi_store = np.empty(2 * max_features * n)
     touches = np.empty((_GROUP * max_features, 2), dtype=np.int64)
     per_feature = np.empty(out.shape[0] + 1, dtype=np.int64)
     members = 0
     used = 0
-    for t in range(n_trees):
+    for t in range(n_trees + 1):
+        m = tree_features[t + 1] - tree_features[t] if t < n_trees else 0
+        # 4. (of the trees before) The group goes back to the rows when it is complete,
+        # when this tree's tables might not fit, and after the last tree.
+        if members and (members == _GROUP or t == n_trees or used + m * n > len(phi_store)):
+            _scatter(
+                out,
+                row_patterns,
+                phi_store,
+                group[:members],
+                group_phi,
+                group_patterns,
+                tree_features,
+                features,
+                touches,
+                per_feature,
+            )
+            members = 0
+            used = 0
+        if t == n_trees:
+            break
         f0 = tree_features[t]
-        m = tree_features[t + 1] - f0
         # 1. Each row's key: its local bin in every feature of the tree, mixed radix.
         for i in range(n):
             keys[i] = 0
@@ -238,23 +258,6 @@ def _explain(
                 left = np.int64(x <= threshold) | (zero & zero_left)
                 default = (zero & np.int64(missing == 1)) | (nan & np.int64(missing == 2))
                 decision[node, p] = (default & default_left) | ((1 - default) & left)
-        if used + m * patterns > len(phi_store):  # the group is full: scatter it first
-            _scatter(
-                out,
-                row_patterns,
-                phi_store,
-                group[:members],
-                group_phi,
-                group_patterns,
-                tree_features,
-                features,
-                touches,
-                per_feature,
-            )
-            row_patterns[0] = pattern
-            pattern = row_patterns[0]
-            members = 0
-            used = 0
         phi = phi_store[used : used + m * patterns].reshape((m, patterns))
         for j in range(m):
             for p in range(patterns):
@@ -278,21 +281,6 @@ def _explain(
         group_patterns[members] = patterns
         members += 1
         used += m * patterns
-        if members == _GROUP or t == n_trees - 1:
-            _scatter(
-                out,
-                row_patterns,
-                phi_store,
-                group[:members],
-                group_phi,
-                group_patterns,
-                tree_features,
-                features,
-                touches,
-                per_feature,
-            )
-            members = 0
-            used = 0
 
 
 @njit(cache=True, nogil=True)
