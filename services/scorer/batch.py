@@ -38,6 +38,7 @@ from services.scorer.explain import configure_native_threads
 from services.scorer.factors import NO_FACTOR, TopFactors, importance_of, top_factors
 from services.scorer.models import LoadedModel, load_bundle
 from services.scorer.records import Bucket, Importance
+from services.scorer.snapshot import id_hashes
 
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, without its overhead
 
@@ -49,7 +50,7 @@ class ShardScores:
     profile_ids: pa.Array  # large_string: pickles as two buffers, joins without a copy per id
     probability: np.ndarray
     factors: TopFactors
-    id_hashes: np.ndarray  # uint32: each id's CRC-32, what the run's id index keeps
+    id_hashes: np.ndarray  # uint32: each id's `snapshot.id_hashes`, what the run's index keeps
     seconds: dict[str, float] = field(default_factory=dict)
     features: list[Sketch] | None = None  # one per feature column, for model health (drift.py)
 
@@ -82,10 +83,7 @@ def score_shard(
     t3 = time.perf_counter()
     seconds = {"featurize": t1 - t0, "predict": t2 - t1, "explain": t3 - t2}
     ids = pa.array(matrix.profile_ids, type=pa.large_string())
-    # Imported here: Numba loads only where shards are scored (the workers).
-    from services.scorer.id_kernel import crc32_each
-
-    return ShardScores(ids, probability, factors, crc32_each(ids), seconds, sketches)
+    return ShardScores(ids, probability, factors, id_hashes(ids), seconds, sketches)
 
 
 @dataclass(frozen=True)

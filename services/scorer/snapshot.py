@@ -65,6 +65,35 @@ def _offsets(ids: pa.Array) -> np.ndarray:
     return np.frombuffer(ids.buffers()[1], dtype=np.int64)[ids.offset : ids.offset + n + 1]
 
 
+def _text(ids: pa.Array) -> tuple[bytes, np.ndarray]:
+    """The characters of a large_string array's ids and their offsets [n + 1] into them."""
+    offsets = _offsets(ids)
+    start = int(offsets[0])
+    if not len(ids):
+        return b"", offsets
+    raw = ids.buffers()[2].slice(start, int(offsets[-1]) - start).to_pybytes()
+    return raw, offsets - start if start else offsets
+
+
+def _hash_each(raw: bytes, offsets: np.ndarray) -> np.ndarray:
+    """Each id's `_id_hash` (uint32), in chunks: no list of a million strings is built."""
+    n = len(offsets) - 1
+    hashes = np.empty(n, dtype=np.uint32)
+    step = 65_536
+    for first in range(0, n, step):
+        bounds = offsets[first : min(n, first + step) + 1].tolist()
+        hashes[first : first + len(bounds) - 1] = [
+            _id_hash(raw[a:b]) for a, b in itertools.pairwise(bounds)
+        ]
+    return hashes
+
+
+def id_hashes(ids: pa.Array) -> np.ndarray:
+    """The hash `IdIndex` keeps of each id of a large_string array (uint32 [n]): a shard
+    worker's ~18 ms per 62.5k ids, off the run's serial path."""
+    return _hash_each(*_text(ids))
+
+
 @dataclass(frozen=True, eq=False)
 class IdIndex:
     """Profile id → row: the ids' sorted hashes, the row of each, and the id characters
@@ -78,26 +107,13 @@ class IdIndex:
 
     @classmethod
     def of(cls, ids: pa.Array, hashes: np.ndarray | None = None) -> IdIndex:
-        """The index of `ids` (a large_string array), given each id's CRC-32 (batch
-        scoring's shards compute them) or hashing every id, read straight from the
-        Arrow buffers in chunks (no list of a million Python strings is ever built)."""
-        n = len(ids)
-        offsets = _offsets(ids)
-        start = int(offsets[0])
-        data = ids.buffers()[2] if n else None
-        raw = data.slice(start, int(offsets[-1]) - start).to_pybytes() if data is not None else b""
-        if start:
-            offsets = offsets - start
+        """The index of `ids` (a large_string array), given each id's `id_hashes` (batch
+        scoring's shards compute them) or hashing them here."""
+        raw, offsets = _text(ids)
         if hashes is None:
-            hashes = np.empty(n, dtype=np.uint32)
-            step = 65_536
-            for first in range(0, n, step):
-                bounds = offsets[first : min(n, first + step) + 1].tolist()
-                hashes[first : first + len(bounds) - 1] = [
-                    _id_hash(raw[a:b]) for a, b in itertools.pairwise(bounds)
-                ]
-        elif len(hashes) != n:
-            raise ValueError(f"{len(hashes)} id hashes for {n} ids")
+            hashes = _hash_each(raw, offsets)
+        elif len(hashes) != len(ids):
+            raise ValueError(f"{len(hashes)} id hashes for {len(ids)} ids")
         order = np.argsort(hashes, kind="stable")
         return cls(hashes[order], order.astype(np.int32), offsets, raw)
 

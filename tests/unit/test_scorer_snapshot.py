@@ -16,7 +16,7 @@ from foresight.features.spec import FeatureDef, Unit
 from services.scorer import converters, lookups
 from services.scorer.factors import TopFactors
 from services.scorer.records import Bucket, ProfileScores
-from services.scorer.snapshot import IdIndex, RunScores, SnapshotStore, sidecar_of
+from services.scorer.snapshot import IdIndex, RunScores, SnapshotStore, id_hashes, sidecar_of
 from tests.fixtures.scores import AS_OF, FEATURES, make_scores
 
 pytestmark = pytest.mark.unit
@@ -217,20 +217,15 @@ def test_lookup_wire_bytes_equal_the_field_by_field_message() -> None:
     assert batch.profiles[0].scores[0].factors[1].text.endswith(": unknown")
 
 
-def test_the_compiled_id_hashes_are_zlibs_crc32() -> None:
-    from services.scorer import id_kernel
-
+def test_id_hashes_are_zlibs_crc32_and_the_index_takes_them() -> None:
     ids = ["", "a", "p-0001", "é漢字🙂", "x" * 300, *TWINS, *(f"p-{i:09d}" for i in range(5000))]
     array = pa.array(ids, pa.large_string())
     expected = np.array([zlib.crc32(i.encode()) for i in ids], dtype=np.uint32)
-    np.testing.assert_array_equal(id_kernel.crc32_each(array), expected)
-    np.testing.assert_array_equal(id_kernel.crc32_each(array.slice(3, 100)), expected[3:103])
-    assert id_kernel.crc32_each(array.slice(0, 0)).dtype == np.uint32
-    # The forkserver warms the loop for the argument types a real call passes.
-    id_kernel.warm()
-    assert id_kernel._crc32_each.signatures == [id_kernel._SIGNATURE]
+    np.testing.assert_array_equal(id_hashes(array), expected)
+    np.testing.assert_array_equal(id_hashes(array.slice(3, 100)), expected[3:103])
+    assert id_hashes(array.slice(0, 0)).dtype == np.uint32
     # An index given the shards' hashes is the index that hashes the ids itself.
-    given = IdIndex.of(array, id_kernel.crc32_each(array))
+    given = IdIndex.of(array, id_hashes(array))
     built = IdIndex.of(array)
     np.testing.assert_array_equal(given.hashes, built.hashes)
     np.testing.assert_array_equal(given.rows, built.rows)
