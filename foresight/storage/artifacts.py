@@ -31,10 +31,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from foresight.errors import FailedPrecondition, PermissionDenied, Unavailable
 from foresight.storage import fs
@@ -63,16 +63,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write one file atomically (temp file in the same folder, fsync, rename)."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write one file atomically through `write(handle)`, which may stream it: a temp file
+    in the same folder, fsync, rename. A failed write removes its temp file; a killed one
+    leaves only the temp file, never part of a file under the name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write one file holding `data` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 class ArtifactStore:

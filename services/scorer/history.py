@@ -4,7 +4,8 @@ Real-time scoring needs the history of one profile. Filtering the Parquet event
 store decodes whole row groups (hundreds of thousands of rows) of the profile's
 shard on every call. Parts are immutable files sorted by profile id, so the
 first time a part is needed here it is copied once into the scorer's cache as
-an uncompressed Arrow IPC file of small record batches, and only each batch's
+an uncompressed Arrow IPC file of small record batches (streamed, a batch at
+a time, so the copy never holds a part in memory), and only each batch's
 first and last profile id is kept in memory (a few KB a part). A lookup
 bisects those ids, maps the one or two batches that can hold the profile
 straight from the memory-mapped file (no copy, no decompression: a zstd batch
@@ -23,15 +24,18 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from foresight.errors import FailedPrecondition
 from foresight.events.partitions import shard_for_profile, shard_of_part
 from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.store import EventStore
-from foresight.storage.artifacts import atomic_write_bytes
+from foresight.storage.artifacts import atomic_write
 
 log = logging.getLogger("foresight.scorer.history")
 
@@ -77,6 +81,33 @@ def _bisect(ids: pa.Array, profile_id: str, right: bool) -> int:
     return lo
 
 
+def _copy(source: Path, target: Path, part: str) -> int:
+    """Copy a part into record batches of `BATCH_ROWS` rows, a batch at a time (a part
+    decoded whole and copied into a file in memory took ~600 MB at the first call);
+    returns its rows. Parts are written sorted by profile id: one that is not fails."""
+    parquet = pq.ParquetFile(source)
+
+    def write(fh: BinaryIO) -> None:
+        last: str | None = None
+        with pa.ipc.new_file(fh, parquet.schema_arrow) as writer:
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+                ids = batch.column("profile_id")
+                if len(ids) == 0:
+                    continue
+                ascending = pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is not False
+                if not ascending or (last is not None and ids[0].as_py() < last):
+                    raise FailedPrecondition(
+                        f"event part {part} is not sorted by profile id, as the event store "
+                        "writes parts: it cannot be indexed for real-time scoring"
+                    )
+                last = ids[len(ids) - 1].as_py()
+                writer.write_batch(batch)
+
+    atomic_write(target, write)
+    pa.default_memory_pool().release_unused()  # the decoded batches' memory, to the system
+    return int(parquet.metadata.num_rows)
+
+
 class ProfileHistory:
     """Stored events of one profile through per-part indexes (thread-safe)."""
 
@@ -120,15 +151,9 @@ class ProfileHistory:
         source = self.store.part_path(dataset, part)  # checked: <dataset>/shard=<k>/part-<uuid>
         target = self.cache_dir / Path(part).with_suffix(_SUFFIX)
         if not target.is_file():
-            events = pl.read_parquet(source).sort("profile_id", maintain_order=True)
-            sink = pa.BufferOutputStream()
-            table = events.to_arrow()
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                for batch in table.to_batches(max_chunksize=BATCH_ROWS):
-                    writer.write_batch(batch)
-            atomic_write_bytes(target, sink.getvalue().to_pybytes())
+            rows = _copy(source, target, part)
             self._remove_stale(target.parent, siblings)
-            log.info("indexed part %s for real-time scoring (%d events)", part, events.height)
+            log.info("indexed part %s for real-time scoring (%d events)", part, rows)
         reader = pa.ipc.open_file(pa.memory_map(str(target)))
         first_ids, last_ids = [], []
         for i in range(reader.num_record_batches):

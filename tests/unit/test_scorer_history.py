@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from foresight.errors import FailedPrecondition
 from foresight.events.partitions import shard_for_profile
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
@@ -93,3 +94,19 @@ def test_the_serving_path_loads_neither_scikit_learn_nor_pandas(tmp_path: Path) 
         timeout=120,
     )
     assert done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
+def test_a_part_out_of_profile_order_fails_and_leaves_no_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Copies are written a batch at a time, trusting the store's sort: a part that is not
+    # sorted (put there by hand) would make lookups miss rows, so indexing it fails.
+    monkeypatch.setattr(history, "BATCH_ROWS", 64)
+    store = EventStore(tmp_path / "events", shards=1)
+    parts = [p.path for p in store.write("ds", _events(2000, 300, 4), [])]
+    path = store.part_path("ds", parts[0])
+    pl.read_parquet(path).reverse().write_parquet(path)
+    index = ProfileHistory(store, tmp_path / "cache")
+    with pytest.raises(FailedPrecondition, match="not sorted by profile id"):
+        index.events("ds", parts, "p0001")
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []  # no temp file
