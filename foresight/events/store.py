@@ -22,13 +22,11 @@ Part paths are POSIX paths relative to the store root, e.g.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +48,7 @@ from foresight.events.partitions import (
 from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.validation import REJECTED_SCHEMA
 from foresight.storage import fs
+from foresight.storage.artifacts import atomic_write
 from foresight.storage.catalog import CataloguedPart
 from foresight.storage.paths import confined, slug
 
@@ -201,7 +200,7 @@ class EventStore:
             size = fs.put_object(self.location(dataset, relative), write)
         else:
             target = dataset_dir / relative
-            _atomic_write(target, write)
+            atomic_write(target, write)
             size = target.stat().st_size
         summary = events.select(
             pl.col("profile_id").n_unique().alias("profiles"),
@@ -268,7 +267,7 @@ class EventStore:
         if self.remote:
             fs.put_object(fs.join(self.url, relative), write)
         else:
-            _atomic_write(confined(self.root, relative), write)
+            atomic_write(confined(self.root, relative), write)
         return relative
 
     def quarantine_path(self, dataset: str, rejected: pl.DataFrame) -> str:
@@ -398,7 +397,7 @@ class EventStore:
             for file in sorted(shard_dir.iterdir()):
                 relative = f"{dataset}/{shard_dir.name}/{file.name}"
                 is_part = file.name.startswith("part-") and file.suffix == ".parquet"
-                is_temp = file.name.startswith(".") and file.name.endswith(".tmp")
+                is_temp = file.name.startswith(".")  # a killed write's temp file
                 if not (is_part or is_temp) or relative in known:
                     continue
                 if file.stat().st_mtime > deadline:
@@ -455,24 +454,3 @@ def _drop_known(events: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:
     return events.join(
         same_hash.select("event_id"), on="event_id", how="anti", maintain_order="left"
     )
-
-
-def _atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via a hidden temp file in the same folder, fsync, then rename into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with temp.open("wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable.
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

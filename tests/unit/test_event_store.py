@@ -142,6 +142,8 @@ def test_uncatalogued_parts_are_invisible_and_cleaned_up(tmp_path: Path) -> None
     orphans = [
         p.path for p in store.write("web", _events(20, prefix="lost"), known_parts=catalogued)
     ]
+    # Killed writes' temp files: today's name (`atomic_write`) and an older release's.
+    (tmp_path / "web" / "shard=0" / ".tmp-0123abcd-part-y.parquet").write_bytes(b"half a file")
     (tmp_path / "web" / "shard=0" / ".part-x.parquet.1234.tmp").write_bytes(b"half a file")
 
     assert store.scan("web", catalogued).collect().height == 20
@@ -150,14 +152,15 @@ def test_uncatalogued_parts_are_invisible_and_cleaned_up(tmp_path: Path) -> None
     assert sum(p.rows for p in again) == 20
 
     removed = store.cleanup_orphans("web", catalogued + [p.path for p in again])
-    assert sorted(removed) == sorted([*orphans, "web/shard=0/.part-x.parquet.1234.tmp"])
+    temps = ["web/shard=0/.part-x.parquet.1234.tmp", "web/shard=0/.tmp-0123abcd-part-y.parquet"]
+    assert sorted(removed) == sorted([*orphans, *temps])
     assert store.cleanup_orphans("web", catalogued, min_age_seconds=3600) == []
 
 
 def test_no_temp_files_are_left_behind(tmp_path: Path) -> None:
     store = EventStore(tmp_path, shards=2)
     store.write("web", _events(50), known_parts=[])
-    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
 
 
 def test_compact_merges_a_shard(tmp_path: Path) -> None:
