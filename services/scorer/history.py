@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from foresight.errors import FailedPrecondition
+from foresight.errors import DatasetDamaged, FailedPrecondition
+from foresight.events.damage import READ_ERRORS
 from foresight.events.partitions import shard_for_profile, shard_of_part
 from foresight.events.schema import EVENT_SCHEMA
 from foresight.events.store import EventStore
@@ -41,6 +42,7 @@ log = logging.getLogger("foresight.scorer.history")
 
 BATCH_ROWS = 4096  # rows per record batch: one batch decodes in well under a millisecond
 _SUFFIX = ".arrow"
+_DECODE_ERRORS = (pa.ArrowException, pl.exceptions.PolarsError)  # a part that does not decode
 _NO_EVENTS = pl.DataFrame(schema=EVENT_SCHEMA)  # cloned: an empty frame from a schema costs ~100 µs
 
 
@@ -157,7 +159,13 @@ class ProfileHistory:
         source = self.store.part_path(dataset, part)  # checked: <dataset>/shard=<k>/part-<uuid>
         target = self.cache_dir / Path(part).with_suffix(_SUFFIX)
         if not target.is_file():
-            rows = _copy(source, target, part)
+            try:
+                rows = _copy(source, target, part)
+            except READ_ERRORS as exc:
+                problem = self.store.part_problem(dataset, part)
+                if problem is None and not isinstance(exc, _DECODE_ERRORS):
+                    raise  # writing the copy failed (the cache's disk), not reading the part
+                raise DatasetDamaged(dataset, part, problem or "unreadable") from None
             self._remove_stale(target.parent, siblings)
             log.info("indexed part %s for real-time scoring (%d events)", part, rows)
         reader = pa.ipc.open_file(pa.memory_map(str(target)))

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from foresight.errors import FailedPrecondition
+from foresight.errors import DatasetDamaged, FailedPrecondition
 from foresight.events.partitions import shard_for_profile
 from foresight.events.store import EventStore
 from foresight.events.validation import validate
@@ -110,3 +110,33 @@ def test_a_part_out_of_profile_order_fails_and_leaves_no_copy(
     with pytest.raises(FailedPrecondition, match="not sorted by profile id"):
         index.events("ds", parts, "p0001")
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []  # no temp file
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_part_is_named_and_leaves_no_copy(tmp_path: Path, damage: str) -> None:
+    store = EventStore(tmp_path / "events", shards=1)
+    parts = [p.path for p in store.write("ds", _events(2000, 300, 5), [])]
+    path = store.part_path("ds", parts[0])
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.unlink()
+    index = ProfileHistory(store, tmp_path / "cache")
+    with pytest.raises(DatasetDamaged) as raised:
+        index.events("ds", parts, "p0001")
+    assert raised.value.part == parts[0]
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_a_full_cache_disk_is_not_reported_as_a_damaged_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EventStore(tmp_path / "events", shards=1)
+    parts = [p.path for p in store.write("ds", _events(500, 50, 6), [])]
+
+    def full(path: Path, write: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(history, "atomic_write", full)
+    with pytest.raises(OSError, match="No space left"):  # not DatasetDamaged: no repair helps
+        ProfileHistory(store, tmp_path / "cache").events("ds", parts, "p0001")
