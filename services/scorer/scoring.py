@@ -399,8 +399,7 @@ class ScoringEngine:
         The runs and their files go now; their rows (a million per run: seconds of
         DELETE) are deleted in the background, once no run is in progress (see
         `_drop_when_idle`). A scorer killed before that leaves rows of runs with no
-        scores path, which
-        start-up recovery deletes (`recovery.drop_pruned_rows`).
+        scores path, which start-up recovery deletes (`recovery.drop_pruned_rows`).
         """
         with self.db.session() as session:
             old = session.execute(
