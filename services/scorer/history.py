@@ -20,6 +20,7 @@ removed when the catalog no longer lists the part (after a compaction).
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -93,27 +94,28 @@ def _copy(source: Path, target: Path, part: str) -> int:
     memory they took goes back to the system here (on Arrow's pool threads ~30 MB
     stayed with those threads' allocator heaps).
     """
-    parquet = pq.ParquetFile(source)
-
-    def write(fh: BinaryIO) -> None:
-        last: str | None = None
-        with pa.ipc.new_file(fh, parquet.schema_arrow) as writer:
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
-                ids = batch.column("profile_id")
-                if len(ids) == 0:
-                    continue
-                ascending = pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is not False
-                if not ascending or (last is not None and ids[0].as_py() < last):
-                    raise FailedPrecondition(
-                        f"event part {part} is not sorted by profile id, as the event store "
-                        "writes parts: it cannot be indexed for real-time scoring"
-                    )
-                last = ids[len(ids) - 1].as_py()
-                writer.write_batch(batch)
-
-    atomic_write(target, write)
+    with pq.ParquetFile(source) as parquet:  # closed here, also when the part is damaged
+        atomic_write(target, functools.partial(_write_batches, parquet, part))
     pa.default_memory_pool().release_unused()  # the decoded batches' memory, to the system
     return int(parquet.metadata.num_rows)
+
+
+def _write_batches(parquet: pq.ParquetFile, part: str, fh: BinaryIO) -> None:
+    """`parquet`'s rows into an Arrow IPC file, checking their profile order as they go."""
+    last: str | None = None
+    with pa.ipc.new_file(fh, parquet.schema_arrow) as writer:
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
+            ids = batch.column("profile_id")
+            if len(ids) == 0:
+                continue
+            ascending = pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is not False
+            if not ascending or (last is not None and ids[0].as_py() < last):
+                raise FailedPrecondition(
+                    f"event part {part} is not sorted by profile id, as the event store "
+                    "writes parts: it cannot be indexed for real-time scoring"
+                )
+            last = ids[len(ids) - 1].as_py()
+            writer.write_batch(batch)
 
 
 class ProfileHistory:
