@@ -15,7 +15,7 @@ from foresight.convert import progress_to_pb, status_to_pb
 from foresight.convert import to_timestamp as timestamp
 from foresight.errors import InvalidArgument
 from foresight.features.spec import format_factor_value
-from services.scorer.factors import NO_FACTOR, importance_code
+from services.scorer.factors import HIGH_IMPACT, MEDIUM_IMPACT, NO_FACTOR
 from services.scorer.health import ModelHealth, RealizedQuality, RunHealth
 from services.scorer.records import (
     Bucket,
@@ -31,7 +31,7 @@ from services.scorer.records import (
     Segment,
     SegmentFilter,
 )
-from services.scorer.snapshot import RunScores, ScoreRow
+from services.scorer.snapshot import RunScores
 
 BUCKET_TO_PB = {
     Bucket.LOW: common_pb2.BUCKET_LOW,
@@ -104,11 +104,19 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + (_SMALL[size] if size < 128 else _varint(size)) + payload
 
 
+_SCORE_FIELD = [b""] + [b"\x18" + _varint(i) for i in range(1, 256)]  # score = 3
+_PERCENTILE_FIELD = [b""] + [b"\x20" + _varint(i) for i in range(1, 256)]  # percentile = 4
+_BUCKET_FIELD = [b"\x28" + _SMALL[i] for i in range(4)]  # bucket = 5; codes = enum numbers
+_LOW, _MEDIUM, _HIGH = _IMPORTANCE_FIELD[1:]
+
+
 class _RunEncoder:
     """Wire pieces of one run's InstanceScore messages, built once per served run."""
 
     def __init__(self, run: RunScores) -> None:
         self.features = run.features
+        self.views = run.views
+        self.k = run.k
         self.head = _field(b"\x0a", run.instance.encode())  # instance = 1
         # model_version = 7, scored_at = 8, run_id = 9
         self.tail = (
@@ -117,44 +125,69 @@ class _RunEncoder:
             + (_field(b"\x4a", run.run_id.encode()) if run.run_id else b"")
         )
         self.codes = [_field(b"\x0a", f.code.encode()) for f in run.features]
-        # (code, value) → pieces; a missing value (NaN, never equal to itself) is (code, None).
-        self.factor_heads: dict[tuple[int, float | None], bytes] = {}
+        # (code, value) → a Factor's opening; a missing value (NaN, never equal to
+        # itself) is (code, None).
+        self.factor_pieces: dict[tuple[int, float | None], tuple[bytes, bytes]] = {}
 
-    def factor_head(self, code: int, value: float) -> bytes:
-        """Factor fields code = 1 and text = 2 for a feature value (cached)."""
+    def factor_pieces_of(self, code: int, value: float) -> tuple[bytes, bytes]:
+        """A factors = 6 field up to its impact, for a feature value (cached): its tag,
+        length, code = 1 and text = 2, then either the impact = 3 tag (the length counts
+        the 8-byte double and the importance = 4 field that follow) or nothing (a zero
+        impact, which protobuf leaves out; the length counts the importance field)."""
         key = (code, value if value == value else None)
-        head = self.factor_heads.get(key)
-        if head is None:
+        pieces = self.factor_pieces.get(key)
+        if pieces is None:
             text = format_factor_value(self.features[code], value)
             head = self.codes[code] + _field(b"\x12", text.encode())
-            if len(self.factor_heads) < MAX_CACHED_FACTORS:
-                self.factor_heads[key] = head
-        return head
-
-    def encode(self, row: ScoreRow) -> bytes:
-        """One profile's InstanceScore, fields in number order as upb writes them.
-
-        The hot loop: `_field` is inlined and pieces are looked up, not built (~20% of a call).
-        """
-        heads = self.factor_heads
-        parts = [self.head]
-        if row.probability:
-            parts.append(b"\x11" + _pack(row.probability))
-        if row.score:
-            parts.append(b"\x18" + _SMALL[row.score])
-        if row.percentile:
-            parts.append(b"\x20" + _SMALL[row.percentile])
-        parts.append(b"\x28" + _SMALL[row.bucket])  # domain bucket codes = enum numbers
-        for code, impact, value in zip(row.codes, row.impacts, row.values, strict=True):
-            if code == NO_FACTOR:
-                break
-            head = heads.get((code, value if value == value else None)) or self.factor_head(
-                code, value
+            size = len(head)
+            pieces = (
+                b"\x32" + _varint(size + 11) + head + b"\x19",
+                b"\x32" + _varint(size + 2) + head,
             )
-            tail = _IMPORTANCE_FIELD[importance_code(impact)]
-            body = head + b"\x19" + _pack(impact) + tail if impact else head + tail
-            size = len(body)
-            parts.append(b"\x32" + (_SMALL[size] if size < 128 else _varint(size)) + body)
+            if len(self.factor_pieces) < MAX_CACHED_FACTORS:
+                self.factor_pieces[key] = pieces
+        return pieces
+
+    def encode(self, row: int) -> bytes:
+        """The InstanceScore of the profile in `row`, fields in number order as upb
+        writes them, read straight from the run's columns.
+
+        The hot loop: fields are looked up, not built; no per-row objects but the parts.
+        """
+        probability, score, percentile, bucket, codes, impacts, values = self.views
+        cached = self.factor_pieces
+        p = probability[row]
+        parts = [
+            self.head,
+            b"\x11" + _pack(p) if p else b"",  # probability = 2 (0.0 is left out)
+            _SCORE_FIELD[score[row]],
+            _PERCENTILE_FIELD[percentile[row]],
+            _BUCKET_FIELD[bucket[row]],
+        ]
+        start = row * self.k
+        for slot in range(start, start + self.k):
+            code = codes[slot]
+            if code == NO_FACTOR:
+                break  # slots are filled strongest first
+            value, impact = values[slot], impacts[slot]
+            pieces = cached.get((code, value) if value == value else (code, None))
+            if pieces is None:
+                pieces = self.factor_pieces_of(code, value)
+            if impact:
+                magnitude = impact if impact >= 0 else -impact  # importance_code, inlined
+                parts.append(
+                    pieces[0]
+                    + _pack(impact)
+                    + (
+                        _HIGH
+                        if magnitude >= HIGH_IMPACT
+                        else _MEDIUM
+                        if magnitude >= MEDIUM_IMPACT
+                        else _LOW
+                    )
+                )
+            else:
+                parts.append(pieces[1] + _LOW)
         parts.append(self.tail)
         return b"".join(parts)
 
@@ -172,7 +205,7 @@ def _encoder(run: RunScores) -> _RunEncoder:
 def _profile_scores_bytes(scores: ProfileScores) -> bytes:
     # profile_id = 1, scores = 2
     return _field(b"\x0a", scores.profile_id.encode()) + b"".join(
-        [_field(b"\x12", _encoder(row.run).encode(row)) for row in scores.scores]
+        [_field(b"\x12", _encoder(run).encode(row)) for run, row in scores.scores]
     )
 
 

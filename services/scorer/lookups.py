@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from foresight.errors import InvalidArgument, NotFound
 from services.scorer.records import ProfileScores
-from services.scorer.snapshot import RunScores, SnapshotStore
+from services.scorer.snapshot import RunScores, ScoreRow, SnapshotStore
 
 MAX_BATCH_IDS = 1000
 
@@ -30,7 +30,7 @@ def _scores_of(profile_id: str, runs: list[RunScores]) -> ProfileScores:
     for scores in runs:
         row = scores.find(profile_id)
         if row >= 0:
-            found.append(scores.row(row))
+            found.append(ScoreRow(scores, row))
     return ProfileScores(profile_id, found)
 
 

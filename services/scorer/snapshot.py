@@ -125,31 +125,15 @@ class IdIndex:
 
 
 class ScoreRow(NamedTuple):
-    """One profile's score in one run, as stored (texts are rendered when it is read)."""
+    """One profile's score in one run: the run and the profile's row in it (read from the
+    columns when it is encoded or rendered, so a lookup builds no per-field objects)."""
 
     run: RunScores
-    probability: float
-    score: int
-    percentile: int
-    bucket: int  # Bucket value (1–3)
-    codes: Sequence[int]  # factor codes per slot, NO_FACTOR for empty slots
-    impacts: Sequence[float]
-    values: Sequence[float]
+    row: int
 
     def instance_score(self) -> InstanceScore:
         """The domain record, factor texts rendered."""
-        run = self.run
-        return InstanceScore(
-            run.instance,
-            self.probability,
-            self.score,
-            self.percentile,
-            _BUCKETS[self.bucket],
-            render_factors(self.codes, self.impacts, self.values, run.features),
-            run.model_version,
-            run.as_of,
-            run.run_id,
-        )
+        return self.run.instance_score(self.row)
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,7 +156,7 @@ class RunScores:
     _hash_view: memoryview = field(init=False, repr=False)
     _row_view: memoryview = field(init=False, repr=False)
     _offset_view: memoryview = field(init=False, repr=False)
-    _columns: tuple[memoryview, ...] = field(init=False, repr=False)
+    views: tuple[memoryview, ...] = field(init=False, repr=False)
 
     def __post_init__(self, id_index: IdIndex | None) -> None:
         ids = self.ids
@@ -189,11 +173,12 @@ class RunScores:
         object.__setattr__(self, "_hash_view", _view(index.hashes))
         object.__setattr__(self, "_row_view", _view(index.rows))
         object.__setattr__(self, "_offset_view", _view(np.ascontiguousarray(index.offsets)))
-        # Flat memoryviews: one profile's fields come out as plain Python numbers
-        # in well under a microsecond (NumPy scalar indexing costs ~100 ns a value).
+        # Flat memoryviews (probability, score, percentile, bucket, then the factor codes,
+        # impacts and values, k slots per row): one profile's fields come out as plain
+        # Python numbers in well under a microsecond (NumPy scalar indexing costs ~100 ns).
         object.__setattr__(
             self,
-            "_columns",
+            "views",
             tuple(
                 _view(np.ascontiguousarray(a).reshape(-1))
                 for a in (
@@ -235,25 +220,21 @@ class RunScores:
             i += 1
         return -1
 
-    def row(self, row: int) -> ScoreRow:
-        """The fields of the profile in `row` as plain numbers (factor slots strongest first)."""
-        probability, score, percentile, bucket, codes, impacts, values = self._columns
-        k = self.k
-        start, stop = row * k, row * k + k
-        return ScoreRow(
-            self,
+    def instance_score(self, row: int) -> InstanceScore:
+        """The score of the profile in `row`, with its factors rendered as text."""
+        probability, score, percentile, bucket, codes, impacts, values = self.views
+        slots = slice(row * self.k, (row + 1) * self.k)
+        return InstanceScore(
+            self.instance,
             probability[row],
             score[row],
             percentile[row],
-            bucket[row],
-            codes[start:stop].tolist(),
-            impacts[start:stop].tolist(),
-            values[start:stop].tolist(),
+            _BUCKETS[bucket[row]],
+            render_factors(codes[slots], impacts[slots], values[slots], self.features),
+            self.model_version,
+            self.as_of,
+            self.run_id,
         )
-
-    def instance_score(self, row: int) -> InstanceScore:
-        """The score of the profile in `row`, with its factors rendered as text."""
-        return self.row(row).instance_score()
 
     def nbytes(self) -> int:
         """Bytes of the columns and the id index (in the heap, or mapped from the sidecar)."""

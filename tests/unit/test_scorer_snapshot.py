@@ -181,7 +181,12 @@ def _reference(scores: ProfileScores) -> scorer_pb2.ProfileScores:
     return out
 
 
-def test_lookup_wire_bytes_equal_the_field_by_field_message() -> None:
+@pytest.mark.parametrize("cached_factors", [converters.MAX_CACHED_FACTORS, 7])
+def test_lookup_wire_bytes_equal_the_field_by_field_message(
+    cached_factors: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a small cap most factors are encoded uncached: both paths write the same bytes.
+    monkeypatch.setattr(converters, "MAX_CACHED_FACTORS", cached_factors)
     features = (*FEATURES, FeatureDef("days_since_x", "Days since x", Unit.DAYS))
     scores = make_scores(2000)
     scores = RunScores(
