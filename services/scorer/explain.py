@@ -195,12 +195,26 @@ def _keep(path: Path, data: bytes) -> None:
     try:
         atomic_write_bytes(path, data)
         entries = sorted(
-            path.parent.glob("*.explainer"), key=lambda p: p.stat().st_mtime, reverse=True
+            (
+                (modified, entry)
+                for entry in path.parent.glob("*.explainer")
+                # Hidden names are other writers' temp files, still being written.
+                if not entry.name.startswith(".") and (modified := _modified(entry)) is not None
+            ),
+            reverse=True,
         )
-        for old in entries[CACHE_KEEP:]:
+        for _, old in entries[CACHE_KEEP:]:
             old.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("could not keep the explainer in %s: %s", path.parent, exc)
+
+
+def _modified(entry: Path) -> float | None:
+    """When a cache entry was written, or None if another process has just removed it."""
+    try:
+        return entry.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 class TreeExplainer:

@@ -267,3 +267,16 @@ def test_the_explainer_cache_keeps_the_newest_entries_and_needs_its_folder(
             assert TreeExplainer(text, tmp_path).fast is not None
         with pytest.raises(AssertionError, match="was parsed"):
             TreeExplainer(texts[0], tmp_path)
+
+
+def test_trimming_the_explainer_cache_leaves_other_writers_temp_files(tmp_path: Path) -> None:
+    # Another process writing the same cache has a hidden temp file that also ends in
+    # `.explainer`; however old it looks, trimming must not delete it under its writer.
+    writing = tmp_path / ".tmp-0123abcd-model.explainer"
+    writing.write_bytes(b"half written")
+    os.utime(writing, (0, 0))
+    for i in range(explain.CACHE_KEEP + 1):
+        TreeExplainer(_booster_text(seed=40 + i, trees=2)[0], tmp_path)
+    assert writing.exists()
+    assert len([p for p in tmp_path.glob("*.explainer") if p != writing]) == explain.CACHE_KEEP
+    assert explain._modified(tmp_path / "removed-meanwhile.explainer") is None
