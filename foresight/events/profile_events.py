@@ -47,12 +47,17 @@ def _with_profile(raw: pl.DataFrame, profile_id: str, field: str) -> pl.DataFram
 
 
 def validate_profile_events(
-    raw: pl.DataFrame, profile_id: str, now: datetime, field: str = "events"
+    raw: pl.DataFrame,
+    profile_id: str,
+    now: datetime,
+    field: str = "events",
+    derive_ids: bool = True,
 ) -> tuple[pl.DataFrame, str]:
     """Typed events of exactly one profile, and that profile's id.
 
     `profile_id` may be empty when the events name their profile. InvalidArgument
-    names `field`, the event and the column of the first problem.
+    names `field`, the event and the column of the first problem. With
+    `derive_ids=False` events sent without an id keep a null one (see `validate`).
     """
     if raw.height > MAX_PROFILE_EVENTS:
         raise InvalidArgument(
@@ -60,7 +65,7 @@ def validate_profile_events(
         )
     if raw.height == 0:
         return pl.DataFrame(schema=EVENT_SCHEMA), profile_id
-    result = validate(_with_profile(raw, profile_id, field), now)
+    result = validate(_with_profile(raw, profile_id, field), now, derive_ids=derive_ids)
     if result.rejected.height:
         first = result.rejected.row(0, named=True)
         reason = str(first["reason"])

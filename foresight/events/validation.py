@@ -147,6 +147,7 @@ def validate(
     now: datetime,
     row_offset: int = 0,
     duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID,
+    derive_ids: bool = True,
 ) -> ValidationResult:
     """Validate a raw batch against the event schema.
 
@@ -154,7 +155,9 @@ def validate(
     rows later than ``now + FAR_FUTURE_TOLERANCE`` are rejected.
     ``row_offset`` is the number of input rows before this batch, so
     ``row_number`` in rejected rows points into the whole file.
-    ``duplicates`` decides the ids of rows that arrive without one.
+    ``duplicates`` decides the ids of rows that arrive without one; with
+    ``derive_ids=False`` such rows keep a null id (`fill_event_ids` derives
+    them later, the same ids).
 
     Raises :class:`SchemaError` for a column the schema does not know: that
     is a mistake in the file (a misspelt header), not in a row.
@@ -163,14 +166,16 @@ def validate(
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     if raw.height <= FEW_ROWS and raw.schema == REQUEST_SCHEMA:
-        return _validate_rows(raw, now + FAR_FUTURE_TOLERANCE, row_offset, duplicates)
-    return _validate_columns(raw, now + FAR_FUTURE_TOLERANCE, row_offset, duplicates)
+        result = _validate_rows(raw, now + FAR_FUTURE_TOLERANCE, row_offset)
+    else:
+        result = _validate_columns(raw, now + FAR_FUTURE_TOLERANCE, row_offset)
+    if not derive_ids:
+        return result
+    return ValidationResult(fill_event_ids(result.accepted, duplicates), result.rejected)
 
 
-def _validate_columns(
-    raw: pl.DataFrame, latest: datetime, row_offset: int, duplicates: DuplicatePolicy
-) -> ValidationResult:
-    """`validate` as Polars expressions over whole columns (any batch)."""
+def _validate_columns(raw: pl.DataFrame, latest: datetime, row_offset: int) -> ValidationResult:
+    """`validate` as Polars expressions over whole columns (any batch); ids not derived."""
     frame = raw.with_columns(
         pl.lit(None, dtype=pl.Null).alias(name)
         for name in (*EVENT_COLUMNS, MALFORMED_COLUMN)
@@ -196,13 +201,12 @@ def _validate_columns(
         pl.col(f"__typed_{name}").cast(dtype).alias(name) for name, dtype in EVENT_SCHEMA.items()
     )
     rejected = _rejected(checked, is_bad, row_offset)
-    return ValidationResult(accepted=_with_event_ids(accepted, duplicates), rejected=rejected)
+    return ValidationResult(accepted=accepted, rejected=rejected)
 
 
-def _validate_rows(
-    raw: pl.DataFrame, latest: datetime, row_offset: int, duplicates: DuplicatePolicy
-) -> ValidationResult:
-    """`validate` for a few rows of `REQUEST_SCHEMA`: the same rules in plain Python."""
+def _validate_rows(raw: pl.DataFrame, latest: datetime, row_offset: int) -> ValidationResult:
+    """`validate` for a few rows of `REQUEST_SCHEMA`: the same rules in plain Python
+    (ids not derived)."""
     columns = raw.to_dict(as_series=False)
     typed, reasons = typed_request_rows(columns, latest)
     good = [i for i, why in enumerate(reasons) if not why]
@@ -216,13 +220,6 @@ def _validate_rows(
         return pl.Series(name, [values[i] for i in good], dtype=dtype)
 
     accepted = pl.DataFrame([column(name, dtype) for name, dtype in EVENT_SCHEMA.items()])
-    ids = accepted.get_column("event_id").to_list()
-    missing = [i for i, event_id in enumerate(ids) if event_id is None]
-    if missing:
-        some = accepted if len(missing) == len(ids) else accepted[missing]
-        for i, event_id in zip(missing, _derived_id_list(some, duplicates), strict=True):
-            ids[i] = event_id
-        accepted.replace_column(0, pl.Series("event_id", ids, dtype=pl.String))
     if len(good) == raw.height:
         rejected = _NO_REJECTED.clone()
     else:
@@ -247,6 +244,25 @@ def _rejected(checked: pl.DataFrame, is_bad: pl.Expr, row_offset: int) -> pl.Dat
                 for name in (*EVENT_COLUMNS, MALFORMED_COLUMN)
             ),
         )
+    )
+
+
+def fill_event_ids(
+    events: pl.DataFrame, duplicates: DuplicatePolicy = DuplicatePolicy.EVENT_ID
+) -> pl.DataFrame:
+    """Typed events (`EVENT_SCHEMA`) with the ids `validate` derives for rows without one."""
+    if events.height > FEW_ROWS:
+        return _with_event_ids(events, duplicates)
+    ids = events.get_column("event_id").to_list()
+    missing = [i for i, event_id in enumerate(ids) if event_id is None]
+    if not missing:
+        return events
+    some = events if len(missing) == len(ids) else events[missing]
+    for i, event_id in zip(missing, _derived_id_list(some, duplicates), strict=True):
+        ids[i] = event_id
+    # A column swap, not `with_columns`: no query for a handful of rows.
+    return events.clone().replace_column(
+        events.get_column_index("event_id"), pl.Series("event_id", ids, dtype=pl.String)
     )
 
 

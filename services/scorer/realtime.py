@@ -11,6 +11,7 @@ import polars as pl
 
 from foresight.errors import InvalidArgument, NotFound
 from foresight.events.profile_events import validate_profile_events
+from foresight.events.validation import fill_event_ids
 from foresight.features.labels import as_utc, staleness_warning
 from foresight.features.single import featurize_one
 from foresight.storage.models import utcnow
@@ -36,14 +37,14 @@ def score_profile(
     if not profile_id and fresh.height == 0:
         raise InvalidArgument("profile_id", "give a profile_id, events, or both")
     now = utcnow()
-    events, profile_id = validate_profile_events(fresh, profile_id, now)
+    events, profile_id = validate_profile_events(fresh, profile_id, now, derive_ids=False)
     parts = catalog.serving_parts(model.instance)
     stored = catalog.profile_events(parts, profile_id)
     if stored.height == 0 and events.height == 0:
         raise NotFound(
             f"profile '{profile_id}' has no events in dataset '{parts.dataset}'; send events to score it"
         )
-    combined = _each_event_once(pl.concat([stored, events], how="vertical"))
+    combined = _each_event_once(stored, events)
     # The data's time, not the wall clock: the dataset's end, or just after the
     # newest event sent when that is later.
     newest = parts.end
@@ -75,16 +76,32 @@ def score_profile(
     return instance_score, warning
 
 
-def _each_event_once(events: pl.DataFrame) -> pl.DataFrame:
-    """The first row of each event id (a stored event wins over the same one sent again).
+def _each_event_once(stored: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
+    """The stored events, then each fresh event that is not one of them or sent twice.
 
+    Events are the same when their ids are. A fresh event sent without an id has
+    the id ingestion derives from its content, timestamp included (`fill_event_ids`,
+    a Polars query: ~0.3 ms of a ~2.5 ms call), so it can only be a stored event
+    when it shares a stored event's timestamp: only then are the ids derived.
+    Otherwise none can match, and repeats within the request would each get an id
+    of their own (`validate`), so every event without an id is kept.
     `unique(subset="event_id", keep="first", maintain_order=True)` for a few
     hundred rows, without a Polars query.
     """
-    seen: set[str | None] = set()
+    fresh_ids = fresh.get_column("event_id").to_list()
+    if None in fresh_ids:
+        stamps = set(stored.get_column("timestamp").cast(pl.Int64).to_list())
+        sent = fresh.get_column("timestamp").cast(pl.Int64).to_list()  # same unit
+        if any(i is None and t in stamps for i, t in zip(fresh_ids, sent, strict=True)):
+            fresh = fill_event_ids(fresh)
+            fresh_ids = fresh.get_column("event_id").to_list()
+    seen: set[str] = set()
     first: list[int] = []
-    for i, event_id in enumerate(events.get_column("event_id").to_list()):
-        if event_id not in seen:
+    for i, event_id in enumerate(stored.get_column("event_id").to_list() + fresh_ids):
+        if event_id is None:
+            first.append(i)  # sent without an id and no stored event's twin
+        elif event_id not in seen:
             seen.add(event_id)
             first.append(i)
+    events = pl.concat([stored, fresh], how="vertical")
     return events if len(first) == events.height else events[first]
