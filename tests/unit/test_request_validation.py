@@ -22,6 +22,7 @@ from foresight.events.fields import REQUEST_SCHEMA
 from foresight.events.schema import FAR_FUTURE_TOLERANCE, MAX_ATTRIBUTES_LENGTH
 from foresight.events.validation import FEW_ROWS, DuplicatePolicy
 from foresight.limits import PROFILE_ID_MAX
+from tests.fixtures.request_events import request_rows
 
 pytestmark = pytest.mark.unit
 
@@ -117,21 +118,11 @@ _ROW = st.fixed_dictionaries(
         "attributes": _ATTRIBUTES,
     }
 )
-_GOOD_ROW = st.fixed_dictionaries(
-    {
-        "event_id": st.none(),
-        "profile_id": st.sampled_from(["p1", "p2"]),
-        "timestamp": st.integers(min_value=_NOW_MS - 10**9, max_value=_NOW_MS),
-        "event_type": st.sampled_from(["a", "b"]),
-        "channel": st.sampled_from([None, "web"]),
-        "value": st.sampled_from([None, 1.0]),
-        "quantity": st.none(),
-        "product_sku": st.none(),
-        "product_category": st.none(),
-        "page_name": st.none(),
-        "campaign_id": st.none(),
-        "attributes": st.none(),
-    }
+_GOOD_ROW = request_rows(
+    st.none(),
+    st.sampled_from(["p1", "p2"]),
+    st.integers(min_value=_NOW_MS - 10**9, max_value=_NOW_MS),
+    st.sampled_from(["a", "b"]),
 )
 
 

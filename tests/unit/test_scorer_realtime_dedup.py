@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from foresight.events.fields import REQUEST_SCHEMA
 from foresight.events.validation import fill_event_ids, validate
 from services.scorer import realtime
+from tests.fixtures.request_events import request_rows
 
 pytestmark = pytest.mark.unit
 
@@ -26,21 +27,11 @@ NOW = datetime(2024, 6, 1, 12, tzinfo=UTC)
 _NOW_MS = int(NOW.timestamp()) * 1000
 
 # A small pool, so stored and fresh events often share timestamps and contents.
-_ROW = st.fixed_dictionaries(
-    {
-        "event_id": st.sampled_from([None, None, None, "e1", "e2"]),
-        "profile_id": st.just("p1"),
-        "timestamp": st.sampled_from([_NOW_MS - 3_000, _NOW_MS - 2_000, _NOW_MS - 1_000]),
-        "event_type": st.sampled_from(["commerce.purchases", "web.pageViews"]),
-        "channel": st.sampled_from([None, "web"]),
-        "value": st.sampled_from([None, 1.0]),
-        "quantity": st.none(),
-        "product_sku": st.none(),
-        "product_category": st.none(),
-        "page_name": st.none(),
-        "campaign_id": st.none(),
-        "attributes": st.none(),
-    }
+_ROW = request_rows(
+    st.sampled_from([None, None, None, "e1", "e2"]),
+    st.just("p1"),
+    st.sampled_from([_NOW_MS - 3_000, _NOW_MS - 2_000, _NOW_MS - 1_000]),
+    st.sampled_from(["commerce.purchases", "web.pageViews"]),
 )
 
 
