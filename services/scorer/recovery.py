@@ -6,6 +6,7 @@ RUNNING at start belongs to a dead scorer process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import delete, select, update
@@ -58,11 +59,13 @@ def end_runs(
 _DELETE_BATCH = 10_000
 
 
-def drop_pruned_rows(db: Database) -> int:
+def drop_pruned_rows(db: Database, pause: Callable[[], object] = lambda: None) -> int:
     """Delete the `profile_scores` rows of pruned runs (succeeded, no scores path any more).
 
     In transactions of 10,000 rows: a run's million rows in one DELETE would hold
     SQLite's write lock longer than other writers wait for it (busy_timeout).
+    `pause` is called before each transaction (the scorer's waits while a run is
+    in progress).
     """
     with db.session() as session:
         runs = list(
@@ -76,6 +79,7 @@ def drop_pruned_rows(db: Database) -> int:
     deleted = 0
     for run_id in runs:
         while True:
+            pause()
             with db.session() as session:
                 keys = session.scalars(
                     select(ProfileScoreRow.profile_id)

@@ -424,12 +424,21 @@ class ScoringEngine:
             self._housekeeping.submit(self._drop_when_idle)
 
     def _drop_when_idle(self) -> None:
-        """Delete pruned runs' rows once no run is in progress (this one included): beside
-        the next run (another instance's, right after) the deletes took its cores and
-        SQLite's write lock: 28.2 s instead of 24.7 s for a run of 1M profiles."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._closing or not self._running, PRUNE_PATIENCE_S)
-        drop_pruned_rows(self.db)
+        """Delete pruned runs' rows while no run is in progress (this one included), a
+        transaction at a time, pausing when a run starts meanwhile: beside the next run
+        (another instance's, right after) the deletes took its cores and SQLite's write
+        lock: 28.2 s instead of 24.7 s for a run of 1M profiles. After
+        `PRUNE_PATIENCE_S` of waiting in all they go on regardless."""
+        deadline = time.monotonic() + PRUNE_PATIENCE_S
+
+        def until_idle() -> None:
+            with self._idle:
+                self._idle.wait_for(
+                    lambda: self._closing or not self._running,
+                    max(0.0, deadline - time.monotonic()),
+                )
+
+        drop_pruned_rows(self.db, until_idle)
 
     # --- history --------------------------------------------------------------------
 
