@@ -15,7 +15,7 @@ from foresight.convert import progress_to_pb, status_to_pb
 from foresight.convert import to_timestamp as timestamp
 from foresight.errors import InvalidArgument
 from foresight.features.spec import format_factor_value
-from services.scorer.factors import HIGH_IMPACT, MEDIUM_IMPACT, NO_FACTOR
+from services.scorer.factors import NO_FACTOR, importance_code
 from services.scorer.health import ModelHealth, RealizedQuality, RunHealth
 from services.scorer.records import (
     Bucket,
@@ -107,7 +107,7 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 _SCORE_FIELD = [b""] + [b"\x18" + _varint(i) for i in range(1, 256)]  # score = 3
 _PERCENTILE_FIELD = [b""] + [b"\x20" + _varint(i) for i in range(1, 256)]  # percentile = 4
 _BUCKET_FIELD = [b"\x28" + _SMALL[i] for i in range(4)]  # bucket = 5; codes = enum numbers
-_LOW, _MEDIUM, _HIGH = _IMPORTANCE_FIELD[1:]
+_ZERO_IMPACT_IMPORTANCE = _IMPORTANCE_FIELD[importance_code(0.0)]
 
 
 class _RunEncoder:
@@ -174,20 +174,9 @@ class _RunEncoder:
             if pieces is None:
                 pieces = self.factor_pieces_of(code, value)
             if impact:
-                magnitude = impact if impact >= 0 else -impact  # importance_code, inlined
-                parts.append(
-                    pieces[0]
-                    + _pack(impact)
-                    + (
-                        _HIGH
-                        if magnitude >= HIGH_IMPACT
-                        else _MEDIUM
-                        if magnitude >= MEDIUM_IMPACT
-                        else _LOW
-                    )
-                )
+                parts.append(pieces[0] + _pack(impact) + _IMPORTANCE_FIELD[importance_code(impact)])
             else:
-                parts.append(pieces[1] + _LOW)
+                parts.append(pieces[1] + _ZERO_IMPACT_IMPORTANCE)
         parts.append(self.tail)
         return b"".join(parts)
 

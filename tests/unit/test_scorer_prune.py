@@ -17,7 +17,9 @@ pytestmark = pytest.mark.unit
 
 
 def _engine(
-    db: Database, monkeypatch: pytest.MonkeyPatch, between: Callable[[int], object] = int
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    between: Callable[[int], object] = lambda _transaction: None,
 ) -> tuple[ScoringEngine, list[set[str]]]:
     none = cast(Any, None)  # the deletes need no catalog, models, snapshots or artifacts
     engine = ScoringEngine(db, none, none, none, none, threads=1, top_k=5)
