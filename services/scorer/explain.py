@@ -140,7 +140,7 @@ class FastTreeShap:
         if self._packed is None:
             self._packed = shap_kernel.Packed.of(self.trees, self.flat)
         X = np.ascontiguousarray(X, dtype=np.float32)
-        return shap_kernel.contributions(self._packed, X, self._codes(X), self.n_features).T
+        return shap_kernel.contributions(self._packed, self._codes(X), self.n_features).T
 
 
 _NO_TABLE = np.zeros((0, 0), dtype=np.float32)

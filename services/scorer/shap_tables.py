@@ -47,6 +47,7 @@ class Tree:
     node_threshold32: np.ndarray  # [N] float32: largest float32 ≤ the threshold
     node_default_left: np.ndarray  # [N] bool
     node_missing: np.ndarray  # [N] 0 None, 1 Zero, 2 NaN
+    node_decisions: list[np.ndarray]  # per node: go-left decision (int8) per local bin
     path_weights: np.ndarray  # [N, L] float32: Σ ±2^k over the leaf's path nodes
     path_offset: np.ndarray  # [L]: 2^k for every right turn, so bits = decisions @ weights + offset
     path_width: int  # K: bits of a path (the tree's depth)
@@ -121,38 +122,78 @@ def _walk(root: Node) -> tuple[list[Split], list[tuple[float, _Path]]]:
     return nodes, leaves
 
 
+@dataclass(frozen=True)
+class _Bins:
+    """A tree feature's local bins: its position among the tree's own thresholds, then the
+    zero flag (zero_radix 2) and the NaN flag (nan_radix 2), mixed radix in that order."""
+
+    own: np.ndarray  # the tree's thresholds on the feature, sorted, distinct
+    zero_radix: int  # 2 where a split of this tree treats zero as missing, else 1
+    nan_radix: int  # 2 where a split of this tree treats NaN as missing, else 1
+
+    @property
+    def radix(self) -> int:
+        return (len(self.own) + 1) * self.zero_radix * self.nan_radix
+
+
 def _feature_bins(
     features: list[int], nodes: list[Split], thresholds: dict[int, np.ndarray]
-) -> tuple[list[np.ndarray], list[int], int]:
-    """Per tree feature: global bin code → local bin; the mixed-radix weights; the key space."""
+) -> tuple[list[_Bins], list[np.ndarray], list[int], int]:
+    """Per tree feature: its bins, global bin code → local bin; the mixed-radix weights;
+    the key space."""
+    bins: list[_Bins] = []
     luts: list[np.ndarray] = []
-    radices: list[int] = []
     for f in features:
         splits = [n for n in nodes if n.feature == f]
-        own = np.array(sorted({n.threshold for n in splits}))
         missing = {_MISSING[n.missing] for n in splits}
+        b = _Bins(
+            own=np.array(sorted({n.threshold for n in splits})),
+            zero_radix=2 if 1 in missing else 1,
+            nan_radix=2 if 2 in missing else 1,
+        )
         # Global code = position × 4 + zero × 2 + nan (see FastTreeShap._codes). The local
         # bin keeps the position among this tree's thresholds, and the zero / NaN flags
         # only where a split of this tree treats them specially.
         glob = thresholds[f]
         upper = np.append(glob, np.inf)  # global position g covers (glob[g-1], glob[g]]
-        position = np.searchsorted(own, upper, side="left")
-        positions = len(own) + 1
-        zero_radix = 2 if 1 in missing else 1
-        nan_radix = 2 if 2 in missing else 1
+        position = np.searchsorted(b.own, upper, side="left")
+        positions = len(b.own) + 1
         codes = np.arange(len(upper) * 4)
         local = position[codes // 4]
-        if zero_radix == 2:
+        if b.zero_radix == 2:
             local = local + positions * ((codes >> 1) & 1)
-        if nan_radix == 2:
-            local = local + positions * zero_radix * (codes & 1)
+        if b.nan_radix == 2:
+            local = local + positions * b.zero_radix * (codes & 1)
         luts.append(local.astype(np.int16))  # ≤ 4 × (splits + 1) local bins: small
-        radices.append(positions * zero_radix * nan_radix)
+        bins.append(b)
+    radices = [b.radix for b in bins]
     multipliers = [int(m) for m in np.cumprod([1, *radices[:-1]], dtype=np.float64)]
     key_space = int(np.prod(np.array(radices, dtype=np.float64))) if radices else 1
     if key_space >= 2**62:
         raise Unsupported("too many distinct split patterns for a 64-bit key")
-    return luts, multipliers, key_space
+    return bins, luts, multipliers, key_space
+
+
+def _decisions(node: Split, bins: _Bins) -> np.ndarray:
+    """The node's go-left decision (int8) for each local bin of its feature, as `go_left`
+    decides for any value in that bin: NaN (NaN missing type) and zero (Zero missing type,
+    NaN included: it reads as 0.0) take the default side, any other value goes left when
+    its position among the tree's thresholds is at most the node's own (x ≤ threshold;
+    NaN and |x| ≤ kZeroThreshold have the position of 0.0)."""
+    local = np.arange(bins.radix)
+    positions = len(bins.own) + 1
+    position = local % positions
+    zero = (local // positions) % 2 if bins.zero_radix == 2 else np.zeros_like(local)
+    nan = local // (positions * bins.zero_radix) if bins.nan_radix == 2 else np.zeros_like(local)
+    missing = _MISSING[node.missing]
+    if missing == 1:
+        default = zero == 1
+    elif missing == 2:
+        default = nan == 1
+    else:
+        default = np.zeros(len(local), dtype=bool)
+    left = position <= np.searchsorted(bins.own, node.threshold)
+    return np.where(default, node.default_left, left).astype(np.int8)
 
 
 def _leaf_paths(
@@ -220,7 +261,7 @@ def prepare_tree(
     nodes, leaves = _walk(root)
     features = sorted({n.feature for n in nodes})
     column = {f: i for i, f in enumerate(features)}
-    luts, multipliers, key_space = _feature_bins(features, nodes, thresholds)
+    bins, luts, multipliers, key_space = _feature_bins(features, nodes, thresholds)
     depth = max((len(p) for _, p in leaves), default=0)
     if depth > max_depth:
         raise Unsupported(f"depth {depth}")
@@ -235,6 +276,7 @@ def prepare_tree(
         node_threshold32=_float32_floor(np.array([n.threshold for n in nodes])),
         node_default_left=np.array([n.default_left for n in nodes]),
         node_missing=np.array([_MISSING[n.missing] for n in nodes], dtype=np.int64),
+        node_decisions=[_decisions(n, bins[column[n.feature]]) for n in nodes],
         path_weights=path_weights,
         path_offset=path_offset,
         path_width=width,

@@ -176,14 +176,24 @@ def _numpy_reference(fast: FastTreeShap, X: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_compiled_loop_is_the_numpy_arithmetic_and_ignores_batch_order() -> None:
+@pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}])
+def test_compiled_loop_is_the_numpy_arithmetic_and_ignores_batch_order(
+    params: dict[str, object],
+) -> None:
     X, y = _data(4000, 7, seed=3)
     booster = lgb.train(
-        {"objective": "binary", "num_leaves": 31, "max_depth": 6, "verbose": -1},
+        {"objective": "binary", "num_leaves": 31, "max_depth": 6, "verbose": -1, **params},
         lgb.Dataset(X, y),
         40,
     )
     fast = FastTreeShap(parse_model_text(booster.model_to_string()))
+    # The loop decides by bins, `go_left` by values: values on every threshold, next to
+    # it, and LightGBM's zero boundary, under each missing-value rule.
+    for f, glob in fast.thresholds.items():
+        on = glob[:300].astype(np.float32)
+        X[: len(on), f] = on
+        X[300 : 300 + len(on), f] = np.nextafter(on, np.float32(np.inf))
+    X[-6:, 0] = [K_ZERO, -K_ZERO, 0.0, -0.0, np.nan, 2 * K_ZERO]
     batch = fast.contributions(X)
     # Bit for bit: each value the same float64 sum, tree by tree, however the loop groups
     # trees (a group's tables fill the loop's store here: ~4,000 patterns per tree).
