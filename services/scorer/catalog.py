@@ -99,14 +99,18 @@ class Catalog:
         """Every event of the dataset, lazily."""
         return self.events.scan(parts.dataset, parts.paths)
 
-    def profile_events(self, parts: DatasetParts, profile_id: str) -> pl.DataFrame:
-        """The stored events of one profile, through the indexed copies when there is a cache."""
+    def profile_events(
+        self, parts: DatasetParts, profile_id: str, columns: Sequence[str]
+    ) -> pl.DataFrame:
+        """The stored events of one profile, its `columns` (in EVENT_SCHEMA's order), through
+        the indexed copies when there is a cache."""
         if self.history is not None:
-            return self.history.events(parts.dataset, list(parts.paths), profile_id)
+            return self.history.events(parts.dataset, list(parts.paths), profile_id, columns)
         shard = shard_for_profile(profile_id, self.events.shards)
         return (
             self.events.scan(parts.dataset, parts.paths_of(shard))
             .filter(pl.col("profile_id") == profile_id)
+            .select(columns)
             .collect()
         )
 

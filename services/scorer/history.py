@@ -23,6 +23,7 @@ import bisect
 import functools
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 from foresight.errors import DatasetDamaged, FailedPrecondition
 from foresight.events.damage import READ_ERRORS
 from foresight.events.partitions import shard_for_profile, shard_of_part
-from foresight.events.schema import EVENT_SCHEMA
+from foresight.events.schema import EVENT_COLUMNS, EVENT_SCHEMA
 from foresight.events.store import EventStore
 from foresight.storage.artifacts import atomic_write
 
@@ -127,8 +128,15 @@ class ProfileHistory:
         self._parts: dict[str, _PartIndex] = {}
         self._lock = threading.Lock()
 
-    def events(self, dataset: str, parts: list[str], profile_id: str) -> pl.DataFrame:
-        """Every stored event of `profile_id` in the catalogued `parts` of `dataset`."""
+    def events(
+        self,
+        dataset: str,
+        parts: list[str],
+        profile_id: str,
+        columns: Sequence[str] = EVENT_COLUMNS,
+    ) -> pl.DataFrame:
+        """Every stored event of `profile_id` in the catalogued `parts` of `dataset`: its
+        `columns` (names of EVENT_SCHEMA, in its order), which alone are converted."""
         shards = [shard_of_part(p) for p in parts]
         if shards and max(shards) >= self.store.shards:
             raise FailedPrecondition(
@@ -138,13 +146,15 @@ class ProfileHistory:
         shard = shard_for_profile(profile_id, self.store.shards)
         mine = [p for p, s in zip(parts, shards, strict=True) if s == shard]
         indexes = [self._index(dataset, part, mine) for part in mine]
-        batches = [b for index in indexes for b in index.rows_of(profile_id)]
+        batches = [b.select(columns) for i in indexes for b in i.rows_of(profile_id)]
         if not batches:
-            return _NO_EVENTS.clone()
+            return _NO_EVENTS.select(columns)
         frame = pl.from_arrow(pa.concat_batches(batches))  # a batch converts faster than a table
         assert isinstance(frame, pl.DataFrame)
         # Comparing schemas costs ~50 µs a call: each part's was compared once, when indexed.
-        return frame.cast(EVENT_SCHEMA) if any(i.cast for i in indexes) else frame
+        if any(i.cast for i in indexes):
+            return frame.cast({name: EVENT_SCHEMA[name] for name in columns})
+        return frame
 
     def _index(self, dataset: str, part: str, siblings: list[str]) -> _PartIndex:
         index = self._parts.get(part)

@@ -5,12 +5,14 @@ Fresh events go through `validate_profile_events`, shared with the segmenter.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 import polars as pl
 
 from foresight.errors import InvalidArgument, NotFound
 from foresight.events.profile_events import validate_profile_events
+from foresight.events.schema import EVENT_COLUMNS
 from foresight.events.validation import fill_event_ids
 from foresight.features.labels import as_utc, staleness_warning
 from foresight.features.single import featurize_one
@@ -39,7 +41,7 @@ def score_profile(
     now = utcnow()
     events, profile_id = validate_profile_events(fresh, profile_id, now, derive_ids=False)
     parts = catalog.serving_parts(model.instance)
-    stored = catalog.profile_events(parts, profile_id)
+    stored = catalog.profile_events(parts, profile_id, _columns(model.event_columns))
     if stored.height == 0 and events.height == 0:
         raise NotFound(
             f"profile '{profile_id}' has no events in dataset '{parts.dataset}'; send events to score it"
@@ -76,8 +78,16 @@ def score_profile(
     return instance_score, warning
 
 
+@functools.lru_cache(maxsize=64)
+def _columns(used: frozenset[str]) -> tuple[str, ...]:
+    """The stored columns a model's scoring reads, and event ids (to tell events apart),
+    in storage order: the rest are neither converted nor concatenated (~0.2 ms a call)."""
+    return tuple(name for name in EVENT_COLUMNS if name in used or name == "event_id")
+
+
 def _each_event_once(stored: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
-    """The stored events, then each fresh event that is not one of them or sent twice.
+    """The stored events, then each fresh event that is not one of them or sent twice,
+    in the stored events' columns (`fresh` has them all: its ids may be derived).
 
     Events are the same when their ids are. A fresh event sent without an id has
     the id ingestion derives from its content, timestamp included (`fill_event_ids`,
@@ -103,5 +113,5 @@ def _each_event_once(stored: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
         elif event_id not in seen:
             seen.add(event_id)
             first.append(i)
-    events = pl.concat([stored, fresh], how="vertical")
+    events = pl.concat([stored, fresh[stored.columns]], how="vertical")
     return events if len(first) == events.height else events[first]

@@ -49,7 +49,15 @@ def test_profile_events_equal_a_filter_and_follow_compaction(
         want = everything.filter(pl.col("profile_id") == pid)
         assert got.schema == want.schema
         assert got.sort("event_id").equals(want.sort("event_id")), pid
+        # Only the columns asked for are converted (what real-time scoring reads).
+        some = index.events("ds", parts, pid, ("event_id", "timestamp", "value"))
+        assert some.sort("event_id").equals(want.select(some.columns).sort("event_id"))
+        assert some.columns == ["event_id", "timestamp", "value"]
     assert index.events("ds", parts, "nobody").height == 0
+    assert index.events("ds", parts, "nobody", ("event_id", "value")).columns == [
+        "event_id",
+        "value",
+    ]
     copies = sorted((tmp_path / "cache").rglob("*.arrow"))
     assert len(copies) == len(parts)
     # A compaction replaces a shard's parts: the new part is indexed, the old copies go.
