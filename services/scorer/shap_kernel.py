@@ -60,14 +60,12 @@ class Packed:
     def of(cls, trees: list[Tree], flat: Flat) -> Packed:
         """Pack the trees `flat` was made of."""
         luts: list[np.ndarray] = []
-        decisions: list[np.ndarray] = []
         node_parent, node_weight, node_offset = [], [], []
         leaf_parent, leaf_weight, leaf_offset = [], [], []
         slot_index, slot_feature, slots = [], [], []
         for tree in trees:
             n_nodes, n_leaves, k = len(tree.node_column), len(tree.path_offset), tree.path_width
             luts += tree.luts
-            decisions += tree.node_decisions
             # A leaf's path: its nodes by depth, the k-th weighing ±2^k (left: +, so the
             # bit is the decision; right: −, after an offset of 2^k: 1 − the decision).
             parent = np.full(n_nodes, -1, dtype=np.int64)
@@ -106,8 +104,8 @@ class Packed:
             luts=joined(luts, np.int32),
             tree_nodes=starts([len(t.node_column) for t in trees]),
             node_column=joined([t.node_column for t in trees], np.int64),
-            decision_start=starts([len(d) for d in decisions]),
-            decisions=joined(decisions, np.int8),
+            decision_start=starts([n for t in trees for n in np.diff(t.decision_start).tolist()]),
+            decisions=joined([t.node_decisions for t in trees], np.int8),
             node_parent=joined(node_parent, np.int64),
             node_weight=joined(node_weight, np.int64),
             node_offset=joined(node_offset, np.int64),

@@ -47,7 +47,8 @@ class Tree:
     node_threshold32: np.ndarray  # [N] float32: largest float32 ≤ the threshold
     node_default_left: np.ndarray  # [N] bool
     node_missing: np.ndarray  # [N] 0 None, 1 Zero, 2 NaN
-    node_decisions: list[np.ndarray]  # per node: go-left decision (int8) per local bin
+    node_decisions: np.ndarray  # int8: go-left decision per local bin, node after node
+    decision_start: np.ndarray  # [N + 1] start of each node's decisions
     path_weights: np.ndarray  # [N, L] float32: Σ ±2^k over the leaf's path nodes
     path_offset: np.ndarray  # [L]: 2^k for every right turn, so bits = decisions @ weights + offset
     path_width: int  # K: bits of a path (the tree's depth)
@@ -267,6 +268,7 @@ def prepare_tree(
         raise Unsupported(f"depth {depth}")
     width = max(depth, 1)
     path_weights, path_offset, scatter, pending = _leaf_paths(nodes, leaves, column, width)
+    decisions = [_decisions(n, bins[column[n.feature]]) for n in nodes]
     tree = Tree(
         features=np.array(features, dtype=np.int64),
         luts=luts,
@@ -276,7 +278,8 @@ def prepare_tree(
         node_threshold32=_float32_floor(np.array([n.threshold for n in nodes])),
         node_default_left=np.array([n.default_left for n in nodes]),
         node_missing=np.array([_MISSING[n.missing] for n in nodes], dtype=np.int64),
-        node_decisions=[_decisions(n, bins[column[n.feature]]) for n in nodes],
+        node_decisions=np.concatenate(decisions) if decisions else np.zeros(0, dtype=np.int8),
+        decision_start=np.cumsum([0, *map(len, decisions)], dtype=np.int64),
         path_weights=path_weights,
         path_offset=path_offset,
         path_width=width,
