@@ -5,10 +5,16 @@ is even decoded: an unauthenticated caller gets UNAUTHENTICATED whatever bytes
 it sends. Bodies that do not decode, unknown enum numbers, out-of-range
 timestamps and over-long ids are refused as INVALID_ARGUMENT
 (`foresight.runtime.requests`) before a servicer runs.
+
+A servicer may answer with the response message already encoded (`bytes`, its
+wire format): the serializer sends those as they are. Score lookups build
+theirs from cached pieces; turning them into a message only for gRPC to
+encode it again cost ~6% of a lookup server's throughput.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import time
@@ -115,6 +121,20 @@ def _bounded(message: str) -> str:
     return message[: STATUS_MESSAGE_MAX - 1] + "…"
 
 
+@functools.cache
+def _encoded_or(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The method's serializer, except for a response the servicer has already encoded
+    (`bytes`): that is sent as it is. One per method, made once."""
+    if serialize is None:
+        return None
+    encode = serialize
+
+    def serializer(response: Any) -> bytes:
+        return response if type(response) is bytes else encode(response)
+
+    return serializer
+
+
 def _code_of(context: Context, outcome: _Outcome) -> str:
     code = context.code() if hasattr(context, "code") else None
     if isinstance(code, grpc.StatusCode):
@@ -183,7 +203,7 @@ class ServiceInterceptor(_ServerInterceptor):
             return factory(
                 unary_response,
                 request_deserializer=call.deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=_encoded_or(handler.response_serializer),
             )
 
         inner_stream: Any = handler.unary_stream or handler.stream_stream
@@ -209,7 +229,7 @@ class ServiceInterceptor(_ServerInterceptor):
         return factory(
             stream_response,
             request_deserializer=call.deserializer,
-            response_serializer=handler.response_serializer,
+            response_serializer=_encoded_or(handler.response_serializer),
         )
 
 

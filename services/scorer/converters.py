@@ -191,25 +191,20 @@ def _encoder(run: RunScores) -> _RunEncoder:
     return encoder
 
 
-def _profile_scores_bytes(scores: ProfileScores) -> bytes:
+def profile_scores(scores: ProfileScores) -> bytes:
+    """Domain profile scores → an encoded ProfileScores (what upb writes for the message
+    built field by field; the interceptor sends the bytes as they are)."""
     # profile_id = 1, scores = 2
     return _field(b"\x0a", scores.profile_id.encode()) + b"".join(
         [_field(b"\x12", _encoder(run).encode(row)) for run, row in scores.scores]
     )
 
 
-def profile_scores(scores: ProfileScores) -> scorer_pb2.ProfileScores:
-    """Domain profile scores → protobuf."""
-    return scorer_pb2.ProfileScores.FromString(_profile_scores_bytes(scores))
-
-
-def batch_response(
-    found: list[ProfileScores], missing: list[str]
-) -> scorer_pb2.BatchGetProfileScoresResponse:
-    """Batch lookup result → protobuf (profiles = 1, not_found = 2)."""
-    raw = b"".join([_field(b"\x0a", _profile_scores_bytes(p)) for p in found])
-    raw += b"".join([_field(b"\x12", pid.encode()) for pid in missing])
-    return scorer_pb2.BatchGetProfileScoresResponse.FromString(raw)
+def batch_response(found: list[ProfileScores], missing: list[str]) -> bytes:
+    """Batch lookup result → an encoded BatchGetProfileScoresResponse (profiles = 1,
+    not_found = 2)."""
+    raw = b"".join([_field(b"\x0a", profile_scores(p)) for p in found])
+    return raw + b"".join([_field(b"\x12", pid.encode()) for pid in missing])
 
 
 def scoring_run(run: ScoringRun) -> scorer_pb2.ScoringRun:

@@ -60,16 +60,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         runs = await asyncio.to_thread(self.scorer.list_runs, request.instance)
         return scorer_pb2.ListScoringRunsResponse(runs=[converters.scoring_run(r) for r in runs])
 
-    async def GetProfileScores(
+    # Lookups answer with their messages encoded (bytes), which the runtime interceptor
+    # sends as they are; the generated base class types the message only.
+    async def GetProfileScores(  # type: ignore[override]
         self, request: scorer_pb2.GetProfileScoresRequest, context: Context
-    ) -> scorer_pb2.ProfileScores:
+    ) -> bytes:
         return converters.profile_scores(
             self.scorer.get_profile_scores(request.profile_id, request.instances)
         )
 
-    async def BatchGetProfileScores(
+    async def BatchGetProfileScores(  # type: ignore[override]
         self, request: scorer_pb2.BatchGetProfileScoresRequest, context: Context
-    ) -> scorer_pb2.BatchGetProfileScoresResponse:
+    ) -> bytes:
         found, missing = self.scorer.batch_get_profile_scores(
             request.profile_ids, request.instances
         )
