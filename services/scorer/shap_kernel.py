@@ -74,8 +74,8 @@ class Packed:
             for leaf in range(n_leaves):
                 on_path = np.flatnonzero(tree.path_weights[:, leaf])
                 w = tree.path_weights[on_path, leaf].astype(np.int64)
-                path = on_path[np.argsort(np.abs(w))]  # root first
-                w = tree.path_weights[path, leaf].astype(np.int64)
+                order = np.argsort(np.abs(w))  # root first
+                path, w = on_path[order], w[order]
                 o = np.where(w < 0, -w, 0)
                 parent[path[1:]], weight[path[1:]], offset[path[1:]] = path[:-1], w[:-1], o[:-1]
                 leaf_parent.append(path[-1])
